@@ -1,0 +1,73 @@
+"""Band orders, variable names and physical conventions, in one place with their provenance.
+
+Everything downstream (normalisation statistics, model input channels, checkpoints) indexes bands by
+position. If an order here changes, every stored model silently reads the wrong bands, so checkpoints
+record the order and loaders compare it (see ``check_band_order``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+#: Canonical Sentinel-2 L2A bands: the ten 10 m and 20 m bands, in wavelength order (ESA band
+#: numbering; B8A sits after B08 because its centre, 865 nm, is above B08's 842 nm). The paper lists
+#: these "ten bands at 10 and 20 m"; B01 (60 m aerosol) is deliberately excluded.
+S2_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+
+#: Central wavelengths in nm (Sentinel-2A spectral response, ESA S2 MSI Level-1C product spec).
+S2_WAVELENGTH_NM: dict[str, float] = {
+    "B02": 492.4, "B03": 559.8, "B04": 664.6, "B05": 704.1, "B06": 740.5,
+    "B07": 782.8, "B08": 832.8, "B8A": 864.7, "B11": 1613.7, "B12": 2202.4,
+}
+
+#: Sentinel-1 polarisations, co-pol first (Planetary Computer ``sentinel-1-rtc`` asset names, lower case there).
+S1_BANDS: tuple[str, ...] = ("VV", "VH")
+
+#: Dimension names of the cube data model (docs/data-model.md).
+S2_DIMS: tuple[str, ...] = ("time", "band", "y", "x")
+S1_DIMS: tuple[str, ...] = ("time_s1", "band_s1", "y", "x")
+EMBEDDING_DIMS: tuple[str, ...] = ("time", "feature", "y", "x")
+
+#: Sentinel-2 scene classification (SCL) classes, ESA L2A ATBD.
+SCL_CLASSES: dict[int, str] = {
+    0: "no_data", 1: "saturated_or_defective", 2: "dark_area_pixels", 3: "cloud_shadows",
+    4: "vegetation", 5: "not_vegetated", 6: "water", 7: "unclassified", 8: "cloud_medium_probability",
+    9: "cloud_high_probability", 10: "thin_cirrus", 11: "snow",
+}
+#: SCL classes masked by default: shadow, medium/high cloud, cirrus (issue 4; snow optional).
+SCL_MASKED_DEFAULT: tuple[int, ...] = (3, 8, 9, 10)
+
+#: Sentinel-2 L2A reflectance scaling: reflectance = (DN + offset) / 10000, offset -1000 from
+#: processing baseline 04.00 (25 Jan 2022) on, 0 before.
+S2_QUANTIFICATION = 10000.0
+S2_BOA_OFFSET_PB04 = -1000.0
+
+#: Land-cover classes of the synthetic world and of the paper's Table I mix (ESA CCI-like grouping).
+LANDCOVER_CLASSES: dict[int, str] = {
+    1: "needleleaf_forest",
+    2: "broadleaf_forest",
+    3: "grassland",
+    4: "cropland",
+    5: "urban",
+    6: "water",
+    7: "bare_soil",
+}
+
+
+def check_band_order(actual: Sequence[str], expected: Sequence[str], *, what: str = "bands") -> None:
+    """Raise ``ValueError`` naming the difference when ``actual`` is not exactly ``expected``.
+
+    Band orders are compared at every boundary (cube -> model, checkpoint -> cube) because a permuted
+    order gives plausible-looking but wrong results rather than an error.
+    """
+    actual, expected = [str(b) for b in actual], [str(b) for b in expected]
+    if actual == expected:
+        return
+    missing = [b for b in expected if b not in actual]
+    extra = [b for b in actual if b not in expected]
+    if missing or extra:
+        raise ValueError(
+            f"{what} mismatch: missing {missing or 'none'}, unexpected {extra or 'none'}; "
+            f"expected exactly {expected}"
+        )
+    raise ValueError(f"{what} are in the wrong order: got {actual}, expected {expected}")

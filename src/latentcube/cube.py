@@ -1,0 +1,407 @@
+"""The cube data model: one ``xarray.Dataset`` per area, its validation and its Zarr/NetCDF I/O.
+
+Convention (docs/data-model.md):
+
+* ``s2``: float32 ``(time, band, y, x)``, surface reflectance 0-1, NaN where invalid; bands a subset of
+  :data:`latentcube.constants.S2_BANDS` in that order (models need all ten).
+* ``s1``: float32 ``(time_s1, band_s1, y, x)``, backscatter in linear power (gamma0 or sigma0), NaN invalid.
+* ``y``/``x``: pixel-centre coordinates in metres of a projected CRS, regular spacing, recorded CF-style in
+  a scalar ``spatial_ref`` coordinate (read by rioxarray and odc-geo) that every spatial variable names
+  in its ``grid_mapping`` attribute.
+* optional ``s2_scl`` ``(time, y, x)`` uint8 scene classes, ``landcover`` ``(y, x)``, other ``(y, x)`` layers.
+* attrs: ``latentcube_version``, ``source`` (provenance) and free-form provenance keys.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from pyproj import CRS
+
+from latentcube import __version__
+from latentcube.constants import S1_BANDS, S1_DIMS, S2_BANDS, S2_DIMS
+
+__all__ = [
+    "CubeError",
+    "cube_crs",
+    "cube_summary",
+    "new_cube",
+    "open_cube",
+    "save_cube",
+    "set_crs",
+    "validate_cube",
+]
+
+#: Values sampled per variable for the cheap range checks of :func:`validate_cube`.
+_SAMPLE_TARGET = 2_000_000
+
+
+class CubeError(ValueError):
+    """A cube does not follow the data model; the message names the problem and the fix."""
+
+
+# --------------------------------------------------------------------------------------------- CRS
+
+
+def set_crs(ds: xr.Dataset, crs: Any) -> xr.Dataset:
+    """Return ``ds`` with a CF ``spatial_ref`` coordinate describing ``crs`` and its affine transform.
+
+    ``crs`` is anything :meth:`pyproj.CRS.from_user_input` accepts (``"EPSG:32631"``, an int, WKT).
+    The ``GeoTransform`` attribute (GDAL order) is derived from the ``x``/``y`` pixel centres so that
+    rioxarray, GDAL and odc-geo agree on pixel edges.
+    """
+    crs = CRS.from_user_input(crs)
+    attrs = dict(crs.to_cf())
+    attrs["spatial_ref"] = crs.to_wkt()  # the key GDAL and rioxarray read first
+    if "x" in ds.coords and "y" in ds.coords and ds.sizes.get("x", 0) > 1 and ds.sizes.get("y", 0) > 1:
+        x, y = ds["x"].values, ds["y"].values
+        dx, dy = float(x[1] - x[0]), float(y[1] - y[0])
+        attrs["GeoTransform"] = f"{x[0] - dx / 2} {dx} 0.0 {y[0] - dy / 2} 0.0 {dy}"
+    ds = ds.assign_coords(spatial_ref=xr.DataArray(np.int32(0), attrs=attrs))
+    for name, var in ds.data_vars.items():
+        if "x" in var.dims and "y" in var.dims:
+            ds[name].attrs["grid_mapping"] = "spatial_ref"
+    return ds
+
+
+def cube_crs(ds: xr.Dataset) -> CRS:
+    """The cube's CRS from its ``spatial_ref`` coordinate; :class:`CubeError` if it has none."""
+    if "spatial_ref" not in ds.variables:
+        raise CubeError(
+            "missing CRS: the cube has no 'spatial_ref' coordinate. "
+            "Fix: latentcube.cube.set_crs(ds, 'EPSG:<code>') (or ds.rio.write_crs(...))."
+        )
+    attrs = ds["spatial_ref"].attrs
+    wkt = attrs.get("crs_wkt") or attrs.get("spatial_ref")
+    try:
+        return CRS.from_wkt(wkt) if wkt else CRS.from_cf(attrs)
+    except Exception as err:  # pyproj raises several types for unreadable CRS
+        raise CubeError(
+            f"unreadable CRS in 'spatial_ref' ({err}). Fix: set it again with latentcube.cube.set_crs."
+        ) from err
+
+
+# ----------------------------------------------------------------------------------- construction
+
+
+def new_cube(
+    *,
+    s2: np.ndarray,
+    time: Sequence[Any],
+    y: np.ndarray,
+    x: np.ndarray,
+    crs: Any,
+    bands: Sequence[str] = S2_BANDS,
+    s1: np.ndarray | None = None,
+    time_s1: Sequence[Any] | None = None,
+    bands_s1: Sequence[str] = S1_BANDS,
+    s2_scl: np.ndarray | None = None,
+    layers: Mapping[str, np.ndarray] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Build a cube from NumPy (or Dask) arrays in the data model's layout.
+
+    Args:
+        s2: reflectance 0-1, shape ``(time, band, y, x)``, NaN invalid; cast to float32.
+        time, time_s1: acquisition times (anything ``pandas.to_datetime`` reads; UTC, stored naive).
+        y, x: pixel-centre coordinates in metres of ``crs``.
+        crs: a projected CRS (``"EPSG:32632"``...).
+        s1: linear backscatter ``(time_s1, band_s1, y, x)``; requires ``time_s1``.
+        s2_scl: scene classes ``(time, y, x)``, stored as uint8.
+        layers: extra per-pixel ``(y, x)`` layers such as ``landcover``.
+        attrs: provenance attributes merged into the dataset attrs.
+    """
+    coords = {
+        "time": pd.to_datetime(list(time)).values.astype("datetime64[ns]"),
+        "band": list(bands),
+        "y": np.asarray(y, dtype="float64"),
+        "x": np.asarray(x, dtype="float64"),
+    }
+    data_vars: dict[str, Any] = {"s2": (S2_DIMS, s2.astype("float32", copy=False))}
+    if s1 is not None:
+        if time_s1 is None:
+            raise CubeError("s1 given without time_s1. Fix: pass the S1 acquisition times as time_s1=.")
+        coords["time_s1"] = pd.to_datetime(list(time_s1)).values.astype("datetime64[ns]")
+        coords["band_s1"] = list(bands_s1)
+        data_vars["s1"] = (S1_DIMS, s1.astype("float32", copy=False))
+    if s2_scl is not None:
+        data_vars["s2_scl"] = (("time", "y", "x"), s2_scl.astype("uint8", copy=False))
+    for name, layer in (layers or {}).items():
+        data_vars[name] = (("y", "x"), layer)
+    ds = xr.Dataset(data_vars, coords=coords)
+    ds.attrs.update(
+        {
+            "latentcube_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "conventions": "latentcube cube v1 (docs/data-model.md)",
+        }
+    )
+    ds.attrs.update(dict(attrs or {}))
+    ds["s2"].attrs.update({"long_name": "Sentinel-2 L2A surface reflectance", "units": "1"})
+    if "s1" in ds:
+        ds["s1"].attrs.update({"long_name": "Sentinel-1 backscatter, linear power", "units": "1"})
+    return set_crs(ds, crs)
+
+
+# ------------------------------------------------------------------------------------- validation
+
+
+def _sample(da: xr.DataArray, target: int = _SAMPLE_TARGET) -> np.ndarray:
+    """A strided subsample of ``da``'s values (cheap on lazy arrays), flattened to float64."""
+    step = max(1, int(np.ceil((da.size / max(target, 1)) ** (1 / max(da.ndim, 1)))))
+    sub = da.isel({d: slice(None, None, step) for d in da.dims})
+    return np.asarray(sub.values, dtype="float64").ravel()
+
+
+def _check_dims(ds: xr.Dataset, name: str, expected: tuple[str, ...]) -> None:
+    dims = tuple(ds[name].dims)
+    if dims == expected:
+        return
+    if set(dims) == set(expected):
+        raise CubeError(
+            f"'{name}' has dimensions {dims} in the wrong order. "
+            f"Fix: ds['{name}'] = ds['{name}'].transpose{expected}."
+        )
+    renames = {d: e for d, e in zip(dims, expected, strict=False) if d != e and d not in expected}
+    hint = f" e.g. ds = ds.rename({renames})" if renames and len(dims) == len(expected) else ""
+    raise CubeError(
+        f"'{name}' has dimensions {dims}; the data model needs {expected}. Fix: rename or transpose "
+        f"the dimensions{hint} (importers: `latentcube import` handles 't'/'timestamp')."
+    )
+
+
+def _check_times(ds: xr.Dataset, dim: str) -> None:
+    if dim not in ds.coords:
+        raise CubeError(f"dimension '{dim}' has no coordinate. Fix: assign acquisition datetimes to '{dim}'.")
+    values = ds[dim].values
+    if not np.issubdtype(values.dtype, np.datetime64):
+        raise CubeError(
+            f"coordinate '{dim}' is {values.dtype}, not datetime64. Fix: ds['{dim}'] = pd.to_datetime(...)."
+        )
+    if np.isnat(values).any():
+        raise CubeError(f"coordinate '{dim}' has missing (NaT) dates. Fix: drop those acquisitions.")
+    index = pd.DatetimeIndex(values)
+    if index.has_duplicates:
+        dups = sorted({str(t)[:19] for t in index[index.duplicated()]})[:3]
+        raise CubeError(
+            f"duplicate dates in '{dim}': {dups}. Fix: merge them, e.g. ds.groupby('{dim}').mean() "
+            "(same-day tiles: mosaic before building the cube)."
+        )
+    if not index.is_monotonic_increasing:
+        raise CubeError(f"dates in '{dim}' are not sorted. Fix: ds = ds.sortby('{dim}').")
+
+
+def _check_grid(ds: xr.Dataset) -> None:
+    for dim in ("y", "x"):
+        if dim not in ds.coords:
+            raise CubeError(f"no '{dim}' coordinate. Fix: assign pixel-centre coordinates in metres.")
+        coord = np.asarray(ds[dim].values, dtype="float64")
+        if coord.size < 2:
+            continue
+        steps = np.diff(coord)
+        if not np.allclose(steps, steps[0], rtol=1e-6, atol=1e-6 * max(1.0, abs(steps[0]))) or steps[0] == 0:
+            raise CubeError(
+                f"irregular pixel spacing along '{dim}' (steps from {steps.min():g} to {steps.max():g} m). "
+                "Fix: resample onto a regular grid (e.g. odc.geo xr_reproject or rioxarray reproject)."
+            )
+    crs = cube_crs(ds)
+    if not crs.is_projected:
+        raise CubeError(
+            f"CRS {crs.name!r} is not projected; y/x must be metres. "
+            "Fix: reproject to the local UTM zone, e.g. ds.rio.reproject(ds.rio.estimate_utm_crs())."
+        )
+
+
+def validate_cube(ds: xr.Dataset, *, require_s1: bool = False) -> xr.Dataset:
+    """Check ``ds`` against the data model and return it unchanged; raise :class:`CubeError` otherwise.
+
+    Range checks (DN vs reflectance, dB vs linear) read a strided subsample, so validating a lazy cube
+    reads a small fraction of it; only a cube whose subsample has no valid S2 value is read in full.
+    """
+    if not isinstance(ds, xr.Dataset):
+        raise CubeError(f"expected an xarray.Dataset, got {type(ds).__name__}. Fix: open it with open_cube().")
+    if "s2" not in ds:
+        raise CubeError(
+            f"missing 's2': the cube has variables {sorted(ds.data_vars)} but no Sentinel-2 reflectance. "
+            "Fix: add s2 (time, band, y, x) or import your files with `latentcube import`."
+        )
+    _check_dims(ds, "s2", S2_DIMS)
+    s2 = ds["s2"]
+    bands = [str(b) for b in ds["band"].values] if "band" in ds.coords else []
+    unknown = [b for b in bands if b not in S2_BANDS]
+    if not bands or unknown:
+        raise CubeError(
+            f"S2 band names {unknown or 'missing'} are not Sentinel-2 L2A bands {list(S2_BANDS)}. "
+            "Fix: label the 'band' coordinate with these names (importers take a band mapping)."
+        )
+    if bands != [b for b in S2_BANDS if b in bands]:
+        raise CubeError(
+            f"S2 bands {bands} are duplicated or out of the canonical order. "
+            f"Fix: ds = ds.sel(band={[b for b in S2_BANDS if b in bands]})."
+        )
+    if s2.dtype != np.float32:
+        raise CubeError(f"'s2' is {s2.dtype}, the data model stores float32. Fix: ds['s2'] = ds['s2'].astype('float32').")
+    _check_times(ds, "time")
+    _check_grid(ds)
+
+    sample = _sample(s2)
+    valid = sample[np.isfinite(sample)]
+    if valid.size == 0 and not bool(np.isfinite(s2).any()):
+        raise CubeError(
+            "no valid S2 observation: every s2 value is NaN. Fix: check the cloud mask, the nodata value "
+            "and the date range."
+        )
+    if valid.size:
+        p99 = float(np.percentile(valid, 99))
+        if p99 > 2.0:
+            raise CubeError(
+                f"s2 looks like unscaled digital numbers (99th percentile {p99:.0f}), not reflectance 0-1. "
+                "Fix: divide by 10000 (after adding the -1000 offset for processing baseline >= 04.00)."
+            )
+        if float(np.percentile(valid, 1)) < -0.2:
+            raise CubeError(
+                "s2 has many reflectances below -0.2. Fix: mask nodata/saturated pixels as NaN and check the "
+                "baseline-04.00 offset (reflectance = (DN - 1000) / 10000)."
+            )
+
+    if "s1" in ds:
+        _check_dims(ds, "s1", S1_DIMS)
+        _check_times(ds, "time_s1")
+        bands_s1 = [str(b) for b in ds["band_s1"].values] if "band_s1" in ds.coords else []
+        if not bands_s1 or any(b not in S1_BANDS for b in bands_s1) or bands_s1 != [b for b in S1_BANDS if b in bands_s1]:
+            raise CubeError(
+                f"S1 bands {bands_s1} must be a subset of {list(S1_BANDS)} in that order. "
+                "Fix: label the 'band_s1' coordinate, e.g. ds.assign_coords(band_s1=['VV', 'VH'])."
+            )
+        if ds["s1"].dtype != np.float32:
+            raise CubeError(f"'s1' is {ds['s1'].dtype}, the data model stores float32. Fix: .astype('float32').")
+        s1 = _sample(ds["s1"])
+        s1 = s1[np.isfinite(s1)]
+        if s1.size and (np.mean(s1 < 0) > 0.01 or np.median(s1) < 0):
+            raise CubeError(
+                f"s1 looks like decibels (median {np.median(s1):.1f}, {np.mean(s1 < 0):.0%} negative); the data "
+                "model stores linear power. Fix: ds['s1'] = 10 ** (ds['s1'] / 10)."
+            )
+    elif require_s1:
+        raise CubeError("missing 's1': this step needs Sentinel-1. Fix: fetch or import S1 (VV, VH) into the cube.")
+
+    if "s2_scl" in ds and tuple(ds["s2_scl"].dims) != ("time", "y", "x"):
+        raise CubeError(f"'s2_scl' has dimensions {ds['s2_scl'].dims}; expected ('time', 'y', 'x').")
+    return ds
+
+
+# --------------------------------------------------------------------------------------------- I/O
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.suffix == ".zarr" or (path.is_dir() and any((path / m).exists() for m in (".zgroup", "zarr.json")))
+
+
+def open_cube(path: str | Path, *, chunks: Mapping[str, int] | str | None = None, validate: bool = False) -> xr.Dataset:
+    """Open a cube lazily (Dask) from Zarr (directory or ``*.zarr``) or NetCDF (``*.nc``).
+
+    ``chunks`` defaults to the on-disk chunking. With ``validate=True`` the result is checked with
+    :func:`validate_cube`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CubeError(f"no such cube: {path}. Fix: check the path (cubes are *.zarr directories or *.nc files).")
+    chunks = {} if chunks is None else chunks
+    try:
+        if _is_zarr(path):
+            ds = xr.open_zarr(path, chunks=chunks, decode_coords="all")
+        else:
+            ds = xr.open_dataset(path, chunks=chunks, decode_coords="all")
+    except Exception as err:
+        raise CubeError(f"cannot read {path} as Zarr or NetCDF: {err}") from err
+    # decode_coords moves grid_mapping to encoding; restore the attribute for downstream writers.
+    for name in ds.data_vars:
+        gm = ds[name].encoding.get("grid_mapping")
+        if gm and "grid_mapping" not in ds[name].attrs:
+            ds[name].attrs["grid_mapping"] = gm
+    return validate_cube(ds) if validate else ds
+
+
+def _storage_chunks(ds: xr.Dataset, name: str, spatial: int = 256, temporal: int = 64) -> tuple[int, ...]:
+    """Chunks that serve both map reads (one date) and time-series reads (one pixel) reasonably."""
+    sizes = []
+    for dim in ds[name].dims:
+        n = ds.sizes[dim]
+        if dim in ("y", "x"):
+            sizes.append(min(n, spatial))
+        elif dim in ("time", "time_s1"):
+            sizes.append(min(n, temporal))
+        else:
+            sizes.append(n)
+    return tuple(sizes)
+
+
+def save_cube(ds: xr.Dataset, path: str | Path, *, overwrite: bool = True) -> Path:
+    """Write a cube to Zarr (``*.zarr`` or any other name) or NetCDF (``*.nc``); returns the path.
+
+    Attributes record the package version. Encodings inherited from the source files are dropped so
+    that storage chunks follow :func:`_storage_chunks`.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise CubeError(f"{path} exists. Fix: choose another path or pass overwrite=True.")
+    out = ds.copy()
+    out.attrs["latentcube_version"] = __version__
+    for name in out.variables:
+        out[name].encoding = {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix in (".nc", ".nc4", ".netcdf"):
+        encoding = {
+            name: {"zlib": True, "complevel": 4, "chunksizes": _storage_chunks(out, name)}
+            for name in out.data_vars
+            if out[name].ndim >= 2
+        }
+        out.to_netcdf(path, engine="netcdf4", encoding=encoding)
+    else:
+        encoding = {name: {"chunks": _storage_chunks(out, name)} for name in out.data_vars if out[name].ndim >= 2}
+        out = out.chunk({d: -1 for d in out.dims}) if any(v.chunks for v in out.data_vars.values()) else out
+        # Zarr v2 format: string coordinates (band names) have no stable v3 dtype yet, and GDAL and older
+        # readers still expect v2 with consolidated metadata.
+        out.to_zarr(path, mode="w", encoding=encoding, consolidated=True, zarr_format=2)
+    return path
+
+
+# ---------------------------------------------------------------------------------------- summary
+
+
+def cube_summary(ds: xr.Dataset) -> dict[str, Any]:
+    """Facts about a cube for ``latentcube info``: sizes, dates, valid fractions, CRS, value ranges."""
+    info: dict[str, Any] = {"dims": dict(ds.sizes), "variables": sorted(ds.data_vars)}
+    try:
+        crs = cube_crs(ds)
+        info["crs"] = crs.to_string()
+    except CubeError as err:
+        info["crs"] = f"invalid ({err})"
+    if "x" in ds.coords and ds.sizes.get("x", 0) > 1:
+        info["pixel_size_m"] = (float(abs(ds.x[1] - ds.x[0])), float(abs(ds.y[1] - ds.y[0])))
+        info["bounds"] = tuple(float(v) for v in (ds.x.min(), ds.y.min(), ds.x.max(), ds.y.max()))
+    for var, tdim in (("s2", "time"), ("s1", "time_s1")):
+        if var not in ds:
+            continue
+        times = pd.DatetimeIndex(ds[tdim].values)
+        da = ds[var]
+        valid_per_date = np.isfinite(da).all(da.dims[1]).mean(("y", "x")).values
+        sample = _sample(da)
+        sample = sample[np.isfinite(sample)]
+        info[var] = {
+            "dates": len(times),
+            "first": str(times.min().date()) if len(times) else None,
+            "last": str(times.max().date()) if len(times) else None,
+            "bands": [str(b) for b in da[da.dims[1]].values],
+            "valid_fraction_mean": float(np.mean(valid_per_date)) if len(times) else 0.0,
+            "dates_valid_ge_50pct": int(np.sum(valid_per_date >= 0.5)),
+            "value_p1_p50_p99": [float(v) for v in np.percentile(sample, [1, 50, 99])] if sample.size else None,
+        }
+    info["attrs"] = {k: v for k, v in ds.attrs.items() if isinstance(v, str | int | float)}
+    return info
