@@ -1,0 +1,191 @@
+"""The cube data model: construction, validation (every rejection rule), Zarr/NetCDF round trips."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from latentcube.constants import S1_BANDS, S2_BANDS
+from latentcube.cube import CubeError, cube_crs, cube_summary, new_cube, open_cube, save_cube, set_crs, validate_cube
+
+
+def make_cube(n_time: int = 4, ny: int = 6, nx: int = 7, *, s1: bool = True, seed: int = 0) -> xr.Dataset:
+    rng = np.random.default_rng(seed)
+    s2 = (rng.random((n_time, len(S2_BANDS), ny, nx)) * 0.4).astype("float32")
+    s2[0, :, 0, 0] = np.nan  # one cloudy pixel
+    kwargs = {}
+    if s1:
+        kwargs = {
+            "s1": (rng.gamma(4.4, 0.05 / 4.4, (3, 2, ny, nx))).astype("float32"),
+            "time_s1": pd.date_range("2020-01-02", periods=3, freq="6D"),
+        }
+    return new_cube(
+        s2=s2,
+        time=pd.date_range("2020-01-01", periods=n_time, freq="5D"),
+        y=4_000_000.0 - 10.0 * np.arange(ny) - 5.0,
+        x=500_000.0 + 10.0 * np.arange(nx) + 5.0,
+        crs="EPSG:32632",
+        s2_scl=np.full((n_time, ny, nx), 4, dtype="uint8"),
+        layers={"landcover": np.ones((ny, nx), dtype="uint8")},
+        attrs={"source": "test"},
+        **kwargs,
+    )
+
+
+def test_valid_cube_passes_and_has_the_documented_layout():
+    ds = make_cube()
+    assert validate_cube(ds) is ds
+    assert ds["s2"].dims == ("time", "band", "y", "x") and ds["s2"].dtype == np.float32
+    assert ds["s1"].dims == ("time_s1", "band_s1", "y", "x") and ds["s1"].dtype == np.float32
+    assert list(ds["band"].values) == list(S2_BANDS)
+    assert list(ds["band_s1"].values) == list(S1_BANDS)
+    assert cube_crs(ds).to_epsg() == 32632
+    assert ds["s2"].attrs["grid_mapping"] == "spatial_ref"
+    # GeoTransform: top-left pixel edge = first centre minus half a pixel.
+    gt = [float(v) for v in ds["spatial_ref"].attrs["GeoTransform"].split()]
+    assert gt == [500_000.0, 10.0, 0.0, 4_000_000.0, 0.0, -10.0]
+
+
+def test_missing_s2_is_rejected():
+    with pytest.raises(CubeError, match="missing 's2'"):
+        validate_cube(make_cube().drop_vars("s2"))
+
+
+def test_wrong_dimension_order_is_rejected_with_transpose_hint():
+    ds = make_cube()
+    ds["s2"] = ds["s2"].transpose("band", "time", "y", "x")
+    with pytest.raises(CubeError, match=r"wrong order.*transpose"):
+        validate_cube(ds)
+
+
+def test_wrong_dimension_names_are_rejected_with_rename_hint():
+    ds = make_cube(s1=False).rename(time="t")
+    with pytest.raises(CubeError, match=r"dimensions \('t', 'band', 'y', 'x'\).*rename"):
+        validate_cube(ds)
+
+
+def test_unscaled_digital_numbers_are_rejected():
+    ds = make_cube()
+    ds["s2"] = ds["s2"] * 10000
+    with pytest.raises(CubeError, match="divide by 10000"):
+        validate_cube(ds)
+
+
+def test_s1_in_decibels_is_rejected():
+    ds = make_cube()
+    ds["s1"] = 10 * np.log10(ds["s1"])
+    with pytest.raises(CubeError, match=r"decibels.*10 \*\* \(ds\['s1'\] / 10\)"):
+        validate_cube(ds)
+
+
+def test_duplicate_dates_are_rejected():
+    ds = make_cube()
+    times = ds["time"].values.copy()
+    times[2] = times[1]
+    with pytest.raises(CubeError, match="duplicate dates in 'time'"):
+        validate_cube(ds.assign_coords(time=times))
+
+
+def test_unsorted_dates_are_rejected():
+    ds = make_cube()
+    with pytest.raises(CubeError, match=r"not sorted.*sortby"):
+        validate_cube(ds.isel(time=[1, 0, 2, 3]))
+
+
+def test_unsorted_s1_dates_are_rejected():
+    ds = make_cube()
+    with pytest.raises(CubeError, match="'time_s1' are not sorted"):
+        validate_cube(ds.isel(time_s1=[2, 0, 1]))
+
+
+def test_missing_crs_is_rejected():
+    with pytest.raises(CubeError, match="missing CRS.*set_crs"):
+        validate_cube(make_cube().drop_vars("spatial_ref"))
+
+
+def test_geographic_crs_is_rejected():
+    ds = set_crs(make_cube(), "EPSG:4326")
+    with pytest.raises(CubeError, match="not projected"):
+        validate_cube(ds)
+
+
+def test_irregular_pixel_spacing_is_rejected():
+    ds = make_cube()
+    x = ds["x"].values.copy()
+    x[3:] += 5.0
+    with pytest.raises(CubeError, match="irregular pixel spacing along 'x'"):
+        validate_cube(ds.assign_coords(x=x))
+
+
+def test_cube_without_any_valid_s2_observation_is_rejected():
+    ds = make_cube()
+    ds["s2"] = xr.full_like(ds["s2"], np.nan)
+    with pytest.raises(CubeError, match="no valid S2 observation"):
+        validate_cube(ds)
+
+
+def test_bands_out_of_canonical_order_and_unknown_bands_are_rejected():
+    ds = make_cube()
+    with pytest.raises(CubeError, match="out of the canonical order"):
+        validate_cube(ds.isel(band=[1, 0, 2, 3, 4, 5, 6, 7, 8, 9]))
+    with pytest.raises(CubeError, match="not Sentinel-2 L2A bands"):
+        validate_cube(ds.assign_coords(band=["B01", *S2_BANDS[1:]]))
+    # A subset in canonical order (e.g. openEO exports with four bands) is a valid cube.
+    validate_cube(ds.sel(band=["B02", "B04", "B08"]))
+
+
+def test_float64_reflectance_is_rejected():
+    ds = make_cube()
+    ds["s2"] = ds["s2"].astype("float64")
+    with pytest.raises(CubeError, match="float32"):
+        validate_cube(ds)
+
+
+def test_require_s1():
+    with pytest.raises(CubeError, match="missing 's1'"):
+        validate_cube(make_cube(s1=False), require_s1=True)
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".nc"])
+def test_save_open_round_trip_is_lazy_and_exact(tmp_path, suffix):
+    ds = make_cube()
+    path = save_cube(ds, tmp_path / f"cube{suffix}")
+    out = open_cube(path, validate=True)
+    assert out["s2"].chunks is not None  # lazy, dask-backed
+    xr.testing.assert_identical(out[["s2", "s1", "s2_scl", "landcover"]].load().drop_vars("spatial_ref"),
+                                ds[["s2", "s1", "s2_scl", "landcover"]].drop_vars("spatial_ref"))
+    assert np.isnan(out["s2"].values[0, :, 0, 0]).all()
+    assert cube_crs(out).to_epsg() == 32632
+
+
+def test_saved_cube_is_readable_by_rioxarray_in_a_fresh_process(tmp_path):
+    path = save_cube(make_cube(), tmp_path / "cube.zarr")
+    code = (
+        "import xarray as xr, rioxarray; "
+        f"ds = xr.open_zarr({str(path)!r}, decode_coords='all'); "
+        "print(ds.rio.crs.to_epsg(), tuple(ds.rio.transform())[:6])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "32632 (10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0)"
+
+
+def test_open_missing_path_gives_clear_error(tmp_path):
+    with pytest.raises(CubeError, match="no such cube"):
+        open_cube(tmp_path / "nothing.zarr")
+
+
+def test_summary_reports_dates_valid_fraction_and_ranges():
+    ds = make_cube()
+    info = cube_summary(ds)
+    assert info["s2"]["dates"] == 4 and info["s1"]["dates"] == 3
+    # one invalid pixel of 42 on one of 4 dates
+    assert info["s2"]["valid_fraction_mean"] == pytest.approx(1 - 1 / 42 / 4)
+    assert info["crs"] == "EPSG:32632"
+    assert info["pixel_size_m"] == (10.0, 10.0)
+    lo, mid, hi = info["s2"]["value_p1_p50_p99"]
+    assert 0 <= lo < mid < hi <= 0.4
