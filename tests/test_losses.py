@@ -455,3 +455,34 @@ def test_fusion_per_sensor_days():
     out = FusionLoss(cfg)(P, Tg, days={"a": days})
     w = context_weights(3, 7, 7, days=days, revisit_days=5.0)
     assert out.parts["a/weighted_mae"].item() == pytest.approx(weighted_mae(P["a"], Tg["a"], w).item(), rel=1e-6)
+
+
+def test_s2_config_lambdas_authors_weighting_and_all_dates():
+    cfg = S2PretrainConfig(weights=ContextWeightConfig(weighting="authors"), lambda_mae=2.0,
+                           lambda_ssim=0.0, lambda_sam=0.5, sam_dates="all")
+    pred, target = _patch(90, T=5, C=3, H=9, W=9), _patch(91, T=5, C=3, H=9, W=9)
+    out = S2PretrainLoss(cfg)(pred, target)
+    w = context_weights(5, 9, 9, weighting="authors")
+    expect = 2.0 * weighted_mae(pred, target, w) + 0.5 * spectral_angle(pred, target, dates="all")
+    assert out.total.item() == pytest.approx(expect.item(), rel=1e-6)
+    # SAM over all dates differs from the centre-date SAM on random data
+    assert out.parts["sam_rad"].item() != pytest.approx(spectral_angle(pred, target).item(), rel=1e-3)
+
+
+@FAST
+@given(seed=st.integers(0, 2**31 - 1), frac=st.floats(0.0, 1.0), T=st.integers(1, 4),
+       H=st.integers(7, 10), W=st.integers(7, 10))
+def test_nan_targets_never_give_nan(seed, frac, T, H, W):
+    g = torch.Generator().manual_seed(seed)
+    pred = torch.rand(2, T, 3, H, W, generator=g).requires_grad_(True)
+    target = torch.rand(2, T, 3, H, W, generator=g)
+    target[torch.rand(target.shape, generator=g) < frac] = NAN
+    for loss_fn in (S2PretrainLoss(), S1PretrainLoss()):
+        out = loss_fn(pred, target)
+        (grad,) = torch.autograd.grad(out.total, pred)
+        assert torch.isfinite(out.total) and torch.isfinite(grad).all()
+        assert all(torch.isfinite(v) for v in out.parts.values())
+        assert torch.count_nonzero(grad[~torch.isfinite(target)]) == 0
+    fused = FusionLoss()({"s1": pred[:, :, :1], "s2": pred[:, :, 1:]}, {"s1": target[:, :, :1], "s2": target[:, :, 1:]})
+    (grad,) = torch.autograd.grad(fused.total, pred)
+    assert torch.isfinite(fused.total) and torch.isfinite(grad).all()
