@@ -360,7 +360,7 @@ def read_source(
             f"unknown band name(s) in band_map: {bad_targets}. Fix: map to Sentinel-2 bands {list(S2_BANDS)}, "
             f"'SCL', or Sentinel-1 {list(S1_BANDS)}."
         )
-    candidates = [n for n, v in raw.data_vars.items() if set(v.dims) == {"time", "y", "x"}]
+    candidates = [str(n) for n, v in raw.data_vars.items() if set(v.dims) == {"time", "y", "x"}]
     wanted = set(S2_BANDS) | {"SCL"} if sensor == "s2" else set(S1_BANDS)
     mapping: dict[str, str] = {}
     for name in candidates:
@@ -376,8 +376,8 @@ def read_source(
     if not mapping:
         raise CubeError(
             f"{path}: no {'Sentinel-2 band' if sensor == 's2' else 'Sentinel-1 VV/VH'} variable recognised among "
-            f"{sorted(map(str, raw.data_vars))}. Fix: pass band_map={{'<variable>': '<band>'}} "
-            f"(targets {sorted(wanted)})."
+            f"{sorted(map(str, candidates))}. Fix: pass band_map={{'<variable>': '<band>'}} "
+            f"(targets {[b for b in (*S2_BANDS, 'SCL', *S1_BANDS) if b in wanted]})."
         )
     out = {}
     for name, target in mapping.items():

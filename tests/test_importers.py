@@ -1,0 +1,319 @@
+"""Importers: real exports in /work/shared/data (exact values against the raw files) and small
+synthetic NetCDF/GeoTIFF files for band maps, scaling, nodata, time dimensions and error messages."""
+
+from __future__ import annotations
+
+import glob
+import warnings
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from latentcube.cube import CubeError, cube_crs, open_cube, save_cube, validate_cube
+from latentcube.sources.importers import canonical_band_name, decode_openeo_s1, import_cube
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not DATA.exists():
+    DATA = Path("/work/shared/data")
+WC = DATA / "worldcereal_chip_31UES_2018_2019"
+OE = DATA / "openeo_cdse_belgium_2023"
+needs_data = pytest.mark.skipif(not DATA.exists(), reason="real data folder /work/shared/data absent")
+
+
+def _one(pattern: str) -> str:
+    return glob.glob(str(WC / pattern))[0]
+
+
+def _raw(path: str, var: str) -> np.ndarray:
+    """Raw stored integers, read with netCDF4 directly (no scaling, no masking, unsigned view)."""
+    with netCDF4.Dataset(path) as nc:
+        v = nc.variables[var]
+        v.set_auto_maskandscale(False)
+        a = np.asarray(v[:])
+        if getattr(v, "_Unsigned", "") == "true":
+            a = a.view(a.dtype.str.replace("i", "u"))
+        return a
+
+
+# --------------------------------------------------------------------------------- WorldCereal
+
+
+@pytest.fixture(scope="module")
+def wc_cube():
+    if not DATA.exists():
+        pytest.skip("real data absent")
+    return import_cube(
+        [_one("S2_L2A_10m_*.nc"), _one("S2_L2A_20m_*.nc")],
+        _one("S1_GRD-*.nc"),
+        preset="worldcereal",
+        layers={"landcover": (_one("OUTPUT_POLY-110_*.nc"), "LC"), "croptype": (_one("OUTPUT_POLY-110_*.nc"), "CT")},
+    )
+
+
+@needs_data
+def test_worldcereal_chip_is_a_valid_cube(wc_cube):
+    ds = validate_cube(wc_cube, require_s1=True)
+    assert ds.sizes == {"time": 72, "band": 10, "y": 64, "x": 64, "time_s1": 80, "band_s1": 2}
+    assert cube_crs(ds).to_epsg() == 32631
+    assert ds["s2_scl"].dtype == np.uint8
+    assert set(ds["orbit_state"].values) == {"ascending"}  # from the S1 file name
+    assert str(ds.time.values[0])[:19] == "2018-08-04T10:50:22"
+
+
+@needs_data
+def test_worldcereal_10m_value_equals_raw_dn_times_1e4(wc_cube):
+    scl20 = _raw(_one("S2_L2A_20m_*.nc"), "SCL")
+    b04 = _raw(_one("S2_L2A_10m_*.nc"), "B04")
+    yy, xx = 10, 21
+    # first date whose SCL (20 m pixel covering this 10 m pixel) is vegetation/bare soil: not masked
+    t = int(np.flatnonzero(np.isin(scl20[:, yy // 2, xx // 2], (4, 5)))[0])
+    expected = np.float32(b04[t, yy, xx] * 1e-4)
+    assert wc_cube["s2"].sel(band="B04").values[t, yy, xx] == pytest.approx(expected, rel=1e-6)
+
+
+@needs_data
+def test_worldcereal_20m_band_edge_is_exact_and_interior_is_bilinear(wc_cube):
+    raw = _raw(_one("S2_L2A_20m_*.nc"), "B11").astype("float64") * 1e-4
+    scl20 = _raw(_one("S2_L2A_20m_*.nc"), "SCL")
+    clear = np.isin(scl20, (4, 5))
+    t = int(np.flatnonzero(clear[:, :3, :3].all(axis=(1, 2)))[0])
+    got = wc_cube["s2"].sel(band="B11").values[t]
+    # 10 m pixel (0, 0) has its centre a quarter 20 m pixel inside the 20 m pixel (0, 0): with edge
+    # clamping the bilinear value is the 20 m value itself.
+    assert got[0, 0] == pytest.approx(raw[t, 0, 0], rel=1e-6)
+    # 10 m pixel (2, 2): centre x = 574705 between 20 m centres 574690 (col 0) and 574710 (col 1):
+    # weights 0.25 / 0.75 on each axis (same for y, whose 20 m centres are 5622430 and 5622410
+    # around 5622415).
+    w = np.array([0.25, 0.75])
+    expected = float(w @ raw[t, 0:2, 0:2] @ w)
+    assert got[2, 2] == pytest.approx(expected, rel=1e-5)
+
+
+@needs_data
+def test_worldcereal_scl_nearest_and_masking(wc_cube):
+    scl20 = _raw(_one("S2_L2A_20m_*.nc"), "SCL")
+    scl = wc_cube["s2_scl"].values
+    # a 20 m pixel covers exactly 2x2 10 m pixels
+    for dy in (0, 1):
+        for dx in (0, 1):
+            np.testing.assert_array_equal(scl[:, dy::2, dx::2], scl20)
+    masked = np.isin(scl, (3, 8, 9, 10))
+    assert masked.any()
+    assert np.isnan(wc_cube["s2"].values.transpose(1, 0, 2, 3)[:, masked]).all()
+
+
+@needs_data
+def test_worldcereal_s1_is_decoded_db_to_linear(wc_cube):
+    raw = _raw(_one("S1_GRD-*.nc"), "VV")
+    k = 7
+    expected_db = raw[k, 0, 0] * 1e-4  # int32 x 1e-4 = sigma0 dB
+    assert wc_cube["s1"].sel(band_s1="VV").values[k, 0, 0] == pytest.approx(10 ** (expected_db / 10), rel=1e-5)
+    vv_db = 10 * np.log10(wc_cube["s1"].sel(band_s1="VV").values)
+    assert -15 < np.nanmedian(vv_db) < -5
+
+
+@needs_data
+def test_worldcereal_plausible_ndvi_and_labels(wc_cube):
+    red, nir = wc_cube["s2"].sel(band="B04"), wc_cube["s2"].sel(band="B08")
+    ndvi = ((nir - red) / (nir + red)).values
+    ndvi = ndvi[np.isfinite(ndvi)]
+    assert ndvi.size > 10_000
+    lo, hi = np.percentile(ndvi, [0.5, 99.5])
+    assert -0.2 <= lo and hi <= 1.0
+    np.testing.assert_array_equal(wc_cube["landcover"].values, _raw(_one("OUTPUT_POLY-110_*.nc"), "LC"))
+    assert wc_cube["croptype"].dtype == np.uint16
+
+
+# --------------------------------------------------------------------------------------- openEO
+
+
+@needs_data
+def test_openeo_cdse_s2_and_s1():
+    s2p, s1p = str(OE / "cdse_sentinel2_l2a.nc"), str(OE / "cdse_sentinel1_grd.nc")
+    ds = import_cube(s2p, s1p, preset="openeo")
+    validate_cube(ds, require_s1=True)
+    assert list(ds["band"].values) == ["B04", "B08", "B11"]  # B01 and AOT are not model bands
+    assert "S2-L2A-B01" in ds.attrs["import_dropped_variables"]
+    scl = _raw(s2p, "S2-L2A-SCL")
+    np.testing.assert_array_equal(ds["s2_scl"].values, scl.astype("uint8"))
+    t, yy, xx = np.argwhere(np.isin(scl, (4, 5)))[0]
+    dn = _raw(s2p, "S2-L2A-B08")[t, yy, xx]
+    assert dn > 32767 or dn > 0  # read through the uint16 view
+    assert ds["s2"].sel(band="B08").values[t, yy, xx] == pytest.approx(dn * 1e-4, rel=1e-6)
+    dn1 = int(_raw(s1p, "S1-SIGMA0-VH")[3, 5, 6])
+    db = 20 * np.log10(dn1) - 83  # openEO uint16 encoding
+    assert ds["s1"].sel(band_s1="VH").values[3, 5, 6] == pytest.approx(10 ** (db / 10), rel=1e-5)
+    vv_db = 10 * np.log10(ds["s1"].sel(band_s1="VV").values)
+    assert -15 < np.nanmedian(vv_db) < -5
+    assert ds.sizes["time_s1"] == 10 and ds.sizes["time"] == 12
+
+
+@needs_data
+def test_openeo_optical_cube():
+    p = str(OE / "test_optical_cube.nc")
+    ds = import_cube(p, preset="openeo")
+    validate_cube(ds)
+    assert list(ds["band"].values) == ["B02", "B03", "B04", "B08"]
+    assert ds.sizes["time"] == 19 and ds.sizes["y"] == 52 and ds.sizes["x"] == 46
+    scl = _raw(p, "S2-L2A-SCL")
+    t, yy, xx = np.argwhere(np.isin(scl, (4, 5)))[-1]
+    assert ds["s2"].sel(band="B02").values[t, yy, xx] == pytest.approx(_raw(p, "S2-L2A-B02")[t, yy, xx] * 1e-4, rel=1e-6)
+    # without masking the cloudy pixels are kept
+    ds_all = import_cube(p, preset="openeo", scl_mask=None)
+    assert np.isfinite(ds_all["s2"].values).sum() > np.isfinite(ds["s2"].values).sum()
+
+
+# --------------------------------------------------------------------------------- synthetic files
+
+
+def _nc(path: Path, *, tdim="t", names=("red", "nir"), dates=("2021-03-01", "2021-03-06", "2021-03-11"),
+        with_crs=True, res=10.0, n=4, value_fn=None) -> Path:
+    y = 5_600_000.0 - res * (np.arange(n) + 0.5)
+    x = 400_000.0 + res * (np.arange(n) + 0.5)
+    data = {}
+    for i, name in enumerate(names):
+        arr = np.full((len(dates), n, n), 1000 + 100 * i, dtype="uint16") if value_fn is None else value_fn(i, len(dates), n)
+        data[name] = ((tdim, "y", "x"), arr, {"grid_mapping": "crs"} if with_crs else {})
+    ds = xr.Dataset(data, coords={tdim: pd.to_datetime(list(dates)), "y": y, "x": x})
+    if with_crs:
+        from pyproj import CRS
+
+        ds["crs"] = xr.DataArray(np.int32(0), attrs={"crs_wkt": CRS.from_epsg(32632).to_wkt()})
+    ds.to_netcdf(path)
+    return path
+
+
+def test_canonical_band_names():
+    assert canonical_band_name("S2-L2A-B04") == "B04"
+    assert canonical_band_name("b4") == "B04"
+    assert canonical_band_name("B8a") == "B8A"
+    assert canonical_band_name("S1-SIGMA0-VV") == "VV"
+    assert canonical_band_name("S2-L2A-SCL") == "SCL"
+    assert canonical_band_name("sunZenithAngles") is None
+
+
+def test_decode_openeo_s1_known_values():
+    # DN = 10^((dB + 83) / 20): dB -10 -> DN 10^3.65 = 4466.8; DN 10^4.15 = 14125.4 -> 0 dB
+    db = decode_openeo_s1(np.array([0, 65535, 10**3.65, 10**4.15]))
+    assert np.isnan(db[:2]).all()
+    np.testing.assert_allclose(db[2:], [-10.0, 0.0], atol=1e-9)
+
+
+def test_netcdf_with_t_dim_band_map_scale_offset_nodata(tmp_path):
+    def values(i, nt, n):
+        a = np.full((nt, n, n), 2000 + 500 * i, dtype="uint16")
+        a[1, 0, 0] = 65535  # nodata
+        return a
+
+    p = _nc(tmp_path / "a.nc", value_fn=values)
+    ds = import_cube(p, band_map={"red": "B04", "nir": "B08"}, s2_scale=1e-4, s2_offset=-0.1, s2_nodata=65535)
+    validate_cube(ds)
+    # (2000 x 1e-4) - 0.1 = 0.1 ; (2500 x 1e-4) - 0.1 = 0.15
+    assert ds["s2"].sel(band="B04").values[0, 0, 0] == pytest.approx(0.1)
+    assert ds["s2"].sel(band="B08").values[0, 2, 2] == pytest.approx(0.15)
+    assert np.isnan(ds["s2"].values[1, :, 0, 0]).all()
+    assert "s2_scl" not in ds
+    assert cube_crs(ds).to_epsg() == 32632
+
+
+def test_unknown_band_and_unrecognised_variables(tmp_path):
+    p = _nc(tmp_path / "a.nc")
+    with pytest.raises(CubeError, match=r"unknown band name\(s\) in band_map: \{'red': 'B99'\}"):
+        import_cube(p, band_map={"red": "B99"}, s2_scale=1e-4)
+    with pytest.raises(CubeError, match="no Sentinel-2 band variable recognised among \\['nir', 'red'\\]"):
+        import_cube(p, s2_scale=1e-4)
+    with pytest.raises(CubeError, match="band_map names \\['rouge'\\]"):
+        import_cube(p, band_map={"rouge": "B04"}, s2_scale=1e-4)
+
+
+def test_missing_crs_missing_file_and_time_dim_errors(tmp_path):
+    p = _nc(tmp_path / "nocrs.nc", names=("B04", "B08"), with_crs=False)
+    with pytest.raises(CubeError, match="missing CRS.*Fix: pass crs='EPSG:<code>'"):
+        import_cube(p, s2_scale=1e-4)
+    ds = import_cube(p, s2_scale=1e-4, crs="EPSG:32632")
+    assert cube_crs(ds).to_epsg() == 32632
+    with pytest.raises(CubeError, match="differs from crs="):
+        import_cube(_nc(tmp_path / "c.nc", names=("B04",)), s2_scale=1e-4, crs="EPSG:32631")
+    with pytest.raises(CubeError, match="no such file: .*missing.nc"):
+        import_cube(tmp_path / "missing.nc")
+    with pytest.raises(CubeError, match="time dimension 'date' not found; the file has dimensions"):
+        import_cube(_nc(tmp_path / "d.nc", names=("B04",)), time_dim="date", s2_scale=1e-4)
+    with pytest.raises(CubeError, match="unknown preset"):
+        import_cube(p, preset="sentinelhub")
+
+
+def test_time_dim_autodetect_unsorted_and_duplicate_dates(tmp_path):
+    p = _nc(tmp_path / "u.nc", tdim="timestamp", names=("B04",), dates=("2021-03-11", "2021-03-01", "2021-03-06"),
+            value_fn=lambda i, nt, n: np.arange(1, nt + 1, dtype="uint16")[:, None, None].repeat(n, 1).repeat(n, 2) * 1000)
+    with pytest.warns(UserWarning, match="not sorted; sorted them"):
+        ds = import_cube(p, s2_scale=1e-4)
+    assert list(pd.DatetimeIndex(ds.time.values).day) == [1, 6, 11]
+    # the values travel with their dates: 2021-03-01 was stored second (DN 2000)
+    np.testing.assert_allclose(ds["s2"].values[:, 0, 0, 0], [0.2, 0.3, 0.1])
+    q = _nc(tmp_path / "dup.nc", names=("B04",), dates=("2021-03-01", "2021-03-01", "2021-03-06"))
+    with pytest.raises(CubeError, match="duplicate S2 dates \\['2021-03-01 00:00:00'\\].*duplicates='first'"):
+        import_cube(q, s2_scale=1e-4)
+    assert import_cube(q, s2_scale=1e-4, duplicates="first").sizes["time"] == 2
+
+
+def test_10m_and_20m_files_and_s1_db(tmp_path):
+    p10 = _nc(tmp_path / "s2_10m.nc", names=("B04", "B08"), n=4, res=10.0)
+
+    def ramp(i, nt, n):  # DN increasing by 100 per 20 m column
+        return np.broadcast_to(1000 + 100 * np.arange(n, dtype="uint16"), (nt, n, n)).copy()
+
+    p20 = _nc(tmp_path / "s2_20m.nc", names=("B11",), n=2, res=20.0, value_fn=ramp)
+    scl = _nc(tmp_path / "scl_20m.nc", names=("SCL",), n=2, res=20.0,
+              value_fn=lambda i, nt, n: np.array([[4, 9], [4, 4]], dtype="uint8")[None].repeat(nt, 0))
+    s1 = _nc(tmp_path / "s1_DESCENDING.nc", names=("VV", "VH"), n=2, res=20.0, dates=("2021-03-02", "2021-03-08"),
+             value_fn=lambda i, nt, n: np.full((nt, n, n), -10 - 5 * i, dtype="int16"))
+    ds = import_cube([p10, p20, scl], s1, s2_scale=1e-4, s1_encoding="db")
+    validate_cube(ds, require_s1=True)
+    assert list(ds["band"].values) == ["B04", "B08", "B11"]
+    b11 = ds["s2"].sel(band="B11").values[0]
+    # columns: 10 m centres at 5, 15, 25, 35 m; 20 m centres at 10 (DN 1000) and 30 (DN 1100):
+    # clamped edge 0.1, then 0.75*0.1+0.25*0.11=0.1025, 0.1075, 0.11 (rows 2-3: SCL 4, unmasked)
+    np.testing.assert_allclose(b11[3], [0.1, 0.1025, 0.1075, 0.11], rtol=1e-6)
+    # SCL nearest: 20 m pixel (0, 1) is cloud (9) -> 10 m pixels rows 0-1, cols 2-3 masked
+    np.testing.assert_array_equal(ds["s2_scl"].values[0], [[4, 4, 9, 9], [4, 4, 9, 9], [4, 4, 4, 4], [4, 4, 4, 4]])
+    assert np.isnan(ds["s2"].values[0, :, 0:2, 2:4]).all() and np.isfinite(ds["s2"].values[0, :, 2:, :]).all()
+    # S1: -10 dB -> 0.1, -15 dB -> 10^-1.5
+    np.testing.assert_allclose(ds["s1"].values[:, 0], 0.1, rtol=1e-6)
+    np.testing.assert_allclose(ds["s1"].values[:, 1], 10**-1.5, rtol=1e-6)
+    assert list(ds["orbit_state"].values) == ["descending", "descending"]
+    out = save_cube(ds, tmp_path / "cube.zarr")
+    back = open_cube(out, validate=True)
+    np.testing.assert_array_equal(back["s2"].values, ds["s2"].values)
+
+
+def test_geotiff_stack_per_date(tmp_path):
+    import rasterio
+    from affine import Affine
+
+    paths = []
+    for k, date in enumerate(["20200605", "20200601"]):  # deliberately unsorted
+        p = tmp_path / f"S2_{date}.tif"
+        data = np.stack([np.full((3, 5), 1000 * (k + 1), "uint16"), np.full((3, 5), 3000, "uint16")])
+        data[0, 0, 0] = 0
+        with rasterio.open(p, "w", driver="GTiff", width=5, height=3, count=2, dtype="uint16",
+                           crs="EPSG:32633", transform=Affine(10, 0, 500_000, 0, -10, 6_000_000), nodata=0) as dst:
+            dst.write(data)
+            dst.set_band_description(1, "B4")
+            dst.set_band_description(2, "B8")
+        paths.append(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ds = import_cube(paths, s2_scale=1e-4)
+    validate_cube(ds)
+    assert list(ds["band"].values) == ["B04", "B08"]
+    assert [str(t)[:10] for t in ds.time.values] == ["2020-06-01", "2020-06-05"]
+    # pixel centres: first x centre = 500000 + 5, first y centre = 6000000 - 5
+    assert ds.x.values[0] == 500_005.0 and ds.y.values[0] == 5_999_995.0
+    np.testing.assert_allclose(ds["s2"].sel(band="B04").values[:, 1, 1], [0.2, 0.1])
+    assert np.isnan(ds["s2"].values[:, 0, 0, 0]).all()  # GeoTIFF nodata 0
+    with pytest.raises(CubeError, match="pass band_names"):
+        import_cube(paths[0], band_names=["B04"], s2_scale=1e-4)
