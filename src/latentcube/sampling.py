@@ -1,0 +1,433 @@
+"""Patch sampling (the paper's §III-B/C scheme) and torch datasets that read cubes lazily.
+
+A *candidate* is a sequence of ``seq_len`` consecutive dates starting every ``time_stride`` dates, times a
+``patch``×``patch`` window starting every ``space_stride`` pixels. Each sample draws ``n_frames`` of the
+sequence's dates (sorted) with an explicit seeded generator; the centre date is the drawn frame
+``n_frames // 2``. A sample is kept only if its centre pixel is valid on the centre date and the fraction
+of valid values in the patch reaches ``min_valid_fraction``.
+
+Reading: random 15×15×11 reads from compressed Zarr cost tens of milliseconds each (a whole chunk is
+decompressed), so datasets read a *block* (one sequence × one spatial tile) at once, keep a few blocks in
+a per-worker LRU cache, and :class:`BlockShuffleSampler` shuffles blocks and patches within a block so that
+consecutive samples reuse the cached block. Datasets hold paths, not open files, so they pickle to
+DataLoader workers.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from torch.utils.data import Dataset, Sampler
+
+from latentcube.cube import CubeError, open_cube
+
+__all__ = [
+    "BlockShuffleSampler",
+    "Candidate",
+    "FusionPatchDataset",
+    "PatchDataset",
+    "SamplingConfig",
+    "assign_splits",
+    "candidate_origins",
+    "draw_frames",
+    "nearest_s1_index",
+]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How patches are cut from cubes (defaults: the paper's S2 scheme, §III-B)."""
+
+    seq_len: int = 20
+    """Consecutive dates per candidate sequence (paper: S1 40, S2 and fusion 20)."""
+    time_stride: int = 17
+    """Dates between the starts of consecutive sequences (paper: S1 40, S2 and fusion 17)."""
+    space_stride: int = 9
+    """Pixels between the origins of neighbouring patches (paper: S1 15, S2 and fusion 9)."""
+    n_frames: int = 11
+    """Dates drawn at random (without replacement, sorted) from each sequence (paper: 11)."""
+    patch: int = 15
+    """Patch edge in pixels (paper: 15)."""
+    min_valid_fraction: float = 0.3
+    """Smallest fraction of valid values in a kept patch (our default; the paper does not state one)."""
+    n_tries: int = 8
+    """Frame draws tried per candidate before it is rejected."""
+    block_px: int = 128
+    """Spatial tile (pixels) read at once; patches whose origin falls in a tile share one read."""
+    cache_blocks: int = 4
+    """Blocks kept in each worker's LRU cache."""
+    max_gap_days: float = 6.0
+    """Fusion only: largest |S1 − S2| date gap for a matched S1 acquisition (issue 4 default)."""
+
+    @classmethod
+    def paper(cls, stage: str, **overrides: Any) -> SamplingConfig:
+        """The paper's scheme for ``stage`` in {"s1", "s2", "fusion"}."""
+        presets = {
+            "s1": dict(seq_len=40, time_stride=40, space_stride=15),
+            "s2": dict(seq_len=20, time_stride=17, space_stride=9),
+            "fusion": dict(seq_len=20, time_stride=17, space_stride=9),
+        }
+        if stage not in presets:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(presets)}")
+        return cls(**{**presets[stage], **overrides})
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One kept sample: cube index, sequence start, patch origin and the frames drawn at index time."""
+
+    cube: int
+    t0: int
+    y0: int
+    x0: int
+    frames: tuple[int, ...]  # indices into the cube's date axis
+
+
+def candidate_origins(n_time: int, height: int, width: int, cfg: SamplingConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sequence starts and patch origins on the strided grid; every patch lies inside the cube.
+
+    A cube shorter than ``seq_len`` contributes one sequence of all its dates if it has at least
+    ``n_frames``; otherwise none.
+    """
+    if n_time >= cfg.seq_len:
+        t0 = np.arange(0, n_time - cfg.seq_len + 1, cfg.time_stride)
+    else:
+        t0 = np.array([0]) if n_time >= cfg.n_frames else np.array([], dtype=int)
+    y0 = np.arange(0, height - cfg.patch + 1, cfg.space_stride)
+    x0 = np.arange(0, width - cfg.patch + 1, cfg.space_stride)
+    return t0, y0, x0
+
+
+def draw_frames(rng: np.random.Generator, t0: int, seq_len: int, n_frames: int) -> np.ndarray:
+    """``n_frames`` sorted date indices drawn without replacement from ``t0 .. t0 + seq_len - 1``."""
+    return np.sort(rng.choice(seq_len, size=n_frames, replace=False)) + t0
+
+
+def _accept(valid: np.ndarray, frames: np.ndarray, y0: int, x0: int, cfg: SamplingConfig) -> bool:
+    """The paper's rule on a validity array ``(time, y, x)``: valid centre, enough valid context."""
+    c = cfg.patch // 2
+    centre = frames[len(frames) // 2]
+    if not valid[centre, y0 + c, x0 + c]:
+        return False
+    window = valid[frames, y0 : y0 + cfg.patch, x0 : x0 + cfg.patch]
+    return float(window.mean()) >= cfg.min_valid_fraction
+
+
+def nearest_s1_index(s2_times: Sequence[Any], s1_times: Sequence[Any], max_gap_days: float) -> np.ndarray:
+    """For each S2 date, the index of the nearest S1 date within ``max_gap_days``, else −1."""
+    s2 = pd.DatetimeIndex(s2_times).values.astype("datetime64[s]").astype("int64")
+    s1 = pd.DatetimeIndex(s1_times).values.astype("datetime64[s]").astype("int64")
+    if s1.size == 0:
+        return np.full(s2.shape, -1)
+    pos = np.clip(np.searchsorted(s1, s2), 1, max(len(s1) - 1, 1))
+    left, right = s1[pos - 1], s1[np.minimum(pos, len(s1) - 1)]
+    best = np.where(np.abs(s2 - left) <= np.abs(right - s2), pos - 1, np.minimum(pos, len(s1) - 1))
+    gap_days = np.abs(s1[best] - s2) / 86400.0
+    return np.where(gap_days <= max_gap_days, best, -1)
+
+
+def _days(times: np.ndarray) -> np.ndarray:
+    """Float days since 1970 (float64; callers subtract a reference before casting to float32)."""
+    return pd.DatetimeIndex(times).values.astype("datetime64[s]").astype("int64") / 86400.0
+
+
+@dataclass
+class _CubeMeta:
+    path: Path
+    times: np.ndarray
+    height: int
+    width: int
+    s1_times: np.ndarray | None = None
+    s1_match: np.ndarray | None = None  # per S2 date, index into time_s1 or −1
+
+
+class PatchDataset(Dataset):
+    """Patches of one sensor's variable (``"s2"`` or ``"s1"``) from a list of cubes.
+
+    Each item is a dict: ``x`` float32 ``(n_frames, C, patch, patch)`` (NaN invalid, after ``transform``),
+    ``days`` float32 ``(n_frames,)`` days since the first drawn frame, ``index`` int.
+
+    Args:
+        cubes: paths of cubes (Zarr/NetCDF).
+        variable: ``"s2"`` or ``"s1"``.
+        config: sampling scheme.
+        seed: seed of every random draw (index building and per-epoch frame draws).
+        transform: optional callable ``(array (T, C, h, w), variable) -> array`` applied to each block,
+            e.g. normalisation or S1 smoothing.
+        redraw: draw new frames every epoch (the paper's temporal augmentation); ``set_epoch`` selects
+            the epoch. Epoch 0 and ``redraw=False`` use the frames accepted at index time.
+    """
+
+    def __init__(
+        self,
+        cubes: Sequence[str | Path],
+        *,
+        variable: str = "s2",
+        config: SamplingConfig = SamplingConfig(),
+        seed: int = 0,
+        transform: Any = None,
+        redraw: bool = True,
+    ) -> None:
+        if variable not in ("s2", "s1"):
+            raise ValueError(f"variable must be 's2' or 's1', got {variable!r}")
+        if not cubes:
+            raise ValueError("no cubes given: pass at least one cube path")
+        self.variable, self.config, self.seed = variable, config, int(seed)
+        self.transform, self.redraw = transform, redraw
+        self.time_dim = "time" if variable == "s2" else "time_s1"
+        self.epoch = 0
+        self.meta: list[_CubeMeta] = []
+        self.candidates: list[Candidate] = []
+        self.n_rejected = 0
+        self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._open: dict[int, xr.Dataset] = {}
+        for i, path in enumerate(cubes):
+            self._index_cube(i, Path(path))
+        if not self.candidates:
+            raise CubeError(
+                f"no {variable} patch passed the sampling rules in {len(cubes)} cube(s) "
+                f"(centre valid, >= {config.min_valid_fraction:.0%} valid context). Fix: check the cubes' "
+                "valid fractions (`latentcube info`), or lower min_valid_fraction / seq_len."
+            )
+
+    # -- index ---------------------------------------------------------------------------------
+    def _validity(self, ds: xr.Dataset) -> np.ndarray:
+        var = ds[self.variable]
+        return np.isfinite(var).all(var.dims[1]).values  # (time, y, x) bool, computed chunk-wise
+
+    def _index_cube(self, i: int, path: Path) -> None:
+        ds = open_cube(path)
+        if self.variable not in ds:
+            raise CubeError(f"{path} has no '{self.variable}' variable. Fix: fetch/import it or drop this cube.")
+        meta = _CubeMeta(path, ds[self.time_dim].values, ds.sizes["y"], ds.sizes["x"])
+        self._extend_meta(meta, ds)
+        self.meta.append(meta)
+        valid = self._validity(ds)
+        cfg = self.config
+        t0s, y0s, x0s = candidate_origins(len(meta.times), meta.height, meta.width, cfg)
+        seq_len = min(cfg.seq_len, len(meta.times))
+        for t0 in t0s:
+            for y0 in y0s:
+                for x0 in x0s:
+                    rng = np.random.default_rng([self.seed, i, int(t0), int(y0), int(x0)])
+                    for _ in range(cfg.n_tries):
+                        frames = draw_frames(rng, int(t0), seq_len, cfg.n_frames)
+                        if _accept(valid, frames, int(y0), int(x0), cfg):
+                            self.candidates.append(Candidate(i, int(t0), int(y0), int(x0), tuple(int(f) for f in frames)))
+                            break
+                    else:
+                        self.n_rejected += 1
+
+    def _extend_meta(self, meta: _CubeMeta, ds: xr.Dataset) -> None:
+        """Hook for subclasses that need more per-cube metadata."""
+
+    # -- reading --------------------------------------------------------------------------------
+    def block_key(self, index: int) -> tuple[int, int, int, int]:
+        """The block an item is read from: (cube, sequence start, tile row, tile column)."""
+        c = self.candidates[index]
+        b = self.config.block_px
+        return (c.cube, c.t0, c.y0 // b, c.x0 // b)
+
+    def _dataset(self, cube: int) -> xr.Dataset:
+        if cube not in self._open:
+            self._open[cube] = open_cube(self.meta[cube].path)
+        return self._open[cube]
+
+    def _block_bounds(self, key: tuple[int, int, int, int]) -> tuple[slice, slice, slice]:
+        cube, t0, ty, tx = key
+        meta, cfg = self.meta[cube], self.config
+        b, halo = cfg.block_px, cfg.patch - 1
+        ys = slice(ty * b, min(ty * b + b + halo, meta.height))
+        xs = slice(tx * b, min(tx * b + b + halo, meta.width))
+        ts = slice(t0, min(t0 + cfg.seq_len, len(meta.times)))
+        return ts, ys, xs
+
+    def _read_block(self, key: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
+        ts, ys, xs = self._block_bounds(key)
+        ds = self._dataset(key[0])
+        arr = ds[self.variable].isel({self.time_dim: ts, "y": ys, "x": xs}).values.astype("float32", copy=False)
+        if self.transform is not None:
+            arr = self.transform(arr, self.variable)
+        return {self.variable: arr}
+
+    def _block(self, key: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        block = self._read_block(key)
+        self._cache[key] = block
+        while len(self._cache) > self.config.cache_blocks:
+            self._cache.popitem(last=False)
+        return block
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Open datasets and cached blocks stay in the parent; each worker opens its own.
+        state = self.__dict__.copy()
+        state["_open"], state["_cache"] = {}, OrderedDict()
+        return state
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose frame draws ``__getitem__`` returns (deterministic per seed)."""
+        self.epoch = int(epoch)
+
+    def frames_for(self, index: int) -> np.ndarray:
+        """The frames of item ``index`` in the current epoch (redrawn, falling back to index-time frames)."""
+        c = self.candidates[index]
+        if not self.redraw or self.epoch == 0:
+            return np.asarray(c.frames)
+        cfg = self.config
+        seq_len = min(cfg.seq_len, len(self.meta[c.cube].times))
+        rng = np.random.default_rng([self.seed, 1_000_003, self.epoch, index])
+        block = self._block(self.block_key(index))[self.variable]
+        ts, ys, xs = self._block_bounds(self.block_key(index))
+        valid = np.isfinite(block).all(axis=1)  # (t, y, x) of the block
+        for _ in range(cfg.n_tries):
+            frames = draw_frames(rng, c.t0, seq_len, cfg.n_frames)
+            if _accept(valid, frames - ts.start, c.y0 - ys.start, c.x0 - xs.start, cfg):
+                return frames
+        return np.asarray(c.frames)
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def _cut(self, arr: np.ndarray, frames: np.ndarray, key: tuple, c: Candidate) -> np.ndarray:
+        ts, ys, xs = self._block_bounds(key)
+        p = self.config.patch
+        return arr[frames - ts.start, :, c.y0 - ys.start : c.y0 - ys.start + p, c.x0 - xs.start : c.x0 - xs.start + p]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        c = self.candidates[index]
+        key = self.block_key(index)
+        frames = self.frames_for(index)
+        block = self._block(key)
+        days = _days(self.meta[c.cube].times[frames])
+        return {
+            "x": torch.from_numpy(np.ascontiguousarray(self._cut(block[self.variable], frames, key, c))),
+            "days": torch.from_numpy((days - days[0]).astype("float32")),
+            "index": torch.tensor(index),
+        }
+
+
+class FusionPatchDataset(PatchDataset):
+    """S2 patches with S1 matched to the S2 dates (nearest acquisition within ``max_gap_days``, else NaN).
+
+    Items: ``s2`` ``(n_frames, C2, p, p)``, ``s1`` ``(n_frames, C1, p, p)`` on the same dates, ``days``,
+    ``index``. Acceptance rules apply to S2 (the fused embedding lives on the S2 date axis).
+    """
+
+    def __init__(self, cubes: Sequence[str | Path], **kwargs: Any) -> None:
+        kwargs.setdefault("config", SamplingConfig.paper("fusion"))
+        super().__init__(cubes, variable="s2", **kwargs)
+
+    def _extend_meta(self, meta: _CubeMeta, ds: xr.Dataset) -> None:
+        if "s1" not in ds:
+            raise CubeError(f"{meta.path} has no 's1'; fusion needs both sensors. Fix: fetch/import S1 for it.")
+        meta.s1_times = ds["time_s1"].values
+        meta.s1_match = nearest_s1_index(meta.times, meta.s1_times, self.config.max_gap_days)
+
+    def _read_block(self, key: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
+        block = super()._read_block(key)
+        ts, ys, xs = self._block_bounds(key)
+        meta = self.meta[key[0]]
+        match = meta.s1_match[ts]
+        s1 = np.full((len(match), self._dataset(key[0]).sizes["band_s1"], *block["s2"].shape[2:]), np.nan, "float32")
+        have = np.flatnonzero(match >= 0)
+        if have.size:
+            src = self._dataset(key[0])["s1"].isel(time_s1=np.unique(match[have]), y=ys, x=xs).values
+            lookup = {int(j): k for k, j in enumerate(np.unique(match[have]))}
+            s1[have] = src[[lookup[int(j)] for j in match[have]]]
+            if self.transform is not None:
+                s1 = self.transform(s1, "s1")
+        block["s1"] = s1
+        return block
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        c = self.candidates[index]
+        key = self.block_key(index)
+        frames = self.frames_for(index)
+        block = self._block(key)
+        days = _days(self.meta[c.cube].times[frames])
+        return {
+            "s2": torch.from_numpy(np.ascontiguousarray(self._cut(block["s2"], frames, key, c))),
+            "s1": torch.from_numpy(np.ascontiguousarray(self._cut(block["s1"], frames, key, c))),
+            "days": torch.from_numpy((days - days[0]).astype("float32")),
+            "index": torch.tensor(index),
+        }
+
+
+class BlockShuffleSampler(Sampler[int]):
+    """Random order that keeps items of one block together: blocks shuffled, items shuffled inside.
+
+    Deterministic for a (seed, epoch); call :meth:`set_epoch` each epoch (Lightning does for samplers
+    that define it). With ``num_replicas > 1`` (DDP) each rank takes every ``num_replicas``-th block.
+    """
+
+    def __init__(self, dataset: PatchDataset, *, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
+        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+        self.num_replicas, self.rank = num_replicas, rank
+        groups: dict[tuple, list[int]] = {}
+        for i in range(len(dataset)):
+            groups.setdefault(dataset.block_key(i), []).append(i)
+        self.groups = list(groups.values())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.dataset.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.groups))[self.rank :: self.num_replicas]
+        for g in order:
+            yield from (self.groups[g][k] for k in rng.permutation(len(self.groups[g])))
+
+    def __len__(self) -> int:
+        return sum(len(self.groups[g]) for g in range(len(self.groups))[self.rank :: self.num_replicas])
+
+
+def assign_splits(
+    cubes: Sequence[str | Path],
+    *,
+    plan: pd.DataFrame | str | Path | None = None,
+    splits: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, list[Path]]:
+    """Group cube paths by split, from a site plan (``cube_id`` → ``split``) or explicit name lists.
+
+    A cube's id is its file stem (``site_0001_p1.zarr`` → ``site_0001_p1``). Raises ``ValueError`` when a
+    cube is in two splits or in none.
+    """
+    paths = [Path(c) for c in cubes]
+    ids = {p.stem if p.suffix in (".zarr", ".nc") else p.name: p for p in paths}
+    if (plan is None) == (splits is None):
+        raise ValueError("give exactly one of plan= (a site plan with cube_id and split) or splits=")
+    if plan is not None:
+        table = pd.read_csv(plan) if isinstance(plan, str | Path) else plan
+        missing_cols = {"cube_id", "split"} - set(table.columns)
+        if missing_cols:
+            raise ValueError(f"site plan lacks columns {sorted(missing_cols)}; it needs cube_id and split")
+        doubled = table.groupby("cube_id")["split"].nunique()
+        if (doubled > 1).any():
+            raise ValueError(f"cubes in two splits in the plan: {list(doubled[doubled > 1].index)[:5]}")
+        lookup = dict(zip(table["cube_id"].astype(str), table["split"].astype(str), strict=True))
+    else:
+        lookup = {}
+        for split, names in splits.items():
+            for name in names:
+                name = Path(name).stem if Path(name).suffix in (".zarr", ".nc") else str(name)
+                if name in lookup and lookup[name] != split:
+                    raise ValueError(f"cube {name!r} is in two splits: {lookup[name]!r} and {split!r}")
+                lookup[name] = split
+    out: dict[str, list[Path]] = {}
+    unassigned = [cid for cid in ids if cid not in lookup]
+    if unassigned:
+        raise ValueError(f"cubes without a split: {unassigned[:5]}. Fix: add them to the plan or the split lists.")
+    for cid, path in ids.items():
+        out.setdefault(lookup[cid], []).append(path)
+    return out

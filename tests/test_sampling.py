@@ -1,0 +1,180 @@
+"""Patch sampling: strides, frame counts, reproducibility, bounds, splits and the rejection rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from latentcube.cube import CubeError, new_cube, save_cube
+from latentcube.sampling import (
+    BlockShuffleSampler,
+    FusionPatchDataset,
+    PatchDataset,
+    SamplingConfig,
+    assign_splits,
+    candidate_origins,
+    nearest_s1_index,
+)
+
+
+def write_cube(path, *, n_time=45, size=40, seed=0, cloud=None, n_s1=None):
+    """A cube whose S2 value encodes (time, band, y, x) so that cut patches can be checked exactly."""
+    t, b, y, x = np.meshgrid(np.arange(n_time), np.arange(10), np.arange(size), np.arange(size), indexing="ij")
+    s2 = (0.001 * t + 0.0001 * b + 0.00001 * (y * size + x) / size).astype("float32")
+    if cloud is not None:
+        s2[cloud] = np.nan
+    kw = {}
+    if n_s1:
+        s1 = np.broadcast_to(np.arange(n_s1, dtype="float32")[:, None, None, None] * 0.01 + 0.01, (n_s1, 2, size, size))
+        kw = {"s1": s1.copy(), "time_s1": pd.date_range("2020-01-02", periods=n_s1, freq="6D")}
+    ds = new_cube(
+        s2=s2, time=pd.date_range("2020-01-01", periods=n_time, freq="5D"),
+        y=1000.0 - 10 * np.arange(size), x=10.0 * np.arange(size), crs="EPSG:32632", **kw,
+    )
+    return save_cube(ds, path)
+
+
+def test_candidate_origins_follow_the_paper_strides():
+    cfg = SamplingConfig.paper("s2")
+    t0, y0, x0 = candidate_origins(73, 64, 50, cfg)
+    assert list(t0) == [0, 17, 34, 51]  # 51 + 20 = 71 <= 73; 68 + 20 > 73
+    assert list(y0) == [0, 9, 18, 27, 36, 45]  # 45 + 15 = 60 <= 64
+    assert list(x0) == [0, 9, 18, 27]
+    s1 = SamplingConfig.paper("s1")
+    assert (s1.seq_len, s1.time_stride, s1.space_stride, s1.n_frames) == (40, 40, 15, 11)
+    t0, y0, _ = candidate_origins(121, 45, 45, s1)
+    assert list(t0) == [0, 40, 80] and list(y0) == [0, 15, 30]
+    with pytest.raises(ValueError, match="unknown stage"):
+        SamplingConfig.paper("s3")
+
+
+def test_patches_are_exact_cuts_with_11_sorted_frames_inside_the_sequence(tmp_path):
+    path = write_cube(tmp_path / "a.zarr")
+    ds = PatchDataset([path], seed=1)
+    assert len(ds) == 2 * 3 * 3
+    for i in range(len(ds)):
+        c = ds.candidates[i]
+        item = ds[i]
+        frames = np.asarray(c.frames)
+        assert item["x"].shape == (11, 10, 15, 15)
+        assert len(set(frames)) == 11 and np.all(np.diff(frames) > 0)
+        assert c.t0 <= frames.min() and frames.max() < c.t0 + 20
+        assert 0 <= c.y0 <= 40 - 15 and 0 <= c.x0 <= 40 - 15
+        # value encodes its own coordinates: check the first and last element exactly
+        t, yy, xx = frames[0], c.y0, c.x0
+        assert item["x"][0, 0, 0, 0].item() == pytest.approx(0.001 * t + 0.00001 * (yy * 40 + xx) / 40, abs=1e-7)
+        t, yy, xx = frames[-1], c.y0 + 14, c.x0 + 14
+        assert item["x"][-1, 9, 14, 14].item() == pytest.approx(0.001 * t + 0.0009 + 0.00001 * (yy * 40 + xx) / 40, abs=1e-7)
+        np.testing.assert_allclose(item["days"].numpy(), 5.0 * (frames - frames[0]))
+
+
+def test_sample_count_matches_strides(tmp_path):
+    path = write_cube(tmp_path / "a.zarr", n_time=45, size=40)
+    ds = PatchDataset([path])
+    # 45 dates: sequences at 0 and 17 (34 + 20 > 45); 40 px: origins 0, 9, 18 (27 + 15 > 40)
+    assert len(ds) == 2 * 3 * 3 and ds.n_rejected == 0
+
+
+def test_same_seed_same_samples_other_seed_other_frames(tmp_path):
+    path = write_cube(tmp_path / "a.zarr")
+    a, b, c = (PatchDataset([path], seed=s) for s in (5, 5, 6))
+    assert a.candidates == b.candidates
+    assert [x.frames for x in a.candidates] != [x.frames for x in c.candidates]
+    a.set_epoch(3), b.set_epoch(3)
+    torch.testing.assert_close(a[4]["x"], b[4]["x"], equal_nan=True)
+    # a new epoch draws new frames (temporal augmentation) ...
+    assert not np.array_equal(a.frames_for(4), np.asarray(a.candidates[4].frames))
+    # ... unless redraw is off
+    d = PatchDataset([path], seed=5, redraw=False)
+    d.set_epoch(3)
+    assert np.array_equal(d.frames_for(4), np.asarray(d.candidates[4].frames))
+
+
+def test_rejection_rules_centre_pixel_and_valid_fraction(tmp_path):
+    cloud = np.zeros((45, 10, 40, 40), bool)
+    cloud[:, :, 7, 7] = True  # centre of every patch at origin (0, 0) is always invalid
+    cloud[:, :, :, 26:] = True  # right part cloudy: patches at x0 = 18 keep 8 of 15 columns (53 %)
+    path = write_cube(tmp_path / "a.zarr", cloud=cloud)
+    ds = PatchDataset([path], config=SamplingConfig(min_valid_fraction=0.6))
+    origins = {(c.y0, c.x0) for c in ds.candidates}
+    assert (0, 0) not in origins  # centre never valid
+    assert all(x0 != 18 for _, x0 in origins)  # 53 % valid < 60 %
+    assert (9, 9) in origins
+    for i in range(len(ds)):
+        x = ds[i]["x"].numpy()
+        assert np.isfinite(x[5, :, 7, 7]).all()
+        assert np.isfinite(x).mean() >= 0.6
+    # a looser threshold keeps the partially cloudy column
+    loose = PatchDataset([path], config=SamplingConfig(min_valid_fraction=0.5))
+    assert any(c.x0 == 18 for c in loose.candidates)
+
+
+def test_fully_cloudy_cube_gives_a_clear_error(tmp_path):
+    path = write_cube(tmp_path / "a.zarr", cloud=(slice(None), slice(None), slice(None), slice(None)))
+    with pytest.raises(CubeError, match="no s2 patch passed the sampling rules"):
+        PatchDataset([path])
+
+
+def test_block_sampler_is_a_permutation_grouped_by_block_and_seeded(tmp_path):
+    paths = [write_cube(tmp_path / f"{i}.zarr", size=48, seed=i) for i in range(2)]
+    ds = PatchDataset(paths, config=SamplingConfig(block_px=16))
+    s = BlockShuffleSampler(ds, seed=3)
+    order = list(s)
+    assert sorted(order) == list(range(len(ds)))
+    keys = [ds.block_key(i) for i in order]
+    # each block appears as one contiguous run
+    runs = [k for j, k in enumerate(keys) if j == 0 or keys[j - 1] != k]
+    assert len(runs) == len(set(keys))
+    assert order == list(BlockShuffleSampler(ds, seed=3))
+    s.set_epoch(1)
+    assert list(s) != order
+    # two DDP ranks split the blocks without overlap
+    r0, r1 = (set(BlockShuffleSampler(ds, seed=3, num_replicas=2, rank=r)) for r in (0, 1))
+    assert not r0 & r1 and r0 | r1 == set(range(len(ds)))
+
+
+def test_dataloader_with_workers_gives_the_same_batches(tmp_path):
+    path = write_cube(tmp_path / "a.zarr")
+    ds = PatchDataset([path], seed=0)
+    ref = torch.cat([b["x"] for b in DataLoader(ds, batch_size=4, sampler=BlockShuffleSampler(ds, seed=0))])
+    par = torch.cat([b["x"] for b in DataLoader(ds, batch_size=4, sampler=BlockShuffleSampler(ds, seed=0), num_workers=2)])
+    torch.testing.assert_close(ref, par, equal_nan=True)
+
+
+def test_fusion_dataset_matches_s1_to_s2_dates(tmp_path):
+    path = write_cube(tmp_path / "a.zarr", n_time=30, n_s1=25)
+    ds = FusionPatchDataset([path], seed=0)
+    item = ds[0]
+    assert item["s2"].shape == (11, 10, 15, 15) and item["s1"].shape == (11, 2, 15, 15)
+    frames = np.asarray(ds.candidates[0].frames)
+    s2_days = 5.0 * frames + 0  # S2 every 5 days from day 0; S1 every 6 days from day 1
+    s1_days = 1 + 6.0 * np.arange(25)
+    for k, d in enumerate(s2_days):
+        j = np.argmin(np.abs(s1_days - d))
+        expected = 0.01 * j + 0.01 if abs(s1_days[j] - d) <= 6 else np.nan
+        np.testing.assert_allclose(item["s1"][k, :, 3, 3].numpy(), expected, rtol=1e-6)
+
+
+def test_nearest_s1_index_ties_and_gaps():
+    s2 = pd.to_datetime(["2020-01-01", "2020-01-04", "2020-01-20"])
+    s1 = pd.to_datetime(["2020-01-02", "2020-01-06"])
+    # Jan 4 is 2 days from both: the earlier acquisition wins; Jan 20 is 14 days away: no match
+    assert list(nearest_s1_index(s2, s1, 6)) == [0, 0, -1]
+    assert list(nearest_s1_index(s2, s1[:0], 6)) == [-1, -1, -1]
+
+
+def test_splits_from_plan_and_lists(tmp_path):
+    cubes = [tmp_path / f"site{i}_p1.zarr" for i in range(3)]
+    plan = pd.DataFrame({"cube_id": ["site0_p1", "site1_p1", "site2_p1"], "split": ["train", "val", "train"]})
+    out = assign_splits(cubes, plan=plan)
+    assert out == {"train": [cubes[0], cubes[2]], "val": [cubes[1]]}
+    with pytest.raises(ValueError, match="in two splits"):
+        assign_splits(cubes, splits={"train": ["site0_p1", "site1_p1"], "val": ["site1_p1", "site2_p1"]})
+    bad = pd.concat([plan, pd.DataFrame({"cube_id": ["site0_p1"], "split": ["test"]})])
+    with pytest.raises(ValueError, match="in two splits in the plan"):
+        assign_splits(cubes, plan=bad)
+    with pytest.raises(ValueError, match="without a split"):
+        assign_splits(cubes, splits={"train": ["site0_p1"]})
