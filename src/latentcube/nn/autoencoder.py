@@ -1,0 +1,282 @@
+"""Per-sensor context-aware autoencoder (paper §III-B), one class for every sensor, built from a config.
+
+The encoder maps a (T, C, 15, 15) patch sequence to one latent vector per date; the value at a date is
+the embedding of the patch's centre pixel at that date. It is built so that ``encode_scene`` (whole
+scene, shared computation) equals ``encode_patches`` on the extracted patches up to float rounding:
+see ``docs/method.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from ..constants import S1_BANDS, S2_BANDS
+from .blocks import DayAttentionLayer, GlobalCBAM, MultiscaleConv, SpatialReducer, fill_and_mask
+from .time_encoding import DayDifferenceEncoding, window_indices, window_starts
+
+__all__ = [
+    "AutoencoderConfig",
+    "s1_config",
+    "s2_config",
+    "SensorEncoder",
+    "SensorDecoder",
+    "SensorAutoencoder",
+    "scene_tiles",
+]
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """Everything that defines a sensor autoencoder; ``s1_config()``/``s2_config()`` are the presets.
+
+    Encoder receptive field = 1 + (max(multiscale_kernels) - 1) + sum(conv_kernels - 1)
+    + sum(ca_pools - 1) + sum(sa_kernels - 1); it must equal ``patch_size`` (checked here) so that a
+    patch reduces to exactly one pixel. All kernels/pools must be odd.
+    """
+
+    sensor: str
+    n_bands: int
+    latent_dim: int
+    band_names: tuple[str, ...] = ()
+    patch_size: int = 15
+    n_dates: int = 11
+    # Encoder spatial reducer (valid convolutions; see blocks.SpatialReducer).
+    widths: tuple[int, int, int] = (32, 48, 64)
+    multiscale_kernels: tuple[int, ...] = (1, 3, 5)
+    multiscale_branch_ch: int = 16
+    conv_kernels: tuple[int, int] = (3, 3)
+    ca_pools: tuple[int, int, int] = (3, 1, 1)
+    sa_kernels: tuple[int, int, int] = (3, 3, 1)
+    cbam_reduction: int = 4
+    # Encoder temporal layer (one day-difference attention layer; see blocks.DayAttentionLayer).
+    d_model: int = 32
+    n_heads: int = 2
+    ffn_dim: int = 64
+    dropout: float = 0.1
+    n_frequencies: int = 8
+    min_period_days: float = 4.0
+    max_period_days: float = 1461.0
+    # Decoder (patch-only, so ordinary full transformer layers and global CBAM are fine).
+    decoder_d_model: int = 64
+    decoder_heads: int = 4
+    decoder_layers: int = 1
+    decoder_ffn_dim: int = 128
+    decoder_widths: tuple[int, int, int] = (64, 32, 16)
+    decoder_multiscale_kernels: tuple[int, ...] = (1, 3, 5)
+    decoder_branch_ch: int = 8
+
+    def __post_init__(self) -> None:
+        if self.n_bands < 1 or self.latent_dim < 1:
+            raise ValueError("n_bands and latent_dim must be positive")
+        if self.band_names and len(self.band_names) != self.n_bands:
+            raise ValueError(f"{len(self.band_names)} band_names given for n_bands={self.n_bands}")
+        if self.patch_size % 2 == 0 or self.n_dates < 1:
+            raise ValueError(f"patch_size must be odd (a centre pixel), got {self.patch_size}")
+        sizes = (*self.multiscale_kernels, *self.conv_kernels, *self.ca_pools, *self.sa_kernels)
+        if len(self.conv_kernels) != 2 or len(self.ca_pools) != 3 or len(self.sa_kernels) != 3:
+            raise ValueError("conv_kernels needs 2 entries (blocks 2, 3); ca_pools and sa_kernels 3 each")
+        if any(k < 1 or k % 2 == 0 for k in sizes):
+            raise ValueError(f"all kernel and pool sizes must be odd and >= 1, got {sizes}")
+        if self.receptive_field != self.patch_size:
+            raise ValueError(
+                f"inconsistent receptive field for sensor {self.sensor!r}: the encoder blocks see "
+                f"{self.receptive_field} x {self.receptive_field} pixels (1 + (max multiscale kernel - 1) + "
+                f"sum(conv_kernels - 1) + sum(ca_pools - 1) + sum(sa_kernels - 1)) but patch_size is "
+                f"{self.patch_size}; they must be equal so a patch reduces to exactly its centre pixel"
+            )
+        if self.d_model % self.n_heads or self.decoder_d_model % self.decoder_heads:
+            raise ValueError("d_model must be divisible by n_heads (encoder and decoder)")
+        if self.patch_size < 4:
+            raise ValueError("patch_size must be at least 5 for the three-stage decoder")
+
+    @property
+    def receptive_field(self) -> int:
+        return 1 + (max(self.multiscale_kernels) - 1) + sum(k - 1 for k in self.conv_kernels) + sum(
+            p - 1 for p in self.ca_pools
+        ) + sum(k - 1 for k in self.sa_kernels)
+
+    @property
+    def centre_index(self) -> int:
+        """Index of the target date inside a patch's date axis (5 for 11 dates)."""
+        return self.n_dates // 2
+
+    @property
+    def centre_pixel(self) -> tuple[int, int]:
+        return (self.patch_size // 2, self.patch_size // 2)
+
+
+def s1_config(**overrides) -> AutoencoderConfig:
+    """Sentinel-1 preset: VV, VH; latent 2 (paper §III-B). Narrower widths: 2 bands carry less."""
+    base = AutoencoderConfig(sensor="s1", n_bands=len(S1_BANDS), latent_dim=2, band_names=S1_BANDS,
+                             widths=(16, 32, 32), multiscale_branch_ch=8)
+    return replace(base, **overrides)
+
+
+def s2_config(**overrides) -> AutoencoderConfig:
+    """Sentinel-2 preset: the ten 10/20 m bands; latent 9 (paper §III-B)."""
+    base = AutoencoderConfig(sensor="s2", n_bands=len(S2_BANDS), latent_dim=9, band_names=S2_BANDS)
+    return replace(base, **overrides)
+
+
+def scene_tiles(height: int, width: int, tile: int | None):
+    """Yield (y0, y1, x0, x1) output tiles covering the scene (one tile when ``tile`` is None)."""
+    tile_h = height if tile is None else tile
+    tile_w = width if tile is None else tile
+    for y0 in range(0, height, tile_h):
+        for x0 in range(0, width, tile_w):
+            yield y0, min(y0 + tile_h, height), x0, min(x0 + tile_w, width)
+
+
+class SensorEncoder(nn.Module):
+    """Patch sequence -> latent per date, with a dense scene path computing the same numbers.
+
+    Shapes: ``encode_patches``: x (B, T, C, p, p) with NaN = invalid, days (B, T) float (any origin)
+    -> (B, T, latent). ``encode_scene``: x (T_all, C, H, W), days (T_all,) -> (T_all, latent, H, W),
+    where target t uses the window ``window_indices(T_all, T)[t]`` (t-5..t+5 shifted inside the
+    series) and pixels outside the scene count as invalid.
+    """
+
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__()
+        c = config
+        self.config = c
+        self.spatial = SpatialReducer(2 * c.n_bands, c.widths, c.multiscale_kernels, c.conv_kernels, c.ca_pools,
+                                      c.sa_kernels, c.cbam_reduction, c.multiscale_branch_ch)
+        assert self.spatial.receptive_field == c.patch_size, "config check and blocks disagree"
+        self.temporal = DayAttentionLayer(c.widths[-1], c.d_model, c.n_heads, c.ffn_dim, c.latent_dim,
+                                          c.n_frequencies, c.min_period_days, c.max_period_days, c.dropout)
+
+    def patch_features(self, x: Tensor) -> Tensor:
+        """(B, T, C, p, p) -> per-date spatial features (B, T, widths[-1])."""
+        b, t, c, p, _ = self._check_patches(x)
+        y = self.spatial(fill_and_mask(rearrange(x, "b t c h w -> (b t) c h w"), dim=1))
+        return rearrange(y, "(b t) d 1 1 -> b t d", b=b)
+
+    def encode_patches(self, x: Tensor, days: Tensor) -> Tensor:
+        return self.temporal.forward_patches(self.patch_features(x), days.to(x.dtype))
+
+    def scene_features(self, x: Tensor) -> Tensor:
+        """(T_all, C, H, W) -> per-date, per-pixel spatial features (T_all, H*W, widths[-1])."""
+        if x.ndim != 4 or x.shape[1] != self.config.n_bands:
+            raise ValueError(f"expected a scene (T, {self.config.n_bands}, H, W), got {tuple(x.shape)}")
+        r = self.config.patch_size // 2
+        # Padding with NaN *before* filling makes out-of-scene context exactly "invalid" (0 + mask 0).
+        padded = nn.functional.pad(x, (r, r, r, r), value=float("nan"))
+        y = self.spatial(fill_and_mask(padded, dim=1))
+        return rearrange(y, "t d h w -> t (h w) d")
+
+    def encode_scene(self, x: Tensor, days: Tensor, *, tile: int | None = None) -> Tensor:
+        """Dense embedding of every pixel-date; ``tile`` bounds memory by processing square spatial tiles."""
+        n_total, _, height, width = x.shape
+        days = days.to(device=x.device, dtype=x.dtype)
+        windows = window_indices(n_total, self.config.n_dates, x.device)
+        query_pos = torch.arange(n_total, device=x.device) - window_starts(n_total, self.config.n_dates, x.device)
+        out = x.new_empty(n_total, self.config.latent_dim, height, width)
+        r = self.config.patch_size // 2
+        for y0, y1, x0, x1 in scene_tiles(height, width, tile):
+            sub = _tile_with_halo(x, y0, y1, x0, x1, r)
+            feats = self.scene_features(sub)
+            feats = _crop_feats(feats, sub.shape[-2], sub.shape[-1], y0, y1, x0, x1, r, height, width)
+            z = self.temporal.forward_windows(feats, days, windows, query_pos)
+            out[:, :, y0:y1, x0:x1] = rearrange(z, "t (h w) l -> t l h w", h=y1 - y0)
+        return out
+
+    @staticmethod
+    def _check_patches(x: Tensor) -> tuple[int, ...]:
+        if x.ndim != 5 or x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"expected patches (B, T, C, p, p), got {tuple(x.shape)}")
+        return tuple(x.shape)
+
+
+def _tile_with_halo(x: Tensor, y0: int, y1: int, x0: int, x1: int, r: int) -> Tensor:
+    """The scene crop a tile needs (tile plus ``r`` pixels of real context where the scene has them)."""
+    return x[..., max(y0 - r, 0) : y1 + r, max(x0 - r, 0) : x1 + r]
+
+
+def _crop_feats(feats: Tensor, sh: int, sw: int, y0: int, y1: int, x0: int, x1: int, r: int,
+                height: int, width: int) -> Tensor:
+    """Keep the features of the tile's own pixels from features computed on a halo crop.
+
+    ``scene_features`` NaN-pads its input by r on every side, which is exactly right at the scene
+    border; inside the scene the halo carries real pixels, and the features of halo pixels are dropped.
+    """
+    oy, ox = y0 - max(y0 - r, 0), x0 - max(x0 - r, 0)
+    f = rearrange(feats, "t (h w) d -> t h w d", h=sh)[:, oy : oy + (y1 - y0), ox : ox + (x1 - x0)]
+    return rearrange(f, "t h w d -> t (h w) d")
+
+
+class SensorDecoder(nn.Module):
+    """Latent sequence -> reconstructed patch sequence. (B, T, latent), days (B, T) -> (B, T, C, p, p).
+
+    Mirrors the encoder: latent -> linear + day encoding (relative to the centre date) -> transformer
+    -> per-date vector -> three transposed-conv blocks with CBAM growing 1 -> p, the last multiscale.
+    """
+
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__()
+        c = config
+        self.config = c
+        d = c.decoder_d_model
+        self.inp = nn.Linear(c.latent_dim, d)
+        self.time = DayDifferenceEncoding(c.n_frequencies, c.min_period_days, c.max_period_days)
+        self.pos = nn.Linear(self.time.n_features, d)
+        layer = nn.TransformerEncoderLayer(d, c.decoder_heads, c.decoder_ffn_dim, c.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, c.decoder_layers, enable_nested_tensor=False)
+        self.ln = nn.LayerNorm(d)
+        w1, w2, w3 = c.decoder_widths
+        self.to_map = nn.Linear(d, w1)
+        # Split the growth 1 -> p into three transposed convs (e.g. 15: 1 -> 5 -> 9 -> 15).
+        grow = c.patch_size - 1
+        k1 = k2 = grow // 3
+        k3 = grow - k1 - k2
+        self.block1 = nn.Sequential(nn.ConvTranspose2d(w1, w2, k1 + 1), nn.GELU(), GlobalCBAM(w2, c.cbam_reduction))
+        self.block2 = nn.Sequential(nn.ConvTranspose2d(w2, w3, k2 + 1), nn.GELU(), GlobalCBAM(w3, c.cbam_reduction))
+        self.block3 = nn.Sequential(
+            nn.ConvTranspose2d(w3, w3, k3 + 1), nn.GELU(),
+            MultiscaleConv(w3, w3, c.decoder_multiscale_kernels, c.decoder_branch_ch), nn.GELU(),
+            GlobalCBAM(w3, c.cbam_reduction),
+        )
+        self.head = nn.Conv2d(w3, c.n_bands, 1)
+
+    def forward(self, z: Tensor, days: Tensor) -> Tensor:
+        days = days.to(z.dtype)
+        rel = days - days[:, self.config.centre_index, None]
+        h = self.transformer(self.inp(z) + self.pos(self.time(rel)))
+        y = rearrange(self.to_map(self.ln(h)), "b t d -> (b t) d 1 1")
+        y = self.head(self.block3(self.block2(self.block1(y))))
+        return rearrange(y, "(b t) c h w -> b t c h w", b=z.shape[0])
+
+
+class SensorAutoencoder(nn.Module):
+    """Encoder + decoder for one sensor. ``forward(x, days)`` -> (reconstruction (B, T, C, p, p), latent (B, T, L)).
+
+    ``encode_patches`` and ``encode_scene`` delegate to the encoder (shapes in ``SensorEncoder``).
+    """
+
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = SensorEncoder(config)
+        self.decoder = SensorDecoder(config)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    def encode_patches(self, x: Tensor, days: Tensor) -> Tensor:
+        return self.encoder.encode_patches(x, days)
+
+    def encode_scene(self, x: Tensor, days: Tensor, *, tile: int | None = None) -> Tensor:
+        return self.encoder.encode_scene(x, days, tile=tile)
+
+    def decode(self, z: Tensor, days: Tensor) -> Tensor:
+        return self.decoder(z, days)
+
+    def forward(self, x: Tensor, days: Tensor) -> tuple[Tensor, Tensor]:
+        z = self.encode_patches(x, days)
+        return self.decode(z, days), z

@@ -1,0 +1,176 @@
+"""Fusion of frozen per-sensor autoencoders into one fused embedding per pixel-date (paper §III-C).
+
+Frozen encoders give each sensor's latent sequence over the window -> modality-specific linear
+projections -> concatenation -> one day-difference attention layer -> linear -> fused latent (7-d)
+-> per-sensor linear back-projections -> frozen decoders. All sensors live on the common (S2) date
+axis; matching S1 acquisitions to S2 dates happens before the model. A new sensor needs only its own
+autoencoder and new fusion layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from .autoencoder import SensorAutoencoder, _crop_feats, _tile_with_halo, scene_tiles
+from .blocks import DayAttentionLayer
+from .time_encoding import window_indices, window_starts
+
+__all__ = ["FusionConfig", "FusionModel", "FusionOutput"]
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Fusion layers. ``latent_dim`` 7 is the paper's fused bottleneck; the rest are our lean defaults.
+
+    ``proj_dim`` is the width of each sensor's projection before concatenation (token width =
+    n_sensors * proj_dim), so adding a sensor adds only its projection and widens ``W_in``.
+    """
+
+    latent_dim: int = 7
+    proj_dim: int = 16
+    d_model: int = 32
+    n_heads: int = 2
+    ffn_dim: int = 64
+    dropout: float = 0.1
+    n_frequencies: int = 8
+    min_period_days: float = 4.0
+    max_period_days: float = 1461.0
+
+    def __post_init__(self) -> None:
+        if self.latent_dim < 1 or self.proj_dim < 1:
+            raise ValueError("latent_dim and proj_dim must be positive")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+
+
+@dataclass
+class FusionOutput:
+    """What ``FusionModel.forward`` returns (B = batch, T = dates, p = patch size)."""
+
+    reconstructions: dict[str, Tensor]  # sensor -> (B, T, C_sensor, p, p)
+    latent: Tensor  # (B, T, latent_dim): the fused embedding at every date of the patch
+    sensor_latents: dict[str, Tensor]  # sensor -> (B, T, latent_sensor), frozen encoders' output
+
+
+class FusionModel(nn.Module):
+    """Fused encoder/decoder over named sensor autoencoders sharing patch size and window length.
+
+    Shapes: ``forward(x, days)``: x {sensor: (B, T, C_s, p, p)}, days (B, T) -> ``FusionOutput``.
+    ``encode_patches(x, days)`` -> (B, T, latent_dim). ``encode_scene(x, days)``: x {sensor:
+    (T_all, C_s, H, W)}, days (T_all,) -> (T_all, latent_dim, H, W), same window convention as the
+    sensor encoders (``time_encoding.window_starts``). Every sensor must be present in every call.
+    """
+
+    def __init__(self, sensors: Mapping[str, SensorAutoencoder], config: FusionConfig | None = None):
+        super().__init__()
+        if len(sensors) < 1:
+            raise ValueError("fusion needs at least one sensor autoencoder")
+        self.config = config = config or FusionConfig()
+        self.sensors = nn.ModuleDict(dict(sensors))
+        shapes = {(m.config.patch_size, m.config.n_dates) for m in self.sensors.values()}
+        if len(shapes) != 1:
+            raise ValueError(f"sensor autoencoders disagree on (patch_size, n_dates): {sorted(shapes)}")
+        self.patch_size, self.n_dates = shapes.pop()
+        self.project = nn.ModuleDict(
+            {name: nn.Linear(m.config.latent_dim, config.proj_dim) for name, m in self.sensors.items()}
+        )
+        self.temporal = DayAttentionLayer(
+            config.proj_dim * len(self.sensors), config.d_model, config.n_heads, config.ffn_dim, config.latent_dim,
+            config.n_frequencies, config.min_period_days, config.max_period_days, config.dropout,
+        )
+        self.back_project = nn.ModuleDict(
+            {name: nn.Linear(config.latent_dim, m.config.latent_dim) for name, m in self.sensors.items()}
+        )
+        self._frozen = False
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    @property
+    def sensor_names(self) -> list[str]:
+        return list(self.sensors.keys())
+
+    def freeze_sensor_models(self) -> FusionModel:
+        """Freeze every sensor autoencoder (no grads, eval mode kept across ``train()``). Returns self."""
+        self._frozen = True
+        for model in self.sensors.values():
+            model.requires_grad_(False)
+            model.eval()
+        return self
+
+    def train(self, mode: bool = True) -> FusionModel:
+        super().train(mode)
+        if self._frozen:  # frozen encoders/decoders keep eval behaviour (no dropout) during fusion training
+            for model in self.sensors.values():
+                model.eval()
+        return self
+
+    def fusion_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the fusion layers only (projections, fusion transformer, back-projections)."""
+        return [*self.project.parameters(), *self.temporal.parameters(), *self.back_project.parameters()]
+
+    def _check_keys(self, x: Mapping[str, Tensor]) -> None:
+        if set(x) != set(self.sensors):
+            raise ValueError(f"expected inputs for sensors {self.sensor_names}, got {sorted(x)}")
+
+    def _fuse_tokens(self, latents: Mapping[str, Tensor]) -> Tensor:
+        return torch.cat([self.project[name](latents[name]) for name in self.sensors], dim=-1)
+
+    def sensor_latents(self, x: Mapping[str, Tensor], days: Tensor) -> dict[str, Tensor]:
+        self._check_keys(x)
+        return {name: model.encode_patches(x[name], days) for name, model in self.sensors.items()}
+
+    def encode_patches(self, x: Mapping[str, Tensor], days: Tensor) -> Tensor:
+        return self._encode_patches(x, days)[0]
+
+    def _encode_patches(self, x: Mapping[str, Tensor], days: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        first = next(iter(x.values()))
+        days = days.to(first.dtype)
+        latents = self.sensor_latents(x, days)
+        return self.temporal.forward_patches(self._fuse_tokens(latents), days), latents
+
+    def decode(self, z: Tensor, days: Tensor) -> dict[str, Tensor]:
+        return {name: model.decode(self.back_project[name](z), days) for name, model in self.sensors.items()}
+
+    def forward(self, x: Mapping[str, Tensor], days: Tensor) -> FusionOutput:
+        z, latents = self._encode_patches(x, days)
+        return FusionOutput(self.decode(z, days), z, latents)
+
+    def encode_scene(self, x: Mapping[str, Tensor], days: Tensor, *, tile: int | None = None) -> Tensor:
+        """Dense fused embedding; see class docstring and ``docs/method.md`` for the window convention."""
+        self._check_keys(x)
+        first = x[self.sensor_names[0]]
+        n_total, _, height, width = first.shape
+        if any(v.shape[0] != n_total or v.shape[-2:] != (height, width) for v in x.values()):
+            raise ValueError("all sensors must share the date axis and the spatial grid")
+        n, dev = self.n_dates, first.device
+        days = days.to(device=dev, dtype=first.dtype)
+        n_windows = n_total - n + 1
+        # Stage 1, per sensor: latents of every position j of every distinct window w (rows w * n + j).
+        starts = torch.arange(n_windows, device=dev)
+        sensor_windows = (starts[:, None] + torch.arange(n, device=dev)).repeat_interleave(n, dim=0)
+        sensor_qpos = torch.arange(n, device=dev).repeat(n_windows)
+        row_days = days[sensor_windows.gather(1, sensor_qpos[:, None]).squeeze(1)]
+        # Stage 2: target t reads the n rows of its window start s(t), query at position t - s(t).
+        s = window_starts(n_total, n, dev)
+        fusion_windows = s[:, None] * n + torch.arange(n, device=dev)
+        fusion_qpos = torch.arange(n_total, device=dev) - s
+        assert torch.equal(window_indices(n_total, n, dev)[:, 0], s)
+        out = first.new_empty(n_total, self.latent_dim, height, width)
+        r = self.patch_size // 2
+        for y0, y1, x0, x1 in scene_tiles(height, width, tile):
+            latents = {}
+            for name, model in self.sensors.items():
+                sub = _tile_with_halo(x[name], y0, y1, x0, x1, r)
+                feats = _crop_feats(model.encoder.scene_features(sub), sub.shape[-2], sub.shape[-1],
+                                    y0, y1, x0, x1, r, height, width)
+                latents[name] = model.encoder.temporal.forward_windows(feats, days, sensor_windows, sensor_qpos)
+            z = self.temporal.forward_windows(self._fuse_tokens(latents), row_days, fusion_windows, fusion_qpos)
+            out[:, :, y0:y1, x0:x1] = rearrange(z, "t (h w) l -> t l h w", h=y1 - y0)
+        return out
