@@ -7,6 +7,7 @@ import pandas as pd
 import pystac
 import pytest
 import xarray as xr
+from stac_fixtures import DN_DEFAULT, FakeClient, center_lonlat, s1_item, s2_item
 
 from latentcube.constants import S2_BANDS
 from latentcube.cube import CubeError, new_cube, open_cube, validate_cube
@@ -22,7 +23,6 @@ from latentcube.sources.stac import (
     read_plan,
     utm_crs,
 )
-from stac_fixtures import DN_DEFAULT, FakeClient, center_lonlat, s1_item, s2_item
 
 START, END = "2021-01-01", "2022-12-31"
 
@@ -348,3 +348,12 @@ def test_read_plan_errors(tmp_path):
                   '"start": "2021-01-01", "end": "2021-12-31"}}]}')
     df = read_plan(gj)
     assert df.loc[0, "lon"] == 9.0 and df.loc[0, "lat"] == 45.0 and df.loc[0, "cube_id"] == "g1"
+
+
+def test_dates_from_a_plan_read_as_timestamps_are_inclusive_days():
+    from latentcube.sources.stac import _datetime_range
+
+    rng, t0, t1 = _datetime_range(pd.Timestamp("2021-01-01"), pd.Timestamp("2021-12-31"))
+    assert rng == "2021-01-01/2021-12-31"
+    assert t0 == pd.Timestamp("2021-01-01") and t1 == pd.Timestamp("2021-12-31 23:59:59.999999")
+    assert _datetime_range("2021-01-01T06:00:00Z", "2021-01-02")[0] == "2021-01-01T06:00:00Z/2021-01-02"

@@ -629,6 +629,7 @@ def fetch_cube(
     if "s1" in ds and chunks:
         ds["s1"] = ds["s1"].chunk({"band_s1": -1})
 
+    ds = set_crs(ds, gbox.crs.to_wkt())  # masks and NBAR read the CRS
     if cloud_mask is not None:
         ds = apply_mask(ds, cloud_mask, min_valid_fraction=min_valid_fraction)
     elif min_valid_fraction > 0:
