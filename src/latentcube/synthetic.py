@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from pyproj import CRS, Transformer
-from scipy import ndimage, special, stats
+from scipy import ndimage, signal, special, stats
 from scipy.spatial import cKDTree
 
 from latentcube.constants import LANDCOVER_CLASSES, S1_BANDS, S2_BANDS
@@ -341,9 +341,18 @@ def _landcover(rng: np.random.Generator, n: int, cfg: WorldConfig, site_class: i
     stretch = rng.uniform(1.4, 2.2)
     tree = cKDTree(seeds * [stretch, 1.0])
     pid = tree.query(np.stack([yy.ravel() * stretch, xx.ravel()], 1))[1].reshape(n, n).astype(np.int32)
-    p_open = fr[[GRA - 1, CRO - 1, BAR - 1]]
-    parcel_class = rng.choice([GRA, CRO, BAR], size=len(seeds), p=p_open / p_open.sum())
+    # Classes by largest remaining area deficit, parcels in random order: the scene's mix follows
+    # the target fractions closely even with few parcels, and neighbours stay independent.
     open_ = lc == 0
+    area = np.bincount(pid[open_], minlength=len(seeds)).astype(np.float64)
+    cls3 = np.array([GRA, CRO, BAR])
+    p_open = fr[cls3 - 1]
+    deficit = p_open / p_open.sum() * area.sum()
+    parcel_class = np.zeros(len(seeds), np.uint8)
+    for k in rng.permutation(len(seeds)):
+        j = int(np.argmax(deficit + rng.uniform(0, 1e-3, 3)))
+        parcel_class[k] = cls3[j]
+        deficit[j] -= area[k]
     lc[open_] = parcel_class[pid[open_]]
 
     if site_class is not None:  # homogeneous site stand/field centred on the tower pixel
@@ -383,11 +392,7 @@ def _cloudiness(rng: np.random.Generator, doy: np.ndarray, cfg: WorldConfig, z0:
     """
     phi = cfg.cloud_persistence
     e = rng.standard_normal(len(doy))
-    z = np.empty(len(doy))
-    prev = z0
-    for i in range(len(doy)):  # AR(1), short loop over days
-        prev = phi * prev + np.sqrt(1 - phi**2) * e[i]
-        z[i] = prev
+    z = signal.lfilter([np.sqrt(1 - phi**2)], [1.0, -phi], e, zi=[phi * z0])[0]  # AR(1), unit variance
     u = stats.norm.cdf(z)
     s = (_season_cos(doy) + 1) / 2  # 0 winter .. 1 summer
     p_clear = cfg.clear_sky_prob[0] + (cfg.clear_sky_prob[1] - cfg.clear_sky_prob[0]) * s
@@ -476,10 +481,10 @@ def _weather(
     clouds, scls, z = [], [], 0.0
     for year in years:
         dates = pd.date_range(f"{year}-01-01", f"{year}-12-31", freq="D")
-        doy = dates.dayofyear.values.astype(np.float64)
+        doy = dates.day_of_year.values.astype(np.float64)
         on = s2_dates[(s2_dates.year == year)]
         idx = ((on.normalize() - dates[0]).days).values
-        for _attempt in range(200):
+        for _attempt in range(50):
             c, z_end = _cloudiness(rng, doy, cfg, z)
             scl = _cloud_scl(mask_rng, c[idx], _sun_zenith_1030(doy[idx], lat), n, cfg)
             clear = float((scl == 0).mean()) if len(idx) else (lo + hi) / 2
@@ -494,20 +499,16 @@ def _weather(
         clouds.append(c)
         scls.append(scl)
     dates = pd.date_range(f"{years[0]}-01-01", f"{years[-1]}-12-31", freq="D")
-    doy = dates.dayofyear.values.astype(np.float64)
+    doy = dates.day_of_year.values.astype(np.float64)
     cloud = np.concatenate(clouds)
     season = _season_cos(doy)
 
     # Temperature: seasonal cycle, a site offset, persistent anomalies; clouds cool summer days and
     # keep winter days mild.
-    e = rng.standard_normal(len(doy))
-    anom = np.empty(len(doy))
-    a, prev = 0.8, 0.0
-    for i in range(len(doy)):
-        prev = a * prev + np.sqrt(1 - a**2) * e[i]
-        anom[i] = prev
-    t_mean = 9.0 + rng.uniform(-1.5, 1.5)
-    ta = t_mean + 9.5 * season + 3.0 * anom - 2.0 * (cloud - 0.5) * season
+    a = 0.8  # lag-1 day autocorrelation of temperature anomalies
+    anom = signal.lfilter([np.sqrt(1 - a**2)], [1.0, -a], rng.standard_normal(len(doy)))
+    t_mean = 9.5 + rng.uniform(-1.5, 1.5)  # lowland Central Europe: Jan ~0.5, Jul ~18.5 deg C
+    ta = t_mean + 9.0 * season + 3.0 * anom - 2.0 * (cloud - 0.5) * season
 
     # Rain only on cloudy days; heavier convective rain in summer.
     p_rain = 0.9 * np.clip((cloud - 0.5) / 0.5, 0, 1)
@@ -523,10 +524,9 @@ def _weather(
     snow_cover, moist, root = (np.empty(len(doy)) for _ in range(3))
     tau = 3.0 + 4.0 * (1 - (season + 1) / 2)  # surface dries faster in summer
     for i in range(len(doy)):
-        liquid = rain[i]
-        if ta[i] < 0.5:
-            swe += rain[i]
-            liquid = 0.0
+        solid = rain[i] * min(1.0, max(0.0, (1.5 - ta[i]) / 3.0))  # snow/rain mix from -1.5 to 1.5 deg C
+        swe += solid
+        liquid = rain[i] - solid
         melt = min(swe, 3.0 * max(ta[i], 0.0))
         swe -= melt
         liquid += melt
@@ -717,7 +717,9 @@ def _s2(
     ndvi = (b08 - b04) / np.maximum(b08 + b04, 1e-6)
     scl = np.where(ndvi > 0.4, 4, 5).astype(np.uint8)
     scl[np.broadcast_to(lc == WAT, scl.shape)] = 6
-    scl[vis > 0.5] = 11
+    # Sen2Cor-like snow test: NDSI = (B03 - B11) / (B03 + B11) > 0.42 and bright green band.
+    b03, b11 = refl[:, 1], refl[:, 8]
+    scl[((b03 - b11) / np.maximum(b03 + b11, 1e-6) > 0.42) & (b03 > 0.15)] = 11
     cloudy = cloud_scl > 0
     scl[cloudy] = cloud_scl[cloudy]
     refl[np.broadcast_to(cloudy[:, None], refl.shape)] = np.nan
@@ -792,7 +794,7 @@ def _flux_series(
     nee_obs = reco - gpp + (0.3 + 0.05 * gpp) * rng.standard_normal(nd)
 
     # QC: mostly good, lower in winter (stable nights, frost); outages ~1.5 per year of 2-30 days.
-    s = (_season_cos(weather.dates.dayofyear.values) + 1) / 2
+    s = (_season_cos(weather.dates.day_of_year.values) + 1) / 2
     good = rng.beta(6 + 6 * s, 2.5)
     missing = rng.random(nd) < cfg.flux_missing_prob
     years = weather.dates.year.values
@@ -943,6 +945,8 @@ def _build(
                     "season": seasons, "day": weather.dates},
         )
         truth["crop_type"].attrs["flag_meanings"] = "none winter_cereal spring_cereal maize"
+        truth["mowing"] = (("year", "cut", "y", "x"), _dt(ph["mow"]).reshape(len(years), 3, n, n))
+        truth = truth.assign_coords(year=list(years), cut=[1, 2, 3])
         if veg:
             for col in drivers.columns:
                 truth["tower_" + col] = ("day", drivers[col].values)
