@@ -317,3 +317,51 @@ def test_geotiff_stack_per_date(tmp_path):
     assert np.isnan(ds["s2"].values[:, 0, 0, 0]).all()  # GeoTIFF nodata 0
     with pytest.raises(CubeError, match="pass band_names"):
         import_cube(paths[0], band_names=["B04"], s2_scale=1e-4)
+
+
+def test_bilinear_matches_gdal_with_nan_neighbours():
+    """Our 20 m -> 10 m bilinear equals GDAL's (rasterio.warp.reproject, nodata NaN) everywhere,
+    including the NaN pattern: a 10 m pixel inside a NaN 20 m pixel stays NaN, a valid one next to NaN
+    neighbours renormalises the remaining weights."""
+    from affine import Affine
+    from rasterio.warp import Resampling, reproject
+
+    from latentcube.sources.importers import _to_grid_same_crs
+
+    rng = np.random.default_rng(0)
+    v = rng.random((16, 16))
+    v[rng.random((16, 16)) < 0.2] = np.nan
+    da = xr.DataArray(v, dims=("y", "x"), coords={"y": 2000 - 20 * (np.arange(16) + 0.5), "x": 1000 + 20 * (np.arange(16) + 0.5)})
+    x10, y10 = 1000 + 10 * (np.arange(32) + 0.5), 2000 - 10 * (np.arange(32) + 0.5)
+    ours = _to_grid_same_crs(da, x10, y10, "bilinear").values
+    gdal = np.full((32, 32), np.nan)
+    reproject(v, gdal, src_transform=Affine(20, 0, 1000, 0, -20, 2000), dst_transform=Affine(10, 0, 1000, 0, -10, 2000),
+              src_crs="EPSG:32631", dst_crs="EPSG:32631", resampling=Resampling.bilinear, src_nodata=np.nan, dst_nodata=np.nan)
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(gdal))
+    np.testing.assert_allclose(ours, gdal, rtol=1e-12, equal_nan=True)
+    assert np.isnan(ours).sum() > 4 * np.isnan(v).sum() - 1  # each NaN 20 m pixel -> its four 10 m pixels
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # odc-geo internals
+def test_file_in_another_crs_is_warped_and_zarr_is_read(tmp_path):
+    from pyproj import Transformer
+
+    p10 = _nc(tmp_path / "s2_10m.nc", names=("B04",), n=8, res=10.0)  # EPSG:32632, DN 1000
+    # a 20 m B11 file in EPSG:32633 (neighbouring UTM zone) covering the 10 m area with margin
+    cx, cy = Transformer.from_crs(32632, 32633, always_xy=True).transform(400_040.0, 5_599_960.0)
+    n = 12
+    x = cx - 20 * (n / 2) + 20 * (np.arange(n) + 0.5)
+    y = cy + 20 * (n / 2) - 20 * (np.arange(n) + 0.5)
+    from pyproj import CRS
+
+    other = xr.Dataset(
+        {"B11": (("t", "y", "x"), np.full((3, n, n), 2000, "uint16"), {"grid_mapping": "crs"})},
+        coords={"t": pd.to_datetime(["2021-03-01", "2021-03-06", "2021-03-11"]), "y": y, "x": x},
+    )
+    other["crs"] = xr.DataArray(np.int32(0), attrs={"crs_wkt": CRS.from_epsg(32633).to_wkt()})
+    other.to_zarr(tmp_path / "s2_20m.zarr", zarr_format=2, consolidated=True)
+    ds = import_cube([p10, tmp_path / "s2_20m.zarr"], s2_scale=1e-4)
+    validate_cube(ds)
+    assert cube_crs(ds).to_epsg() == 32632 and ds.sizes["x"] == 8
+    np.testing.assert_allclose(ds["s2"].sel(band="B11").values, 0.2, rtol=1e-6)  # constant field stays constant
+    np.testing.assert_allclose(ds["s2"].sel(band="B04").values, 0.1, rtol=1e-6)

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from latentcube.constants import S1_BANDS, S2_BANDS
+from latentcube.constants import S2_BANDS
 
 __all__ = [
     "DEFAULT_S1_BOUNDS_DB",

@@ -9,7 +9,7 @@ stacks) with:
 * Sentinel-1 encodings: linear power, dB, or openEO's uint16 dB (dB = 20·log10(DN) − 83);
 * any time-dimension name (``t``, ``timestamp``, ``time``... autodetected);
 * files at different resolutions (10 m and 20 m): everything is put on the finest S2 grid —
-  bilinear (NaN-aware) for reflectance and backscatter, nearest for SCL and label layers;
+  bilinear (NaN-aware, as GDAL) for reflectance and backscatter, nearest for SCL and label layers;
 * SCL cloud/shadow masking on import (classes :data:`~latentcube.constants.SCL_MASKED_DEFAULT`),
   keeping ``s2_scl`` in the cube;
 * ``(y, x)`` label layers (e.g. WorldCereal ``LC``/``CT``/``IRR``).
@@ -415,11 +415,6 @@ def _pad_edge(da: xr.DataArray, dim: str) -> xr.DataArray:
     return xr.concat([first, da, last], dim=dim)
 
 
-def _inside(target: np.ndarray, source: np.ndarray) -> np.ndarray:
-    lo, hi, _ = _edges(source)
-    return (target >= lo - 1e-6) & (target <= hi + 1e-6)
-
-
 def _to_grid_same_crs(da: xr.DataArray, x: np.ndarray, y: np.ndarray, method: str) -> xr.DataArray:
     sx, sy = da["x"].values, da["y"].values
     if sx.shape == x.shape and sy.shape == y.shape and np.allclose(sx, x) and np.allclose(sy, y):
@@ -430,16 +425,16 @@ def _to_grid_same_crs(da: xr.DataArray, x: np.ndarray, y: np.ndarray, method: st
         fill = 0 if np.issubdtype(da.dtype, np.integer) else np.nan
         out = da.reindex(x=x, method="nearest", tolerance=tol_x, fill_value=fill)
         return out.reindex(y=y, method="nearest", tolerance=tol_y, fill_value=fill)
-    # NaN-aware bilinear: interpolate values (NaN -> 0) and validity weights separately, divide, so
-    # a NaN neighbour removes its weight instead of spreading NaN (GDAL's behaviour with nodata).
+    # NaN-aware bilinear, GDAL's semantics with a nodata value (checked against rasterio.warp in the
+    # tests): a target whose covering source pixel is NaN stays NaN (no values invented inside masked
+    # pixels); otherwise values (NaN -> 0) and validity weights are interpolated separately and divided,
+    # so a NaN neighbour drops its weight instead of spreading NaN.
     valid = np.isfinite(da)
     num = _pad_edge(_pad_edge(da.where(valid, 0.0), "x"), "y").interp(x=x, y=y, method="linear")
     den = _pad_edge(_pad_edge(valid.astype("float64"), "x"), "y").interp(x=x, y=y, method="linear")
-    out = (num / den).where(den > 1e-9)
-    inside = xr.DataArray(_inside(y, sy), dims="y", coords={"y": y}) & xr.DataArray(
-        _inside(x, sx), dims="x", coords={"x": x}
-    )
-    return out.where(inside).astype(da.dtype)
+    covering_valid = _to_grid_same_crs(valid.astype("uint8"), x, y, "nearest") == 1  # 0 outside footprint
+    out = (num / den).where((den > 1e-9) & covering_valid)
+    return out.astype(da.dtype)
 
 
 def _to_grid(da: xr.DataArray, src_crs: CRS, x: np.ndarray, y: np.ndarray, dst_crs: CRS, method: str) -> xr.DataArray:
