@@ -618,6 +618,11 @@ def fetch_cube(
             s1_items = [signer(it) for it in s1_items]
         log.info("found %d Sentinel-1 RTC items for %s", len(s1_items), where)
 
+    if not isinstance(catalog, list | tuple | pystac.ItemCollection):
+        import odc.stac
+
+        # Remote COGs: GDAL's cloud settings (no directory listing, HTTP retries, merged range reads).
+        odc.stac.configure_rio(cloud_defaults=True)
     ds = _load_s2(s2_items, gbox=gbox, bands=bands, extra_bands=extra, chunks=chunks)
     ds = ds.assign_coords(time=ds["time"].values.astype("datetime64[ns]"))
     if include_s1:
