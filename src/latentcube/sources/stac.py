@@ -53,6 +53,7 @@ from latentcube.cube import CubeError, open_cube, save_cube, set_crs
 from latentcube.sources.masks import CloudMask, SCLMask, apply_mask
 
 __all__ = [
+    "COMPLETE_MARKER",
     "DEFAULT_CHUNKS",
     "PC_STAC_URL",
     "S1_COLLECTION",
