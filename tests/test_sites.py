@@ -128,3 +128,39 @@ def test_bad_arguments():
         plan_sites(lc, class_map="corine")
     with pytest.raises(SiteError, match="no such land-cover file"):
         plan_sites("/nonexistent/esa_cci.tif")
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # rasterio/affine internals
+def test_esa_cci_netcdf_and_geotiff_files_with_bbox(tmp_path):
+    import rasterio
+    from affine import Affine
+
+    rng = np.random.default_rng(5)
+    blocks = rng.choice([10, 62, 71, 130, 190, 210, 0], size=(20, 40))
+    codes = np.kron(blocks, np.ones((10, 10), dtype=int)).astype("uint8")  # 0.1 deg pixels, 1-degree blocks
+    lat = 60 - 0.1 * (np.arange(200) + 0.5)
+    lon = -10 + 0.1 * (np.arange(400) + 0.5)
+    # ESA CCI NetCDF layout: lccs_class (time=1, lat, lon)
+    nc = tmp_path / "ESACCI-LC.nc"
+    xr.Dataset({"lccs_class": (("time", "lat", "lon"), codes[None])},
+               coords={"time": [pd.Timestamp("2020-01-01")], "lat": lat, "lon": lon}).to_netcdf(nc)
+    tif = tmp_path / "ESACCI-LC.tif"
+    with rasterio.open(tif, "w", driver="GTiff", width=400, height=200, count=1, dtype="uint8",
+                       crs="EPSG:4326", transform=Affine(0.1, 0, -10, 0, -0.1, 60)) as dst:
+        dst.write(codes, 1)
+    bbox = (0.0, 45.0, 20.0, 55.0)
+    plans = [plan_sites(p, bbox=bbox, n=30, seed=4) for p in (nc, tif)]
+    for p in plans:
+        assert len(p) == 60
+        assert ((p["lon"] >= 0) & (p["lon"] <= 20) & (p["lat"] >= 45) & (p["lat"] <= 55)).all()
+        assert not set(p["landcover"]) & {"water", "no_data"}
+    # same pixels, same seed: the two file formats give the same plan
+    pd.testing.assert_frame_equal(plans[0], plans[1])
+
+
+def test_plan_is_readable_by_the_fetcher(tmp_path, plan):
+    stac = pytest.importorskip("latentcube.sources.stac")
+    for name in ("plan.csv", "plan.geojson"):
+        got = stac.read_plan(write_plan(plan, tmp_path / name))
+        assert list(got["cube_id"]) == list(plan["cube_id"])
+        np.testing.assert_allclose(got["lon"].to_numpy(float), plan["lon"].to_numpy(), rtol=1e-12)

@@ -256,6 +256,14 @@ def plan_sites(
     xn, yn = _xy_names(da)
     da = da.transpose(yn, xn)
     crs = _crs_of(da, xn)
+    if bbox is not None and crs.is_geographic:
+        # crop before sampling so that candidates (and max_candidates) are all inside the box, and a
+        # GeoTIFF window read and a full NetCDF read give the same pixels, hence the same plan
+        w, s, e, nn = bbox
+        xv, yv = np.asarray(da[xn].values), np.asarray(da[yn].values)
+        da = da.isel({xn: np.flatnonzero((xv >= w) & (xv <= e)), yn: np.flatnonzero((yv >= s) & (yv <= nn))})
+        if da.size == 0:
+            raise SiteError(f"bbox {tuple(bbox)} (west, south, east, north, degrees) holds no land-cover pixel.")
     ny, nx = da.shape
     k = min(max_candidates, ny * nx)
     flat = rng.choice(ny * nx, size=k, replace=False) if k < ny * nx else rng.permutation(ny * nx)
