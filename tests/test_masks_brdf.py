@@ -31,6 +31,9 @@ from latentcube.sources.masks import (
     valid_fraction,
 )
 
+# odc-geo/shapely deprecation chatter (library internals), not our behaviour
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
+
 TIMES = ["2021-05-01T10:30:00", "2021-05-11T10:30:00", "2021-05-21T10:30:00"]
 Y = 5000195.0 - 10 * np.arange(4)
 X = 500005.0 + 10 * np.arange(5)

@@ -24,6 +24,9 @@ from latentcube.sources.stac import (
     utm_crs,
 )
 
+# odc-geo/shapely deprecation chatter (library internals), not our behaviour
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
+
 START, END = "2021-01-01", "2022-12-31"
 
 
