@@ -317,6 +317,13 @@ def test_geotiff_stack_per_date(tmp_path):
     assert np.isnan(ds["s2"].values[:, 0, 0, 0]).all()  # GeoTIFF nodata 0
     with pytest.raises(CubeError, match="pass band_names"):
         import_cube(paths[0], band_names=["B04"], s2_scale=1e-4)
+    # glob patterns expand to the sorted file list
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        globbed = import_cube(str(tmp_path / "S2_*.tif"), s2_scale=1e-4)
+    np.testing.assert_array_equal(globbed["s2"].values, ds["s2"].values)
+    with pytest.raises(CubeError, match="no file matches"):
+        import_cube(str(tmp_path / "L8_*.tif"))
 
 
 def test_bilinear_matches_gdal_with_nan_neighbours():

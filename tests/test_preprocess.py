@@ -181,3 +181,13 @@ def test_match_s1_to_s2_by_hand():
     ds2 = cube([0.01, 0.02, 0.03], ["2020-01-07", "2020-02-01", "2020-03-01"], ["2020-01-01", "2020-01-02"])
     assert match_s1_to_s2(ds2, max_gap_days=6)["s1_gap_days"].values.tolist() == [6.0, 5.0]
     assert np.isnan(match_s1_to_s2(ds2, max_gap_days=5.9)["s1_gap_days"].values[0])
+
+
+def test_normalize_is_lazy_on_dask_cubes():
+    ds = cube([1.0, 0.1, 0.0]).chunk({"time_s1": 1})
+    out = Normalization().normalize(ds)
+    assert out["s1"].chunks is not None  # still a Dask graph, nothing computed
+    # linear 0 is not a power: NaN after normalisation, no warning
+    vv = out["s1"].sel(band_s1="VV").values[:, 0, 0]
+    np.testing.assert_allclose(vv[:2], [1.0, 0.6], atol=1e-6)
+    assert np.isnan(vv[2])

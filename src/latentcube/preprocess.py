@@ -60,7 +60,8 @@ def db_to_linear(x: Any) -> Any:
 def linear_to_db(x: Any) -> Any:
     """10·log10(linear); values <= 0 (not a power) and NaN give NaN, without warnings."""
     if isinstance(x, xr.DataArray | xr.Dataset):
-        return xr.apply_ufunc(linear_to_db, x, keep_attrs=True)
+        # where() first: log10 of NaN is silent, of 0 or negatives it would warn (stays lazy on Dask)
+        return 10.0 * np.log10(x.where(x > 0))
     a = np.asarray(x, dtype="float64")
     out = np.full(a.shape, np.nan)
     pos = a > 0
@@ -163,18 +164,27 @@ class Normalization:
         return (db_to_linear(v) if sensor == "s1" else v).astype("float32")
 
     # ---- cubes
+    def _bounds_da(self, da: xr.DataArray, band_dim: str, sensor: str) -> tuple[xr.DataArray, xr.DataArray]:
+        bands = [str(b) for b in da[band_dim].values]
+        lo, hi = self._bounds(bands, sensor)
+        coords = {band_dim: da[band_dim].values}
+        return xr.DataArray(lo, dims=band_dim, coords=coords), xr.DataArray(hi, dims=band_dim, coords=coords)
+
     def normalize(self, ds: xr.Dataset) -> xr.Dataset:
-        """Return ``ds`` with ``s2`` and ``s1`` normalised; the settings are recorded in ``attrs``."""
+        """Return ``ds`` with ``s2`` and ``s1`` normalised (float32, lazy on Dask-backed cubes); the
+        settings are recorded in ``attrs['latentcube_normalization']``."""
         if ATTR_KEY in ds.attrs:
             raise ValueError("the cube is already normalised (attrs has 'latentcube_normalization'). Fix: denormalize first.")
         out = ds.copy()
         for var, band_dim, sensor in (("s2", "band", "s2"), ("s1", "band_s1", "s1")):
             if var in ds:
                 da = ds[var]
-                bands = [str(b) for b in da[band_dim].values]
-                axis = da.dims.index(band_dim)
-                out[var] = da.copy(data=self.normalize_array(da.values, bands, sensor, axis=axis))
-                out[var].attrs["units"] = "normalised 0-1"
+                lo, hi = self._bounds_da(da, band_dim, sensor)
+                v = linear_to_db(da) if sensor == "s1" else da
+                n = (v - lo) / (hi - lo)
+                if self.clip:
+                    n = n.clip(0.0, 1.0)
+                out[var] = n.transpose(*da.dims).astype("float32").assign_attrs(da.attrs, units="normalised 0-1")
         out.attrs[ATTR_KEY] = json.dumps(self.to_dict())
         return out
 
@@ -184,10 +194,10 @@ class Normalization:
         for var, band_dim, sensor in (("s2", "band", "s2"), ("s1", "band_s1", "s1")):
             if var in ds:
                 da = ds[var]
-                bands = [str(b) for b in da[band_dim].values]
-                axis = da.dims.index(band_dim)
-                out[var] = da.copy(data=self.denormalize_array(da.values, bands, sensor, axis=axis))
-                out[var].attrs["units"] = "1"
+                lo, hi = self._bounds_da(da, band_dim, sensor)
+                v = da.astype("float64") * (hi - lo) + lo
+                v = db_to_linear(v) if sensor == "s1" else v
+                out[var] = v.transpose(*da.dims).astype("float32").assign_attrs(da.attrs, units="1")
         out.attrs.pop(ATTR_KEY, None)
         return out
 

@@ -24,6 +24,7 @@ The result passes :func:`latentcube.cube.validate_cube`; write it with :func:`la
 
 from __future__ import annotations
 
+import glob
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,7 @@ __all__ = [
     "PRESETS",
     "ImportSettings",
     "S1Encoding",
+    "SourceFile",
     "canonical_band_name",
     "decode_openeo_s1",
     "import_cube",
@@ -326,8 +328,9 @@ def _decode(var: xr.DataArray, *, kind: str, settings: ImportSettings) -> xr.Dat
 
 
 @dataclass
-class _Source:
-    """One file decoded to physical units on its own grid (time dim renamed to 'time')."""
+class SourceFile:
+    """One file decoded to physical units on its own grid: ``ds`` has one ``(time, y, x)`` variable per
+    canonical band, ``crs`` is the file's CRS, ``dropped`` lists the variables that are not model bands."""
 
     path: Path
     ds: xr.Dataset
@@ -343,7 +346,7 @@ def read_source(
     crs: Any = None,
     date: Any = None,
     band_names: Sequence[str] | None = None,
-) -> _Source:
+) -> SourceFile:
     """Read one S2 or S1 file and decode its bands to physical units on the file's own grid.
 
     Returns a small record with ``ds`` (variables named by canonical band, dims ``(time, y, x)``),
@@ -392,7 +395,7 @@ def read_source(
         x=np.asarray(raw["x"].values, "float64"),
     )
     dropped = sorted(str(n) for n in raw.data_vars if n not in mapping and n not in ("crs", "spatial_ref"))
-    return _Source(path, ds, file_crs, dropped)
+    return SourceFile(path, ds, file_crs, dropped)
 
 
 # ------------------------------------------------------------------------------------ resampling
@@ -506,11 +509,20 @@ def _clean_times(ds: xr.Dataset, what: str, duplicates: str) -> xr.Dataset:
 
 
 def _as_list(p: PathLike | Sequence[PathLike] | None) -> list[Path]:
+    """Paths from a path, a list of paths, or glob patterns (``tifs/S2_*.tif``, expanded sorted)."""
     if p is None:
         return []
-    if isinstance(p, str | Path):
-        return [Path(p)]
-    return [Path(q) for q in p]
+    items = [p] if isinstance(p, str | Path) else list(p)
+    out: list[Path] = []
+    for q in items:
+        if isinstance(q, str) and any(ch in q for ch in "*?["):
+            matches = sorted(glob.glob(q))
+            if not matches:
+                raise CubeError(f"no file matches {q!r}. Fix: check the pattern and the folder.")
+            out.extend(Path(m) for m in matches)
+        else:
+            out.append(Path(q))
+    return out
 
 
 def _resolution(ds: xr.Dataset) -> float:
@@ -587,7 +599,7 @@ def import_cube(
     """Import S2 (and optionally S1) files into one cube on the finest S2 grid.
 
     Args:
-        s2: one or more S2 files (NetCDF ``.nc``, Zarr, GeoTIFF ``.tif``). Files with different bands
+        s2: one or more S2 files (NetCDF ``.nc``, Zarr, GeoTIFF ``.tif``; glob patterns are expanded). Files with different bands
             (10 m and 20 m exports) are merged; files with the same bands are concatenated along time.
             A GeoTIFF holds one date (``dates=`` or a YYYYMMDD/YYYY-MM-DD in its name or a
             TIFFTAG_DATETIME tag); its raster bands are named by ``band_names`` or its band descriptions.
