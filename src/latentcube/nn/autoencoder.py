@@ -46,11 +46,14 @@ class AutoencoderConfig:
     n_dates: int = 11
     # Encoder spatial reducer (valid convolutions; see blocks.SpatialReducer).
     widths: tuple[int, int, int] = (32, 48, 64)
-    multiscale_kernels: tuple[int, ...] = (1, 3, 5)
+    # Defaults: convolutions alone reach 13 x 13 (radius 3 + 2 + 1); block 2's 3 x 3 spatial attention
+    # adds the last ring. Rings reached only through several stacked sigmoid gates get vanishing
+    # influence (measured ~1e-11 gradients), so most of the 15 x 15 field must come from convolutions.
+    multiscale_kernels: tuple[int, ...] = (1, 3, 5, 7)
     multiscale_branch_ch: int = 16
-    conv_kernels: tuple[int, int] = (3, 3)
-    ca_pools: tuple[int, int, int] = (3, 1, 1)
-    sa_kernels: tuple[int, int, int] = (3, 3, 1)
+    conv_kernels: tuple[int, int] = (5, 3)
+    ca_pools: tuple[int, int, int] = (1, 1, 1)
+    sa_kernels: tuple[int, int, int] = (1, 3, 1)
     cbam_reduction: int = 4
     # Encoder temporal layer (one day-difference attention layer; see blocks.DayAttentionLayer).
     d_model: int = 32

@@ -99,16 +99,14 @@ class FusionModel(nn.Module):
     def freeze_sensor_models(self) -> FusionModel:
         """Freeze every sensor autoencoder (no grads, eval mode kept across ``train()``). Returns self."""
         self._frozen = True
-        for model in self.sensors.values():
-            model.requires_grad_(False)
-            model.eval()
+        self.sensors.requires_grad_(False)
+        self.sensors.eval()
         return self
 
     def train(self, mode: bool = True) -> FusionModel:
         super().train(mode)
         if self._frozen:  # frozen encoders/decoders keep eval behaviour (no dropout) during fusion training
-            for model in self.sensors.values():
-                model.eval()
+            self.sensors.eval()
         return self
 
     def fusion_parameters(self) -> list[nn.Parameter]:

@@ -1,0 +1,335 @@
+"""Tests for latentcube.nn: dense-exact encoding, receptive field, time encoding, gradients, fusion."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from latentcube.nn import (
+    AutoencoderConfig,
+    FusionConfig,
+    FusionModel,
+    SensorAutoencoder,
+    model_info,
+    s1_config,
+    s2_config,
+    window_indices,
+    window_starts,
+)
+
+TOL = 1e-5
+N_DATES, P, C_T, R = 11, 15, 5, 7  # window length, patch size, centre date index, patch radius
+
+
+def _seed(s: int = 0) -> torch.Generator:
+    torch.manual_seed(s)
+    return torch.Generator().manual_seed(s)
+
+
+def _scene(gen, t: int, c: int, h: int, w: int, nan_fraction: float = 0.15) -> torch.Tensor:
+    """Random scene with scattered NaNs, a fully invalid date and a band missing over a block."""
+    x = torch.randn(t, c, h, w, generator=gen)
+    x[torch.rand(x.shape, generator=gen) < nan_fraction] = float("nan")
+    x[2] = float("nan")  # a whole date invalid
+    x[4:6, 0, : h // 2, : w // 3] = float("nan")  # one band missing over a block
+    return x
+
+
+def _days(gen, t: int) -> torch.Tensor:
+    """Irregular acquisition days (gaps 1..40 d) with an arbitrary origin."""
+    return 7300.0 + torch.cumsum(1 + 39 * torch.rand(t, generator=gen), 0)
+
+
+def _start(t: int, n_total: int) -> int:
+    # Written independently of the implementation: t-5 .. t+5 shifted to stay inside the series.
+    return min(max(t - N_DATES // 2, 0), n_total - N_DATES)
+
+
+def _patches(x: torch.Tensor, t: int, pixels: list[tuple[int, int]]) -> torch.Tensor:
+    """Patches (B, 11, C, 15, 15) of the window of date t around pixels; outside the scene is NaN."""
+    s = _start(t, x.shape[0])
+    xp = F.pad(x, (R, R, R, R), value=float("nan"))
+    return torch.stack([xp[s : s + N_DATES, :, y : y + P, x_ : x_ + P] for y, x_ in pixels])
+
+
+def _pixels(h: int, w: int) -> list[tuple[int, int]]:
+    return [(0, 0), (h - 1, w - 1), (0, w - 1), (h // 2, w // 2), (3, 1), (h - 2, w // 3), (R, R)]
+
+
+def _small(cfg: AutoencoderConfig) -> AutoencoderConfig:
+    # Narrower than the presets to keep the test file fast; geometry (15 x 15 x 11) unchanged.
+    return dataclasses.replace(cfg, decoder_d_model=16, decoder_ffn_dim=32, decoder_widths=(16, 8, 8),
+                               decoder_branch_ch=4)
+
+
+@pytest.fixture(scope="module")
+def s1_model() -> SensorAutoencoder:
+    _seed(1)
+    return SensorAutoencoder(_small(s1_config())).eval()
+
+
+@pytest.fixture(scope="module")
+def s2_model() -> SensorAutoencoder:
+    _seed(2)
+    return SensorAutoencoder(_small(s2_config())).eval()
+
+
+@pytest.fixture(scope="module")
+def fused(s1_model, s2_model) -> FusionModel:
+    _seed(3)
+    return FusionModel({"s1": s1_model, "s2": s2_model}, FusionConfig()).freeze_sensor_models().eval()
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def test_presets_follow_the_paper():
+    s1, s2 = s1_config(), s2_config()
+    assert (s1.n_bands, s1.latent_dim, s1.band_names) == (2, 2, ("VV", "VH"))
+    assert (s2.n_bands, s2.latent_dim, len(s2.band_names)) == (10, 9, 10)
+    for c in (s1, s2):
+        assert (c.patch_size, c.n_dates, c.centre_index, c.centre_pixel, c.receptive_field) == (15, 11, 5, (7, 7), 15)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s1.latent_dim = 3  # type: ignore[misc]
+
+
+def test_config_rejects_inconsistent_receptive_field():
+    with pytest.raises(ValueError, match="receptive field.*17.*patch_size is 15"):
+        s2_config(conv_kernels=(5, 5))
+    with pytest.raises(ValueError, match="odd"):
+        s2_config(ca_pools=(2, 1, 1))
+    with pytest.raises(ValueError, match="band_names"):
+        s2_config(n_bands=4)
+    # Another patch size works once the blocks are made consistent with it.
+    cfg = s2_config(patch_size=9, multiscale_kernels=(1, 3), conv_kernels=(3, 3), sa_kernels=(3, 1, 1))
+    assert cfg.receptive_field == 9
+    model = SensorAutoencoder(dataclasses.replace(_small(cfg)))
+    assert model.encode_patches(torch.randn(2, 11, 10, 9, 9), torch.arange(11.0).expand(2, 11)).shape == (2, 11, 9)
+
+
+@given(n_total=st.integers(11, 60), t=st.integers(0, 59))
+@settings(max_examples=50, deadline=None)
+def test_window_convention(n_total, t):
+    t = t % n_total
+    win = window_indices(n_total, N_DATES)[t]
+    assert win.tolist() == list(range(_start(t, n_total), _start(t, n_total) + N_DATES))
+    assert t in win.tolist()
+    if N_DATES // 2 <= t < n_total - N_DATES // 2:
+        assert win[C_T] == t  # away from the ends the target is the centre date
+    assert window_starts(n_total, N_DATES)[t] == win[0]
+
+
+def test_too_short_series_is_rejected(s1_model):
+    with pytest.raises(ValueError, match="at least as many dates"):
+        s1_model.encode_scene(torch.randn(10, 2, 4, 4), torch.arange(10.0))
+
+
+# ------------------------------------------------------------------------------------ dense == patches
+
+
+def _check_sensor_equivalence(model: SensorAutoencoder, seed: int, t_all: int = 16, h: int = 13, w: int = 11):
+    gen = _seed(seed)
+    x, days = _scene(gen, t_all, model.config.n_bands, h, w), _days(gen, t_all)
+    with torch.no_grad():
+        dense = model.encode_scene(x, days)
+        assert dense.shape == (t_all, model.config.latent_dim, h, w) and dense.dtype == torch.float32
+        assert torch.isfinite(dense).all()
+        pixels = _pixels(h, w)
+        for t in range(t_all):  # every date: centre dates and the shifted windows at both ends
+            s = _start(t, t_all)
+            z = model.encode_patches(_patches(x, t, pixels), days[s : s + N_DATES].expand(len(pixels), -1))
+            ref = torch.stack([dense[t, :, y, x_] for y, x_ in pixels])
+            err = (z[:, t - s] - ref).abs().max().item()
+            assert err <= TOL, f"date {t}: max abs diff {err}"
+            if s == t - C_T:
+                assert torch.equal(z[:, C_T], z[:, t - s])
+
+
+@pytest.mark.parametrize("which", ["s1", "s2"])
+def test_scene_equals_patches_sensor(which, s1_model, s2_model):
+    _check_sensor_equivalence(s1_model if which == "s1" else s2_model, seed=10 + len(which))
+
+
+def test_scene_equals_patches_fused(fused):
+    gen = _seed(20)
+    t_all, h, w = 15, 12, 10
+    x = {"s1": _scene(gen, t_all, 2, h, w), "s2": _scene(gen, t_all, 10, h, w)}
+    days = _days(gen, t_all)
+    with torch.no_grad():
+        dense = fused.encode_scene(x, days)
+        assert dense.shape == (t_all, 7, h, w) and torch.isfinite(dense).all()
+        pixels = _pixels(h, w)
+        for t in range(t_all):
+            s = _start(t, t_all)
+            z = fused.encode_patches({k: _patches(v, t, pixels) for k, v in x.items()},
+                                     days[s : s + N_DATES].expand(len(pixels), -1))
+            ref = torch.stack([dense[t, :, y, x_] for y, x_ in pixels])
+            assert (z[:, t - s] - ref).abs().max().item() <= TOL, f"date {t}"
+
+
+def test_tiled_scene_equals_untiled(s2_model, fused):
+    gen = _seed(21)
+    x = {"s1": _scene(gen, 12, 2, 19, 17), "s2": _scene(gen, 12, 10, 19, 17)}
+    days = _days(gen, 12)
+    with torch.no_grad():
+        a, b = s2_model.encode_scene(x["s2"], days), s2_model.encode_scene(x["s2"], days, tile=8)
+        assert (a - b).abs().max() <= TOL
+        a, b = fused.encode_scene(x, days), fused.encode_scene(x, days, tile=10)
+        assert (a - b).abs().max() <= TOL
+
+
+# ------------------------------------------------------------------------------------ receptive field
+
+
+@pytest.mark.parametrize("which", ["s2", "fused"])
+def test_receptive_field_is_the_patch_and_the_window(which, s2_model, fused):
+    gen = _seed(30)
+    t_all, h, w, t, y, x_ = 20, 24, 24, 10, 12, 12
+    model = s2_model if which == "s2" else fused
+    base = {"s1": torch.randn(t_all, 2, h, w, generator=gen), "s2": torch.randn(t_all, 10, h, w, generator=gen)}
+    days = _days(gen, t_all)
+
+    def embed(scene):
+        inp = scene["s2"] if which == "s2" else scene
+        with torch.no_grad():
+            return model.encode_scene(inp, days)[t, :, y, x_]
+
+    ref = embed(base)
+
+    def changed(date, yy, xx):
+        mod = {k: v.clone() for k, v in base.items()}
+        mod["s2"][date, :, yy, xx] += 5.0
+        return not torch.allclose(embed(mod), ref, atol=0, rtol=0)
+
+    # Spatial: the 15 x 15 patch around (y, x) is inside, one pixel further is outside.
+    assert changed(t, y + R, x_ - R) and changed(t, y - R, x_ + R)
+    assert not changed(t, y + R + 1, x_) and not changed(t, y, x_ - R - 1)
+    # Temporal: dates t-5 .. t+5 are inside the window, t-6 and t+6 outside.
+    assert changed(t - 5, y, x_) and changed(t + 5, y, x_)
+    assert not changed(t - 6, y, x_) and not changed(t + 6, y, x_)
+
+
+# ------------------------------------------------------------------------------------ time encoding
+
+
+def test_irregular_gaps_change_the_encoding_and_origin_does_not(s2_model):
+    gen = _seed(40)
+    x = torch.randn(3, N_DATES, 10, P, P, generator=gen)
+    regular = torch.arange(N_DATES, dtype=torch.float32).expand(3, -1) * 5
+    irregular = regular.clone()
+    irregular[:, 7:] += 30  # a 35-day gap (e.g. clouds) after date 6, same index layout
+    with torch.no_grad():
+        z_reg, z_irr = s2_model.encode_patches(x, regular), s2_model.encode_patches(x, irregular)
+        z_shift = s2_model.encode_patches(x, regular + 1234.5)
+    assert (z_reg - z_irr).abs().max() > 1e-3
+    assert (z_reg - z_shift).abs().max() <= TOL  # only day differences matter, not the origin
+
+
+# ------------------------------------------------------------------------------------ shapes, NaN, grads
+
+
+def test_shapes_and_finiteness_with_nan(s1_model, s2_model):
+    gen = _seed(50)
+    for model in (s1_model, s2_model):
+        c = model.config.n_bands
+        x = torch.randn(4, N_DATES, c, P, P, generator=gen)
+        x[0] = float("nan")  # a fully invalid patch
+        x[1, :, :, :, :7] = float("nan")
+        x[2, 3] = float("nan")
+        days = _days(gen, N_DATES).expand(4, -1)
+        recon, z = model(x, days)
+        assert z.shape == (4, N_DATES, model.config.latent_dim) and recon.shape == (4, N_DATES, c, P, P)
+        assert torch.isfinite(z).all() and torch.isfinite(recon).all()
+        assert z.dtype == recon.dtype == torch.float32
+
+
+def _masked_mse(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    valid = torch.isfinite(x)
+    return ((recon - torch.nan_to_num(x)) ** 2 * valid).sum() / valid.sum()
+
+
+@pytest.mark.parametrize("make", [s1_config, s2_config])
+def test_gradients_reach_every_parameter(make):
+    gen = _seed(60)
+    model = SensorAutoencoder(_small(make())).train()
+    c = model.config.n_bands
+    x = torch.randn(3, N_DATES, c, P, P, generator=gen)
+    x[torch.rand(x.shape, generator=gen) < 0.2] = float("nan")
+    recon, _ = model(x, _days(gen, N_DATES).expand(3, -1))
+    _masked_mse(recon, x).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"no gradient for {missing}"
+
+
+def test_fusion_trains_only_fusion_layers(fused):
+    gen = _seed(70)
+    fused.train()  # frozen sensor models must stay in eval mode
+    try:
+        assert all(not m.training for m in fused.sensors.modules())
+        assert fused.temporal.training
+        x = {"s1": torch.randn(2, N_DATES, 2, P, P, generator=gen), "s2": torch.randn(2, N_DATES, 10, P, P, generator=gen)}
+        x["s2"][0, 4] = float("nan")
+        out = fused(x, _days(gen, N_DATES).expand(2, -1))
+        assert out.latent.shape == (2, N_DATES, 7)
+        assert {k: v.shape for k, v in out.reconstructions.items()} == {
+            "s1": (2, N_DATES, 2, P, P), "s2": (2, N_DATES, 10, P, P)}
+        assert out.sensor_latents["s1"].shape == (2, N_DATES, 2) and out.sensor_latents["s2"].shape == (2, N_DATES, 9)
+        sum(_masked_mse(out.reconstructions[k], x[k]) for k in x).backward()
+        frozen = list(fused.sensors.parameters())
+        assert frozen and all(not p.requires_grad and p.grad is None for p in frozen)
+        trainable = fused.fusion_parameters()
+        assert {id(p) for p in trainable} == {id(p) for p in fused.parameters() if p.requires_grad}
+        assert all(p.grad is not None and torch.any(p.grad != 0) for p in trainable)
+    finally:
+        fused.zero_grad(set_to_none=True)
+        fused.eval()
+
+
+def test_three_sensor_fusion_from_config():
+    gen = _seed(80)
+    configs = {"s1": _small(s1_config()), "s2": _small(s2_config()),
+               "thermal": _small(AutoencoderConfig(sensor="thermal", n_bands=3, latent_dim=4))}
+    model = FusionModel({k: SensorAutoencoder(c) for k, c in configs.items()}, FusionConfig(latent_dim=7))
+    model.freeze_sensor_models().eval()
+    assert model.sensor_names == ["s1", "s2", "thermal"]
+    assert model.temporal.w_in.in_features == 3 * FusionConfig().proj_dim
+    t_all, h, w = 12, 6, 5
+    x = {k: _scene(gen, t_all, c.n_bands, h, w) for k, c in configs.items()}
+    days = _days(gen, t_all)
+    with torch.no_grad():
+        dense = model.encode_scene(x, days)
+        t, pixels = 6, [(0, 0), (3, 2)]
+        z = model.encode_patches({k: _patches(v, t, pixels) for k, v in x.items()},
+                                 days[1:12].expand(2, -1))
+        out = model({k: _patches(v, t, pixels) for k, v in x.items()}, days[1:12].expand(2, -1))
+    assert dense.shape == (t_all, 7, h, w)
+    assert (z[:, C_T] - torch.stack([dense[t, :, y, x_] for y, x_ in pixels])).abs().max() <= TOL
+    assert out.reconstructions["thermal"].shape == (2, N_DATES, 3, P, P)
+    with pytest.raises(ValueError, match="expected inputs for sensors"):
+        model.encode_scene({"s1": x["s1"], "s2": x["s2"]}, days)
+
+
+def test_fusion_rejects_mismatched_geometry():
+    a = SensorAutoencoder(_small(s1_config()))
+    b = SensorAutoencoder(_small(s2_config(n_dates=9)))
+    with pytest.raises(ValueError, match="disagree"):
+        FusionModel({"s1": a, "s2": b})
+
+
+def test_model_info_counts(s2_model, fused):
+    info = model_info(s2_model, scene=(12, 16, 16))
+    p = info["parameters"]
+    assert p["total"] == sum(x.numel() for x in s2_model.parameters())
+    assert p["trainable"] == sum(x.numel() for x in s2_model.parameters() if x.requires_grad)
+    assert sum(v["total"] for v in p["per_submodule"].values()) == p["total"]
+    assert info["latent_sizes"] == {"s2": 9} and info["receptive_field"] == 15
+    flops = info["flops_per_embedding"]
+    assert 0 < flops["dense"] < flops["patch"] / 50  # sharing saves well over an order of magnitude
+    finfo = model_info(fused, flops=False)
+    assert finfo["latent_sizes"] == {"fused": 7, "s1": 2, "s2": 9}
+    assert finfo["parameters"]["trainable"] == finfo["fusion_parameters"] > 0
