@@ -226,8 +226,11 @@ def test_unknown_band_and_unrecognised_variables(tmp_path):
         import_cube(p, band_map={"red": "B99"}, s2_scale=1e-4)
     with pytest.raises(CubeError, match="no Sentinel-2 band variable recognised among \\['nir', 'red'\\]"):
         import_cube(p, s2_scale=1e-4)
-    with pytest.raises(CubeError, match="band_map names \\['rouge'\\]"):
+    with pytest.raises(CubeError, match="band_map names \\['rouge'\\] but the file's variables are"):
         import_cube(p, band_map={"rouge": "B04"}, s2_scale=1e-4)
+    # a band_map entry matching no file is an error even when other entries work
+    with pytest.raises(CubeError, match="band_map names \\['rouge'\\], found in none of the files"):
+        import_cube(p, band_map={"red": "B04", "rouge": "B05"}, s2_scale=1e-4)
 
 
 def test_missing_crs_missing_file_and_time_dim_errors(tmp_path):
@@ -372,3 +375,21 @@ def test_file_in_another_crs_is_warped_and_zarr_is_read(tmp_path):
     assert cube_crs(ds).to_epsg() == 32632 and ds.sizes["x"] == 8
     np.testing.assert_allclose(ds["s2"].sel(band="B11").values, 0.2, rtol=1e-6)  # constant field stays constant
     np.testing.assert_allclose(ds["s2"].sel(band="B04").values, 0.1, rtol=1e-6)
+
+
+def test_band_map_spans_s2_and_s1_files(tmp_path):
+    s2 = _nc(tmp_path / "s2.nc", names=("red", "nir"))
+    s1 = _nc(tmp_path / "s1.nc", names=("sigma_vv", "VH"), dates=("2021-03-02",),
+             value_fn=lambda i, nt, n: np.full((nt, n, n), 0.05, "float32"))
+    # one map for all files; VH is recognised by name, sigma_vv through the map; S1 stored linear
+    ds = import_cube(s2, s1, band_map={"red": "B04", "nir": "B08", "sigma_vv": "VV"}, s2_scale=1e-4)
+    assert list(ds["band_s1"].values) == ["VV", "VH"]
+    np.testing.assert_allclose(ds["s1"].values, 0.05, rtol=1e-6)
+
+
+def test_no_time_dimension_is_explained(tmp_path):
+    p = tmp_path / "static.nc"
+    xr.Dataset({"B04": (("y", "x"), np.ones((2, 2), "uint16"))},
+               coords={"y": [15.0, 5.0], "x": [5.0, 15.0]}).to_netcdf(p)
+    with pytest.raises(CubeError, match=r"no time dimension among \['y', 'x'\].*Fix: pass time_dim="):
+        import_cube(p, crs="EPSG:32632")

@@ -336,6 +336,7 @@ class SourceFile:
     ds: xr.Dataset
     crs: CRS
     dropped: list[str]
+    variables: list[str] = field(default_factory=list)
 
 
 def read_source(
@@ -370,13 +371,13 @@ def read_source(
         target = explicit.get(name, canonical_band_name(name) if name not in explicit else None)
         if target in wanted and target not in mapping.values():
             mapping[name] = target
-    missing_src = [k for k in explicit if k not in raw.variables]
-    if missing_src and not any(k in raw.variables for k in explicit):
-        raise CubeError(
-            f"{path}: band_map names {missing_src} but the file's variables are {sorted(map(str, raw.data_vars))}. "
-            "Fix: use the variable names as written in the file."
-        )
     if not mapping:
+        missing_src = [k for k in explicit if k not in raw.variables]
+        if missing_src:
+            raise CubeError(
+                f"{path}: band_map names {missing_src} but the file's variables are "
+                f"{sorted(map(str, raw.data_vars))}. Fix: use the variable names as written in the file."
+            )
         raise CubeError(
             f"{path}: no {'Sentinel-2 band' if sensor == 's2' else 'Sentinel-1 VV/VH'} variable recognised among "
             f"{sorted(map(str, candidates))}. Fix: pass band_map={{'<variable>': '<band>'}} "
@@ -395,7 +396,7 @@ def read_source(
         x=np.asarray(raw["x"].values, "float64"),
     )
     dropped = sorted(str(n) for n in raw.data_vars if n not in mapping and n not in ("crs", "spatial_ref"))
-    return SourceFile(path, ds, file_crs, dropped)
+    return SourceFile(path, ds, file_crs, dropped, [str(n) for n in raw.variables])
 
 
 # ------------------------------------------------------------------------------------ resampling
@@ -648,6 +649,17 @@ def import_cube(
                     date=None if dates is None else dates[i])
         for i, p in enumerate(s2_paths)
     ]
+    if s1_paths:
+        s1_src = [read_source(p, sensor="s1", settings=settings, crs=crs) for p in s1_paths]
+    else:
+        s1_src = []
+    seen = {v for src in s2_src + s1_src for v in src.variables}
+    unused = [k for k in settings.band_map if k not in seen]
+    if unused:
+        raise CubeError(
+            f"band_map names {unused}, found in none of the files (their variables: {sorted(seen)}). "
+            "Fix: use the variable names as written in the files."
+        )
     # Target grid: the finest S2 grid (first file among equals), in that file's CRS.
     ref = min(s2_src, key=lambda s: _resolution(s.ds))
     x, y, dst_crs = ref.ds["x"].values, ref.ds["y"].values, ref.crs
@@ -674,8 +686,7 @@ def import_cube(
     orbit = None
     if s1_paths:
         s1_on_grid = []
-        for p in s1_paths:
-            src = read_source(p, sensor="s1", settings=settings, crs=crs)
+        for p, src in zip(s1_paths, s1_src, strict=True):
             ds1 = xr.Dataset({n: _to_grid(da, src.crs, x, y, dst_crs, "bilinear") for n, da in src.ds.data_vars.items()})
             state = re.search(r"(ASCENDING|DESCENDING)", p.name.upper())
             if state:
