@@ -393,3 +393,16 @@ def test_no_time_dimension_is_explained(tmp_path):
                coords={"y": [15.0, 5.0], "x": [5.0, 15.0]}).to_netcdf(p)
     with pytest.raises(CubeError, match=r"no time dimension among \['y', 'x'\].*Fix: pass time_dim="):
         import_cube(p, crs="EPSG:32632")
+
+
+def test_cli_parsers():
+    from latentcube.sources.importers import parse_band_map, parse_layers
+
+    assert parse_band_map(["red=B04", "S1-SIGMA0-VV=VV"]) == {"red": "B04", "S1-SIGMA0-VV": "VV"}
+    assert parse_band_map(None) is None
+    with pytest.raises(CubeError, match="expected SOURCE=BAND"):
+        parse_band_map(["red:B04"])
+    assert parse_layers(["landcover=out/labels.nc:LC", "mask=mask.tif", "w=C:\\data\\x.tif"]) == {
+        "landcover": ("out/labels.nc", "LC"), "mask": "mask.tif", "w": "C:\\data\\x.tif"}
+    with pytest.raises(CubeError, match="expected NAME=PATH"):
+        parse_layers(["labels.nc"])

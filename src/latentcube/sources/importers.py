@@ -48,6 +48,8 @@ __all__ = [
     "canonical_band_name",
     "decode_openeo_s1",
     "import_cube",
+    "parse_band_map",
+    "parse_layers",
     "read_layer",
     "read_source",
 ]
@@ -731,3 +733,38 @@ def decode_openeo_s1(dn: np.ndarray) -> np.ndarray:
         db = 20.0 * np.log10(dn) - OPENEO_S1_DB_OFFSET
     db[np.isin(dn, OPENEO_S1_NODATA)] = np.nan
     return db
+
+
+# ------------------------------------------------------------------------------------ CLI helpers
+
+
+def parse_band_map(items: Sequence[str] | None) -> dict[str, str] | None:
+    """``["red=B04", "nir=B08"]`` (the CLI's repeated ``--band-map``) -> ``{"red": "B04", "nir": "B08"}``."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        src, sep, dst = item.partition("=")
+        if not sep or not src or not dst:
+            raise CubeError(f"--band-map {item!r}: expected SOURCE=BAND, e.g. red=B04 or S1-SIGMA0-VV=VV.")
+        out[src.strip()] = dst.strip()
+    return out
+
+
+def parse_layers(items: Sequence[str] | None) -> dict[str, str | tuple[str, str]] | None:
+    """``["landcover=labels.nc:LC", "mask=mask.tif"]`` (repeated ``--layer NAME=PATH[:VARIABLE]``) ->
+    ``{"landcover": ("labels.nc", "LC"), "mask": "mask.tif"}``. The text after the last ``:`` is a
+    variable name only when it contains no path separator or dot (so ``C:\\x.tif`` stays a path)."""
+    if not items:
+        return None
+    out: dict[str, str | tuple[str, str]] = {}
+    for item in items:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise CubeError(f"--layer {item!r}: expected NAME=PATH or NAME=PATH:VARIABLE, e.g. landcover=labels.nc:LC.")
+        path, colon, var = spec.rpartition(":")
+        if colon and path and var and not any(ch in var for ch in "/\\.") and len(path) > 1:
+            out[name.strip()] = (path, var)
+        else:
+            out[name.strip()] = spec
+    return out
