@@ -228,7 +228,9 @@ def plan_sites(
         years: first and last calendar year the cube periods may cover (inclusive).
         periods_per_site: 1 or 2 calendar-year periods; two are at least one year apart.
         splits: train/val/test shares of sites (both cubes of a site stay in one split).
-        edge_m: cube edge length in metres (recorded for ``latentcube fetch``).
+        edge_m: cube edge length in metres, recorded for ``latentcube fetch``. Default 2560 m = 256 px at
+            10 m: our choice (the cube size, like the paper's bounding-box values, is missing from our
+            copy of the paper text), so pass ``bbox`` explicitly for Central/Western Europe.
         seed: int or ``numpy.random.Generator``; the same seed gives the same plan.
         max_candidates: at most this many random pixels are examined.
 
