@@ -153,6 +153,8 @@ def test_errors(tmp_path):
     pd.DataFrame({"DATE": ["20200101"], "GPP_NT_VUT_REF": [1.0], "NEE_VUT_REF_QC": [1.0]}).to_csv(r, index=False)
     with pytest.raises(FluxnetError, match="unknown timestamp format: no TIMESTAMP_START"):
         read_fluxnet(r)
+    with pytest.raises(FluxnetError, match="resolution='HR' but the records are 0 days 00:30:00 apart"):
+        read_fluxnet(_hh_csv(tmp_path / "hh.csv", [1.0, 2.0], [0, 0]), resolution="HR")
     with pytest.raises(FluxnetError, match="resolution='HH' but the timestamps are daily"):
         read_fluxnet(p, columns={"gpp": "GPP_DT_VUT_REF"}, resolution="HH")
 

@@ -191,6 +191,11 @@ def read_fluxnet(
         step = diffs.mode().iloc[0] if len(diffs) else pd.Timedelta(minutes=30)
         per_day = int(round(pd.Timedelta(days=1) / step))
         res_label = {48: "HH", 24: "HR"}.get(per_day, f"{per_day} records/day")
+        if resolution in ("HH", "HR") and res_label != resolution:
+            raise FluxnetError(
+                f"{path}: resolution={resolution!r} but the records are {step} apart ({res_label}). "
+                "Fix: resolution='auto'."
+            )
         day = stamps.normalize()
         grouped = data.groupby(day)
         out = pd.DataFrame(index=grouped.size().index)
