@@ -142,11 +142,19 @@ def test_openeo_cdse_s2_and_s1():
     np.testing.assert_array_equal(ds["s2_scl"].values, scl.astype("uint8"))
     t, yy, xx = np.argwhere(np.isin(scl, (4, 5)))[0]
     dn = _raw(s2p, "S2-L2A-B08")[t, yy, xx]
-    assert dn > 32767 or dn > 0  # read through the uint16 view
     assert ds["s2"].sel(band="B08").values[t, yy, xx] == pytest.approx(dn * 1e-4, rel=1e-6)
     dn1 = int(_raw(s1p, "S1-SIGMA0-VH")[3, 5, 6])
     db = 20 * np.log10(dn1) - 83  # openEO uint16 encoding
     assert ds["s1"].sel(band_s1="VH").values[3, 5, 6] == pytest.approx(10 ** (db / 10), rel=1e-5)
+    # a pixel stored as a negative int16 (_Unsigned='true'): must be read as DN = int16 + 65536
+    with netCDF4.Dataset(s1p) as nc:
+        v = nc.variables["S1-SIGMA0-VV"]
+        v.set_auto_maskandscale(False)
+        stored = np.asarray(v[:])
+    k, yy1, xx1 = np.argwhere(stored < 0)[0]
+    dn_u = int(stored[k, yy1, xx1]) + 65536
+    expected = 10 ** ((20 * np.log10(dn_u) - 83) / 10)
+    assert ds["s1"].sel(band_s1="VV").values[k, yy1, xx1] == pytest.approx(expected, rel=1e-5)
     vv_db = 10 * np.log10(ds["s1"].sel(band_s1="VV").values)
     assert -15 < np.nanmedian(vv_db) < -5
     assert ds.sizes["time_s1"] == 10 and ds.sizes["time"] == 12
