@@ -47,13 +47,15 @@ def _ndvi(ds: xr.Dataset) -> np.ndarray:
     return (b08 - b04) / (b08 + b04)
 
 
-def _class_series(ds: xr.Dataset, cls: int, truth: xr.Dataset | None = None) -> pd.Series:
-    """Per-date mean NDVI of the clear pixels of a class (dates with >= half of them clear)."""
+def _class_series(ds: xr.Dataset, cls: int, truth: xr.Dataset | None = None, min_px: int = 1) -> pd.Series:
+    """Per-date mean NDVI of the clear pixels of a class (dates with >= half of them clear, >= min_px)."""
     nd, scl, lc = _ndvi(ds), ds["s2_scl"].values, ds["landcover"].values
     px = lc == cls
+    if px.sum() < min_px:
+        return pd.Series(dtype=float, index=pd.DatetimeIndex([]))
     clear = np.isin(scl[:, px], CLEAR_SCL)
     vals = np.where(clear, nd[:, px], np.nan)
-    ok = clear.mean(1) >= 0.5
+    ok = (clear.mean(1) >= 0.5) & (clear.sum(1) >= min_px)
     if truth is not None:  # dates with no snow pack on the ground (phenology, not snow, is measured)
         snow = truth["snow_cover"].sel(day=pd.DatetimeIndex(ds.time.values).normalize()).values
         ok &= snow == 0
@@ -63,9 +65,11 @@ def _class_series(ds: xr.Dataset, cls: int, truth: xr.Dataset | None = None) -> 
 
 
 def _amplitude(series: pd.Series) -> float:
-    """Summer - winter NDVI from seasonal medians (robust to a stray contaminated date)."""
+    """Summer (JJA) - winter (DJF) NDVI from seasonal medians (robust to a stray contaminated date)."""
     m = series.index.month
-    return float(series[m.isin(SUMMER)].median() - series[m.isin(WINTER)].median())
+    summer, winter = series[m.isin(SUMMER)], series[m.isin(WINTER)]
+    assert len(summer) >= 3 and len(winter) >= 3, "too few clear snow-free dates to measure an amplitude"
+    return float(summer.median() - winter.median())
 
 
 # ------------------------------------------------------------------------------ data model, layout
@@ -128,16 +132,18 @@ def test_towers_sit_in_homogeneous_stands_of_their_type(world):
 
 
 def test_ndvi_phenology_by_class(world):
-    for name in ("scene_000", "scene_001", "tower_XS-DB1"):
-        ds, tr = world.cubes[name], world.truth[name]
-        assert _amplitude(_class_series(ds, DBF, tr)) > 0.4  # deciduous: leaf-on vs leaf-off
-        assert _amplitude(_class_series(ds, ENF, tr)) < 0.2  # evergreen nearly flat
-        water = _class_series(ds, WAT)
-        assert len(water) > 10 and water.max() < 0  # NIR absorbed: NDVI < 0 on every clear date
-    # broadleaf summer canopy is dense (NDVI ~0.85), leaf-off winter low (~0.3)
+    def pooled(cls):  # per-date class means of every cube, on clear and snow-free dates
+        return pd.concat([_class_series(ds, cls, world.truth[n], min_px=20) for n, ds in world.cubes.items()])
+
+    assert _amplitude(pooled(DBF)) > 0.4  # deciduous: leaf-on vs leaf-off
+    assert _amplitude(pooled(ENF)) < 0.2  # evergreen nearly flat
+    # the 4-year broadleaf tower cube alone: dense summer canopy (~0.85), leaf-off winter (~0.3)
     s = _class_series(world.cubes["tower_XS-DB1"], DBF, world.truth["tower_XS-DB1"])
-    assert s[s.index.month.isin([7])].median() > 0.75
-    assert s[s.index.month.isin(WINTER)].median() < 0.45
+    assert _amplitude(s) > 0.4
+    assert s[s.index.month == 7].median() > 0.75 and s[s.index.month.isin(WINTER)].median() < 0.45
+    # water: NIR absorbed, NDVI < 0 on every clear date where the class has enough pixels to average
+    water = pd.concat([_class_series(ds, WAT, min_px=50) for ds in world.cubes.values()])
+    assert len(water) > 20 and water.max() < 0 and water.mean() < -0.3
 
 
 def test_spectral_shapes(world):
@@ -158,7 +164,7 @@ def test_spectral_shapes(world):
     assert water[b["B08"]] < 0.03 and water[b["B11"]] < 0.01  # dark NIR, SWIR absorbed
     # urban: bright and spectrally flat sealed surfaces (winter, when street trees are leafless)
     urban, soil = mean_spectrum(URB, ds.time.dt.month.isin(WINTER).values), mean_spectrum(BAR)
-    assert urban[b["B02"]] > 0.09 and np.ptp(urban[:8]) < 0.1
+    assert urban[b["B02"]] > 0.09 and urban[b["B08"]] / urban[b["B04"]] < 2 and np.ptp(urban) < 0.4 * np.ptp(veg)
     assert soil[b["B02"]] < soil[b["B04"]] < soil[b["B08"]] < soil[b["B11"]]  # soil line: rising
 
 
@@ -208,6 +214,7 @@ def test_grassland_mowing_drops_then_regrows(world):
 
 def test_clouds_clear_fraction_and_winter_overcast(world):
     lo, hi = world.config.clear_fraction_range
+    by_season: dict[str, list[np.ndarray]] = {"winter": [], "summer": []}
     for name, ds in world.cubes.items():
         s2, scl = ds["s2"].values, ds["s2_scl"].values
         masked = np.isin(scl, [3, 8, 9, 10])
@@ -221,8 +228,10 @@ def test_clouds_clear_fraction_and_winter_overcast(world):
             assert lo <= clear[years == y].mean() <= hi, (name, y)
             full = clear[(years == y) & np.isin(months, WINTER)].sum((1, 2)) == 0
             assert full.any(), (name, y)  # at least one fully overcast Dec/Jan/Feb date
-        # more cloud in winter than in summer; shadows exist and are not under the clouds
-        assert clear[np.isin(months, WINTER)].mean() < clear[np.isin(months, SUMMER)].mean()
+        by_season["winter"].append(clear[np.isin(months, WINTER)].ravel())
+        by_season["summer"].append(clear[np.isin(months, SUMMER)].ravel())
+    # climatology over all cubes: cloudier winters (single years may differ, as in reality)
+    assert np.concatenate(by_season["winter"]).mean() < np.concatenate(by_season["summer"]).mean() - 0.1
     all_scl = np.concatenate([ds["s2_scl"].values.ravel() for ds in world.cubes.values()])
     for code in (3, 4, 5, 6, 8, 9):
         assert (all_scl == code).any(), code
