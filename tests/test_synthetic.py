@@ -77,7 +77,7 @@ def _amplitude(series: pd.Series) -> float:
 
 def test_every_cube_follows_the_data_model(world):
     assert set(world.cubes) == {"scene_000", "scene_001", "tower_XS-DB1", "tower_XS-EN1", "tower_XS-GR1", "tower_XS-CR1"}
-    for name, ds in world.cubes.items():
+    for ds in world.cubes.values():
         validate_cube(ds, require_s1=True)
         assert ds["s2"].dims == S2_DIMS and ds["s2"].dtype == np.float32
         assert ds["s1"].dims == S1_DIMS and ds["s1"].dtype == np.float32
@@ -369,6 +369,17 @@ def test_same_seed_same_world_other_seed_differs(tiny_config):
         pd.testing.assert_frame_equal(a.gpp[site], b.gpp[site])
         assert not a.gpp[site].equals(c.gpp[site])
     pd.testing.assert_frame_equal(a.towers, b.towers)
+
+
+def test_adding_scenes_leaves_towers_unchanged(tiny_config):
+    a = make_world(config=tiny_config)
+    b = make_world(config=tiny_config, n_scenes=2)
+    assert set(b.cubes) - set(a.cubes) == {"scene_001"}
+    for site in a.gpp:
+        pd.testing.assert_frame_equal(a.gpp[site], b.gpp[site])
+        name = f"tower_{site}"
+        for var in a.cubes[name].data_vars:
+            xr.testing.assert_identical(a.cubes[name][var], b.cubes[name][var])
 
 
 def test_write_world_round_trip(tmp_path, tiny_config):

@@ -847,10 +847,13 @@ def _locations(seed: int, k: int, crs: CRS) -> list[tuple[float, float]]:
     rng = _rng(seed, 999)
     to_utm = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
     pts: list[tuple[float, float]] = []
+    tries = 0
     while len(pts) < k:
         lon, lat = rng.uniform(6.0, 13.0), rng.uniform(46.5, 51.0)
         x, y = to_utm.transform(lon, lat)
-        if all(np.hypot(x - a, y - b) >= 50_000 for a, b in pts) or len(pts) > 40:
+        tries += 1
+        min_sep = 50_000 if tries < 5_000 else 2_000  # many cubes: the region fills up, relax
+        if all(np.hypot(x - a, y - b) >= min_sep for a, b in pts):
             pts.append((float(np.round(x, -1)), float(np.round(y, -1))))
     return pts
 
@@ -893,7 +896,7 @@ def _build(
     if site_id:
         attrs.update({"site_id": site_id, "veg_type": veg})
     ds = new_cube(
-        s2=s2, time=s2_t, y=y, x=x, crs=crs, s1=s1, time_s1=s1_t, s2_scl=scl,
+        s2=s2, time=s2_t, y=y, x=x, crs=crs, bands=S2_BANDS, s1=s1, time_s1=s1_t, s2_scl=scl,
         layers={"landcover": lc.astype(np.uint8), "parcel_id": pid.astype(np.int32)}, attrs=attrs,
     )
     ds["landcover"].attrs.update(
@@ -977,14 +980,15 @@ def make_world(
             raise TypeError(f"unknown WorldConfig fields {unknown}")
         cfg = dataclasses.replace(cfg, **overrides)
     crs = CRS.from_user_input(cfg.crs)
-    origins = _locations(cfg.seed, cfg.n_scenes + cfg.n_towers, crs)
+    # Towers take the first locations so that adding scenes leaves the tower cubes unchanged.
+    origins = _locations(cfg.seed, cfg.n_towers + cfg.n_scenes, crs)
     cubes: dict[str, xr.Dataset] = {}
     truths: dict[str, xr.Dataset] = {}
     rows, gpp = [], {}
     for i in range(cfg.n_scenes):
         name = f"scene_{i:03d}"
         ds, tr, _, _ = _build(cfg, i, name, [cfg.scene_years[i % len(cfg.scene_years)]], cfg.scene_size,
-                              origins[i], None, None, keep_truth)
+                              origins[cfg.n_towers + i], None, None, keep_truth)
         cubes[name] = ds
         if tr is not None:
             truths[name] = tr
@@ -996,7 +1000,7 @@ def make_world(
         site = f"XS-{_VEG_CODE[veg]}{counters[veg]}"
         name = f"tower_{site}"
         index = 1000 + j  # tower streams independent of the number of scenes
-        ds, tr, row, flux = _build(cfg, index, name, years, cfg.tower_size, origins[cfg.n_scenes + j], veg, site,
+        ds, tr, row, flux = _build(cfg, index, name, years, cfg.tower_size, origins[j], veg, site,
                                    keep_truth)
         cubes[name] = ds
         rows.append(row)
