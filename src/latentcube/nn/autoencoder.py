@@ -18,7 +18,11 @@ from ..constants import S1_BANDS, S2_BANDS
 from .blocks import DayAttentionLayer, GlobalCBAM, MultiscaleConv, SpatialReducer, fill_and_mask
 from .time_encoding import DayDifferenceEncoding, window_indices, window_starts
 
+#: Pixels per temporal-layer call in ``encode_scene`` (see its docstring).
+DEFAULT_PIXEL_CHUNK = 512
+
 __all__ = [
+    "DEFAULT_PIXEL_CHUNK",
     "AutoencoderConfig",
     "s1_config",
     "s2_config",
@@ -172,8 +176,16 @@ class SensorEncoder(nn.Module):
         y = self.spatial(fill_and_mask(padded, dim=1))
         return rearrange(y, "t d h w -> t (h w) d")
 
-    def encode_scene(self, x: Tensor, days: Tensor, *, tile: int | None = None) -> Tensor:
-        """Dense embedding of every pixel-date; ``tile`` bounds memory by processing square spatial tiles."""
+    def encode_scene(
+        self, x: Tensor, days: Tensor, *, tile: int | None = None, pixel_chunk: int = DEFAULT_PIXEL_CHUNK
+    ) -> Tensor:
+        """Dense embedding of every pixel-date.
+
+        ``tile`` bounds memory by computing square spatial tiles (each with a 7-pixel halo of real
+        context, so results do not depend on it). ``pixel_chunk`` pixels at a time go through the
+        temporal layer: small enough for its intermediates to stay in cache (~2x faster on CPU than
+        whole 64 x 64 scenes), large enough for efficient matmuls.
+        """
         n_total, _, height, width = x.shape
         days = days.to(device=x.device, dtype=x.dtype)
         windows = window_indices(n_total, self.config.n_dates, x.device)
@@ -182,9 +194,9 @@ class SensorEncoder(nn.Module):
         r = self.config.patch_size // 2
         for y0, y1, x0, x1 in scene_tiles(height, width, tile):
             sub = _tile_with_halo(x, y0, y1, x0, x1, r)
-            feats = self.scene_features(sub)
-            feats = _crop_feats(feats, sub.shape[-2], sub.shape[-1], y0, y1, x0, x1, r, height, width)
-            z = self.temporal.forward_windows(feats, days, windows, query_pos)
+            feats = _crop_feats(self.scene_features(sub), sub.shape[-2], sub.shape[-1], y0, y1, x0, x1, r, height, width)
+            z = torch.cat([self.temporal.forward_windows(feats[:, p0 : p0 + pixel_chunk], days, windows, query_pos)
+                           for p0 in range(0, feats.shape[1], pixel_chunk)], dim=1)
             out[:, :, y0:y1, x0:x1] = rearrange(z, "t (h w) l -> t l h w", h=y1 - y0)
         return out
 
@@ -274,8 +286,10 @@ class SensorAutoencoder(nn.Module):
     def encode_patches(self, x: Tensor, days: Tensor) -> Tensor:
         return self.encoder.encode_patches(x, days)
 
-    def encode_scene(self, x: Tensor, days: Tensor, *, tile: int | None = None) -> Tensor:
-        return self.encoder.encode_scene(x, days, tile=tile)
+    def encode_scene(
+        self, x: Tensor, days: Tensor, *, tile: int | None = None, pixel_chunk: int = DEFAULT_PIXEL_CHUNK
+    ) -> Tensor:
+        return self.encoder.encode_scene(x, days, tile=tile, pixel_chunk=pixel_chunk)
 
     def decode(self, z: Tensor, days: Tensor) -> Tensor:
         return self.decoder(z, days)

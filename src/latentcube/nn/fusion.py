@@ -16,7 +16,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from .autoencoder import SensorAutoencoder, _crop_feats, _tile_with_halo, scene_tiles
+from .autoencoder import DEFAULT_PIXEL_CHUNK, SensorAutoencoder, _crop_feats, _tile_with_halo, scene_tiles
 from .blocks import DayAttentionLayer
 from .time_encoding import window_indices, window_starts
 
@@ -140,8 +140,13 @@ class FusionModel(nn.Module):
         z, latents = self._encode_patches(x, days)
         return FusionOutput(self.decode(z, days), z, latents)
 
-    def encode_scene(self, x: Mapping[str, Tensor], days: Tensor, *, tile: int | None = None) -> Tensor:
-        """Dense fused embedding; see class docstring and ``docs/method.md`` for the window convention."""
+    def encode_scene(
+        self, x: Mapping[str, Tensor], days: Tensor, *, tile: int | None = None, pixel_chunk: int = DEFAULT_PIXEL_CHUNK
+    ) -> Tensor:
+        """Dense fused embedding; see the class docstring and ``docs/method.md`` for the window convention.
+
+        ``tile`` and ``pixel_chunk`` as in ``SensorEncoder.encode_scene`` (results do not depend on them).
+        """
         self._check_keys(x)
         first = x[self.sensor_names[0]]
         n_total, _, height, width = first.shape
@@ -163,12 +168,17 @@ class FusionModel(nn.Module):
         out = first.new_empty(n_total, self.latent_dim, height, width)
         r = self.patch_size // 2
         for y0, y1, x0, x1 in scene_tiles(height, width, tile):
-            latents = {}
+            feats = {}
             for name, model in self.sensors.items():
                 sub = _tile_with_halo(x[name], y0, y1, x0, x1, r)
-                feats = _crop_feats(model.encoder.scene_features(sub), sub.shape[-2], sub.shape[-1],
-                                    y0, y1, x0, x1, r, height, width)
-                latents[name] = model.encoder.temporal.forward_windows(feats, days, sensor_windows, sensor_qpos)
-            z = self.temporal.forward_windows(self._fuse_tokens(latents), row_days, fusion_windows, fusion_qpos)
-            out[:, :, y0:y1, x0:x1] = rearrange(z, "t (h w) l -> t l h w", h=y1 - y0)
+                feats[name] = _crop_feats(model.encoder.scene_features(sub), sub.shape[-2], sub.shape[-1],
+                                          y0, y1, x0, x1, r, height, width)
+            zs = []
+            for p0 in range(0, (y1 - y0) * (x1 - x0), pixel_chunk):
+                latents = {name: model.encoder.temporal.forward_windows(
+                    feats[name][:, p0 : p0 + pixel_chunk], days, sensor_windows, sensor_qpos)
+                    for name, model in self.sensors.items()}
+                zs.append(self.temporal.forward_windows(self._fuse_tokens(latents), row_days, fusion_windows,
+                                                        fusion_qpos))
+            out[:, :, y0:y1, x0:x1] = rearrange(torch.cat(zs, dim=1), "t (h w) l -> t l h w", h=y1 - y0)
         return out
