@@ -275,7 +275,6 @@ def test_s1_speckle_enl_and_invalid_border(world):
     enl = r.mean() ** 2 / r.var()  # moment estimator on observed / noise-free intensity
     assert enl == pytest.approx(world.config.enl, rel=0.10)
     assert r.mean() == pytest.approx(1.0, abs=0.01)  # speckle is unbiased in linear power
-    # independent route: on one date, an urban blob's speckled pixels vs its noise-free values
     nan_dates = sum(int(np.isnan(ds["s1"].values).any((1, 2, 3)).sum()) for ds in world.cubes.values())
     total = sum(ds.sizes["time_s1"] for ds in world.cubes.values())
     assert 0 < nan_dates < 0.15 * total  # a few RTC border strips
