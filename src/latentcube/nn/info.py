@@ -60,7 +60,7 @@ def count_flops_per_embedding(
     """
     out = {}
     with torch.inference_mode():
-        x, days = random_inputs(model, scene=scene)
+        x, days = random_inputs(model, scene=scene)  # on the model's device and dtype
         with FlopCounterMode(display=False) as counter:
             model.encode_scene(x, days)
         out["dense"] = counter.get_total_flops() / (scene[0] * scene[1] * scene[2])
