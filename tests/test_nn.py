@@ -177,10 +177,10 @@ def test_tiled_scene_equals_untiled(s2_model, fused):
     x = {"s1": _scene(gen, 12, 2, 19, 17), "s2": _scene(gen, 12, 10, 19, 17)}
     days = _days(gen, 12)
     with torch.no_grad():
-        a, b = s2_model.encode_scene(x["s2"], days), s2_model.encode_scene(x["s2"], days, tile=8)
+        a, b = s2_model.encode_scene(x["s2"], days, tile=None), s2_model.encode_scene(x["s2"], days, tile=8)
         c = s2_model.encode_scene(x["s2"], days, pixel_chunk=37)  # chunks not dividing the tile
         assert (a - b).abs().max() <= TOL and (a - c).abs().max() <= TOL
-        a, b = fused.encode_scene(x, days), fused.encode_scene(x, days, tile=10, pixel_chunk=29)
+        a, b = fused.encode_scene(x, days, tile=None), fused.encode_scene(x, days, tile=10, pixel_chunk=29)
         assert (a - b).abs().max() <= TOL
 
 

@@ -20,9 +20,13 @@ from .time_encoding import DayDifferenceEncoding, window_indices, window_starts
 
 #: Pixels per temporal-layer call in ``encode_scene`` (see its docstring).
 DEFAULT_PIXEL_CHUNK = 512
+#: Default spatial tile of ``encode_scene``: bounds memory (per-date features of a whole 10,000 x 10,000
+#: scene would not fit) at ~11 % halo overhead; ``None`` = one tile.
+DEFAULT_TILE = 256
 
 __all__ = [
     "DEFAULT_PIXEL_CHUNK",
+    "DEFAULT_TILE",
     "AutoencoderConfig",
     "s1_config",
     "s2_config",
@@ -177,7 +181,7 @@ class SensorEncoder(nn.Module):
         return rearrange(y, "t d h w -> t (h w) d")
 
     def encode_scene(
-        self, x: Tensor, days: Tensor, *, tile: int | None = None, pixel_chunk: int = DEFAULT_PIXEL_CHUNK
+        self, x: Tensor, days: Tensor, *, tile: int | None = DEFAULT_TILE, pixel_chunk: int = DEFAULT_PIXEL_CHUNK
     ) -> Tensor:
         """Dense embedding of every pixel-date.
 
@@ -287,7 +291,7 @@ class SensorAutoencoder(nn.Module):
         return self.encoder.encode_patches(x, days)
 
     def encode_scene(
-        self, x: Tensor, days: Tensor, *, tile: int | None = None, pixel_chunk: int = DEFAULT_PIXEL_CHUNK
+        self, x: Tensor, days: Tensor, *, tile: int | None = DEFAULT_TILE, pixel_chunk: int = DEFAULT_PIXEL_CHUNK
     ) -> Tensor:
         return self.encoder.encode_scene(x, days, tile=tile, pixel_chunk=pixel_chunk)
 

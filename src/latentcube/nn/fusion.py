@@ -16,7 +16,14 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from .autoencoder import DEFAULT_PIXEL_CHUNK, SensorAutoencoder, _crop_feats, _tile_with_halo, scene_tiles
+from .autoencoder import (
+    DEFAULT_PIXEL_CHUNK,
+    DEFAULT_TILE,
+    SensorAutoencoder,
+    _crop_feats,
+    _tile_with_halo,
+    scene_tiles,
+)
 from .blocks import DayAttentionLayer
 from .time_encoding import window_indices, window_starts
 
@@ -141,7 +148,7 @@ class FusionModel(nn.Module):
         return FusionOutput(self.decode(z, days), z, latents)
 
     def encode_scene(
-        self, x: Mapping[str, Tensor], days: Tensor, *, tile: int | None = None, pixel_chunk: int = DEFAULT_PIXEL_CHUNK
+        self, x: Mapping[str, Tensor], days: Tensor, *, tile: int | None = DEFAULT_TILE, pixel_chunk: int = DEFAULT_PIXEL_CHUNK
     ) -> Tensor:
         """Dense fused embedding; see the class docstring and ``docs/method.md`` for the window convention.
 
