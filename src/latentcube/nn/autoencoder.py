@@ -19,7 +19,7 @@ from .blocks import DayAttentionLayer, GlobalCBAM, MultiscaleConv, SpatialReduce
 from .time_encoding import DayDifferenceEncoding, window_indices, window_starts
 
 #: Pixels per temporal-layer call in ``encode_scene`` (see its docstring).
-DEFAULT_PIXEL_CHUNK = 512
+DEFAULT_PIXEL_CHUNK = 256
 #: Default spatial tile of ``encode_scene``: bounds memory (per-date features of a whole 10,000 x 10,000
 #: scene would not fit) at ~11 % halo overhead; ``None`` = one tile.
 DEFAULT_TILE = 256
