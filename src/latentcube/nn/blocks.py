@@ -292,7 +292,7 @@ def _row_blocks(windows: Tensor, batch: int, max_block: int):
     """Split query rows into consecutive blocks whose key span keeps the logits block small.
 
     Yields (r0, r1, lo, hi): rows r0..r1-1 use key rows lo..hi-1. A block grows while its dense
-    (rows x span) logit block wastes at most 4x over the n keys per row actually needed and stays
+    (rows x span) logit block wastes at most 2x over the n keys per row actually needed and stays
     under ``max_block`` elements across ``batch`` pixel-heads. Rows with shared key dates (overlapping
     windows) therefore go in large blocks; rows with disjoint keys (fusion tokens) in small ones.
     """
