@@ -124,9 +124,13 @@ def test_window_convention(n_total, t):
     assert window_starts(n_total, N_DATES)[t] == win[0]
 
 
-def test_too_short_series_is_rejected(s1_model):
+def test_bad_shapes_are_rejected(s1_model):
     with pytest.raises(ValueError, match="at least as many dates"):
         s1_model.encode_scene(torch.randn(10, 2, 4, 4), torch.arange(10.0))
+    with pytest.raises(ValueError, match="expected patches"):
+        s1_model.encode_patches(torch.randn(1, N_DATES, 3, P, P), torch.arange(11.0)[None])
+    with pytest.raises(ValueError, match="expected a scene"):
+        s1_model.encode_scene(torch.randn(12, 3, 4, 4), torch.arange(12.0))
 
 
 # ------------------------------------------------------------------------------------ dense == patches

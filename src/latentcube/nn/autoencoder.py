@@ -204,10 +204,13 @@ class SensorEncoder(nn.Module):
             out[:, :, y0:y1, x0:x1] = rearrange(z, "t (h w) l -> t l h w", h=y1 - y0)
         return out
 
-    @staticmethod
-    def _check_patches(x: Tensor) -> tuple[int, ...]:
-        if x.ndim != 5 or x.shape[-1] != x.shape[-2]:
-            raise ValueError(f"expected patches (B, T, C, p, p), got {tuple(x.shape)}")
+    def _check_patches(self, x: Tensor) -> tuple[int, ...]:
+        c = self.config
+        if x.ndim != 5 or x.shape[2:] != (c.n_bands, c.patch_size, c.patch_size) or x.shape[1] != c.n_dates:
+            raise ValueError(
+                f"expected patches (B, {c.n_dates}, {c.n_bands}, {c.patch_size}, {c.patch_size}) for sensor "
+                f"{c.sensor!r}, got {tuple(x.shape)}"
+            )
         return tuple(x.shape)
 
 

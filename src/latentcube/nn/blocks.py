@@ -281,7 +281,7 @@ class DayAttentionLayer(nn.Module):
             pos = kp[:, r0:r1].transpose(-1, -2) @ rearrange(q, "p h r d -> h r d p")  # (h, R, n, P)
             logits = logits + rearrange(pos, "h r m p -> p h m r")
             a = logits.softmax(dim=-2)
-            dense_a = span.new_zeros(span.shape).scatter_(-2, idx, a)
+            dense_a = a.new_zeros(span.shape).scatter_(-2, idx, a)  # a's dtype: fp32 under autocast
             o = dense_a.transpose(-1, -2) @ v[:, :, lo:hi]  # (P, h, R, d)
             o = o + rearrange(rearrange(a, "p h m r -> h r p m") @ vp[:, r0:r1], "h r p d -> p h r d")
             outs.append(self._finish(x[qrow[r0:r1]], rearrange(o, "p h r d -> r p (h d)")))

@@ -25,7 +25,7 @@ from .autoencoder import (
     scene_tiles,
 )
 from .blocks import DayAttentionLayer
-from .time_encoding import window_indices, window_starts
+from .time_encoding import window_starts
 
 __all__ = ["FusionConfig", "FusionModel", "FusionOutput"]
 
@@ -171,7 +171,6 @@ class FusionModel(nn.Module):
         s = window_starts(n_total, n, dev)
         fusion_windows = s[:, None] * n + torch.arange(n, device=dev)
         fusion_qpos = torch.arange(n_total, device=dev) - s
-        assert torch.equal(window_indices(n_total, n, dev)[:, 0], s)
         out = first.new_empty(n_total, self.latent_dim, height, width)
         r = self.patch_size // 2
         for y0, y1, x0, x1 in scene_tiles(height, width, tile):
