@@ -365,7 +365,10 @@ def save_cube(ds: xr.Dataset, path: str | Path, *, overwrite: bool = True) -> Pa
         out.to_netcdf(path, engine="netcdf4", encoding=encoding)
     else:
         encoding = {name: {"chunks": _storage_chunks(out, name)} for name in out.data_vars if out[name].ndim >= 2}
-        out = out.chunk({d: -1 for d in out.dims}) if any(v.chunks for v in out.data_vars.values()) else out
+        # Align dask chunks with storage chunks so each task writes whole Zarr chunks (memory stays bounded).
+        for name in out.data_vars:
+            if out[name].chunks is not None and out[name].ndim >= 2:
+                out[name] = out[name].chunk(dict(zip(out[name].dims, _storage_chunks(out, name), strict=True)))
         # Zarr v2 format: string coordinates (band names) have no stable v3 dtype yet, and GDAL and older
         # readers still expect v2 with consolidated metadata.
         out.to_zarr(path, mode="w", encoding=encoding, consolidated=True, zarr_format=2)
