@@ -146,7 +146,7 @@ def test_dataloader_with_workers_gives_the_same_batches(tmp_path):
 
 def test_fusion_dataset_matches_s1_to_s2_dates(tmp_path):
     path = write_cube(tmp_path / "a.zarr", n_time=30, n_s1=25)
-    ds = FusionPatchDataset([path], seed=0)
+    ds = FusionPatchDataset([path], seed=0, config=SamplingConfig.paper("fusion", s1_smoothing=1))
     item = ds[0]
     assert item["s2"].shape == (11, 10, 15, 15) and item["s1"].shape == (11, 2, 15, 15)
     frames = np.asarray(ds.candidates[0].frames)
@@ -178,3 +178,16 @@ def test_splits_from_plan_and_lists(tmp_path):
         assign_splits(cubes, plan=bad)
     with pytest.raises(ValueError, match="without a split"):
         assign_splits(cubes, splits={"train": ["site0_p1"]})
+
+
+def test_s1_is_smoothed_with_a_three_frame_rolling_mean_in_linear_scale(tmp_path):
+    path = write_cube(tmp_path / "a.zarr", n_time=30, n_s1=25)
+    raw = FusionPatchDataset([path], seed=0, config=SamplingConfig.paper("fusion", s1_smoothing=1))
+    smooth = FusionPatchDataset([path], seed=0)
+    ds = smooth._dataset(0)["s1"].isel(y=0, x=0, band_s1=0).values
+    lin = 0.01 * np.arange(25) + 0.01
+    # centred mean of three frames; ends average the two available frames
+    expected = np.convolve(lin, np.ones(3) / 3, mode="same")
+    expected[0], expected[-1] = lin[:2].mean(), lin[-2:].mean()
+    np.testing.assert_allclose(ds, expected, rtol=1e-6)
+    assert raw._dataset(0)["s1"].isel(y=0, x=0, band_s1=0).values[0] == pytest.approx(0.01)

@@ -28,6 +28,7 @@ import xarray as xr
 from torch.utils.data import Dataset, Sampler
 
 from latentcube.cube import CubeError, open_cube
+from latentcube.preprocess import smooth_s1
 
 __all__ = [
     "BlockShuffleSampler",
@@ -66,6 +67,8 @@ class SamplingConfig:
     """Blocks kept in each worker's LRU cache."""
     max_gap_days: float = 6.0
     """Fusion only: largest |S1 − S2| date gap for a matched S1 acquisition (issue 4 default)."""
+    s1_smoothing: int = 3
+    """Frames of the centred rolling mean applied to S1 in linear power (paper §II: 3); 1 = none."""
 
     @classmethod
     def paper(cls, stage: str, **overrides: Any) -> SamplingConfig:
@@ -160,8 +163,8 @@ class PatchDataset(Dataset):
         variable: ``"s2"`` or ``"s1"``.
         config: sampling scheme.
         seed: seed of every random draw (index building and per-epoch frame draws).
-        transform: optional callable ``(array (T, C, h, w), variable) -> array`` applied to each block,
-            e.g. normalisation or S1 smoothing.
+        transform: optional callable ``(array (T, C, h, w), variable, bands) -> array`` applied to each
+            block, e.g. normalisation.
         redraw: draw new frames every epoch (the paper's temporal augmentation); ``set_epoch`` selects
             the epoch. Epoch 0 and ``redraw=False`` use the frames accepted at index time.
     """
@@ -204,7 +207,7 @@ class PatchDataset(Dataset):
         return np.isfinite(var).all(var.dims[1]).values  # (time, y, x) bool, computed chunk-wise
 
     def _index_cube(self, i: int, path: Path) -> None:
-        ds = open_cube(path)
+        ds = self._open_cube(path)
         if self.variable not in ds:
             raise CubeError(f"{path} has no '{self.variable}' variable. Fix: fetch/import it or drop this cube.")
         meta = _CubeMeta(path, ds[self.time_dim].values, ds.sizes["y"], ds.sizes["x"])
@@ -236,9 +239,15 @@ class PatchDataset(Dataset):
         b = self.config.block_px
         return (c.cube, c.t0, c.y0 // b, c.x0 // b)
 
+    def _open_cube(self, path: Path) -> xr.Dataset:
+        ds = open_cube(path)
+        if "s1" in ds and self.config.s1_smoothing > 1:
+            ds = smooth_s1(ds, window=self.config.s1_smoothing)  # lazy; per orbit direction when recorded
+        return ds
+
     def _dataset(self, cube: int) -> xr.Dataset:
         if cube not in self._open:
-            self._open[cube] = open_cube(self.meta[cube].path)
+            self._open[cube] = self._open_cube(self.meta[cube].path)
         return self._open[cube]
 
     def _block_bounds(self, key: tuple[int, int, int, int]) -> tuple[slice, slice, slice]:
@@ -253,9 +262,10 @@ class PatchDataset(Dataset):
     def _read_block(self, key: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
         ts, ys, xs = self._block_bounds(key)
         ds = self._dataset(key[0])
-        arr = ds[self.variable].isel({self.time_dim: ts, "y": ys, "x": xs}).values.astype("float32", copy=False)
+        da = ds[self.variable]
+        arr = da.isel({self.time_dim: ts, "y": ys, "x": xs}).values.astype("float32", copy=False)
         if self.transform is not None:
-            arr = self.transform(arr, self.variable)
+            arr = self.transform(arr, self.variable, [str(b) for b in da[da.dims[1]].values])
         return {self.variable: arr}
 
     def _block(self, key: tuple[int, int, int, int]) -> dict[str, np.ndarray]:
@@ -345,7 +355,7 @@ class FusionPatchDataset(PatchDataset):
             lookup = {int(j): k for k, j in enumerate(np.unique(match[have]))}
             s1[have] = src[[lookup[int(j)] for j in match[have]]]
             if self.transform is not None:
-                s1 = self.transform(s1, "s1")
+                s1 = self.transform(s1, "s1", [str(b) for b in self._dataset(key[0])["band_s1"].values])
         block["s1"] = s1
         return block
 

@@ -1,0 +1,555 @@
+"""Staged training with Lightning: stage 1 pretrains one autoencoder per sensor, stage 2 trains only the
+fusion layers on top of the frozen stage-1 encoders and decoders (paper §III-B/C).
+
+Models (``latentcube.nn``) know nothing of optimisers or files; the tasks here own losses, metrics,
+optimisers, schedules and freezing. Checkpoints exported by :func:`save_model` are self-describing
+(architecture arguments, normalisation, band order, date convention, config, package version) and load
+with ``torch.load(weights_only=True)``; Lightning's ``last.ckpt`` is kept only to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from latentcube import __version__
+from latentcube.config import ConfigError, from_dict, load_yaml, to_dict
+from latentcube.losses import (
+    FusionLoss,
+    FusionLossConfig,
+    LossOutput,
+    S1PretrainConfig,
+    S1PretrainLoss,
+    S2PretrainConfig,
+    S2PretrainLoss,
+)
+from latentcube.nn import AutoencoderConfig, FusionConfig, FusionModel, SensorAutoencoder, s1_config, s2_config
+from latentcube.preprocess import Normalization
+from latentcube.sampling import BlockShuffleSampler, FusionPatchDataset, PatchDataset, SamplingConfig, assign_splits
+
+__all__ = [
+    "AutoencoderTask",
+    "DataConfig",
+    "FusionTask",
+    "OptimConfig",
+    "TrainConfig",
+    "TrainerConfig",
+    "build_model",
+    "load_model",
+    "load_train_config",
+    "run_training",
+    "save_model",
+]
+
+Stage = Literal["s1", "s2", "fusion"]
+MODEL_FORMAT = "latentcube-model/1"
+#: How dates enter the models; stored in checkpoints so a consumer can check it.
+DATES_CONVENTION = "days: float days (any origin) per date; positions use differences to the target date"
+
+
+# ------------------------------------------------------------------------------------------ configs
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which cubes, how they are split and how patches are drawn."""
+
+    cube_dir: str | None = None
+    """Directory whose ``*.zarr`` cubes are used (alternative or addition to ``cubes``)."""
+    cubes: tuple[str, ...] = ()
+    """Explicit cube paths."""
+    plan: str | None = None
+    """Site plan CSV (``cube_id``, ``split``) giving each cube's split."""
+    splits: dict[str, tuple[str, ...]] | None = None
+    """Explicit split lists of cube ids (file stems); used when no plan is given."""
+    batch_size: int = 64
+    """Patches per optimisation step (per device)."""
+    num_workers: int = 0
+    """DataLoader worker processes (each keeps its own block cache)."""
+    sampling: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the paper's sampling scheme for the stage (``SamplingConfig`` fields)."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up then plateau reduction; defaults from the authors' public code."""
+
+    lr: float = 1e-4
+    weight_decay: float = 1.5e-4
+    warmup_steps: int = 30_000
+    """Linear warm-up from ``lr * warmup_start_factor`` (authors: 30,000 steps from 0.001)."""
+    warmup_start_factor: float = 0.001
+    plateau_factor: float = 0.35
+    plateau_patience: int = 5
+    min_lr: float = 1.5e-6
+    grad_clip: float = 1.0
+    """Gradient-norm clipping (our default; the paper does not state one)."""
+    monitor: str = "val/center_mae"
+    """Validation metric for the plateau schedule and best-checkpoint selection (authors: centre MAE)."""
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Lightning Trainer settings."""
+
+    max_epochs: int = 100
+    max_steps: int = -1
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"
+    """``auto``: bf16 mixed precision on a CUDA GPU, float32 on CPU."""
+    limit_train_batches: float = 1.0
+    limit_val_batches: float = 1.0
+    log_every_n_steps: int = 10
+    enable_progress_bar: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training stage. YAML files in ``configs/`` serialise this; unknown keys are errors."""
+
+    stage: Stage
+    out_dir: str
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the sensor preset (``AutoencoderConfig``) or of ``FusionConfig`` (fusion)."""
+    loss: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the stage's loss config (``S1PretrainConfig``, ``S2PretrainConfig``, ``FusionLossConfig``)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    """Fusion only: stage-1 model files per sensor, e.g. ``{s1: runs/s1/model.pt, s2: runs/s2/model.pt}``."""
+    normalization: dict[str, Any] | None = None
+    """Normalisation (``Normalization.to_dict()``); default: the documented fixed bounds."""
+
+
+def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    """Read a stage YAML; keyword overrides replace top-level fields (e.g. ``out_dir``)."""
+    cfg = load_yaml(TrainConfig, path)
+    return replace(cfg, **overrides) if overrides else cfg
+
+
+def _merge(base: Any, overrides: Mapping[str, Any], cls: type, where: str) -> Any:
+    data = to_dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return from_dict(cls, data, where=where)
+
+
+def sensor_model_config(stage: str, overrides: Mapping[str, Any]) -> AutoencoderConfig:
+    """The preset of sensor ``stage`` with config overrides applied (strict)."""
+    base = {"s1": s1_config, "s2": s2_config}[stage]()
+    return _merge(base, overrides, AutoencoderConfig, f"model ({stage})")
+
+
+def loss_module(cfg: TrainConfig) -> torch.nn.Module:
+    if cfg.stage == "s1":
+        return S1PretrainLoss(_merge(S1PretrainConfig(), cfg.loss, S1PretrainConfig, "loss"))
+    if cfg.stage == "s2":
+        return S2PretrainLoss(_merge(S2PretrainConfig(), cfg.loss, S2PretrainConfig, "loss"))
+    return FusionLoss(_merge(FusionLossConfig(), cfg.loss, FusionLossConfig, "loss"))
+
+
+def normalization_of(cfg: TrainConfig) -> Normalization:
+    return Normalization.from_dict(cfg.normalization) if cfg.normalization else Normalization()
+
+
+# -------------------------------------------------------------------------------- model files
+
+
+def build_model(meta: Mapping[str, Any]) -> torch.nn.Module:
+    """Rebuild a model from a checkpoint's ``model_args`` (no weights)."""
+    args = meta["model_args"]
+    if meta["kind"] == "autoencoder":
+        return SensorAutoencoder(from_dict(AutoencoderConfig, args["sensor"], where="model_args"))
+    sensors = {name: SensorAutoencoder(from_dict(AutoencoderConfig, a, where=f"model_args.{name}")) for name, a in args["sensors"].items()}
+    return FusionModel(sensors, from_dict(FusionConfig, args["fusion"], where="model_args.fusion"))
+
+
+def _model_args(model: torch.nn.Module) -> tuple[str, dict[str, Any]]:
+    if isinstance(model, SensorAutoencoder):
+        return "autoencoder", {"sensor": to_dict(model.config)}
+    if isinstance(model, FusionModel):
+        return "fusion", {
+            "sensors": {name: to_dict(m.config) for name, m in model.sensors.items()},
+            "fusion": to_dict(model.config),
+        }
+    raise TypeError(f"cannot export {type(model).__name__}")
+
+
+def save_model(path: str | Path, model: torch.nn.Module, *, normalization: Normalization, config: TrainConfig | None = None,
+               metrics: Mapping[str, float] | None = None) -> Path:
+    """Write a self-describing model file readable with ``torch.load(path, weights_only=True)``."""
+    kind, args = _model_args(model)
+    if kind == "autoencoder":
+        bands = {model.config.sensor: list(model.config.band_names)}
+    else:
+        bands = {name: list(m.config.band_names) for name, m in model.sensors.items()}
+    payload = {
+        "format": MODEL_FORMAT,
+        "kind": kind,
+        "model_args": args,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "normalization": normalization.to_dict(),
+        "band_order": bands,
+        "dates_convention": DATES_CONVENTION,
+        "config": to_dict(config) if config is not None else None,
+        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+        "latentcube_version": __version__,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # never leave a half-written model file under the final name
+    return path
+
+
+def load_model(path: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load a model file written by :func:`save_model` (``weights_only=True``, strict state dict).
+
+    Returns the model in eval mode and the checkpoint's metadata (everything but the weights).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such model file: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a latentcube model file (or is corrupt): {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} is not a latentcube model file (format {payload.get('format') if isinstance(payload, dict) else '?'}); "
+                         "Lightning's last.ckpt only resumes training: use the exported model.pt")
+    model = build_model(payload)
+    model.load_state_dict(payload["state_dict"], strict=True)
+    model.eval()
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model, meta
+
+
+# ------------------------------------------------------------------------------------ tasks
+
+
+def _configure_optim(module: L.LightningModule, params: list[torch.nn.Parameter], optim: OptimConfig):
+    opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    warmup = torch.optim.lr_scheduler.LinearLR(
+        opt, start_factor=optim.warmup_start_factor, end_factor=1.0, total_iters=max(optim.warmup_steps, 1)
+    )
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience, min_lr=optim.min_lr
+    )
+    return [opt], [
+        {"scheduler": warmup, "interval": "step", "frequency": 1},
+        {"scheduler": plateau, "interval": "epoch", "monitor": optim.monitor, "reduce_on_plateau": True},
+    ]
+
+
+class _StageTask(L.LightningModule):
+    """Shared logging, seeding and optimisation for both stages."""
+
+    def __init__(self, optim: OptimConfig, seed: int, physical_scale: Mapping[str, list[float]]) -> None:
+        super().__init__()
+        self.optim = optim
+        self.seed = int(seed)
+        # Per-band factor turning a normalised absolute error into physical units (reflectance, dB).
+        self.physical_scale = {k: torch.tensor(v, dtype=torch.float32) for k, v in physical_scale.items()}
+
+    def on_train_epoch_start(self) -> None:
+        # Seeding per epoch makes dropout a function of (seed, epoch), so a run resumed at an epoch
+        # boundary continues exactly as an uninterrupted one (Lightning does not restore RNG states).
+        L.seed_everything(self.seed + 1000 * self.current_epoch, workers=True, verbose=False)
+
+    def _log_parts(self, stage: str, out: LossOutput, batch_size: int) -> None:
+        self.log(f"{stage}/objective", out.total.detach(), on_step=False, on_epoch=True, batch_size=batch_size,
+                 sync_dist=True, prog_bar=stage == "val")
+        for name, value in out.parts.items():
+            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True,
+                     prog_bar=stage == "val" and name == "center_mae")
+
+    def _physical_center_mae(self, sensor: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        t, p = target.shape[1] // 2, target.shape[-1] // 2
+        err = (pred[:, t, :, p, p].float() - target[:, t, :, p, p].float()).abs() * self.physical_scale[sensor].to(pred.device)
+        valid = torch.isfinite(err)
+        return torch.where(valid, err, 0).sum() / valid.sum().clamp(min=1)
+
+    def configure_optimizers(self):
+        return _configure_optim(self, [p for p in self.parameters() if p.requires_grad], self.optim)
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
+
+
+class AutoencoderTask(_StageTask):
+    """Stage 1: one sensor autoencoder trained on its own patches."""
+
+    def __init__(self, model_config: AutoencoderConfig, loss: torch.nn.Module, optim: OptimConfig, *, seed: int = 0,
+                 physical_scale: Mapping[str, list[float]] | None = None) -> None:
+        super().__init__(optim, seed, physical_scale or {model_config.sensor: [1.0] * model_config.n_bands})
+        self.model = SensorAutoencoder(model_config)
+        self.loss = loss
+        self.sensor = model_config.sensor
+
+    def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> LossOutput:
+        x, days = batch["x"], batch["days"]
+        recon, _ = self.model(x, days)
+        out = self.loss(recon, x, days)
+        self._log_parts(stage, out, x.shape[0])
+        if stage == "test":
+            self.log(f"test/center_mae_physical", self._physical_center_mae(self.sensor, recon, x), batch_size=x.shape[0],
+                     sync_dist=True)
+        return out
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train").total
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+
+class FusionTask(_StageTask):
+    """Stage 2: fusion layers on frozen sensor encoders/decoders (no gradients, eval mode)."""
+
+    def __init__(self, sensors: Mapping[str, SensorAutoencoder], fusion_config: FusionConfig, loss: torch.nn.Module,
+                 optim: OptimConfig, *, seed: int = 0, physical_scale: Mapping[str, list[float]] | None = None) -> None:
+        super().__init__(optim, seed, physical_scale or {n: [1.0] * m.config.n_bands for n, m in sensors.items()})
+        self.model = FusionModel(dict(sensors), fusion_config)
+        self.model.freeze_sensor_models()
+        self.loss = loss
+
+    def configure_optimizers(self):
+        return _configure_optim(self, list(self.model.fusion_parameters()), self.optim)
+
+    def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> LossOutput:
+        inputs = {name: batch[name] for name in self.model.sensor_names}
+        days = batch["days"]
+        out_model = self.model(inputs, days)
+        out = self.loss(out_model.reconstructions, inputs, days)
+        self._log_parts(stage, out, days.shape[0])
+        if stage == "test":
+            for name in self.model.sensor_names:
+                self.log(f"test/{name}/center_mae_physical",
+                         self._physical_center_mae(name, out_model.reconstructions[name], inputs[name]),
+                         batch_size=days.shape[0], sync_dist=True)
+        return out
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train").total
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+
+# ------------------------------------------------------------------------------------- data
+
+
+def _cube_paths(data: DataConfig, base: Path) -> list[Path]:
+    paths = [Path(p) if Path(p).is_absolute() else base / p for p in data.cubes]
+    if data.cube_dir:
+        d = Path(data.cube_dir) if Path(data.cube_dir).is_absolute() else base / data.cube_dir
+        if not d.is_dir():
+            raise ConfigError(f"data.cube_dir {d} is not a directory")
+        paths += sorted(d.glob("*.zarr"))
+    if not paths:
+        raise ConfigError("no cubes: set data.cube_dir or data.cubes in the config")
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ConfigError(f"cubes not found: {missing[:3]}")
+    return paths
+
+
+class CubeDataModule(L.LightningDataModule):
+    """Train/val/test patch datasets of one stage, split at cube level."""
+
+    def __init__(self, cfg: TrainConfig, normalization: Normalization, base_dir: Path | None = None) -> None:
+        super().__init__()
+        self.cfg, self.norm = cfg, normalization
+        base = base_dir or Path.cwd()
+        paths = _cube_paths(cfg.data, base)
+        if cfg.data.plan:
+            plan = Path(cfg.data.plan) if Path(cfg.data.plan).is_absolute() else base / cfg.data.plan
+            self.split_paths = assign_splits(paths, plan=plan)
+        elif cfg.data.splits:
+            self.split_paths = assign_splits(paths, splits=cfg.data.splits)
+        else:
+            raise ConfigError("no split: set data.plan (a site plan CSV) or data.splits {train: [...], val: [...]}")
+        for needed in ("train", "val"):
+            if not self.split_paths.get(needed):
+                raise ConfigError(f"split {needed!r} has no cubes")
+        stage = cfg.stage
+        self.sampling = from_dict(SamplingConfig, {**to_dict(SamplingConfig.paper(stage)), **cfg.data.sampling},
+                                  where="data.sampling")
+        self.datasets: dict[str, PatchDataset] = {}
+
+    def _transform(self, arr: np.ndarray, variable: str, bands: list[str]) -> np.ndarray:
+        return self.norm.normalize_array(arr, bands, variable, axis=1)
+
+    def dataset(self, split: str) -> PatchDataset:
+        if split not in self.datasets:
+            cls = FusionPatchDataset if self.cfg.stage == "fusion" else PatchDataset
+            kwargs = dict(config=self.sampling, seed=self.cfg.seed + {"train": 0, "val": 1, "test": 2}[split],
+                          transform=self._transform, redraw=split == "train")
+            if cls is PatchDataset:
+                kwargs["variable"] = self.cfg.stage
+            self.datasets[split] = cls(self.split_paths[split], **kwargs)
+        return self.datasets[split]
+
+    def _loader(self, split: str, sampler=None) -> DataLoader:
+        return DataLoader(self.dataset(split), batch_size=self.cfg.data.batch_size, sampler=sampler,
+                          num_workers=self.cfg.data.num_workers, persistent_workers=False,
+                          pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        ds = self.dataset("train")
+        return self._loader("train", BlockShuffleSampler(ds, seed=self.cfg.seed, num_replicas=world, rank=rank))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test" if self.split_paths.get("test") else "val")
+
+
+# ------------------------------------------------------------------------------------ runner
+
+
+PHYSICAL_UNITS = {"s2": "reflectance", "s1": "dB"}
+
+
+def _physical_scale(norm: Normalization, sensors: Mapping[str, tuple[str, ...]]) -> dict[str, list[float]]:
+    """Per band, the factor turning a normalised absolute error into physical units: (hi − lo) of the
+    linear normalisation (reflectance for S2, dB for S1, where the scaling is linear in dB)."""
+    tables = {"s2": norm.s2, "s1": norm.s1_db}
+    return {s: [float(tables[s][b][1] - tables[s][b][0]) for b in bands] for s, bands in sensors.items()}
+
+
+def build_task(cfg: TrainConfig, *, base_dir: Path | None = None) -> tuple[_StageTask, Normalization]:
+    """The Lightning task of a config (fusion: loads the stage-1 model files)."""
+    norm = normalization_of(cfg)
+    base = base_dir or Path.cwd()
+    if cfg.stage in ("s1", "s2"):
+        mcfg = sensor_model_config(cfg.stage, cfg.model)
+        task = AutoencoderTask(mcfg, loss_module(cfg), cfg.optim, seed=cfg.seed,
+                               physical_scale=_physical_scale(norm, {cfg.stage: mcfg.band_names}))
+        return task, norm
+    sensors: dict[str, SensorAutoencoder] = {}
+    for name in ("s1", "s2"):
+        if name not in cfg.checkpoints:
+            raise ConfigError(f"fusion needs checkpoints.{name}: the stage-1 {name} model file (model.pt)")
+    for name, path in cfg.checkpoints.items():
+        p = Path(path) if Path(path).is_absolute() else base / path
+        model, meta = load_model(p)
+        if meta["kind"] != "autoencoder":
+            raise ConfigError(f"checkpoints.{name} ({p}) holds a {meta['kind']} model, not a sensor autoencoder")
+        saved = Normalization.from_dict(meta["normalization"])
+        if saved.to_dict() != norm.to_dict():
+            raise ConfigError(f"checkpoints.{name} was trained with another normalisation; use the same for fusion")
+        sensors[name] = model
+    # Order matters for the fused token: S1 then S2 (then any further sensor).
+    sensors = {k: sensors[k] for k in sorted(sensors, key=lambda n: (n != "s1", n != "s2", n))}
+    fcfg = _merge(FusionConfig(), cfg.model, FusionConfig, "model (fusion)")
+    task = FusionTask(sensors, fcfg, loss_module(cfg), cfg.optim, seed=cfg.seed,
+                      physical_scale=_physical_scale(norm, {n: m.config.band_names for n, m in sensors.items()}))
+    return task, norm
+
+
+def _precision(cfg: TrainerConfig) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+
+
+def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool = True) -> dict[str, Any]:
+    """Train one stage; resume from ``out_dir/checkpoints/last.ckpt`` when present.
+
+    Writes ``out_dir/metrics.csv`` (per-epoch loss parts), TensorBoard logs, ``model.pt`` (best
+    validation ``optim.monitor``), ``config.yaml`` and ``test_metrics.json``. Returns a summary dict.
+    """
+    import yaml
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    task, norm = build_task(cfg, base_dir=base_dir)
+    data = CubeDataModule(cfg, norm, base_dir=base_dir)
+    ckpt_dir = out / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.optim.monitor, mode="min",
+                                 save_top_k=1, save_last=True, enable_version_counter=False)
+    tcfg = cfg.trainer
+    devices: Any = tcfg.devices if tcfg.devices == "auto" else int(tcfg.devices)
+    trainer = L.Trainer(
+        default_root_dir=out,
+        accelerator=tcfg.accelerator,
+        devices=devices,
+        num_nodes=tcfg.num_nodes,
+        strategy=tcfg.strategy,
+        precision=_precision(tcfg),
+        max_epochs=tcfg.max_epochs,
+        max_steps=tcfg.max_steps,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        limit_train_batches=tcfg.limit_train_batches,
+        limit_val_batches=tcfg.limit_val_batches,
+        log_every_n_steps=tcfg.log_every_n_steps,
+        logger=[CSVLogger(out, name="", version=""), TensorBoardLogger(out, name="tensorboard", version="")],
+        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch")],
+        deterministic=not torch.cuda.is_available() or "warn",
+        enable_progress_bar=tcfg.enable_progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # BlockShuffleSampler shards by rank itself
+        num_sanity_val_steps=0,
+    )
+    last = ckpt_dir / "last.ckpt"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*LightningDataModule.*")
+        trainer.fit(task, datamodule=data, ckpt_path=last if last.exists() else None,
+                    weights_only=False if last.exists() else None)
+    summary: dict[str, Any] = {"out_dir": str(out), "epochs": trainer.current_epoch, "global_step": trainer.global_step}
+    if trainer.global_rank != 0:
+        return summary
+    best_path = checkpoint.best_model_path or str(last)
+    if best_path and Path(best_path).exists():
+        state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
+        task.load_state_dict(state)
+    summary["best_checkpoint"] = best_path
+    summary["model"] = str(save_model(out / "model.pt", task.model, normalization=norm, config=cfg,
+                                      metrics={k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}))
+    if test:
+        test_trainer = L.Trainer(accelerator=tcfg.accelerator, devices=1, precision=_precision(tcfg), logger=False,
+                                 enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+        metrics = test_trainer.test(task, datamodule=data, verbose=False)[0]
+        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics["split"] = "test" if data.split_paths.get("test") else "val"
+        metrics["units"] = {s: PHYSICAL_UNITS.get(s, "normalised") for s in task.physical_scale}
+        (out / "test_metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        summary["test_metrics"] = metrics
+    return summary
