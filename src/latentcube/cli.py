@@ -121,6 +121,207 @@ def demo(
     out.print(f"report: {result.report}")
 
 
+@app.command("import")
+def import_(
+    out_path: Annotated[Path, typer.Option("--out", help="Output cube (*.zarr or *.nc).")],
+    s2: Annotated[list[str], typer.Option("--s2", help="S2 file(s) or glob(s): NetCDF, Zarr or GeoTIFF (repeatable).")],
+    s1: Annotated[Optional[list[str]], typer.Option("--s1", help="S1 file(s) or glob(s) (repeatable).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Known export layout: openeo | worldcereal.")] = None,
+    band_map: Annotated[Optional[list[str]], typer.Option("--band-map", help="SOURCE=BAND, e.g. red=B04 (repeatable).")] = None,
+    s2_scale: Annotated[Optional[float], typer.Option(help="Reflectance = DN * scale + offset.")] = None,
+    s2_offset: Annotated[Optional[float], typer.Option()] = None,
+    s2_nodata: Annotated[Optional[list[float]], typer.Option("--s2-nodata", help="S2 nodata value(s).")] = None,
+    s1_encoding: Annotated[Optional[str], typer.Option(help="linear | db | openeo_uint16.")] = None,
+    s1_scale: Annotated[Optional[float], typer.Option()] = None,
+    s1_offset: Annotated[Optional[float], typer.Option()] = None,
+    s1_nodata: Annotated[Optional[list[float]], typer.Option("--s1-nodata")] = None,
+    time_dim: Annotated[Optional[str], typer.Option(help="Time dimension name (default: autodetect t/time/timestamp).")] = None,
+    crs: Annotated[Optional[str], typer.Option(help="CRS when the files carry none, e.g. EPSG:32631.")] = None,
+    date: Annotated[Optional[list[str]], typer.Option("--date", help="Date per GeoTIFF (repeatable).")] = None,
+    band_name: Annotated[Optional[list[str]], typer.Option("--band-name", help="Band names of GeoTIFF bands (repeatable).")] = None,
+    layer: Annotated[Optional[list[str]], typer.Option("--layer", help="NAME=PATH[:VARIABLE] per-pixel layer (repeatable).")] = None,
+    scl_mask: Annotated[str, typer.Option(help="SCL classes to mask, comma separated.")] = "3,8,9,10",
+    no_scl_mask: Annotated[bool, typer.Option("--no-scl-mask", help="Keep cloudy pixels.")] = False,
+    duplicates: Annotated[str, typer.Option(help="Same-date files: error | first | mean.")] = "error",
+) -> None:
+    """Import your own S2/S1 exports (openEO/CDSE, GEE/WorldCereal, NetCDF/Zarr/GeoTIFF) into a cube."""
+    from latentcube.cube import save_cube
+    from latentcube.sources.importers import import_cube, parse_band_map, parse_layers
+
+    with console.status("importing"):
+        ds = import_cube(
+            s2, s1 or None, preset=preset, band_map=parse_band_map(band_map), s2_scale=s2_scale, s2_offset=s2_offset,
+            s2_nodata=s2_nodata or None, s1_encoding=s1_encoding, s1_scale=s1_scale, s1_offset=s1_offset,
+            s1_nodata=s1_nodata or None, time_dim=time_dim, crs=crs, dates=date or None, band_names=band_name or None,
+            layers=parse_layers(layer), scl_mask=None if no_scl_mask else tuple(int(c) for c in scl_mask.split(",") if c.strip()),
+            duplicates=duplicates,
+        )
+    with console.status(f"writing {out_path}"):
+        save_cube(ds, out_path)
+    out.print(f"{out_path}: {ds.sizes['time']} S2 dates, {ds.sizes.get('time_s1', 0)} S1 dates, {ds.sizes['y']}x{ds.sizes['x']} px")
+
+
+@app.command()
+def plan(
+    landcover: Annotated[Path, typer.Option(help="Land-cover raster (ESA CCI or any GeoTIFF/NetCDF class layer).")],
+    out_path: Annotated[Path, typer.Option("--out", help="Plan file (*.csv or *.geojson).")],
+    bbox: Annotated[Optional[tuple[float, float, float, float]], typer.Option(help="W S E N in degrees.")] = None,
+    n: Annotated[int, typer.Option(help="Number of sites.")] = 250,
+    min_separation_km: Annotated[float, typer.Option(help="Minimum distance between sites.")] = 50.0,
+    years: Annotated[tuple[int, int], typer.Option(help="First and last year of the periods.")] = (2017, 2024),
+    splits: Annotated[tuple[float, float, float], typer.Option(help="Train/val/test fractions of sites.")] = (0.75, 0.17, 0.08),
+    edge_m: Annotated[float, typer.Option(help="Cube edge in metres.")] = 2560.0,
+    class_map: Annotated[str, typer.Option(help="esa_cci | latentcube.")] = "esa_cci",
+    variable: Annotated[Optional[str], typer.Option(help="Variable of a NetCDF land-cover file.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Draw training sites (the paper's sampler): class mix, separation, two periods per site, splits."""
+    from latentcube.sources.sites import plan_sites, write_plan
+
+    with console.status("drawing sites"):
+        table = plan_sites(str(landcover), bbox=bbox, n=n, min_separation_km=min_separation_km, years=years,
+                           splits=splits, edge_m=edge_m, class_map=class_map, variable=variable, seed=seed)
+    write_plan(table, out_path)
+    out.print(f"{out_path}: {table['site_id'].nunique()} sites, {len(table)} cubes "
+              f"({', '.join(f'{k} {v}' for k, v in table.groupby('split')['site_id'].nunique().items())} sites)")
+
+
+@app.command()
+def fetch(
+    out_path: Annotated[Path, typer.Option("--out", help="Cube path (single area) or directory (with --plan).")],
+    plan_file: Annotated[Optional[Path], typer.Option("--plan", help="Site plan from `latentcube plan`.")] = None,
+    center: Annotated[Optional[tuple[float, float]], typer.Option(help="LON LAT of the cube centre.")] = None,
+    edge_m: Annotated[Optional[float], typer.Option(help="Cube edge in metres (with --center).")] = None,
+    bbox: Annotated[Optional[tuple[float, float, float, float]], typer.Option(help="W S E N in degrees.")] = None,
+    start: Annotated[Optional[str], typer.Option(help="First date (YYYY-MM-DD).")] = None,
+    end: Annotated[Optional[str], typer.Option(help="Last date (YYYY-MM-DD, inclusive).")] = None,
+    crs: Annotated[Optional[str], typer.Option(help="Output CRS (default: the UTM zone of the centre).")] = None,
+    max_cloud_cover: Annotated[Optional[float], typer.Option(help="Skip scenes above this cloud cover (%).")] = None,
+    min_valid_fraction: Annotated[float, typer.Option(help="Drop dates with fewer valid pixels.")] = 0.0,
+    mask: Annotated[str, typer.Option(help="scl | none | cloudsen12.")] = "scl",
+    mask_snow: Annotated[bool, typer.Option(help="Also mask SCL snow (11).")] = False,
+    cloudsen12_weights: Annotated[Optional[Path], typer.Option(help="Local CloudSEN12 TorchScript weights.")] = None,
+    nbar: Annotated[bool, typer.Option(help="Nadir BRDF adjustment (needs latentcube[nbar]).")] = False,
+    no_s1: Annotated[bool, typer.Option("--no-s1", help="Sentinel-2 only.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Redo finished cubes of a plan.")] = False,
+    keep_going: Annotated[bool, typer.Option(help="With --plan: skip sites that fail.")] = False,
+) -> None:
+    """Fetch Sentinel-2 L2A + Sentinel-1 RTC from the Planetary Computer onto one 10 m grid."""
+    from latentcube.cube import save_cube
+    from latentcube.sources.masks import ModelMask, SCLMask
+    from latentcube.sources.stac import fetch_cube, fetch_sites
+
+    masks = {"scl": lambda: SCLMask(mask_snow=mask_snow), "none": lambda: None,
+             "cloudsen12": lambda: ModelMask(weights_path=cloudsen12_weights)}
+    if mask not in masks:
+        raise typer.BadParameter(f"--mask must be one of {sorted(masks)}")
+    kw = dict(max_cloud_cover=max_cloud_cover, mask=masks[mask](), min_valid_fraction=min_valid_fraction, nbar=nbar,
+              include_s1=not no_s1)
+    if plan_file is not None:
+        paths = fetch_sites(plan_file, out_path, skip_existing=not overwrite, on_error="skip" if keep_going else "raise", **kw)
+        out.print(f"{len(paths)} cubes in {out_path}")
+        return
+    if start is None or end is None:
+        raise typer.BadParameter("give --start and --end (or --plan)")
+    ds = fetch_cube(center=center, edge_m=edge_m, bbox=bbox, start=start, end=end, crs=crs, **kw)
+    with console.status(f"downloading and writing {out_path}"):
+        save_cube(ds, out_path)
+    out.print(f"{out_path}: {ds.sizes['time']} S2 dates, {ds.sizes.get('time_s1', 0)} S1 dates")
+
+
+@app.command("model-info")
+def model_info_(
+    checkpoint: Annotated[Optional[Path], typer.Argument(help="A model file (model.pt). Omit to describe a preset.")] = None,
+    sensor: Annotated[str, typer.Option(help="Preset when no checkpoint: s1 | s2 | fused | all.")] = "all",
+    no_flops: Annotated[bool, typer.Option("--no-flops", help="Skip the FLOP count.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Parameters, FLOPs per embedding and latent sizes of a checkpoint (or of the default models)."""
+    from latentcube.nn import FusionConfig, FusionModel, SensorAutoencoder, model_info, s1_config, s2_config
+
+    report: dict = {}
+    if checkpoint is not None:
+        from latentcube.train import load_model
+
+        model, meta = load_model(checkpoint)
+        report["checkpoint"] = {k: meta[k] for k in ("format", "kind", "band_order", "dates_convention",
+                                                      "latentcube_version", "normalization", "metrics") if k in meta}
+        report["checkpoint"]["config"] = meta.get("config")
+        report["model"] = model_info(model, flops=not no_flops)
+    else:
+        s1, s2 = SensorAutoencoder(s1_config()), SensorAutoencoder(s2_config())
+        presets = {"s1": lambda: s1, "s2": lambda: s2,
+                   "fused": lambda: FusionModel({"s1": s1, "s2": s2}, FusionConfig()).freeze_sensor_models()}
+        if sensor not in (*presets, "all"):
+            raise typer.BadParameter("--sensor must be s1, s2, fused or all")
+        for name in presets if sensor == "all" else [sensor]:
+            report[name] = model_info(presets[name](), flops=not no_flops)
+    if as_json:
+        out.print_json(json.dumps(report, default=str))
+        return
+    table = Table(title="latentcube models")
+    for col in ("model", "parameters (trainable)", "latent sizes", "FLOPs/embedding dense", "FLOPs/embedding per-patch"):
+        table.add_column(col)
+    for name, info_ in report.items():
+        if name == "checkpoint":
+            continue
+        fl = info_.get("flops_per_embedding") or {}
+        table.add_row(name, f"{info_['parameters']['total']:,} ({info_['parameters']['trainable']:,})",
+                      json.dumps(info_["latent_sizes"]), f"{fl['dense']:,.0f}" if fl else "-", f"{fl['patch']:,.0f}" if fl else "-")
+    out.print(table)
+    if "checkpoint" in report:
+        c = report["checkpoint"]
+        out.print(f"kind: {c['kind']}  version: {c.get('latentcube_version')}  bands: {c.get('band_order')}")
+        out.print(f"dates: {c.get('dates_convention')}")
+        out.print(f"normalisation: {json.dumps(c.get('normalization'))}")
+        if c.get("metrics"):
+            out.print("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in c["metrics"].items()))
+
+
+@app.command()
+def train(
+    stage: Annotated[str, typer.Argument(help="s1 | s2 | fusion")],
+    config: Annotated[Path, typer.Option("--config", help="Stage YAML (see configs/).")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Override the config's out_dir.")] = None,
+    devices: Annotated[Optional[str], typer.Option(help="Devices per node (e.g. 2); default from config.")] = None,
+    num_nodes: Annotated[Optional[int], typer.Option(help="Nodes.")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
+    accelerator: Annotated[Optional[str], typer.Option(help="cpu | gpu | auto.")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option(help="Override trainer.max_epochs.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Override trainer.max_steps.")] = None,
+) -> None:
+    """Train one stage; re-running the same command resumes from the last checkpoint."""
+    from dataclasses import replace
+
+    from latentcube.train import load_train_config, run_training
+
+    cfg = load_train_config(config)
+    if cfg.stage != stage:
+        raise typer.BadParameter(f"{config} is a {cfg.stage!r} config, not {stage!r}")
+    trainer_changes = {k: v for k, v in dict(devices=devices, num_nodes=num_nodes, strategy=strategy, accelerator=accelerator,
+                                              max_epochs=max_epochs, max_steps=max_steps).items() if v is not None}
+    cfg = replace(cfg, trainer=replace(cfg.trainer, **trainer_changes))
+    if out_dir is not None:
+        cfg = replace(cfg, out_dir=str(out_dir))
+    summary = run_training(cfg)
+    if "model" in summary:
+        out.print(f"model: {summary['model']}")
+        for k, v in (summary.get("test_metrics") or {}).items():
+            if isinstance(v, float):
+                out.print(f"  {k}: {v:.5g}")
+
+
+@app.command("plot-training")
+def plot_training_(
+    run: Annotated[Path, typer.Argument(help="A training output directory (has metrics.csv).")],
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="PNG path (default RUN/training_curves.png).")] = None,
+) -> None:
+    """Draw train/validation curves of every loss part (the paper's Fig. 5)."""
+    from latentcube.evaluate.curves import plot_training
+
+    out.print(str(plot_training(run, out_path)))
+
+
 # ------------------------------------------------------------------------------------ entry point
 
 
