@@ -377,7 +377,8 @@ class BlockShuffleSampler(Sampler[int]):
     """Random order that keeps items of one block together: blocks shuffled, items shuffled inside.
 
     Deterministic for a (seed, epoch); call :meth:`set_epoch` each epoch (Lightning does for samplers
-    that define it). With ``num_replicas > 1`` (DDP) each rank takes every ``num_replicas``-th block.
+    that define it). With ``num_replicas > 1`` (DDP) each rank takes every ``num_replicas``-th block and
+    shorter ranks are padded so that all ranks yield the same number of items.
     """
 
     def __init__(self, dataset: PatchDataset, *, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
@@ -392,14 +393,25 @@ class BlockShuffleSampler(Sampler[int]):
         self.epoch = int(epoch)
         self.dataset.set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[int]:
+    def _rank_lists(self) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(len(self.groups))[self.rank :: self.num_replicas]
-        for g in order:
-            yield from (self.groups[g][k] for k in rng.permutation(len(self.groups[g])))
+        order = rng.permutation(len(self.groups))
+        per_rank: list[list[int]] = [[] for _ in range(self.num_replicas)]
+        for j, g in enumerate(order):
+            per_rank[j % self.num_replicas].extend(self.groups[g][k] for k in rng.permutation(len(self.groups[g])))
+        # Every rank must run the same number of steps or DDP's gradient all-reduce deadlocks: pad the
+        # shorter ranks by cycling their own items (as torch's DistributedSampler pads).
+        target = max(len(r) for r in per_rank)
+        for r in per_rank:
+            if r and len(r) < target:
+                r.extend(r[k % len(r)] for k in range(target - len(r)))
+        return per_rank
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._rank_lists()[self.rank])
 
     def __len__(self) -> int:
-        return sum(len(self.groups[g]) for g in range(len(self.groups))[self.rank :: self.num_replicas])
+        return len(self._rank_lists()[self.rank])
 
 
 def assign_splits(

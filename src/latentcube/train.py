@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -272,10 +273,11 @@ class _StageTask(L.LightningModule):
         # Per-band factor turning a normalised absolute error into physical units (reflectance, dB).
         self.physical_scale = {k: torch.tensor(v, dtype=torch.float32) for k, v in physical_scale.items()}
 
-    def on_train_epoch_start(self) -> None:
-        # Seeding per epoch makes dropout a function of (seed, epoch), so a run resumed at an epoch
-        # boundary continues exactly as an uninterrupted one (Lightning does not restore RNG states).
-        L.seed_everything(self.seed + 1000 * self.current_epoch, workers=True, verbose=False)
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Seeding per step makes dropout a function of (seed, step), so a resumed run continues exactly
+        # as an uninterrupted one: Lightning does not restore RNG states, and DataLoader iterators draw
+        # from the global generator at points that differ between fresh and resumed runs.
+        torch.manual_seed(self.seed * 1_000_003 + self.global_step)
 
     def _log_parts(self, stage: str, out: LossOutput, batch_size: int) -> None:
         self.log(f"{stage}/objective", out.total.detach(), on_step=False, on_epoch=True, batch_size=batch_size,
@@ -348,6 +350,9 @@ class FusionTask(_StageTask):
         days = batch["days"]
         out_model = self.model(inputs, days)
         out = self.loss(out_model.reconstructions, inputs, days)
+        # Model selection in fusion uses the centre pixel (paper §III-C): the mean over sensors.
+        centre = torch.stack([out.parts[f"{n}/center_mae"] for n in self.model.sensor_names]).mean()
+        out.parts["center_mae"] = centre
         self._log_parts(stage, out, days.shape[0])
         if stage == "test":
             for name in self.model.sensor_names:
@@ -503,7 +508,10 @@ def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool =
     data = CubeDataModule(cfg, norm, base_dir=base_dir)
     ckpt_dir = out / "checkpoints"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.optim.monitor, mode="min",
-                                 save_top_k=1, save_last=True, enable_version_counter=False)
+                                 save_top_k=1, enable_version_counter=False)
+    # A second, unmonitored callback writes last.ckpt every epoch: Lightning 2.6's save_last refreshes
+    # last.ckpt only when a new best is saved, which would resume from a stale epoch.
+    latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     tcfg = cfg.trainer
     devices: Any = tcfg.devices if tcfg.devices == "auto" else int(tcfg.devices)
     trainer = L.Trainer(
@@ -520,7 +528,7 @@ def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool =
         limit_val_batches=tcfg.limit_val_batches,
         log_every_n_steps=tcfg.log_every_n_steps,
         logger=[CSVLogger(out, name="", version=""), TensorBoardLogger(out, name="tensorboard", version="")],
-        callbacks=[checkpoint, LearningRateMonitor(logging_interval="epoch")],
+        callbacks=[checkpoint, latest, LearningRateMonitor(logging_interval="epoch")],
         deterministic=not torch.cuda.is_available() or "warn",
         enable_progress_bar=tcfg.enable_progress_bar,
         enable_model_summary=False,
@@ -528,11 +536,20 @@ def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool =
         num_sanity_val_steps=0,
     )
     last = ckpt_dir / "last.ckpt"
+    metrics_csv = out / "metrics.csv"
+    # Lightning's CSV logger rewrites metrics.csv from scratch; keep the epochs before a resume.
+    previous = pd.read_csv(metrics_csv) if last.exists() and metrics_csv.exists() else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*LightningDataModule.*")
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen sensors, by design
+        warnings.filterwarnings("ignore", message=".*Previous log files in this directory will be deleted.*")
         trainer.fit(task, datamodule=data, ckpt_path=last if last.exists() else None,
                     weights_only=False if last.exists() else None)
+    if previous is not None and trainer.global_rank == 0 and metrics_csv.exists():
+        current = pd.read_csv(metrics_csv)
+        first_new = current["step"].min() if len(current) else np.inf
+        pd.concat([previous[previous["step"] < first_new], current]).to_csv(metrics_csv, index=False)
     summary: dict[str, Any] = {"out_dir": str(out), "epochs": trainer.current_epoch, "global_step": trainer.global_step}
     if trainer.global_rank != 0:
         return summary

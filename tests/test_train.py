@@ -1,0 +1,154 @@
+"""Staged training: configs, per-stage loss decrease, frozen fusion, exact resume, model files, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from latentcube.config import ConfigError
+from latentcube.constants import S2_BANDS
+from latentcube.synthetic import make_world, write_world
+from latentcube.train import DataConfig, OptimConfig, TrainConfig, TrainerConfig, load_model, load_train_config, run_training
+
+# A small model keeps each stage at a few seconds on 2 cores; the architecture is the same class.
+SMALL = {"widths": [8, 12, 16], "multiscale_branch_ch": 4, "d_model": 16, "n_heads": 2, "ffn_dim": 16,
+         "decoder_d_model": 16, "decoder_ffn_dim": 16, "decoder_widths": [16, 8, 8], "decoder_branch_ch": 4}
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world")
+    write_world(make_world(seed=1, scene_size=40, n_scenes=3, n_towers=0, scene_years=(2019,)), out)
+    return out
+
+
+def stage_config(world: Path, out: Path, stage: str, *, epochs: int = 3, **changes) -> TrainConfig:
+    cubes = tuple(str(world / f"scene_00{i}.zarr") for i in range(3))
+    sampling = {"space_stride": 6} if stage != "s1" else {"seq_len": 30, "time_stride": 15, "space_stride": 6}
+    cfg = TrainConfig(
+        stage=stage,
+        out_dir=str(out),
+        seed=3,
+        data=DataConfig(cubes=cubes, splits={"train": ("scene_000", "scene_001"), "val": ("scene_002",)},
+                        batch_size=16, sampling=sampling),
+        model={} if stage == "fusion" else dict(SMALL),
+        optim=OptimConfig(lr=3e-3, warmup_steps=5),
+        trainer=TrainerConfig(max_epochs=epochs, enable_progress_bar=False, limit_val_batches=4),
+    )
+    return replace(cfg, **changes)
+
+
+def epoch_metric(run: Path, name: str) -> pd.Series:
+    df = pd.read_csv(run / "metrics.csv")
+    return df.dropna(subset=[name]).groupby("epoch")[name].first()
+
+
+@pytest.fixture(scope="module")
+def stage1(world_dir, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    return {s: Path(run_training(stage_config(world_dir, root / s, s), test=False)["model"]) for s in ("s1", "s2")}
+
+
+def test_unknown_config_keys_are_rejected(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"stage": "s2", "out_dir": "x", "optim": {"lr": 1e-3, "learning_rate": 2}}))
+    with pytest.raises(ConfigError, match=r"optim: unknown key\(s\) \['learning_rate'\]"):
+        load_train_config(path)
+    path.write_text(yaml.safe_dump({"stage": "s3", "out_dir": "x"}))
+    with pytest.raises(ConfigError, match="not one of"):
+        load_train_config(path)
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/**/*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_parse(path):
+    cfg = load_train_config(path)
+    assert cfg.stage in ("s1", "s2", "fusion")
+
+
+@pytest.mark.slow
+def test_stage1_losses_decrease_and_model_files_are_self_describing(stage1):
+    for stage, model_path in stage1.items():
+        run = model_path.parent
+        train = epoch_metric(run, "train/objective")
+        assert len(train) == 3 and train.iloc[-1] < train.iloc[0], (stage, train.tolist())
+        for part in ("center_mae", "context_mae"):
+            assert f"val/{part}" in pd.read_csv(run / "metrics.csv").columns
+        payload = torch.load(model_path, weights_only=True)  # no unrestricted pickle
+        assert payload["kind"] == "autoencoder" and payload["latentcube_version"]
+        assert payload["band_order"] == {stage: ["VV", "VH"] if stage == "s1" else list(S2_BANDS)}
+        assert payload["normalization"]["s1_db"]["VV"] == [-25.0, 0.0]
+        assert payload["config"]["stage"] == stage and payload["model_args"]["sensor"]["widths"] == SMALL["widths"]
+        model, meta = load_model(model_path)
+        x = torch.rand(2, 11, 2 if stage == "s1" else 10, 15, 15)
+        days = torch.arange(11.0).repeat(2, 1) * 6
+        with torch.no_grad():
+            assert model.encode_patches(x, days).shape == (2, 11, 2 if stage == "s1" else 9)
+    assert (stage1["s2"].parent / "tensorboard").is_dir()
+
+
+@pytest.mark.slow
+def test_fusion_trains_only_fusion_layers(world_dir, stage1, tmp_path):
+    from latentcube.train import build_task
+
+    cfg = stage_config(world_dir, tmp_path / "fusion", "fusion", epochs=2,
+                       checkpoints={k: str(v) for k, v in stage1.items()})
+    task, _ = build_task(cfg)
+    before = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
+    summary = run_training(cfg, test=True)
+    trained = torch.load(Path(cfg.out_dir) / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    trained = {k.removeprefix("model."): v for k, v in trained.items() if k.startswith("model.")}
+    frozen = [k for k in before if k.startswith("sensors.")]
+    fusion = [k for k in before if not k.startswith("sensors.") and before[k].is_floating_point()]
+    assert frozen and fusion
+    for k in frozen:
+        assert torch.equal(before[k], trained[k]), f"frozen parameter {k} changed"
+    for k in fusion:
+        assert not torch.equal(before[k], trained[k]), f"fusion parameter {k} did not change"
+    train = epoch_metric(Path(cfg.out_dir), "train/objective")
+    assert train.iloc[-1] < train.iloc[0]
+    metrics = json.loads((Path(cfg.out_dir) / "test_metrics.json").read_text())
+    assert metrics["units"] == {"s1": "dB", "s2": "reflectance"}
+    # S1 physical error in dB = normalised error × the 25 dB (VV) / 27 dB (VH) normalisation span
+    assert 0 < metrics["test/s1/center_mae_physical"] < 27 * 1.0
+    assert summary["test_metrics"]["split"] == "val"
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(world_dir, tmp_path):
+    full = stage_config(world_dir, tmp_path / "full", "s2", epochs=2)
+    run_training(full, test=False)
+    part = stage_config(world_dir, tmp_path / "part", "s2", epochs=1)
+    run_training(part, test=False)  # stopped after one epoch (k = steps of one epoch) ...
+    run_training(replace(part, trainer=replace(part.trainer, max_epochs=2)), test=False)  # ... and re-run
+    a = torch.load(tmp_path / "full/checkpoints/last.ckpt", weights_only=False)
+    b = torch.load(tmp_path / "part/checkpoints/last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] > 0 and a["epoch"] == b["epoch"] == 1
+    # the resumed run's metrics keep both epochs
+    assert list(epoch_metric(tmp_path / "part", "train/objective").index) == [0, 1]
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes(world_dir, tmp_path):
+    cfg = stage_config(world_dir, tmp_path / "ddp", "s2", epochs=1)
+    path = tmp_path / "ddp.yaml"
+    from latentcube.config import to_dict
+
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "latentcube.cli", "train", "s2", "--config", str(path),
+           "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world_size: 2" in proc.stderr or "GLOBAL_RANK: 1" in proc.stderr or "MEMBER: 2/2" in proc.stderr
+    assert (tmp_path / "ddp" / "model.pt").exists()
