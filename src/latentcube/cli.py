@@ -110,12 +110,18 @@ def validate(cube: Annotated[Path, typer.Argument(help="A cube (*.zarr or *.nc).
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("demo-output"),
     seed: Annotated[int, typer.Option(help="Seed of the synthetic world.")] = 0,
+    no_train: Annotated[bool, typer.Option("--no-train", help="Only simulate and draw; skip training.")] = False,
+    epochs: Annotated[Optional[int], typer.Option(help="Override the demo configs' epochs.")] = None,
 ) -> None:
     """Run the end-to-end demo on the synthetic world and print where the report is."""
     from latentcube.demo import run_demo
 
     with console.status("demo") as status:
-        result = run_demo(out_dir, seed=seed, log=lambda msg: status.update(f"demo: {msg}"))
+        def log(msg: str) -> None:
+            status.update(f"demo: {msg}")
+            console.log(msg)
+
+        result = run_demo(out_dir, seed=seed, log=log, train=not no_train, epochs=epochs)
     for step, seconds in result.timings.items():
         console.print(f"  {step:<12} {seconds:6.1f} s")
     out.print(f"report: {result.report}")

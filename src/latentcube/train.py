@@ -501,6 +501,9 @@ def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool =
     import yaml
 
     out = Path(cfg.out_dir)
+    if not out.is_absolute() and base_dir is not None:
+        out = Path(base_dir) / out
+    cfg = replace(cfg, out_dir=str(out))
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
