@@ -11,7 +11,16 @@ import pytest
 import xarray as xr
 
 from latentcube.constants import S1_BANDS, S2_BANDS
-from latentcube.cube import CubeError, cube_crs, cube_summary, new_cube, open_cube, save_cube, set_crs, validate_cube
+from latentcube.cube import (
+    CubeError,
+    cube_crs,
+    cube_summary,
+    new_cube,
+    open_cube,
+    save_cube,
+    set_crs,
+    validate_cube,
+)
 
 
 def make_cube(n_time: int = 4, ny: int = 6, nx: int = 7, *, s1: bool = True, seed: int = 0) -> xr.Dataset:

@@ -17,7 +17,15 @@ import yaml
 from latentcube.config import ConfigError
 from latentcube.constants import S2_BANDS
 from latentcube.synthetic import make_world, write_world
-from latentcube.train import DataConfig, OptimConfig, TrainConfig, TrainerConfig, load_model, load_train_config, run_training
+from latentcube.train import (
+    DataConfig,
+    OptimConfig,
+    TrainConfig,
+    TrainerConfig,
+    load_model,
+    load_train_config,
+    run_training,
+)
 
 # A small model keeps each stage at a few seconds on 2 cores; the architecture is the same class.
 SMALL = {"widths": [8, 12, 16], "multiscale_branch_ch": 4, "d_model": 16, "n_heads": 2, "ffn_dim": 16,

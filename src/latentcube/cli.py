@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -38,7 +38,7 @@ def _version(value: bool) -> None:
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
     version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = None,
 ) -> None:
     _state["debug"] = debug
@@ -111,7 +111,7 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("demo-output"),
     seed: Annotated[int, typer.Option(help="Seed of the synthetic world.")] = 0,
     no_train: Annotated[bool, typer.Option("--no-train", help="Only simulate and draw; skip training.")] = False,
-    epochs: Annotated[Optional[int], typer.Option(help="Override the demo configs' epochs.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override the demo configs' epochs.")] = None,
 ) -> None:
     """Run the end-to-end demo on the synthetic world and print where the report is."""
     from latentcube.demo import run_demo
@@ -131,21 +131,21 @@ def demo(
 def import_(
     out_path: Annotated[Path, typer.Option("--out", help="Output cube (*.zarr or *.nc).")],
     s2: Annotated[list[str], typer.Option("--s2", help="S2 file(s) or glob(s): NetCDF, Zarr or GeoTIFF (repeatable).")],
-    s1: Annotated[Optional[list[str]], typer.Option("--s1", help="S1 file(s) or glob(s) (repeatable).")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="Known export layout: openeo | worldcereal.")] = None,
-    band_map: Annotated[Optional[list[str]], typer.Option("--band-map", help="SOURCE=BAND, e.g. red=B04 (repeatable).")] = None,
-    s2_scale: Annotated[Optional[float], typer.Option(help="Reflectance = DN * scale + offset.")] = None,
-    s2_offset: Annotated[Optional[float], typer.Option()] = None,
-    s2_nodata: Annotated[Optional[list[float]], typer.Option("--s2-nodata", help="S2 nodata value(s).")] = None,
-    s1_encoding: Annotated[Optional[str], typer.Option(help="linear | db | openeo_uint16.")] = None,
-    s1_scale: Annotated[Optional[float], typer.Option()] = None,
-    s1_offset: Annotated[Optional[float], typer.Option()] = None,
-    s1_nodata: Annotated[Optional[list[float]], typer.Option("--s1-nodata")] = None,
-    time_dim: Annotated[Optional[str], typer.Option(help="Time dimension name (default: autodetect t/time/timestamp).")] = None,
-    crs: Annotated[Optional[str], typer.Option(help="CRS when the files carry none, e.g. EPSG:32631.")] = None,
-    date: Annotated[Optional[list[str]], typer.Option("--date", help="Date per GeoTIFF (repeatable).")] = None,
-    band_name: Annotated[Optional[list[str]], typer.Option("--band-name", help="Band names of GeoTIFF bands (repeatable).")] = None,
-    layer: Annotated[Optional[list[str]], typer.Option("--layer", help="NAME=PATH[:VARIABLE] per-pixel layer (repeatable).")] = None,
+    s1: Annotated[list[str] | None, typer.Option("--s1", help="S1 file(s) or glob(s) (repeatable).")] = None,
+    preset: Annotated[str | None, typer.Option(help="Known export layout: openeo | worldcereal.")] = None,
+    band_map: Annotated[list[str] | None, typer.Option("--band-map", help="SOURCE=BAND, e.g. red=B04 (repeatable).")] = None,
+    s2_scale: Annotated[float | None, typer.Option(help="Reflectance = DN * scale + offset.")] = None,
+    s2_offset: Annotated[float | None, typer.Option()] = None,
+    s2_nodata: Annotated[list[float] | None, typer.Option("--s2-nodata", help="S2 nodata value(s).")] = None,
+    s1_encoding: Annotated[str | None, typer.Option(help="linear | db | openeo_uint16.")] = None,
+    s1_scale: Annotated[float | None, typer.Option()] = None,
+    s1_offset: Annotated[float | None, typer.Option()] = None,
+    s1_nodata: Annotated[list[float] | None, typer.Option("--s1-nodata")] = None,
+    time_dim: Annotated[str | None, typer.Option(help="Time dimension name (default: autodetect t/time/timestamp).")] = None,
+    crs: Annotated[str | None, typer.Option(help="CRS when the files carry none, e.g. EPSG:32631.")] = None,
+    date: Annotated[list[str] | None, typer.Option("--date", help="Date per GeoTIFF (repeatable).")] = None,
+    band_name: Annotated[list[str] | None, typer.Option("--band-name", help="Band names of GeoTIFF bands (repeatable).")] = None,
+    layer: Annotated[list[str] | None, typer.Option("--layer", help="NAME=PATH[:VARIABLE] per-pixel layer (repeatable).")] = None,
     scl_mask: Annotated[str, typer.Option(help="SCL classes to mask, comma separated.")] = "3,8,9,10",
     no_scl_mask: Annotated[bool, typer.Option("--no-scl-mask", help="Keep cloudy pixels.")] = False,
     duplicates: Annotated[str, typer.Option(help="Same-date files: error | first | mean.")] = "error",
@@ -171,14 +171,14 @@ def import_(
 def plan(
     landcover: Annotated[Path, typer.Option(help="Land-cover raster (ESA CCI or any GeoTIFF/NetCDF class layer).")],
     out_path: Annotated[Path, typer.Option("--out", help="Plan file (*.csv or *.geojson).")],
-    bbox: Annotated[Optional[tuple[float, float, float, float]], typer.Option(help="W S E N in degrees.")] = None,
+    bbox: Annotated[tuple[float, float, float, float] | None, typer.Option(help="W S E N in degrees.")] = None,
     n: Annotated[int, typer.Option(help="Number of sites.")] = 250,
     min_separation_km: Annotated[float, typer.Option(help="Minimum distance between sites.")] = 50.0,
     years: Annotated[tuple[int, int], typer.Option(help="First and last year of the periods.")] = (2017, 2024),
     splits: Annotated[tuple[float, float, float], typer.Option(help="Train/val/test fractions of sites.")] = (0.75, 0.17, 0.08),
     edge_m: Annotated[float, typer.Option(help="Cube edge in metres.")] = 2560.0,
     class_map: Annotated[str, typer.Option(help="esa_cci | latentcube.")] = "esa_cci",
-    variable: Annotated[Optional[str], typer.Option(help="Variable of a NetCDF land-cover file.")] = None,
+    variable: Annotated[str | None, typer.Option(help="Variable of a NetCDF land-cover file.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Draw training sites (the paper's sampler): class mix, separation, two periods per site, splits."""
@@ -195,18 +195,18 @@ def plan(
 @app.command()
 def fetch(
     out_path: Annotated[Path, typer.Option("--out", help="Cube path (single area) or directory (with --plan).")],
-    plan_file: Annotated[Optional[Path], typer.Option("--plan", help="Site plan from `latentcube plan`.")] = None,
-    center: Annotated[Optional[tuple[float, float]], typer.Option(help="LON LAT of the cube centre.")] = None,
-    edge_m: Annotated[Optional[float], typer.Option(help="Cube edge in metres (with --center).")] = None,
-    bbox: Annotated[Optional[tuple[float, float, float, float]], typer.Option(help="W S E N in degrees.")] = None,
-    start: Annotated[Optional[str], typer.Option(help="First date (YYYY-MM-DD).")] = None,
-    end: Annotated[Optional[str], typer.Option(help="Last date (YYYY-MM-DD, inclusive).")] = None,
-    crs: Annotated[Optional[str], typer.Option(help="Output CRS (default: the UTM zone of the centre).")] = None,
-    max_cloud_cover: Annotated[Optional[float], typer.Option(help="Skip scenes above this cloud cover (%).")] = None,
+    plan_file: Annotated[Path | None, typer.Option("--plan", help="Site plan from `latentcube plan`.")] = None,
+    center: Annotated[tuple[float, float] | None, typer.Option(help="LON LAT of the cube centre.")] = None,
+    edge_m: Annotated[float | None, typer.Option(help="Cube edge in metres (with --center).")] = None,
+    bbox: Annotated[tuple[float, float, float, float] | None, typer.Option(help="W S E N in degrees.")] = None,
+    start: Annotated[str | None, typer.Option(help="First date (YYYY-MM-DD).")] = None,
+    end: Annotated[str | None, typer.Option(help="Last date (YYYY-MM-DD, inclusive).")] = None,
+    crs: Annotated[str | None, typer.Option(help="Output CRS (default: the UTM zone of the centre).")] = None,
+    max_cloud_cover: Annotated[float | None, typer.Option(help="Skip scenes above this cloud cover (%).")] = None,
     min_valid_fraction: Annotated[float, typer.Option(help="Drop dates with fewer valid pixels.")] = 0.0,
     mask: Annotated[str, typer.Option(help="scl | none | cloudsen12.")] = "scl",
     mask_snow: Annotated[bool, typer.Option(help="Also mask SCL snow (11).")] = False,
-    cloudsen12_weights: Annotated[Optional[Path], typer.Option(help="Local CloudSEN12 TorchScript weights.")] = None,
+    cloudsen12_weights: Annotated[Path | None, typer.Option(help="Local CloudSEN12 TorchScript weights.")] = None,
     nbar: Annotated[bool, typer.Option(help="Nadir BRDF adjustment (needs latentcube[nbar]).")] = False,
     no_s1: Annotated[bool, typer.Option("--no-s1", help="Sentinel-2 only.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Redo finished cubes of a plan.")] = False,
@@ -237,7 +237,7 @@ def fetch(
 
 @app.command("model-info")
 def model_info_(
-    checkpoint: Annotated[Optional[Path], typer.Argument(help="A model file (model.pt). Omit to describe a preset.")] = None,
+    checkpoint: Annotated[Path | None, typer.Argument(help="A model file (model.pt). Omit to describe a preset.")] = None,
     sensor: Annotated[str, typer.Option(help="Preset when no checkpoint: s1 | s2 | fused | all.")] = "all",
     no_flops: Annotated[bool, typer.Option("--no-flops", help="Skip the FLOP count.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -288,13 +288,13 @@ def model_info_(
 def train(
     stage: Annotated[str, typer.Argument(help="s1 | s2 | fusion")],
     config: Annotated[Path, typer.Option("--config", help="Stage YAML (see configs/).")],
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Override the config's out_dir.")] = None,
-    devices: Annotated[Optional[str], typer.Option(help="Devices per node (e.g. 2); default from config.")] = None,
-    num_nodes: Annotated[Optional[int], typer.Option(help="Nodes.")] = None,
-    strategy: Annotated[Optional[str], typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
-    accelerator: Annotated[Optional[str], typer.Option(help="cpu | gpu | auto.")] = None,
-    max_epochs: Annotated[Optional[int], typer.Option(help="Override trainer.max_epochs.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Override trainer.max_steps.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Override the config's out_dir.")] = None,
+    devices: Annotated[str | None, typer.Option(help="Devices per node (e.g. 2); default from config.")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Nodes.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="cpu | gpu | auto.")] = None,
+    max_epochs: Annotated[int | None, typer.Option(help="Override trainer.max_epochs.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Override trainer.max_steps.")] = None,
 ) -> None:
     """Train one stage; re-running the same command resumes from the last checkpoint."""
     from dataclasses import replace
@@ -320,7 +320,7 @@ def train(
 @app.command("plot-training")
 def plot_training_(
     run: Annotated[Path, typer.Argument(help="A training output directory (has metrics.csv).")],
-    out_path: Annotated[Optional[Path], typer.Option("--out", help="PNG path (default RUN/training_curves.png).")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="PNG path (default RUN/training_curves.png).")] = None,
 ) -> None:
     """Draw train/validation curves of every loss part (the paper's Fig. 5)."""
     from latentcube.evaluate.curves import plot_training

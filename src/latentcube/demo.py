@@ -103,7 +103,14 @@ def _train_stages(out_dir: Path, log: Callable[[str], None], timings: dict[str, 
 
     from latentcube.evaluate.curves import plot_training
     from latentcube.evaluate.reconstruction import compare_with_baselines
-    from latentcube.train import CubeDataModule, load_model, load_train_config, loss_module, normalization_of, run_training
+    from latentcube.train import (
+        CubeDataModule,
+        load_model,
+        load_train_config,
+        loss_module,
+        normalization_of,
+        run_training,
+    )
 
     results: dict[str, Any] = {}
     latent = {"s1": 2, "s2": 9, "fusion": 7}

@@ -36,9 +36,22 @@ from latentcube.losses import (
     S2PretrainConfig,
     S2PretrainLoss,
 )
-from latentcube.nn import AutoencoderConfig, FusionConfig, FusionModel, SensorAutoencoder, s1_config, s2_config
+from latentcube.nn import (
+    AutoencoderConfig,
+    FusionConfig,
+    FusionModel,
+    SensorAutoencoder,
+    s1_config,
+    s2_config,
+)
 from latentcube.preprocess import Normalization
-from latentcube.sampling import BlockShuffleSampler, FusionPatchDataset, PatchDataset, SamplingConfig, assign_splits
+from latentcube.sampling import (
+    BlockShuffleSampler,
+    FusionPatchDataset,
+    PatchDataset,
+    SamplingConfig,
+    assign_splits,
+)
 
 __all__ = [
     "AutoencoderTask",
@@ -318,7 +331,7 @@ class AutoencoderTask(_StageTask):
         out = self.loss(recon, x, days)
         self._log_parts(stage, out, x.shape[0])
         if stage == "test":
-            self.log(f"test/center_mae_physical", self._physical_center_mae(self.sensor, recon, x), batch_size=x.shape[0],
+            self.log("test/center_mae_physical", self._physical_center_mae(self.sensor, recon, x), batch_size=x.shape[0],
                      sync_dist=True)
         return out
 
