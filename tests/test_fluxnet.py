@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from latentcube.sources.fluxnet import (
+    ONEFLUX_CO2TOC,
     UMOL_CO2_S_TO_G_C_DAY,
     FluxnetError,
     filter_fluxnet,
@@ -28,8 +29,9 @@ needs_data = pytest.mark.skipif(not HH.exists(), reason="real FLUXNET sample abs
 
 
 def test_conversion_factor_derivation():
-    # 1 umol CO2 m-2 s-1 = 1e-6 mol C m-2 s-1 x 12.0107 g/mol x 86400 s/d
-    assert UMOL_CO2_S_TO_G_C_DAY == pytest.approx(1.03772448, abs=1e-12)
+    # 1 umol CO2 m-2 s-1 = 1e-6 mol C m-2 s-1 x 12 g/mol x 86400 s/d (issue 4); ONEFlux uses 12.0107 g/mol
+    assert UMOL_CO2_S_TO_G_C_DAY == pytest.approx(1.0368, abs=1e-12)
+    assert ONEFLUX_CO2TOC == pytest.approx(1.03772448, abs=1e-12)
 
 
 @needs_data
@@ -50,13 +52,13 @@ def test_ch_cha_daily_values_match_a_slow_loop_over_the_raw_csv():
             ta.setdefault(day, []).append(float(row["TA_F"]))
     for day in ("20050101", "20050102"):
         d = pd.Timestamp(day)
-        assert got.loc[d, "gpp"] == pytest.approx(sums[day] / counts[day] * 1.03772448, rel=1e-12)
+        assert got.loc[d, "gpp"] == pytest.approx(sums[day] / counts[day] * 1.0368, rel=1e-12)
         assert got.loc[d, "nee_qc_fraction"] == good[day] / 48
         assert got.loc[d, "n_halfhours"] == rows[day] == 48
         assert got.loc[d, "ta"] == pytest.approx(sum(ta[day]) / len(ta[day]))
     # Hand check of day 1: the 48 GPP_NT_VUT_REF values sum to -4.752756 umol m-2 s-1, mean -0.09901575,
-    # x 1.03772448 = -0.1027511 g C m-2 d-1. Every NEE_VUT_REF_QC in the sample is 3 (poor gap fill) -> 0.
-    assert got.loc["2005-01-01", "gpp"] == pytest.approx(-0.1027511, abs=1e-6)
+    # x 1.0368 = -0.1026595 g C m-2 d-1. Every NEE_VUT_REF_QC in the sample is 3 (poor gap fill) -> 0.
+    assert got.loc["2005-01-01", "gpp"] == pytest.approx(-0.1026595, abs=1e-6)
     assert got.loc["2005-01-01", "nee_qc_fraction"] == 0.0
     # the sample ends after 3 half-hours of 2005-01-03: an incomplete day, reported, not dropped
     assert got.loc["2005-01-03", "n_halfhours"] == 3
@@ -85,7 +87,7 @@ def test_missing_values_and_qc_fraction_on_a_hand_made_hh_file(tmp_path):
     gpp = [10.0] * 46 + [-9999, -9999] + [5.0] * 24
     qc = [0] * 24 + [1] * 12 + [2] * 12 + [0] * 24
     df = read_fluxnet(_hh_csv(tmp_path / "hh.csv", gpp, qc))
-    np.testing.assert_allclose(df["gpp"].values, [10 * 1.03772448, 5 * 1.03772448])
+    np.testing.assert_allclose(df["gpp"].values, [10 * 1.0368, 5 * 1.0368])
     np.testing.assert_allclose(df["nee_qc_fraction"].values, [0.75, 0.5])
     np.testing.assert_array_equal(df["n_halfhours"].values, [48, 24])
 
@@ -132,7 +134,7 @@ def test_column_mapping_for_other_conventions(tmp_path):
     pd.DataFrame({"TIMESTAMP_END": ["202001010030", "202001010100"], "GPP_DT_CUT_REF": [2.0, 4.0],
                   "QCF_NEE": [0, 2]}).to_csv(p, index=False)
     df = read_fluxnet(p, columns="eth")
-    assert df.loc["2020-01-01", "gpp"] == pytest.approx(3.0 * 1.03772448)
+    assert df.loc["2020-01-01", "gpp"] == pytest.approx(3.0 * 1.0368)
     assert df.loc["2020-01-01", "nee_qc_fraction"] == pytest.approx(1 / 48)
     df2 = read_fluxnet(p, columns={"gpp": "GPP_DT_CUT_REF", "nee_qc": "QCF_NEE"})
     pd.testing.assert_frame_equal(df, df2)
@@ -173,3 +175,15 @@ def test_synthetic_fluxnet_roundtrip(tmp_path):
     np.testing.assert_array_equal(got["nee_qc_fraction"].to_numpy(), truth["NEE_VUT_REF_QC"].to_numpy())
     np.testing.assert_array_equal(got["ta"].to_numpy(), truth["TA_F"].to_numpy())
     assert truth["GPP_NT_VUT_REF"].isna().any()  # the -9999 days come back as NaN
+
+
+def test_oneflux_factor_option(tmp_path):
+    path = tmp_path / "FLX_XX-Tst_FLUXNET2015_FULLSET_HH_2020-2020_beta-3.csv"
+    rows = ["TIMESTAMP_START,TIMESTAMP_END,GPP_NT_VUT_REF,NEE_VUT_REF_QC"]
+    for k in range(48):
+        start = pd.Timestamp("2020-06-01") + pd.Timedelta(minutes=30 * k)
+        end = start + pd.Timedelta(minutes=30)
+        rows.append(f"{start:%Y%m%d%H%M},{end:%Y%m%d%H%M},2.0,0")
+    path.write_text("\n".join(rows) + "\n")
+    assert read_fluxnet(path).loc["2020-06-01", "gpp"] == pytest.approx(2.0 * 1.0368)
+    assert read_fluxnet(path, gpp_factor=ONEFLUX_CO2TOC).loc["2020-06-01", "gpp"] == pytest.approx(2.0 * 1.03772448)
