@@ -112,6 +112,14 @@ def _train_stages(out_dir: Path, log: Callable[[str], None], timings: dict[str, 
         run_training,
     )
 
+    import logging
+    import warnings
+
+    # The demo prints its own progress; Lightning's start-up banners and tips are noise here.
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*was configured so 100%.*")
     results: dict[str, Any] = {}
     latent = {"s1": 2, "s2": 9, "fusion": 7}
     for stage in ("s1", "s2", "fusion"):
