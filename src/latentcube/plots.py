@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -24,12 +25,18 @@ def ndvi(ds: xr.Dataset) -> xr.DataArray:
 
 
 def clearest_date(ds: xr.Dataset) -> int:
-    """Index of the S2 date with the largest fraction of valid pixels (first one on ties)."""
-    valid = np.isfinite(ds["s2"]).all("band").mean(("y", "x")).values
-    return int(np.argmax(valid))
+    """Index of the S2 date with the largest fraction of valid, snow-free pixels (first one on ties).
+
+    Snow (SCL 11, when ``s2_scl`` is present) counts as not clear: a snow-covered date is valid data
+    but a poor picture of the landscape.
+    """
+    clear = np.isfinite(ds["s2"]).all("band")
+    if "s2_scl" in ds:
+        clear = clear & (ds["s2_scl"] != 11)
+    return int(np.argmax(clear.mean(("y", "x")).values))
 
 
-def true_colour_rgb(ds: xr.Dataset, time_index: int, *, gain: float = 3.5) -> np.ndarray:
+def true_colour_rgb(ds: xr.Dataset, time_index: int, *, gain: float = 3.0) -> np.ndarray:
     """``(y, x, 3)`` float RGB in 0–1 from B04/B03/B02 × ``gain``; invalid pixels are white."""
     rgb = ds["s2"].isel(time=time_index).sel(band=["B04", "B03", "B02"]).transpose("y", "x", "band").values
     rgb = np.clip(rgb * gain, 0.0, 1.0)
@@ -65,8 +72,8 @@ def class_timeseries(ds: xr.Dataset, *, layer: str = "landcover") -> dict[str, p
         sel = classes == code
         vals = nd[:, sel]
         frac = np.isfinite(vals).mean(axis=1)
-        with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
-            sup.filter(RuntimeWarning)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN dates give NaN, as intended
             mean = np.nanmean(vals, axis=1)
         cols[LANDCOVER_CLASSES.get(int(code), str(code))] = np.where(frac >= 0.05, mean, np.nan)
     out["ndvi"] = pd.DataFrame(cols, index=pd.DatetimeIndex(ds["time"].values, name="time"))
@@ -74,8 +81,8 @@ def class_timeseries(ds: xr.Dataset, *, layer: str = "landcover") -> dict[str, p
         vv = ds["s1"].sel(band_s1="VV").values
         cols = {}
         for code in np.unique(classes):
-            with np.testing.suppress_warnings() as sup:
-                sup.filter(RuntimeWarning)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
                 cols[LANDCOVER_CLASSES.get(int(code), str(code))] = 10 * np.log10(np.nanmean(vv[:, classes == code], axis=1))
         out["vv_db"] = pd.DataFrame(cols, index=pd.DatetimeIndex(ds["time_s1"].values, name="time_s1"))
     return out
