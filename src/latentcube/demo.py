@@ -99,6 +99,8 @@ def demo_config_dir() -> Path:
 def _train_stages(out_dir: Path, log: Callable[[str], None], timings: dict[str, float], figures: list[Path],
                   *, epochs: int | None = None) -> dict[str, Any]:
     """Train S1, S2 and fusion with the demo configs; score each against the PCA baselines."""
+    import logging
+    import warnings
     from dataclasses import replace
 
     from latentcube.evaluate.curves import plot_training
@@ -111,9 +113,6 @@ def _train_stages(out_dir: Path, log: Callable[[str], None], timings: dict[str, 
         normalization_of,
         run_training,
     )
-
-    import logging
-    import warnings
 
     # The demo prints its own progress; Lightning's start-up banners and tips are noise here.
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
