@@ -373,6 +373,48 @@ def test_incompatible_existing_store_is_not_resumed(cube_path, models, tmp_path)
     assert len(list((out / ".blocks").glob("*.done"))) == 9
 
 
+def test_never_deletes_a_foreign_store(cube_path, models):
+    with pytest.raises(EmbedError, match="not a latentcube embedding store"):
+        embed_cube(cube_path, models["s2"], cube_path, overwrite=True, scheduler="synchronous", progress=False)
+    assert (cube_path / "s2").exists()
+
+
+def test_killed_process_resumes(cube_path, models, s2_emb, tmp_path):
+    """SIGKILL (no cleanup, no exception handling) after 5 blocks; the re-run does exactly the other 4."""
+    out = tmp_path / "killed.zarr"
+    script = (
+        "import os, signal, sys, torch\n"
+        "from latentcube.embed import embed_cube\n"
+        "torch.set_num_threads(1)\n"
+        "n = []\n"
+        "def hook(iy, ix):\n"
+        "    n.append(1)\n"
+        "    if len(n) == 5:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "embed_cube(sys.argv[1], sys.argv[2], sys.argv[3], block_px=16, scheduler='synchronous', progress=False,\n"
+        "           on_block=hook)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script, str(cube_path), str(models["s2"]), str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == -9, res.stderr
+    assert len(list((out / ".blocks").glob("*.done"))) == 5
+    again: list[tuple[int, int]] = []
+    embed_cube(cube_path, models["s2"], out, block_px=16, scheduler="synchronous", progress=False,
+               on_block=lambda iy, ix: again.append((iy, ix)))
+    assert len(again) == 4
+    np.testing.assert_allclose(xr.open_zarr(out)["embedding"].values, xr.open_zarr(s2_emb)["embedding"].values,
+                               rtol=0, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_matches_cpu(cube_path, models, fused_emb, tmp_path):
+    out = embed_cube(cube_path, models["fusion"], tmp_path / "gpu.zarr", block_px=16, sensors=("fused", "s1", "s2"),
+                     device="cuda", scheduler="synchronous", progress=False)
+    np.testing.assert_allclose(xr.open_zarr(out)["embedding"].values, xr.open_zarr(fused_emb)["embedding"].values,
+                               rtol=0, atol=1e-5)
+
+
 def test_in_memory_dataset_matches_path(models, s2_emb, tmp_path):
     out = embed_cube(_cube(), models["s2"], tmp_path / "mem.zarr", block_px=40, scheduler="synchronous", progress=False)
     np.testing.assert_allclose(xr.open_zarr(out)["embedding"].values, xr.open_zarr(s2_emb)["embedding"].values,

@@ -212,6 +212,10 @@ def _model(plan: _Plan) -> tuple[Any, dict[str, Any]]:
     if plan.torch_threads:
         torch.set_num_threads(plan.torch_threads)
     key = (plan.checkpoint, plan.sha256, _device(plan))
+    if key[2].startswith("cuda"):
+        # Exact float32 (no TF32 convolutions/matmuls): embeddings must not depend on the device.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     if key not in _MODELS:
         model, meta = load_model(plan.checkpoint, map_location=key[2])
         _MODELS[key] = (model.to(key[2]).eval(), meta)
@@ -420,21 +424,31 @@ def _create_template(out: Path, ds: xr.Dataset, plan: _Plan, names: list[str], t
     os.replace(tmp, out / MARKER_DIR / TEMPLATE_FILE)
 
 
+def _is_embedding_store(out: Path) -> bool:
+    """True for a store this module created (possibly incomplete): only those may be deleted."""
+    try:
+        attrs = json.loads((out / ".zattrs").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return str(attrs.get("conventions", "")).startswith("latentcube embedding cube")
+
+
 def _prepare_store(out: Path, ds: xr.Dataset, plan: _Plan, names: list[str], times: np.ndarray, block_px: int,
                    meta: dict[str, Any], signature: dict[str, Any], overwrite: bool) -> None:
     sig_path = out / MARKER_DIR / TEMPLATE_FILE
-    if out.exists() and not overwrite:
-        if sig_path.exists():
+    if out.exists():
+        if not out.is_dir() or (any(out.iterdir()) and not _is_embedding_store(out)):
+            # Never delete what we did not write (e.g. the input cube passed as the output by mistake).
+            raise EmbedError(f"{out} exists and is not a latentcube embedding store. Fix: choose another output path.")
+        if sig_path.exists() and not overwrite:
             existing = json.loads(sig_path.read_text(encoding="utf-8"))
             if existing == signature:
                 return  # resume
             diff = sorted(k for k in set(existing) | set(signature) if existing.get(k) != signature.get(k))
             raise EmbedError(
                 f"{out} holds an embedding run with other settings ({', '.join(diff)} differ), so it cannot be "
-                "resumed. Fix: choose another --out, or pass overwrite=True to start again."
+                "resumed. Fix: choose another output path, or pass overwrite=True (--overwrite) to start again."
             )
-        if any(out.iterdir()) and not (out / ".zgroup").exists():
-            raise EmbedError(f"{out} exists and is not an embedding store. Fix: choose another --out or remove it.")
     # No signature = the template was never completed (or overwrite): start from scratch.
     _create_template(out, ds, plan, names, times, block_px, meta, signature)
 
