@@ -229,7 +229,7 @@ FUSED = dict(sensors="fused", scheduler="synchronous", progress=False)
 
 
 def test_block_size_does_not_change_the_result(cube_path, models, fused_emb, tmp_path):
-    other = embed_cube(cube_path, models["fusion"], tmp_path / "f24.zarr", block_px=24, tile=None, **FUSED)
+    other = embed_cube(cube_path, models["fusion"], tmp_path / "f24.zarr", block_px=24, tile=16, **FUSED)  # tiles inside blocks too
     emb = xr.open_zarr(other)["embedding"]
     assert emb.encoding["chunks"] == (T2, 7, 24, 24)
     np.testing.assert_allclose(emb.values, _fused_only(fused_emb), rtol=0, atol=1e-6)  # only summation order

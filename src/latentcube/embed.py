@@ -20,7 +20,7 @@ import shutil
 import time as _time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,13 @@ from latentcube import __version__
 from latentcube.constants import EMBEDDING_DIMS, check_band_order
 from latentcube.cube import CubeError, cube_crs, open_cube, set_crs
 
-__all__ = ["DEFAULT_BLOCK_PX", "EmbedError", "block_grid", "embed_cube", "feature_names"]
+__all__ = ["DEFAULT_BLOCK_PX", "EmbedError", "auto_tile", "block_grid", "embed_cube", "feature_names"]
 
 #: Default spatial block edge in pixels: the unit of parallelism, of resumption and of the Zarr chunks.
 #: Memory per block grows with dates x block_px^2 (docs/embed.md), not with the cube size.
 DEFAULT_BLOCK_PX = 256
+#: Pixel-dates per ``encode_scene`` tile chosen by ``tile="auto"`` (memory of the spatial stage, see auto_tile).
+TILE_PIXEL_DATES = 800_000
 #: Largest number of dates in one storage chunk (as for cubes: serves map and time-series reads).
 MAX_TIME_CHUNK = 64
 #: Directory (inside the output store) holding one marker file per finished block.
@@ -83,6 +85,14 @@ def block_grid(height: int, width: int, block_px: int) -> list[tuple[int, int, s
         for iy, y0 in enumerate(range(0, height, block_px))
         for ix, x0 in enumerate(range(0, width, block_px))
     ]
+
+
+def auto_tile(n_dates: int, block_px: int, halo: int = 7) -> int:
+    """Spatial tile for ``encode_scene``: the encoder's spatial stage runs all dates of a tile at once on
+    a (tile + 4 * halo)^2 map, so its memory grows with dates x (tile + 4 halo)^2; keep that near
+    ``TILE_PIXEL_DATES`` (measured ~1 GB peak at 30 dates and tile 128 with the default models)."""
+    side = int(np.sqrt(TILE_PIXEL_DATES / max(n_dates, 1))) - 4 * halo
+    return int(min(max(32, side // 16 * 16), block_px + 2 * halo))
 
 
 def feature_names(sensors: Sequence[str], dims: dict[str, int]) -> list[str]:
@@ -480,7 +490,7 @@ def embed_cube(
     device: str | None = None,
     processes: bool = True,
     threads_per_worker: int | None = None,
-    tile: int | None = 128,
+    tile: int | str | None = "auto",
     pixel_chunk: int = 256,
     overwrite: bool = False,
     on_block: Callable[[int, int], None] | None = None,
@@ -512,6 +522,8 @@ def embed_cube(
         threads_per_worker: torch threads per worker (default: ``cpu_count // n_workers`` on a LocalCluster,
             torch's default elsewhere; with ``scheduler="synchronous"`` the caller's setting is kept).
         tile, pixel_chunk: passed to ``encode_scene`` (bound its memory; results do not depend on them).
+            ``tile="auto"`` picks the largest multiple of 16 whose spatial intermediates stay near
+            ``TILE_PIXEL_DATES`` pixel-dates (~0.5 GB for the default models), given the number of dates.
         overwrite: delete an existing ``out`` and start again (otherwise a compatible store is resumed
             and an incompatible one is an error).
         on_block: called in this process as ``on_block(iy, ix)`` after each block computed by this
@@ -568,6 +580,8 @@ def embed_cube(
         s1_smoothing=int(_sampling_setting(meta, "s1_smoothing", DEFAULT_S1_SMOOTHING)),
     )
     times = ds["time" if time_var == "s2" else "time_s1"].values
+    if tile == "auto":
+        plan = replace(plan, tile=auto_tile(len(times), block_px, halo))
     names = feature_names(chosen, dims)
     signature = _signature(plan, (len(times), len(names), ds.sizes["y"], ds.sizes["x"]), block_px, source_name)
     _prepare_store(out, ds, plan, names, times, block_px, meta, signature, overwrite)
@@ -614,12 +628,8 @@ def _run_distributed(plan: _Plan, source: str | _InMemory, todo: list, scheduler
             gpu = plan.device == "cuda" or (plan.device is None and torch.cuda.is_available())
             n_workers = 1 if gpu else max(1, min(cpu, len(todo)))
         # One torch thread pool per worker, together filling the cores without oversubscription.
-        from dataclasses import replace
-
         plan = replace(plan, torch_threads=threads or max(1, cpu // n_workers))
     elif threads:
-        from dataclasses import replace
-
         plan = replace(plan, torch_threads=threads)
     client, cluster, close = _client(scheduler, n_workers or 1, 1, processes)
     try:
