@@ -504,8 +504,8 @@ def embed_cube(
             that sensor's own embedding (S2: 9-d on the S2 dates; S1: 2-d on the S1 dates).
         out: output Zarr store (format 2). Re-running with the same arguments resumes: blocks with a
             marker in ``out/.blocks`` are skipped.
-        block_px: block edge in pixels; also the storage chunk edge. Memory per worker is roughly
-            ``dates x (block_px + 14)^2 x (input bands + features) x 4 bytes x 2`` (docs/embed.md).
+        block_px: block edge in pixels; also the storage chunk edge. Memory per worker grows with
+            ``dates x (block_px + 14)^2`` (inputs, outputs), not with the cube (docs/embed.md#memory).
         sensors: embeddings to write, concatenated along ``feature`` (``fused_0..6``, ``s1_0..1``,
             ``s2_0..8``). Default: ``"fused"`` for a fusion model, the model's sensor for an autoencoder;
             a fusion model also gives ``("fused", "s1", "s2")``.
@@ -522,8 +522,8 @@ def embed_cube(
         threads_per_worker: torch threads per worker (default: ``cpu_count // n_workers`` on a LocalCluster,
             torch's default elsewhere; with ``scheduler="synchronous"`` the caller's setting is kept).
         tile, pixel_chunk: passed to ``encode_scene`` (bound its memory; results do not depend on them).
-            ``tile="auto"`` picks the largest multiple of 16 whose spatial intermediates stay near
-            ``TILE_PIXEL_DATES`` pixel-dates (~0.5 GB for the default models), given the number of dates.
+            ``tile="auto"`` (:func:`auto_tile`) keeps the encoder's spatial stage near ``TILE_PIXEL_DATES``
+            pixel-dates (measured ~1 GB peak for the default models at 70 dates, block 256).
         overwrite: delete an existing ``out`` and start again (otherwise a compatible store is resumed
             and an incompatible one is an error).
         on_block: called in this process as ``on_block(iy, ix)`` after each block computed by this
