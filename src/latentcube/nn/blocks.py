@@ -67,9 +67,11 @@ class LocalCBAM(nn.Module):
             x = center_crop(x, avg.shape[-2:])
         else:  # a 1x1 window: both poolings are the identity
             avg = mx = x
-        x = x * torch.sigmoid(self.mlp(avg) + self.mlp(mx))
+        # Gates are 2 * sigmoid (1 at a zero logit) rather than sigmoid: stacked plain sigmoid gates halve
+        # the signal per gate at initialisation, which made the encoder learn very slowly (docs/method.md).
+        x = x * (2 * torch.sigmoid(self.mlp(avg) + self.mlp(mx)))
         stats = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        gate = torch.sigmoid(self.spatial(stats))
+        gate = 2 * torch.sigmoid(self.spatial(stats))
         return center_crop(x, gate.shape[-2:]) * gate
 
 
@@ -125,6 +127,7 @@ class SpatialReducer(nn.Module):
         sa_kernels: tuple[int, int, int],
         reduction: int = 4,
         branch_ch: int | None = None,
+        centre_skip: bool = True,
     ):
         super().__init__()
         kernels = (tuple(multiscale_kernels), (conv_kernels[0],), (conv_kernels[1],))
@@ -136,13 +139,21 @@ class SpatialReducer(nn.Module):
         )
         self.receptive_field = 1 + sum(b.shrink for b in self.blocks)
         self.out_ch = widths[-1]
+        # Centre skip: a 1x1 conv of the (filled + mask) input at the output pixel itself, added to the
+        # features. It gives the temporal layer the centre pixel's own values through one linear map
+        # instead of through three gated conv blocks; cropping by the receptive field keeps the
+        # reducer a valid (dense-exact) convolution.
+        self.skip = nn.Conv2d(in_ch, widths[-1], 1) if centre_skip else None
 
     def forward(self, x: Tensor) -> Tensor:
         # Channels-last makes oneDNN's convolutions ~2x faster on CPU here (measured on both the
         # scene and the patch path); the values are the same, only the memory layout differs.
         x = x.contiguous(memory_format=torch.channels_last)
+        inp = x
         for block in self.blocks:
             x = block(x)
+        if self.skip is not None:
+            x = x + self.skip(center_crop(inp, x.shape[-2:]))
         return x
 
 
@@ -212,6 +223,7 @@ class DayAttentionLayer(nn.Module):
         min_period_days: float = 4.0,
         max_period_days: float = 1461.0,
         dropout: float = 0.0,
+        linear_out: bool = True,
     ):
         super().__init__()
         if d_model % n_heads:
@@ -227,11 +239,15 @@ class DayAttentionLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d_model, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, d_model), nn.Dropout(dropout))
         self.ln_out = nn.LayerNorm(d_model)
         self.w_out = nn.Linear(d_model, d_out)
+        # Linear read-out of the un-normalised residual stream next to the LayerNorm one: the LayerNorm
+        # discards the stream's scale, which carries absolute brightness (docs/method.md).
+        self.w_lin = nn.Linear(d_model, d_out, bias=False) if linear_out else None
 
     def _finish(self, x: Tensor, attended: Tensor) -> Tensor:
         h = x + attended
         h = h + self.ffn(self.ln_ffn(h))
-        return self.w_out(self.ln_out(h))
+        z = self.w_out(self.ln_out(h))
+        return z if self.w_lin is None else z + self.w_lin(h)
 
     def forward_patches(self, s: Tensor, days: Tensor) -> Tensor:
         x = self.w_in(s)
