@@ -338,3 +338,22 @@ def test_model_info_counts(s2_model, fused):
     finfo = model_info(fused, flops=False)
     assert finfo["latent_sizes"] == {"fused": 7, "s1": 2, "s2": 9}
     assert finfo["parameters"]["trainable"] == finfo["fusion_parameters"] > 0
+
+
+@pytest.mark.parametrize("make", [s1_config, s2_config])
+def test_untrained_decoder_predicts_about_the_value_offset(make):
+    """Small output init + value offset: an untrained model starts near the typical value, not O(0.5) noise."""
+    gen = _seed(80)
+    model = SensorAutoencoder(make()).eval()
+    c = model.config.n_bands
+    x = model.config.value_offset + 0.1 * torch.randn(2, N_DATES, c, P, P, generator=gen)
+    with torch.no_grad():
+        recon, _ = model(x, _days(gen, N_DATES).expand(2, -1))
+    assert (recon - model.config.value_offset).abs().max() < 0.05
+
+
+def test_centre_skip_is_optional_and_changes_the_parameters():
+    with_skip = SensorAutoencoder(_small(s1_config()))
+    without = SensorAutoencoder(_small(s1_config(centre_skip=False, linear_paths=False)))
+    assert with_skip.encoder.spatial.skip is not None and without.encoder.spatial.skip is None
+    assert without.decoder.linear is None and without.encoder.temporal.w_lin is None
