@@ -319,11 +319,15 @@ class PatchDataset(Dataset):
         frames = self.frames_for(index)
         block = self._block(key)
         days = _days(self.meta[c.cube].times[frames])
-        return {
-            "x": torch.from_numpy(np.ascontiguousarray(self._cut(block[self.variable], frames, key, c))),
-            "days": torch.from_numpy((days - days[0]).astype("float32")),
-            "index": torch.tensor(index),
-        }
+        item = {name: torch.from_numpy(np.ascontiguousarray(self._cut(block[var], frames, key, c)))
+                for name, var in self._item_variables().items()}
+        item["days"] = torch.from_numpy((days - days[0]).astype("float32"))
+        item["index"] = torch.tensor(index)
+        return item
+
+    def _item_variables(self) -> dict[str, str]:
+        """Item key -> block variable cut into it."""
+        return {"x": self.variable}
 
 
 class FusionPatchDataset(PatchDataset):
@@ -359,18 +363,8 @@ class FusionPatchDataset(PatchDataset):
         block["s1"] = s1
         return block
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        c = self.candidates[index]
-        key = self.block_key(index)
-        frames = self.frames_for(index)
-        block = self._block(key)
-        days = _days(self.meta[c.cube].times[frames])
-        return {
-            "s2": torch.from_numpy(np.ascontiguousarray(self._cut(block["s2"], frames, key, c))),
-            "s1": torch.from_numpy(np.ascontiguousarray(self._cut(block["s1"], frames, key, c))),
-            "days": torch.from_numpy((days - days[0]).astype("float32")),
-            "index": torch.tensor(index),
-        }
+    def _item_variables(self) -> dict[str, str]:
+        return {"s2": "s2", "s1": "s1"}
 
 
 class BlockShuffleSampler(Sampler[int]):

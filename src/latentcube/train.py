@@ -308,6 +308,18 @@ class _StageTask(L.LightningModule):
     def configure_optimizers(self):
         return _configure_optim(self, [p for p in self.parameters() if p.requires_grad], self.optim)
 
+    def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> LossOutput:
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train").total
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
     def lr_scheduler_step(self, scheduler, metric) -> None:
         if metric is None:
             scheduler.step()
@@ -334,15 +346,6 @@ class AutoencoderTask(_StageTask):
             self.log("test/center_mae_physical", self._physical_center_mae(self.sensor, recon, x), batch_size=x.shape[0],
                      sync_dist=True)
         return out
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train").total
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
 
 
 class FusionTask(_StageTask):
@@ -373,15 +376,6 @@ class FusionTask(_StageTask):
                          self._physical_center_mae(name, out_model.reconstructions[name], inputs[name]),
                          batch_size=days.shape[0], sync_dist=True)
         return out
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train").total
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
 
 
 # ------------------------------------------------------------------------------------- data
