@@ -350,6 +350,29 @@ def plot_training_(
     out.print(str(plot_training(run, out_path)))
 
 
+# ------------------------------------------------------------------------------ embedding products
+# (gapfill, pca, export: one command each below this line)
+
+
+# -------------------------------------------------------------------------------------- evaluation
+
+evaluate_app = typer.Typer(help="Downstream evaluation of embedding cubes (GPP, land-cover probe).", no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
+sweep_app = typer.Typer(help="Sensitivity studies (retrain with several settings, compare).", no_args_is_help=True)
+app.add_typer(sweep_app, name="sweep")
+
+# evaluate gpp: below this line
+
+
+# evaluate probe: below this line
+
+
+# sweep alpha: below this line
+
+
+# report: below this line
+
+
 # ------------------------------------------------------------------------------------ entry point
 
 
