@@ -373,6 +373,18 @@ app.add_typer(sweep_app, name="sweep")
 # report: below this line
 
 
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (the --out folder of `latentcube demo`).")],
+    title: Annotated[str | None, typer.Option(help="Page title (default: 'latentcube report: <folder name>').")] = None,
+) -> None:
+    """Build RUN_DIR/report.html (one self-contained page) and report.md from the run's configs, curves and sections."""
+    from latentcube.report import build_report
+
+    for path in build_report(run_dir, title=title):
+        out.print(str(path), soft_wrap=True, highlight=False, markup=False)
+
+
 # ------------------------------------------------------------------------------------ entry point
 
 
