@@ -1,0 +1,484 @@
+"""Gap filling of embedding cubes: per-pixel temporal interpolation onto a regular date axis, out of core.
+
+``gapfill_embeddings(emb, out)`` reads an embedding cube (docs/embed.md; NaN where a pixel-date is
+invalid), fills its missing pixel-dates along time, pixel by pixel and feature by feature, and resamples
+the series to a regular daily or 5-day axis (or keeps the original dates). Two methods:
+
+* ``"linear"``: linear interpolation in time between the nearest valid observations before and after;
+* ``"savgol"``: the same linear interpolation on a daily grid, then a Savitzky-Golay filter
+  (:func:`scipy.signal.savgol_filter`) along each run of filled days, sampled at the target dates.
+
+A target day is filled only if the pixel has a valid observation on or before it and one on or after it,
+and the two are at most ``max_gap_days`` apart (the gap that contains the day is short enough); inside
+longer gaps, and before the first / after the last observation (no extrapolation), values stay NaN. This
+is the rule of :meth:`xarray.DataArray.interpolate_na` with ``max_gap``. A flag
+variable ``filled (time, y, x)`` (uint8) is 1 where the output value is finite but the pixel was not
+observed on that day. Dates enter as calendar days (UTC, acquisition times floored to the day).
+
+Runs over spatial chunks with the whole time axis in one chunk (``xarray.apply_ufunc`` with
+``dask="parallelized"``), so memory is bounded by the chunk, not the cube. See docs/products.md.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from latentcube import __version__
+from latentcube.constants import EMBEDDING_DIMS
+from latentcube.cube import cube_crs, set_crs
+
+__all__ = ["GapFillError", "as_embedding", "fill_series", "gapfill_embeddings", "match_dates"]
+
+METHODS = ("linear", "savgol")
+#: Spatial chunk edge (pixels) of the filling tasks and of the output store. A task holds its chunk's
+#: whole series: ``features x days x chunk_px^2 x 4 B`` on the daily grid for savgol (7 x 366 x 128^2 x 4 B
+#: = 168 MB at 128 px), ``features x (dates in + out) x chunk_px^2 x 4 B`` for linear.
+DEFAULT_CHUNK_PX = 128
+#: Largest number of dates in one storage chunk of the output (as for embedding cubes).
+MAX_TIME_CHUNK = 64
+
+
+class GapFillError(ValueError):
+    """The input or the options cannot be gap-filled; the message says why and how to fix it."""
+
+
+# --------------------------------------------------------------------------------------- opening
+
+
+def as_embedding(emb: str | Path | xr.Dataset | xr.DataArray, *, variable: str = "embedding") -> xr.Dataset:
+    """An embedding cube as a (lazy) Dataset with float ``variable`` ``(time, feature, y, x)``.
+
+    ``emb`` is a Zarr path (opened with ``latentcube.embed.open_embedding`` when the package has it, which
+    decodes int8 storage to float32; else ``xarray.open_zarr``), a Dataset or a DataArray (named
+    ``variable`` in the result). Raises ``FileNotFoundError`` for a missing path and :class:`GapFillError`
+    when the store holds no such variable or it has other dimensions.
+    """
+    if isinstance(emb, xr.DataArray):
+        ds = emb.to_dataset(name=variable)
+    elif isinstance(emb, xr.Dataset):
+        ds = emb
+    else:
+        path = Path(emb)
+        if not path.exists():
+            raise FileNotFoundError(f"no such embedding cube: {path}. Fix: pass the Zarr store written by `latentcube embed`.")
+        try:
+            from latentcube.embed import open_embedding  # decodes int8 + scale (when that storage exists)
+        except ImportError:
+            open_embedding = None
+        try:
+            ds = open_embedding(path) if open_embedding is not None else xr.open_zarr(path, decode_coords="all")
+        except Exception as err:
+            raise GapFillError(f"cannot read {path} as a Zarr embedding cube: {err}") from err
+        for name in ds.data_vars:  # decode_coords moves grid_mapping to encoding; keep it visible
+            gm = ds[name].encoding.get("grid_mapping")
+            if gm and "grid_mapping" not in ds[name].attrs:
+                ds[name].attrs["grid_mapping"] = gm
+    if variable not in ds.data_vars:
+        raise GapFillError(
+            f"not an embedding cube: no {variable!r} variable (has {sorted(map(str, ds.data_vars))}). "
+            "Fix: pass the output of `latentcube embed` (a cube of S2 reflectance is embedded first)."
+        )
+    da = ds[variable]
+    if da.dims[0] != "time" or da.dims[-2:] != ("y", "x"):
+        raise GapFillError(f"{variable!r} has dimensions {da.dims}; expected {EMBEDDING_DIMS} (time first, y and x last).")
+    if not np.issubdtype(da.dtype, np.floating):
+        raise GapFillError(
+            f"{variable!r} is stored as {da.dtype}: decode it to float first "
+            "(int8 stores need latentcube.embed.open_embedding, which this installation lacks)."
+        )
+    return ds
+
+
+def _day_numbers(times: Any) -> np.ndarray:
+    """Calendar days (int64 days since 1970-01-01) of datetime values; acquisition times floored to the day."""
+    return pd.DatetimeIndex(times).floor("D").values.astype("datetime64[D]").astype("int64")
+
+
+def match_dates(times: Any, dates: Sequence[Any], *, what: str = "the embedding cube") -> list[int]:
+    """Indices into ``times`` of the requested calendar ``dates`` (strings or datetimes, matched by day).
+
+    A date with no acquisition on that day raises :class:`GapFillError` naming the nearest available
+    dates, so a typo is never silently replaced by another date.
+    """
+    index = pd.DatetimeIndex(times)
+    days = index.floor("D")
+    found = []
+    for d in dates:
+        try:
+            # ISO 8601 only for strings: pandas would otherwise read "July" as 0001-07-01.
+            day = (pd.to_datetime(d, format="ISO8601") if isinstance(d, str) else pd.Timestamp(d)).floor("D")
+        except (ValueError, TypeError) as err:
+            raise GapFillError(f"bad date {d!r}: use YYYY-MM-DD.") from err
+        hits = np.flatnonzero(days == day)
+        if len(hits) == 0:
+            if len(days) == 0:
+                raise GapFillError(f"{what} has no dates.")
+            order = np.argsort(np.abs((days - day).values.astype("timedelta64[D]").astype("int64")), kind="stable")[:3]
+            nearest = ", ".join(sorted(str(days[i].date()) for i in order))
+            raise GapFillError(
+                f"no date {day.date()} in {what} ({len(days)} dates, {days[0].date()} .. {days[-1].date()}); "
+                f"nearest: {nearest}. Fix: pick one of those."
+            )
+        found.append(int(hits[0]))
+    return found
+
+
+# ------------------------------------------------------------------------------------ the kernel
+
+
+def _merge_same_day(values: np.ndarray, days: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average (NaN-aware) acquisitions that fall on the same calendar day: one value per day."""
+    uniq, inverse = np.unique(days, return_inverse=True)
+    if len(uniq) == len(days):
+        return values, days
+    merged = np.full((*values.shape[:-1], len(uniq)), np.nan, dtype=values.dtype)
+    for k in range(len(uniq)):
+        cols = values[..., inverse == k]
+        with np.errstate(invalid="ignore"), _quiet():
+            merged[..., k] = np.nanmean(cols, axis=-1)
+    return merged, uniq
+
+
+class _quiet:
+    """Silence 'Mean of empty slice' (an all-NaN day is simply missing)."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._w.__exit__(*exc)
+
+
+def _linear(values: np.ndarray, days: np.ndarray, target: np.ndarray, max_gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Linear interpolation of every row of ``values (S, T)`` (days ``days``) at ``target`` days.
+
+    Returns ``(out (S, N) float32, observed (S, N) bool)``. Vectorised over rows: the nearest valid
+    observation at or before / at or after each target day is found with running max/min indices, so
+    rows with different NaN patterns need no Python loop.
+    """
+    n_rows, n_t = values.shape
+    valid = np.isfinite(values)
+    idx = np.arange(n_t)
+    # prev[s, j]: last valid index <= j (-1 if none); nxt[s, j]: first valid index >= j (n_t if none).
+    prev = np.maximum.accumulate(np.where(valid, idx, -1), axis=1)
+    nxt = np.minimum.accumulate(np.where(valid, idx, n_t)[:, ::-1], axis=1)[:, ::-1]
+    k_before = np.searchsorted(days, target, side="right") - 1  # last date <= target (-1: none)
+    k_after = np.searchsorted(days, target, side="left")  # first date >= target (n_t: none)
+    p = np.where(k_before >= 0, prev[:, np.clip(k_before, 0, n_t - 1)], -1)
+    n = np.where(k_after < n_t, nxt[:, np.clip(k_after, 0, n_t - 1)], n_t)
+    ok = (p >= 0) & (n < n_t)
+    pc, nc = np.clip(p, 0, n_t - 1), np.clip(n, 0, n_t - 1)
+    dp, dn = days[pc].astype("float64"), days[nc].astype("float64")
+    ok &= (dn - dp) <= max_gap
+    vp = np.take_along_axis(values, pc, axis=1).astype("float64")
+    vn = np.take_along_axis(values, nc, axis=1).astype("float64")
+    span = dn - dp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w = np.where(span > 0, (target[None, :] - dp) / np.where(span > 0, span, 1.0), 0.0)
+    out = np.where(ok, vp + w * (vn - vp), np.nan).astype("float32")
+    observed = ok & (dp == target[None, :])
+    return out, observed
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, stop)`` of every run of True in a 1-d boolean array."""
+    edges = np.diff(np.concatenate([[0], mask.astype("int8"), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
+
+
+def _savgol_rows(daily: np.ndarray, window: int, order: int) -> np.ndarray:
+    """Savitzky-Golay filter along each row's runs of finite days (in place, returned).
+
+    ``savgol_filter`` cannot skip NaN, so it runs on each run of consecutive finite days separately
+    (``mode="interp"``: the ends get the polynomial fitted to the first / last window, no padding). A run
+    shorter than ``window`` uses the largest odd window that fits; one of ``order`` days or fewer keeps its
+    linear values. Rows sharing a NaN pattern are filtered together (one call per pattern and run).
+    """
+    from scipy.signal import savgol_filter
+
+    finite = np.isfinite(daily)
+    if not finite.any():
+        return daily
+    packed = np.packbits(finite, axis=1)
+    _, first, inverse = np.unique(packed, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    for g, row in enumerate(first):
+        rows = np.flatnonzero(inverse == g)
+        for a, b in _runs(finite[row]):
+            length = b - a
+            w = min(window, length if length % 2 else length - 1)
+            if w <= order:
+                continue
+            daily[rows, a:b] = savgol_filter(daily[rows, a:b], w, order, axis=1, mode="interp")
+    return daily
+
+
+def fill_series(
+    values: np.ndarray,
+    days: np.ndarray,
+    target: np.ndarray,
+    *,
+    method: str = "linear",
+    max_gap_days: float | None = 30.0,
+    savgol_window_days: int = 31,
+    savgol_order: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fill and resample series along the last axis (the NumPy kernel of :func:`gapfill_embeddings`).
+
+    Args:
+        values: ``(..., T)`` float, NaN = missing.
+        days: ``(T,)`` integer day numbers of the observations, increasing (repeats are averaged).
+        target: ``(N,)`` integer day numbers to produce.
+        method: ``"linear"`` or ``"savgol"`` (see the module docstring).
+        max_gap_days: largest distance in days between the observations around a target day for it to
+            be filled; ``None`` = no limit.
+        savgol_window_days, savgol_order: Savitzky-Golay window (days, odd; an even value is raised by
+            one) and polynomial order.
+
+    Returns:
+        ``(filled (..., N) float32, observed (..., N) bool)``: ``observed`` is True where the series had a
+        valid value on that very day.
+    """
+    if method not in METHODS:
+        raise GapFillError(f"unknown method {method!r}: use one of {list(METHODS)}.")
+    values = np.asarray(values, dtype="float32")
+    days = np.asarray(days, dtype="int64")
+    target = np.asarray(target, dtype="int64")
+    if values.shape[-1] != len(days):
+        raise GapFillError(f"{values.shape[-1]} values per series for {len(days)} days")
+    if len(days) > 1 and np.any(np.diff(days) < 0):
+        raise GapFillError("observation days must be sorted in time. Fix: ds.sortby('time').")
+    lead = values.shape[:-1]
+    rows = values.reshape(-1, values.shape[-1])
+    rows, days = _merge_same_day(rows, days)
+    gap = np.inf if max_gap_days is None else float(max_gap_days)
+    if len(days) == 0 or rows.shape[0] == 0:
+        empty = np.full((rows.shape[0], len(target)), np.nan, "float32")
+        return empty.reshape(*lead, len(target)), np.zeros(empty.shape, bool).reshape(*lead, len(target))
+    if method == "linear":
+        out, observed = _linear(rows, days, target, gap)
+    else:
+        window = int(savgol_window_days) | 1  # odd
+        first, last = min(days[0], target.min()), max(days[-1], target.max())
+        grid = np.arange(first, last + 1, dtype="int64")
+        daily, _ = _linear(rows, days, grid, gap)
+        daily = _savgol_rows(daily, window, int(savgol_order))
+        pos = target - first
+        out = daily[:, pos]
+        _, observed = _linear(rows, days, target, gap)
+    return out.reshape(*lead, len(target)), observed.reshape(*lead, len(target))
+
+
+# ------------------------------------------------------------------------------------ the cube
+
+
+def _target_axis(times: np.ndarray, freq: str | None, start: Any, end: Any) -> pd.DatetimeIndex:
+    index = pd.DatetimeIndex(times)
+    if freq is None:
+        keep = np.ones(len(index), bool)
+        if start is not None:
+            keep &= index.floor("D") >= pd.Timestamp(start).floor("D")
+        if end is not None:
+            keep &= index.floor("D") <= pd.Timestamp(end).floor("D")
+        return index[keep]
+    first = pd.Timestamp(start).floor("D") if start is not None else index.min().floor("D")
+    last = pd.Timestamp(end).floor("D") if end is not None else index.max().floor("D")
+    try:
+        axis = pd.date_range(first, last, freq=freq)
+    except ValueError as err:
+        raise GapFillError(f"bad freq {freq!r} ({err}). Fix: use '1D', '5D' or None (keep the input dates).") from err
+    if len(axis) > 1 and (np.diff(axis.values.astype("datetime64[D]").astype("int64")) < 1).any():
+        raise GapFillError(f"freq {freq!r} is finer than a day. Fix: use whole days, e.g. '1D' or '5D'.")
+    return axis
+
+
+def _fill_vars(ds: xr.Dataset) -> list[str]:
+    """Variables to fill: ``embedding`` and the per-pixel-date quality layers ``quality_*``."""
+    names = ["embedding"]
+    for name, var in ds.data_vars.items():
+        if str(name).startswith("quality") and var.dims[:1] == ("time",) and var.dims[-2:] == ("y", "x") \
+                and np.issubdtype(var.dtype, np.floating):
+            names.append(str(name))
+    return names
+
+
+def gapfill_embeddings(
+    emb: str | Path | xr.Dataset,
+    out: str | Path | None = None,
+    *,
+    freq: str | None = "5D",
+    method: str = "linear",
+    max_gap_days: float | None = 30.0,
+    savgol_window_days: int = 31,
+    savgol_order: int = 2,
+    start: Any = None,
+    end: Any = None,
+    chunk_px: int = DEFAULT_CHUNK_PX,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> xr.Dataset:
+    """Fill missing pixel-dates of an embedding cube along time and resample to a regular date axis.
+
+    Args:
+        emb: an embedding cube (Zarr path or Dataset with ``embedding (time, feature, y, x)``, NaN invalid).
+        out: Zarr store to write (format 2, consolidated); ``None`` returns the lazy result unwritten.
+        freq: target axis ``pandas.date_range(start, end, freq)`` at midnight UTC, e.g. ``"5D"`` or
+            ``"1D"``; ``None`` keeps the input dates (and times) and only fills their gaps.
+        method: ``"linear"`` (interpolation between the nearest valid dates) or ``"savgol"`` (linear on a
+            daily grid, then Savitzky-Golay smoothing along time, sampled at the target days).
+        max_gap_days: a target day is filled only when the valid observations just before (or on) it and
+            just after (or on) it are at most this many days apart; ``None`` = no limit. No extrapolation.
+        savgol_window_days, savgol_order: Savitzky-Golay window in days (odd; even values + 1) and order.
+        start, end: first / last target day (default: the first / last input date).
+        chunk_px: spatial chunk edge of the computation and of the output store (memory per task grows
+            with ``chunk_px^2 x days``; docs/products.md).
+        overwrite: replace an existing ``out`` (only a latentcube store is ever deleted).
+        progress: show a progress bar while writing.
+
+    Returns:
+        The gap-filled Dataset (opened from ``out`` when written): ``embedding`` (and any ``quality_*``
+        layers) on the new ``time`` axis, float32, NaN where not fillable; ``filled (time, y, x)`` uint8,
+        1 where the value is finite but the pixel had no valid embedding on that day. Other variables
+        with a time axis are dropped; time-less variables, coordinates, the CRS and the attributes are
+        kept, with ``latentcube:gapfill`` (JSON) describing the filling.
+    """
+    if method not in METHODS:
+        raise GapFillError(f"unknown method {method!r}: use one of {list(METHODS)} (e.g. --method linear).")
+    if max_gap_days is not None and max_gap_days < 0:
+        raise GapFillError(f"max_gap_days={max_gap_days}: use a non-negative number of days (or None for no limit).")
+    if method == "savgol" and not (0 <= savgol_order < (int(savgol_window_days) | 1)):
+        raise GapFillError(f"savgol_order={savgol_order} must be >= 0 and below the window ({savgol_window_days} days).")
+    source = str(Path(emb).resolve()) if isinstance(emb, (str, Path)) else "<in-memory Dataset>"
+    ds = as_embedding(emb)
+    crs = cube_crs(ds)
+    times = ds["time"].values
+    if len(times) > 1 and np.any(np.diff(times.astype("datetime64[ns]").astype("int64")) <= 0):
+        raise GapFillError("the embedding's dates are not strictly increasing. Fix: ds.sortby('time').")
+    axis = _target_axis(times, freq, start, end)
+    if len(axis) == 0:
+        raise GapFillError(f"no target dates between start={start} and end={end}. Fix: widen the range.")
+    obs_days, target_days = _day_numbers(times), _day_numbers(axis)
+    axis_values = axis.values.astype("datetime64[ns]")  # freq=None keeps the input times of day
+
+    names = _fill_vars(ds)
+    kw = dict(method=method, max_gap_days=max_gap_days, savgol_window_days=savgol_window_days, savgol_order=savgol_order)
+    spatial = {"y": min(chunk_px, ds.sizes["y"]), "x": min(chunk_px, ds.sizes["x"])}
+
+    def fill(da: xr.DataArray, want: str) -> xr.DataArray:
+        da = da.chunk({"time": -1, **spatial, **{d: -1 for d in da.dims if d not in ("time", "y", "x")}})
+        res = xr.apply_ufunc(
+            # "observed" depends only on where the valid days are: the linear kernel gives it cheaply.
+            lambda v: fill_series(v, obs_days, target_days, **kw)[0] if want == "values"
+            else fill_series(v, obs_days, target_days, **{**kw, "method": "linear"})[1],
+            da,
+            input_core_dims=[["time"]],
+            output_core_dims=[["target"]],
+            dask="parallelized",
+            output_dtypes=["float32" if want == "values" else bool],
+            dask_gufunc_kwargs={"output_sizes": {"target": len(target_days)}},
+        )
+        return res.rename(target="time").transpose(*da.dims)
+
+    out_vars: dict[str, xr.DataArray] = {}
+    for name in names:
+        filled = fill(ds[name], "values")
+        filled.attrs = dict(ds[name].attrs)
+        out_vars[name] = filled
+    # The flag follows the embedding's validity (all features of a pixel-date are valid or all NaN).
+    valid = ds["embedding"].notnull().any("feature").astype("float32").where(lambda v: v > 0)
+    observed = fill(valid, "observed")
+    finite = out_vars["embedding"].notnull().any("feature")
+    flag = (finite & ~observed).astype("uint8")
+    flag.attrs = {"long_name": "1 = value filled (no valid embedding of this pixel on this day), 0 = observed or NaN",
+                  "flag_values": [0, 1], "flag_meanings": "observed_or_missing filled", "grid_mapping": "spatial_ref"}
+    out_vars["filled"] = flag
+
+    keep = {n: v for n, v in ds.data_vars.items() if "time" not in v.dims and n not in out_vars}
+    coords = {k: v for k, v in ds.coords.items() if "time" not in v.dims and k != "spatial_ref"}
+    result = xr.Dataset({**out_vars, **keep}, coords={**coords, "time": axis_values})
+    result = set_crs(result, crs)
+    attrs = dict(ds.attrs)
+    description = {
+        "method": method,
+        "freq": freq,
+        "max_gap_days": max_gap_days,
+        "savgol_window_days": (int(savgol_window_days) | 1) if method == "savgol" else None,
+        "savgol_order": int(savgol_order) if method == "savgol" else None,
+        "variables": names,
+        "input": source,
+        "input_dates": {"n": len(times), "first": str(pd.Timestamp(times[0])), "last": str(pd.Timestamp(times[-1]))}
+        if len(times) else None,
+        "rule": "per pixel and feature, along time; dates as calendar days (UTC). A target day is filled only if "
+                "valid observations exist on/before and on/after it at most max_gap_days apart; no extrapolation. "
+                + ("Linear interpolation between those two observations."
+                   if method == "linear" else
+                   "Linear interpolation onto a daily grid, then scipy.signal.savgol_filter(mode='interp') along each "
+                   "run of consecutive filled days (shorter runs: largest odd window that fits), sampled at the "
+                   "target days; observed days are smoothed too."),
+        "flag": "filled = 1 where the value is finite and the pixel had no valid embedding on that day",
+        "latentcube_version": __version__,
+        "created": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
+    }
+    attrs["latentcube:gapfill"] = json.dumps(description)
+    t_attr = attrs.get("latentcube:time")
+    if isinstance(t_attr, dict):
+        t_attr = {**t_attr, "axis": f"regular {freq} axis (gap-filled)" if freq else f"{t_attr.get('axis', 'input dates')}, gap-filled",
+                  "n_dates": len(axis), "first": str(axis.min()), "last": str(axis.max())}
+        attrs["latentcube:time"] = t_attr
+    result.attrs = attrs
+    if out is None:
+        return result
+    return _write(result, Path(out), overwrite=overwrite, progress=progress)
+
+
+def _is_latentcube_store(path: Path) -> bool:
+    try:
+        attrs = json.loads((path / ".zattrs").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return str(attrs.get("conventions", "")).startswith("latentcube")
+
+
+def _write(result: xr.Dataset, out: Path, *, overwrite: bool, progress: bool) -> xr.Dataset:
+    if out.exists():
+        if not overwrite:
+            raise GapFillError(f"{out} exists. Fix: choose another path or pass overwrite=True (--overwrite).")
+        if not _is_latentcube_store(out):
+            # Never delete what we did not write (e.g. the input passed as the output by mistake).
+            raise GapFillError(f"{out} exists and is not a latentcube store; it is left alone. Fix: choose another path.")
+        shutil.rmtree(out)
+    n_time = result.sizes["time"]
+    encoding = {}
+    for name, var in result.data_vars.items():
+        if "time" in var.dims:
+            # Split the time axis into storage chunks (cheap: each task's output is sliced, not recomputed).
+            tc = min(n_time, MAX_TIME_CHUNK)
+            result[name] = var.chunk({"time": tc})
+            chunks = tuple(c[0] for c in result[name].chunks)
+            enc: dict[str, Any] = {"chunks": chunks}
+            if np.issubdtype(var.dtype, np.floating):
+                enc["_FillValue"] = np.nan
+            encoding[name] = enc
+        result[name].encoding = {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    delayed = result.to_zarr(out, mode="w", zarr_format=2, consolidated=True, compute=False, encoding=encoding)
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            delayed.compute()
+    else:
+        delayed.compute()
+    return as_embedding(out)
