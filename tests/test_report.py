@@ -154,18 +154,18 @@ def test_html_is_self_contained_with_all_parts_in_order(run_dir):
     assert (html_path, md_path) == (run_dir / "report.html", run_dir / "report.md")
     doc = _parse(html_path)
     assert doc.headings["h1"] == ["Demo <run>"]
-    assert doc.headings["h2"] == ["Configuration", "Training curves", "Synthetic world", "GPP at flux towers", "Timings"]
+    assert doc.headings["h2"] == ["Synthetic world", "Configuration", "Training curves", "GPP at flux towers", "Timings"]
     # Contents: one same-page link per part, each pointing at an existing id; no other links, no scripts.
-    assert doc.hrefs == ["#configs", "#training-curves", "#data", "#gpp", "#timings"]
+    assert doc.hrefs == ["#data", "#configs", "#training-curves", "#gpp", "#timings"]
     assert all(h[1:] in doc.ids for h in doc.hrefs)
     assert "script" not in doc.tags and "link" not in doc.tags
     # Figures: map, scatter and the training curves drawn from metrics.csv; bytes inlined exactly.
     srcs = [img["src"] for img in doc.imgs]
     assert len(srcs) == 3 and all(s.startswith("data:image/png;base64,") for s in srcs)
     inlined = [base64.b64decode(s.split(",", 1)[1]) for s in srcs]
-    expected = [run_dir / "training_curves_s1.png", run_dir / "figs" / "map.png", run_dir / "scatter.png"]
+    expected = [run_dir / "figs" / "map.png", run_dir / "training_curves_s1.png", run_dir / "scatter.png"]
     assert inlined == [p.read_bytes() for p in expected]
-    assert [img["alt"] for img in doc.imgs] == ["Training curves: s1", "a map", "observed vs predicted"]
+    assert [img["alt"] for img in doc.imgs] == ["a map", "Training curves: s1", "observed vs predicted"]
     # Tables: captions, header, numbers to 4 significant digits, None/NaN as "–", raw '<' kept as text.
     assert doc.captions == ["cubes", "per site", "wall-clock seconds"]
     cubes, gpp, timings = doc.tables
@@ -194,15 +194,15 @@ def test_markdown_twin(run_dir):
     lines = md.splitlines()
     assert lines[0] == "# Demo"
     assert [ln for ln in lines if ln.startswith("## ")] == [
-        "## Contents", "## Configuration", "## Training curves", "## Synthetic world", "## GPP at flux towers", "## Timings"]
-    assert "1. [Configuration](#configs)" in lines and '<a id="gpp"></a>' in lines
+        "## Contents", "## Synthetic world", "## Configuration", "## Training curves", "## GPP at flux towers", "## Timings"]
+    assert "2. [Configuration](#configs)" in lines and '<a id="gpp"></a>' in lines
     # Tables: numeric columns right-aligned, '|' escaped, '<' escaped, None as "–".
     assert "| site | NRMSE | R² | n |" in lines and "|---|---:|---:|---:|" in lines
     assert "| XS-DB1 | 0.1235 | 0.8 | 365 |" in lines
     assert "| &lt;b&gt;XS\\|GR1&lt;/b&gt; | – | – | 12 |" in lines
     # Figures by path relative to the run directory, each resolving to a file.
     images = [ln for ln in lines if ln.startswith("![")]
-    assert images == ["![Training curves: s1](training_curves_s1.png)", "![a map](figs/map.png)",
+    assert images == ["![a map](figs/map.png)", "![Training curves: s1](training_curves_s1.png)",
                       "![observed vs predicted](scatter.png)"]
     assert all((run_dir / ln.split("](")[1][:-1]).is_file() for ln in images)
     assert "```yaml" in md and "note: a <tag> & more" in md  # config verbatim inside its fence
@@ -348,7 +348,7 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
     res = json.loads(result)
     assert res["title"] == "Browser check"
     # Every figure decoded at its file's pixel size and laid out with a visible width.
-    expected = {"Training curves: s1": run_dir / "training_curves_s1.png", "a map": run_dir / "figs" / "map.png",
+    expected = {"a map": run_dir / "figs" / "map.png", "Training curves: s1": run_dir / "training_curves_s1.png",
                 "observed vs predicted": run_dir / "scatter.png"}
     assert [i["alt"] for i in res["images"]] == list(expected)
     for img in res["images"]:

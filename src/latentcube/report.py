@@ -1,8 +1,9 @@
 """One page per run (``latentcube report RUN_DIR``): a self-contained HTML file and its Markdown twin.
 
-The report knows nothing about individual evaluation steps: it renders the run's configs
-(``runs/*/config.yaml``), its training curves (``training_curves_*.png``, drawn from ``runs/*/metrics.csv``
-when missing) and then every section written with :func:`latentcube.evaluate.sections.write_section`, in order.
+The report knows nothing about individual evaluation steps: it renders every section written with
+:func:`latentcube.evaluate.sections.write_section`, in order, plus the run's configs (``runs/*/config.yaml``)
+and training curves (``training_curves_*.png``, drawn from ``runs/*/metrics.csv`` when missing) in the
+training slot of the section orders.
 
 ``report.html`` inlines its figures as base64 data URIs and its CSS, and loads nothing else (a Content
 Security Policy forbids any other resource), so it can be mailed or archived as one file and printed.
@@ -122,6 +123,10 @@ def _slug(text: str, taken: set[str]) -> str:
     return slug
 
 
+#: Section order of training (see latentcube.evaluate.sections): configs and curves go just before it.
+_TRAINING_ORDER = 20
+
+
 def _collect(run_dir: Path) -> list[_Part]:
     """The report's parts, in order, from what the run directory holds."""
     taken: set[str] = set()
@@ -146,7 +151,13 @@ def _collect(run_dir: Path) -> list[_Part]:
             part.blocks.append(("note", rel) if cap is None else ("figure", rel, cap))
         parts.append(part)
 
-    for sec in sections:
+    # The run's own parts take the training slot of the section orders (10 data, 20 training, 30 ...).
+    before = [sec for sec in sections if sec["order"] < _TRAINING_ORDER]
+    generated, parts = parts, []
+    for sec in before + [None] + [sec for sec in sections if sec["order"] >= _TRAINING_ORDER]:
+        if sec is None:
+            parts += generated
+            continue
         part = _Part(_slug(str(sec.get("name") or sec.get("title", "")), taken), str(sec.get("title") or sec.get("name")))
         part.blocks += [("p", str(t)) for t in sec.get("text", [])]
         part.blocks += [("table", t) for t in sec.get("tables", [])]
@@ -342,10 +353,13 @@ def _render_md(run_dir: Path, title: str, meta: str, parts: list[_Part]) -> str:
 def build_report(run_dir: str | Path, *, title: str | None = None) -> tuple[Path, Path]:
     """Write ``run_dir/report.html`` (self-contained) and ``run_dir/report.md``; return both paths.
 
-    Content, each part only when present: configs of ``runs/*/config.yaml``; training curves
-    (``training_curves_*.png``, drawn from ``runs/*/metrics.csv`` when a run's figure is missing);
-    then every section of :func:`latentcube.evaluate.sections.read_sections` in order. A figure whose
-    file is missing becomes a visible note in both files.
+    Content, each part only when present, after a header (version, UTC date, run directory) and a table
+    of contents: every section of :func:`latentcube.evaluate.sections.read_sections` in order, with the
+    run's own parts in the training slot (before the first section of order >= 20): the configs of
+    ``runs/*/config.yaml`` and the training curves (``training_curves_*.png``, drawn from
+    ``runs/*/metrics.csv`` when a run's figure is missing, left out when a section already shows it).
+    Table numbers are shown with :func:`format_value`. A figure whose file is missing becomes a
+    visible note in both files.
 
     Raises:
         FileNotFoundError: ``run_dir`` does not exist.
