@@ -56,9 +56,9 @@ class GapFillError(ValueError):
 def as_embedding(emb: str | Path | xr.Dataset | xr.DataArray, *, variable: str = "embedding") -> xr.Dataset:
     """An embedding cube as a (lazy) Dataset with float ``variable`` ``(time, feature, y, x)``.
 
-    ``emb`` is a Zarr path (opened with ``latentcube.embed.open_embedding`` when the package has it, which
-    decodes int8 storage to float32; else ``xarray.open_zarr``), a Dataset or a DataArray (named
-    ``variable`` in the result). Raises ``FileNotFoundError`` for a missing path and :class:`GapFillError`
+    ``emb`` is a Zarr path (opened with ``xarray.open_zarr``; ``embedding`` decoded to float32 by
+    ``latentcube.embed.open_embedding`` when the package has it, which undoes int8 x scale storage, and
+    ``embedding_scale`` dropped), a Dataset or a DataArray (named ``variable`` in the result). Raises ``FileNotFoundError`` for a missing path and :class:`GapFillError`
     when the store holds no such variable or it has other dimensions.
     """
     if isinstance(emb, xr.DataArray):
@@ -70,13 +70,19 @@ def as_embedding(emb: str | Path | xr.Dataset | xr.DataArray, *, variable: str =
         if not path.exists():
             raise FileNotFoundError(f"no such embedding cube: {path}. Fix: pass the Zarr store written by `latentcube embed`.")
         try:
-            from latentcube.embed import open_embedding  # decodes int8 + scale (when that storage exists)
-        except ImportError:
-            open_embedding = None
-        try:
-            ds = open_embedding(path) if open_embedding is not None else xr.open_zarr(path, decode_coords="all")
+            ds = xr.open_zarr(path, decode_coords="all")
         except Exception as err:
             raise GapFillError(f"cannot read {path} as a Zarr embedding cube: {err}") from err
+        try:
+            from latentcube.embed import open_embedding  # float32 whatever the storage (int8 x scale, float16)
+        except ImportError:
+            open_embedding = None
+        if open_embedding is not None and variable == "embedding" and "embedding" in ds.data_vars:
+            decoded = open_embedding(path)
+            if isinstance(decoded, xr.Dataset):
+                decoded = decoded["embedding"]
+            # The scale is folded into the decoded values; keep quality layers and attributes from the store.
+            ds = ds.drop_vars([v for v in ("embedding_scale",) if v in ds]).assign(embedding=decoded)
         for name in ds.data_vars:  # decode_coords moves grid_mapping to encoding; keep it visible
             gm = ds[name].encoding.get("grid_mapping")
             if gm and "grid_mapping" not in ds[name].attrs:

@@ -1,0 +1,100 @@
+"""GeoTIFF export: CRS, transform, bands, values and NaN through rasterio; the Zarr readable in a fresh process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import xarray as xr
+from affine import Affine
+
+from latentcube.cube import set_crs
+from latentcube.export import export_geotiff, grid_transform
+from latentcube.gapfill import GapFillError
+
+TIMES = pd.to_datetime(["2019-07-09 10:30", "2019-07-14 10:30", "2019-08-01 10:30"])
+
+
+def emb_store(tmp_path, h: int = 5, w: int = 7):
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(3, 4, h, w)).astype("float32")
+    v[1, :, 2, 3] = np.nan
+    ds = xr.Dataset({"embedding": (("time", "feature", "y", "x"), v),
+                     "quality_s2": (("time", "y", "x"), rng.random((3, h, w)).astype("float32"))},
+                    coords={"time": TIMES.values, "feature": ["fused_0", "fused_1", "s1_0", "s1_1"],
+                            "y": 5_200_000.0 - 10 * np.arange(h) - 5, "x": 400_000.0 + 10 * np.arange(w) + 5},
+                    attrs={"conventions": "latentcube embedding cube v1", "geoemb:model": "latentcube fusion model, sha256:ab"})
+    ds = set_crs(ds, "EPSG:32633")
+    path = tmp_path / "emb.zarr"
+    ds.to_zarr(path, zarr_format=2, consolidated=True)
+    return path, ds
+
+
+def test_grid_transform_by_hand():
+    t = grid_transform(np.array([105.0, 115.0, 125.0]), np.array([995.0, 985.0]))
+    assert t == Affine(10.0, 0.0, 100.0, 0.0, -10.0, 1000.0)
+    with pytest.raises(GapFillError, match="irregular pixel spacing along x"):
+        grid_transform(np.array([0.0, 10.0, 25.0]), np.array([5.0, -5.0]))
+    with pytest.raises(GapFillError, match="at least 2 x 2"):
+        grid_transform(np.array([0.0]), np.array([5.0, -5.0]))
+
+
+def test_geotiff_per_date_crs_transform_bands_values(tmp_path):
+    path, ds = emb_store(tmp_path)
+    files = export_geotiff(path, tmp_path / "tif", progress=False)
+    assert [f.name for f in files] == ["embedding_2019-07-09.tif", "embedding_2019-07-14.tif", "embedding_2019-08-01.tif"]
+    for t, f in enumerate(files):
+        with rasterio.open(f) as src:
+            assert src.crs.to_epsg() == 32633
+            assert src.transform == Affine(10.0, 0.0, 400_000.0, 0.0, -10.0, 5_200_000.0)
+            assert (src.count, src.height, src.width) == (4, 5, 7)
+            assert src.descriptions == ("fused_0", "fused_1", "s1_0", "s1_1")
+            assert src.dtypes[0] == "float32" and np.isnan(src.nodata)
+            data = src.read()
+            assert src.tags()["date"] == str(TIMES[t]) and src.tags()["geoemb_model"].endswith("sha256:ab")
+        np.testing.assert_array_equal(data, ds["embedding"].values[t])  # NaN at the same places
+    with rasterio.open(files[1]) as src:
+        assert np.isnan(src.read()[:, 2, 3]).all() and np.isfinite(src.read()[:, 0, 0]).all()
+        # Pixel (row 2, col 3) centre in map coordinates = the Zarr's x/y of that pixel.
+        assert src.xy(2, 3) == (float(ds["x"][3]), float(ds["y"][2]))
+
+
+def test_selected_dates_single_band_variable_and_errors(tmp_path):
+    path, ds = emb_store(tmp_path)
+    files = export_geotiff(path, tmp_path / "q", variable="quality_s2", dates=["2019-08-01"], prefix="q", progress=False)
+    assert [f.name for f in files] == ["q_2019-08-01.tif"]
+    with rasterio.open(files[0]) as src:
+        assert src.count == 1 and src.descriptions == ("quality_s2",)
+        np.testing.assert_array_equal(src.read(1), ds["quality_s2"].values[2])
+    with pytest.raises(GapFillError, match=r"no date 2019-07-15 .*nearest: 2019-07-09, 2019-07-14, 2019-08-01"):
+        export_geotiff(path, tmp_path / "x", dates=["2019-07-15"])
+    with pytest.raises(GapFillError, match="no 'ndvi' variable"):
+        export_geotiff(path, tmp_path / "x", variable="ndvi")
+    with pytest.raises(GapFillError, match="dtype='int16'"):
+        export_geotiff(path, tmp_path / "x", dtype="int16")
+    with pytest.raises(FileNotFoundError, match="no such embedding cube"):
+        export_geotiff(tmp_path / "nope.zarr", tmp_path / "x")
+
+
+def test_same_day_acquisitions_get_times_in_names(tmp_path):
+    _, ds = emb_store(tmp_path)
+    ds = ds.assign_coords(time=pd.to_datetime(["2019-07-09 10:30", "2019-07-09 10:40", "2019-08-01 10:30"]).values)
+    files = export_geotiff(ds, tmp_path / "t", progress=False)
+    assert [f.name for f in files][:2] == ["embedding_2019-07-09T103000.tif", "embedding_2019-07-09T104000.tif"]
+
+
+def test_zarr_opens_in_a_fresh_process(tmp_path):
+    path, ds = emb_store(tmp_path)
+    code = (
+        "import sys, xarray as xr, numpy as np, rioxarray; ds = xr.open_zarr(sys.argv[1], decode_coords='all'); "
+        "e = ds['embedding']; print(e.dims, e.shape, ds.rio.crs.to_epsg(), float(np.nansum(e.values)))"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split(")")[0] == "('time', 'feature', 'y', 'x'"
+    assert "(3, 4, 5, 7) 32633" in res.stdout
+    np.testing.assert_allclose(float(res.stdout.split()[-1]), float(np.nansum(ds["embedding"].values)), rtol=1e-6)
