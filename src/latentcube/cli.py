@@ -323,7 +323,8 @@ def embed(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Model file from training (model.pt): fusion or autoencoder.")],
     out_path: Annotated[Path, typer.Option("--out", help="Output Zarr store; re-running the same command resumes it.")],
     block_px: Annotated[int, typer.Option("--block-px", help="Block edge in pixels: unit of parallelism, resume and storage chunks.")] = 256,
-    dtype: Annotated[str, typer.Option(help="float32 | float16 (relative error <= 4.9e-4).")] = "float32",
+    dtype: Annotated[str, typer.Option(help="float32 | float16 (relative error <= 4.9e-4) | int8 (per pixel-date scale, error <= scale/2); read any with latentcube.embed.open_embedding.")] = "float32",
+    quality: Annotated[bool, typer.Option("--quality/--no-quality", help="Also write quality_s2/quality_s1 (time, y, x): centre-pixel reconstruction error (reflectance / dB); ~10x the embedding cost on CPU.")] = False,
     scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address (tcp://host:8786) or 'synchronous'; default: a local cluster.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Local-cluster workers (default: one per CPU core, 1 with a GPU).")] = None,
     sensors: Annotated[str | None, typer.Option(help="Comma-separated: fused,s1,s2 (default: fused; an autoencoder's own sensor).")] = None,
@@ -334,7 +335,7 @@ def embed(
     from latentcube.embed import embed_cube
 
     chosen = [s.strip() for s in sensors.split(",") if s.strip()] if sensors else None
-    path = embed_cube(cube, checkpoint, out_path, block_px=block_px, dtype=dtype, scheduler=scheduler,
+    path = embed_cube(cube, checkpoint, out_path, block_px=block_px, dtype=dtype, quality=quality, scheduler=scheduler,
                       n_workers=workers, sensors=chosen, device=device, overwrite=overwrite)
     out.print(str(path))
 
@@ -353,6 +354,63 @@ def plot_training_(
 # ------------------------------------------------------------------------------ embedding products
 # (gapfill, pca, export: one command each below this line)
 
+@app.command()
+def gapfill(
+    emb: Annotated[Path, typer.Argument(help="An embedding cube (Zarr from `latentcube embed`).")],
+    out_path: Annotated[Path, typer.Option("--out", help="Output Zarr store (gap-filled cube).")],
+    freq: Annotated[str, typer.Option(help="Target axis: 1D, 5D, ... or 'none' to keep the input dates.")] = "5D",
+    method: Annotated[str, typer.Option(help="linear | savgol (Savitzky-Golay on a daily grid).")] = "linear",
+    max_gap_days: Annotated[float | None, typer.Option("--max-gap-days", help="Fill a day only if the observations around it are at most this many days apart.")] = 30.0,
+    savgol_window_days: Annotated[int, typer.Option("--savgol-window-days", help="Savitzky-Golay window in days (odd).")] = 31,
+    savgol_order: Annotated[int, typer.Option("--savgol-order", help="Savitzky-Golay polynomial order.")] = 2,
+    start: Annotated[str | None, typer.Option(help="First target day YYYY-MM-DD (default: first input date).")] = None,
+    end: Annotated[str | None, typer.Option(help="Last target day YYYY-MM-DD (default: last input date).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output store.")] = False,
+) -> None:
+    """Fill missing pixel-dates along time and resample to a regular axis (flag variable `filled`)."""
+    from latentcube.gapfill import gapfill_embeddings
+
+    gapfill_embeddings(emb, out_path, freq=None if freq.lower() == "none" else freq, method=method,
+                       max_gap_days=max_gap_days, savgol_window_days=savgol_window_days, savgol_order=savgol_order,
+                       start=start, end=end, overwrite=overwrite)
+    out.print(str(out_path), soft_wrap=True, highlight=False, markup=False)
+
+
+@app.command()
+def pca(
+    emb: Annotated[Path, typer.Argument(help="An embedding cube (Zarr).")],
+    out_path: Annotated[Path, typer.Option("--out", help="PNG path for the figure.")],
+    date: Annotated[str | None, typer.Option(help="YYYY-MM-DD of an embedding date (default: the one with most valid pixels).")] = None,
+    cube: Annotated[Path | None, typer.Option(help="The S2 cube (default: the embedding's source_cube attribute).")] = None,
+    sample: Annotated[int, typer.Option(help="Pixel-dates sampled to fit the PCA.")] = 200_000,
+    seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
+) -> None:
+    """First three principal components as RGB beside the S2 true colour of the same date (paper Fig. 6)."""
+    from latentcube.evaluate.maps import pca_figure
+
+    path = pca_figure(emb, cube, date, out_path, sample=sample, seed=seed)
+    out.print(str(path), soft_wrap=True, highlight=False, markup=False)
+
+
+@app.command()
+def export(
+    emb: Annotated[Path, typer.Argument(help="An embedding cube (Zarr), gap-filled or not.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder for the files.")],
+    fmt: Annotated[str, typer.Option("--format", help="Output format (geotiff).")] = "geotiff",
+    dates: Annotated[str | None, typer.Option(help="Comma-separated YYYY-MM-DD dates (default: all).")] = None,
+    variable: Annotated[str, typer.Option(help="Variable to export (embedding, quality_s2, filled, ...).")] = "embedding",
+    prefix: Annotated[str | None, typer.Option(help="File-name prefix (default: the variable name).")] = None,
+) -> None:
+    """One GeoTIFF per date (bands = features, CRS and transform of the cube, NaN nodata)."""
+    from latentcube.export import export_geotiff
+
+    if fmt.lower() not in ("geotiff", "gtiff", "tif"):
+        raise typer.BadParameter(f"--format {fmt!r}: only 'geotiff' is supported")
+    chosen = [d.strip() for d in dates.split(",") if d.strip()] if dates else None
+    paths = export_geotiff(emb, out_dir, variable=variable, dates=chosen, prefix=prefix)
+    out.print(f"{len(paths)} files in {out_dir}", soft_wrap=True, highlight=False, markup=False)
+
+
 
 # -------------------------------------------------------------------------------------- evaluation
 
@@ -365,6 +423,39 @@ app.add_typer(sweep_app, name="sweep")
 
 
 # evaluate probe: below this line
+@evaluate_app.command("probe")
+def evaluate_probe(
+    embedding: Annotated[Path, typer.Argument(help="Embedding cube (Zarr from `latentcube embed`).")],
+    cube: Annotated[Path, typer.Option("--cube", help="The cube the embedding was computed from (raw bands, label layer).")],
+    labels: Annotated[str, typer.Option("--labels", help="(y, x) integer label layer of the cube; 0 = unlabelled.")] = "landcover",
+    date: Annotated[str | None, typer.Option("--date", help="Probe date YYYY-MM-DD (default: clearest growing-season date).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory: writes evaluation/probe/ and the report section.")] = None,
+    block_px: Annotated[int, typer.Option("--block-px", help="Edge of the cross-validation blocks in pixels.")] = 16,
+    folds: Annotated[int, typer.Option("--folds", help="Blocked cross-validation folds.")] = 5,
+    features: Annotated[str | None, typer.Option("--features", help="Embedding feature group: fused, s1, s2 (default: the first).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the folds and the pixel subset.")] = 0,
+) -> None:
+    """Land-cover probe: logistic regression and k-NN on embeddings vs raw bands, spatially blocked CV."""
+    from latentcube.evaluate.probe import ratios, run_probe
+
+    table = run_probe(embedding, cube, labels=labels, date=date, block_px=block_px, folds=folds, seed=seed,
+                      embedding_features=features, run_dir=out_dir)
+    s = table.attrs["probe"]
+    grid = Table(title=f"land-cover probe `{labels}`, {s['date']}: {s['n_pixels']} pixels, {len(s['classes'])} classes, "
+                       f"{s['folds']} blocked folds")
+    for col in ("features", "classifier", "n feat.", "balanced accuracy", "macro F1"):
+        grid.add_column(col)
+    wide = table.pivot_table(index=["features", "classifier"], columns="metric", values=["mean", "std"], sort=False)
+    n_feat = table.groupby(["features", "classifier"], sort=False)["n_features"].first()
+    for (fs, clf), r in wide.iterrows():
+        grid.add_row(fs, clf, str(n_feat[(fs, clf)]), f"{r[('mean', 'balanced_accuracy')]:.3f} ± {r[('std', 'balanced_accuracy')]:.3f}",
+                     f"{r[('mean', 'macro_f1')]:.3f} ± {r[('std', 'macro_f1')]:.3f}")
+    out.print(grid)
+    for clf, v in ratios(table).items():
+        out.print(f"one-date embedding / raw bands, {clf}: {v:.1%}")
+    if out_dir is not None:
+        out.print(str(Path(out_dir) / "evaluation" / "probe" / "probe.json"))
+
 
 
 # sweep alpha: below this line
