@@ -1,5 +1,6 @@
 """Embedding cubes (issue 7): dense blocks equal the per-patch encoder, block/worker independence, resume,
-NaN layout, metadata, and the output readable in a fresh process."""
+NaN layout, metadata, the output readable in a fresh process, the quality layer against the public decoder
+and the per-patch forward, and int8 storage within its documented error."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 import xarray as xr
 
 from latentcube.cube import CubeError, new_cube, save_cube
-from latentcube.embed import EmbedError, block_grid, embed_cube
+from latentcube.embed import EmbedError, block_grid, embed_cube, open_embedding, quantize_int8
 from latentcube.nn import FusionConfig, FusionModel, SensorAutoencoder, s1_config, s2_config
 from latentcube.preprocess import Normalization, match_s1_to_s2, smooth_s1
 from latentcube.train import save_model
@@ -69,7 +70,13 @@ def cube_path(tmp_path_factory) -> Path:
 
 def _sensor(cfg, seed: int) -> SensorAutoencoder:
     torch.manual_seed(seed)
-    return SensorAutoencoder(replace(cfg, **SMALL)).eval()
+    model = SensorAutoencoder(replace(cfg, **SMALL)).eval()
+    # Default torch init for the decoder: the package starts output layers near zero (reconstruction ~
+    # constant), which would make the quality-layer tests insensitive to the decoder input.
+    for module in model.decoder.modules():
+        if module is not model.decoder and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +95,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 def fused_emb(cube_path, models, tmp_path_factory) -> Path:
     """Fused + per-sensor embeddings, block 16, in-process: the reference run for several tests."""
     return embed_cube(cube_path, models["fusion"], tmp_path_factory.mktemp("emb") / "f16.zarr", block_px=16,
-                      sensors=("fused", "s1", "s2"), scheduler="synchronous", progress=False)
+                      sensors=("fused", "s1", "s2"), quality=True, scheduler="synchronous", progress=False)
 
 
 def _load(path: Path) -> tuple[torch.nn.Module, dict]:
@@ -228,11 +235,20 @@ def _fused_only(path: Path) -> np.ndarray:
 FUSED = dict(sensors="fused", scheduler="synchronous", progress=False)
 
 
+def _quality(path: Path) -> dict[str, np.ndarray]:
+    ds = xr.open_zarr(path)
+    return {s: ds[f"quality_{s}"].values for s in ("s2", "s1")}
+
+
 def test_block_size_does_not_change_the_result(cube_path, models, fused_emb, tmp_path):
-    other = embed_cube(cube_path, models["fusion"], tmp_path / "f24.zarr", block_px=24, tile=16, **FUSED)  # tiles inside blocks too
+    other = embed_cube(cube_path, models["fusion"], tmp_path / "f24.zarr", block_px=24, tile=16, quality=True,
+                       **FUSED)  # tiles inside blocks too
     emb = xr.open_zarr(other)["embedding"]
     assert emb.encoding["chunks"] == (T2, 7, 24, 24)
     np.testing.assert_allclose(emb.values, _fused_only(fused_emb), rtol=0, atol=1e-6)  # only summation order
+    ref, got = _quality(fused_emb), _quality(other)
+    for s in ("s2", "s1"):  # the decoder amplifies the embeddings' ~1e-7 summation-order differences a little
+        np.testing.assert_allclose(got[s], ref[s], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -240,9 +256,12 @@ def test_block_size_does_not_change_the_result(cube_path, models, fused_emb, tmp
 def test_local_cluster_matches_in_process(cube_path, models, fused_emb, tmp_path, workers):
     done = []
     out = embed_cube(cube_path, models["fusion"], tmp_path / "dist.zarr", block_px=16, sensors=("fused", "s1", "s2"),
-                     n_workers=workers, threads_per_worker=1, progress=False, on_block=lambda iy, ix: done.append((iy, ix)))
+                     quality=True, n_workers=workers, threads_per_worker=1, progress=False,
+                     on_block=lambda iy, ix: done.append((iy, ix)))
     assert sorted(done) == [(iy, ix) for iy in range(3) for ix in range(3)]
     np.testing.assert_array_equal(xr.open_zarr(out)["embedding"].values, xr.open_zarr(fused_emb)["embedding"].values)
+    for s, v in _quality(out).items():
+        np.testing.assert_array_equal(v, _quality(fused_emb)[s])
 
 
 class _Stop(RuntimeError):
@@ -255,7 +274,7 @@ def _chunk_mtimes(out: Path) -> dict[str, int]:
 
 def test_resume_after_interruption(cube_path, models, fused_emb, tmp_path):
     out = tmp_path / "resume.zarr"
-    kw = dict(block_px=16, **FUSED)
+    kw = dict(block_px=16, quality=True, **FUSED)
     first: list[tuple[int, int]] = []
 
     def stop_after_four(iy: int, ix: int) -> None:
@@ -278,6 +297,9 @@ def test_resume_after_interruption(cube_path, models, fused_emb, tmp_path):
     for iy, ix in first:  # chunks of finished blocks were not rewritten
         assert after[f"0.0.{iy}.{ix}"] == before[f"0.0.{iy}.{ix}"]
     np.testing.assert_array_equal(xr.open_zarr(out)["embedding"].values, _fused_only(fused_emb))
+    ref, got = _quality(fused_emb), _quality(out)  # same blocks, same computation: identical
+    for s in ("s2", "s1"):
+        np.testing.assert_array_equal(got[s], ref[s])
 
     third: list[tuple[int, int]] = []  # a finished store: nothing left to do
     embed_cube(cube_path, models["fusion"], out, on_block=lambda iy, ix: third.append((iy, ix)), **kw)
@@ -361,8 +383,12 @@ def test_clear_errors(cube_path, models, tmp_path):
         embed_cube(ds, models["s2"], tmp_path / "o.zarr", sensors="fused", progress=False)
     with pytest.raises(EmbedError, match="at least 11"):
         embed_cube(ds.isel(time=slice(0, 8)), models["s2"], tmp_path / "o.zarr", progress=False)
-    with pytest.raises(EmbedError, match="float32"):
-        embed_cube(ds, models["s2"], tmp_path / "o.zarr", dtype="int8", progress=False)
+    with pytest.raises(EmbedError, match=r"dtype='int4'.*'float32'.*'float16'.*'int8'"):
+        embed_cube(ds, models["s2"], tmp_path / "o.zarr", dtype="int4", progress=False)
+    with pytest.raises(FileNotFoundError, match="no such embedding store"):
+        open_embedding(tmp_path / "none.zarr")
+    with pytest.raises(EmbedError, match="no 'embedding' variable"):
+        open_embedding(cube_path)
 
 
 def test_incompatible_existing_store_is_not_resumed(cube_path, models, tmp_path):
@@ -419,3 +445,197 @@ def test_in_memory_dataset_matches_path(models, s2_emb, tmp_path):
     out = embed_cube(_cube(), models["s2"], tmp_path / "mem.zarr", block_px=40, scheduler="synchronous", progress=False)
     np.testing.assert_allclose(xr.open_zarr(out)["embedding"].values, xr.open_zarr(s2_emb)["embedding"].values,
                                rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ quality layer
+
+SPAN = {"s2": np.array([Normalization().s2[b][1] - Normalization().s2[b][0] for b in _cube()["band"].values]),
+        "s1": np.array([Normalization().s1_db[b][1] - Normalization().s1_db[b][0] for b in ("VV", "VH")])}
+
+
+def _physical(values: np.ndarray, sensor: str) -> np.ndarray:
+    """Normalised values (..., C) -> reflectance or dB, through the library's inverse (S1 via linear power)."""
+    bands = list(_cube()["band"].values) if sensor == "s2" else ["VV", "VH"]
+    out = Normalization().denormalize_array(values, bands, sensor, axis=-1).astype("float64")
+    return 10 * np.log10(out) if sensor == "s1" else out
+
+
+def _mae(recon: np.ndarray, target: np.ndarray, sensor: str) -> float:
+    """Mean over the finite bands of |recon - target| in physical units; NaN when no band is finite."""
+    d = np.abs(_physical(recon, sensor) - _physical(target, sensor))
+    return float(np.nanmean(d)) if np.isfinite(d).any() else np.nan
+
+
+def _window(t: int, n_total: int) -> int:
+    """First date of target t's window, written out: t - 5, kept inside the series."""
+    return min(max(t - CENTRE, 0), n_total - N_DATES)
+
+
+def _unmasked_dense(model, inputs: dict[str, np.ndarray], times: np.ndarray, which: str) -> torch.Tensor:
+    days = torch.tensor(_days(times), dtype=torch.float32)
+    x = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    with torch.no_grad():
+        return model.encode_scene(x if which == "fused" else x[which], days, tile=None)
+
+
+@pytest.mark.parametrize("kind", ["fusion", "s1"])
+def test_quality_equals_public_decoder_on_window_embeddings(cube_path, models, fused_emb, tmp_path, kind):
+    """quality_<s>[t, y, x] = MAE of decode(dense embeddings of t's 11 window dates)[t's position, centre pixel],
+    with the public ``decode`` (all 11 dates, whole patch): checks the 11x cheaper target-date path, the window
+    gathering at the series ends, the units and the NaN layout. Tolerance: float32 summation order only."""
+    ds = _cube()
+    model, _ = _load(models[kind])
+    pixels = PIXELS
+    if kind == "fusion":
+        out, inputs, times = fused_emb, _reference_inputs(ds), ds["time"].values
+        dense, sensors = _unmasked_dense(model, inputs, times, "fused"), ("s2", "s1")
+    else:  # an S1 autoencoder: its own (smoothed) acquisition dates; a 24 x 24 corner keeps the test fast
+        ds = ds.isel(y=slice(0, 24), x=slice(0, 24))
+        pixels = [(y, x) for y, x in PIXELS if y < 24 and x < 24] + [(23, 23), (23, 5)]
+        out = embed_cube(ds, models["s1"], tmp_path / "q1.zarr", block_px=16, quality=True,
+                         scheduler="synchronous", progress=False)
+        inputs = {"s1": Normalization().normalize_array(smooth_s1(ds)["s1"].values, ["VV", "VH"], "s1")}
+        times = ds["time_s1"].values
+        dense, sensors = _unmasked_dense(model, inputs, times, "s1"), ("s1",)
+    got = xr.open_zarr(out)
+    assert sorted(v for v in got.data_vars if v.startswith("quality_")) == sorted(f"quality_{s}" for s in sensors)
+    attrs = got["quality_s1"].attrs
+    assert attrs["units"] == "dB" and "mean absolute error" in attrs["long_name"]
+    if kind == "fusion":
+        assert got["quality_s2"].attrs["units"] == "1" and "reflectance" in got["quality_s2"].attrs["long_name"]
+    n_total = len(times)
+    days = torch.tensor(_days(times), dtype=torch.float32)
+    dates = [0, 2, 5, 8, n_total - 3, n_total - 1]  # both series ends: windows shifted inside the series
+    checked = 0
+    for t in dates:
+        s0 = _window(t, n_total)
+        zw = dense[s0 : s0 + N_DATES, :, [p[0] for p in pixels], [p[1] for p in pixels]]  # (11, L, pixels)
+        with torch.no_grad():
+            rec = model.decode(zw.permute(2, 0, 1), days[s0 : s0 + N_DATES].expand(len(pixels), -1))
+        for s in sensors:
+            r = (rec[s] if kind == "fusion" else rec)[:, t - s0, :, R, R].numpy()  # (pixels, C)
+            for i, (y, x) in enumerate(pixels):
+                ref = _mae(r[i], inputs[s][t, :, y, x], s)
+                value = float(got[f"quality_{s}"].values[t, y, x])
+                if np.isnan(ref):
+                    assert np.isnan(value), (s, t, y, x)
+                else:
+                    assert value == pytest.approx(ref, rel=1e-4, abs=1e-5), (s, t, y, x)
+                    checked += 1
+    assert checked > 0.7 * len(dates) * len(pixels) * len(sensors)
+    for s in sensors:  # NaN exactly where every band of that sensor's input is missing
+        np.testing.assert_array_equal(np.isnan(got[f"quality_{s}"].values), _invalid(inputs[s]))
+
+
+def test_quality_with_one_window_equals_per_patch_forward(cube_path, models, tmp_path):
+    """With exactly 11 dates every date's window is the whole series, so the dense embeddings of a window
+    are the per-patch encoder's latents of that patch (<= 1e-5, tested above) and the quality layer must
+    equal the reconstruction of ``forward`` on the extracted patch. Tolerance: the latents' 1e-5 through
+    the decoder (gain O(1) for these weights) plus float32 rounding of the physical conversion."""
+    ds = _cube().isel(time=slice(0, N_DATES), y=slice(0, 24), x=slice(0, 24))
+    pixels = [(0, 0), (0, 23), (23, 0), (23, 23), (12, 12), (5, 17), (16, 3), (15, 16), (8, 9)]
+    out = embed_cube(ds, models["fusion"], tmp_path / "one.zarr", block_px=16, quality=True, scheduler="synchronous",
+                     progress=False)
+    got = xr.open_zarr(out)
+    model, _ = _load(models["fusion"])
+    inputs = _reference_inputs(ds)
+    days = torch.tensor(_days(ds["time"].values), dtype=torch.float32).expand(len(pixels), -1)
+    padded = {k: np.pad(v, ((0, 0), (0, 0), (R, R), (R, R)), constant_values=np.nan) for k, v in inputs.items()}
+    x = {k: torch.from_numpy(np.stack([v[:, :, y : y + P, xx : xx + P] for y, xx in pixels])) for k, v in padded.items()}
+    with torch.no_grad():
+        rec = model(x, days).reconstructions  # sensor -> (pixels, 11, C, 15, 15)
+    diffs = []
+    for s in ("s2", "s1"):
+        r = rec[s][:, :, :, R, R].numpy()
+        for i, (y, xx) in enumerate(pixels):
+            for t in range(N_DATES):
+                ref, value = _mae(r[i, t], inputs[s][t, :, y, xx], s), float(got[f"quality_{s}"].values[t, y, xx])
+                assert np.isnan(ref) == np.isnan(value), (s, t, y, xx)
+                if np.isfinite(ref):
+                    diffs.append(abs(value - ref) / max(abs(ref), 1e-3))
+    assert len(diffs) > 120 and max(diffs) < 1e-4, max(diffs)
+
+
+def test_quality_falls_back_to_the_public_decoder(models):
+    """A decoder whose forward differs from what the fast path mirrors: detected when built, with a warning,
+    and the public decode is used (the values still equal the public decoder's)."""
+    from latentcube.embed import _TargetDecoder
+
+    model, _ = _load(models["s2"])
+    real = model.decoder
+
+    class Shifted(type(real)):
+        def forward(self, z, days):
+            return super().forward(z, days) + 0.25
+
+    odd = Shifted(real.config).eval()
+    odd.load_state_dict(real.state_dict())
+    with pytest.warns(RuntimeWarning, match="public decode"):
+        dec = _TargetDecoder(odd, odd)
+    assert not dec.fast and _TargetDecoder(real, real).fast
+    zw, dw = torch.randn(3, N_DATES, 9), torch.arange(3 * N_DATES, dtype=torch.float32).view(3, N_DATES) * 5
+    rows, qpos = torch.tensor([0, 1, 2, 2]), torch.tensor([0, 5, 10, 3])
+    with torch.no_grad():
+        np.testing.assert_allclose(dec(zw, dw, rows, qpos).numpy(), odd(zw, dw)[rows, qpos, :, R, R].numpy(), rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- int8
+
+
+def test_int8_within_documented_error(cube_path, models, s2_emb, tmp_path):
+    out = embed_cube(cube_path, models["s2"], tmp_path / "i8.zarr", block_px=24, dtype="int8",
+                     scheduler="synchronous", progress=False)
+    raw = xr.open_zarr(out, mask_and_scale=False)
+    assert raw["embedding"].dtype == np.int8 and raw["embedding"].attrs["_FillValue"] == -128
+    assert raw["embedding_scale"].dims == ("time", "y", "x") and raw["embedding_scale"].dtype == np.float32
+    codes, scale = raw["embedding"].values, raw["embedding_scale"].values
+    full = xr.open_zarr(s2_emb)["embedding"].values  # the float32 run of the same model
+    invalid = np.isnan(full).all(axis=1)
+    assert invalid.any() and (codes[np.broadcast_to(invalid[:, None], codes.shape)] == -128).all()
+    assert np.isnan(scale[invalid]).all() and (codes[~np.broadcast_to(invalid[:, None], codes.shape)] >= -127).all()
+    # scale = max |e| / 127 over the features of each pixel-date: the largest value uses the full code range
+    np.testing.assert_allclose(scale[~invalid], np.abs(full).max(axis=1)[~invalid] / 127, rtol=1e-6)
+    assert (np.abs(codes.astype(int)).max(axis=1)[~invalid] == 127).all()
+    import rioxarray  # noqa: F401  (the .rio accessor)
+
+    dec = open_embedding(out)
+    assert dec.dtype == np.float32 and dec.dims == ("time", "feature", "y", "x") and dec.rio.crs.to_epsg() == 32632
+    e = dec.values
+    np.testing.assert_array_equal(np.isnan(e), np.isnan(full))
+    ok = np.isfinite(full)
+    err = np.abs(e - full)[ok]
+    bound = np.broadcast_to(scale[:, None], full.shape)[ok]
+    assert (err <= bound * (0.5 + 1e-5)).all()  # the documented bound: scale / 2 (+ float32 rounding)
+    assert err.max() > 0.3 * bound[err.argmax()]  # and it is a real rounding, not an exact copy
+
+
+def test_quantize_int8_hand_computed():
+    e = np.array([[0.5, -1.27, 0.004], [np.nan] * 3, [0.0, 0.0, 0.0]], dtype="float32").T[None, :, :, None]  # (1, 3, 3, 1)
+    q, scale = quantize_int8(e)
+    np.testing.assert_allclose(scale[0, :, 0], [0.01, np.nan, 0.0], rtol=1e-7)
+    np.testing.assert_array_equal(q[0, :, :, 0].T, [[50, -127, 0], [-128, -128, -128], [0, 0, 0]])
+
+
+def test_open_embedding_float_types(fused_emb, s2_emb, cube_path, models, tmp_path):
+    e = open_embedding(fused_emb)
+    np.testing.assert_array_equal(e.values, xr.open_zarr(fused_emb)["embedding"].values)
+    assert e.dtype == np.float32 and "quality_s2" not in e.coords
+    half = embed_cube(cube_path, models["s2"], tmp_path / "h.zarr", block_px=24, dtype="float16", scheduler="synchronous",
+                      progress=False)
+    h = open_embedding(half)
+    assert h.dtype == np.float32
+    np.testing.assert_array_equal(h.values, xr.open_zarr(half)["embedding"].values.astype("float32"))
+
+
+def test_cli_embed_quality_and_int8(cube_path, models, tmp_path):
+    from latentcube.cli import main
+
+    out = tmp_path / "cli.zarr"
+    with pytest.raises(SystemExit) as exc:
+        main(["embed", str(cube_path), "--checkpoint", str(models["s2"]), "--out", str(out), "--block-px", "40",
+              "--dtype", "int8", "--quality", "--scheduler", "synchronous"])
+    assert exc.value.code == 0
+    ds = xr.open_zarr(out)
+    assert ds["embedding"].dtype == np.float32  # CF-decoded codes; open_embedding applies the scale
+    assert set(ds.data_vars) == {"embedding", "embedding_scale", "quality_s2"}
+    assert json.loads(ds.attrs["quality"]) == ["s2"] and ds.attrs["geoemb:data_type"] == "int8"

@@ -459,6 +459,35 @@ def evaluate_probe(
 
 
 # sweep alpha: below this line
+@sweep_app.command("alpha")
+def sweep_alpha(
+    config: Annotated[Path, typer.Option("--config", help="Stage-1 training config (s2 or s1), e.g. configs/demo/s2.yaml.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output directory (runs/, sweep.json, sweep.csv, report section).")],
+    alphas: Annotated[str | None, typer.Option("--alphas", help="Comma-separated α set as both spatial and temporal decay.")] = None,
+    alpha_s: Annotated[str | None, typer.Option("--alpha-s", help="Comma-separated spatial decays (grid with --alpha-t).")] = None,
+    alpha_t: Annotated[str | None, typer.Option("--alpha-t", help="Comma-separated temporal decays (grid with --alpha-s).")] = None,
+    reference: Annotated[float, typer.Option("--reference", help="Fixed α (both decays) scoring context MAE across runs.")] = 1.0,
+    max_epochs: Annotated[int | None, typer.Option("--max-epochs", help="Override the config's epochs.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Override the config's step limit.")] = None,
+    labels: Annotated[str, typer.Option("--labels", help="Label layer of the validation cube(s) for the probe.")] = "landcover",
+    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Embed the validation cube(s) and probe the labels.")] = True,
+) -> None:
+    """Context-decay sweep: train the autoencoder per α; centre/context MAE (fixed reference weights) and probe accuracy."""
+    from latentcube.evaluate.sweep import parse_floats, run_sweep
+
+    table = run_sweep(config, out_dir, alphas=parse_floats(alphas, what="--alphas"),
+                      alpha_s=parse_floats(alpha_s, what="--alpha-s"), alpha_t=parse_floats(alpha_t, what="--alpha-t"),
+                      reference=(reference, reference), max_epochs=max_epochs, max_steps=max_steps, probe=probe, labels=labels)
+    grid = Table(title=f"context-decay sweep (MAE normalised; context MAE with α = {reference:g} weights)")
+    probes = [c for c in table.columns if c.startswith("probe_")]
+    for col in ("α_s", "α_t", "own objective", "centre MAE", "context MAE", *[c.removeprefix("probe_") for c in probes]):
+        grid.add_column(col)
+    for r in table.itertuples():
+        grid.add_row(f"{r.alpha_s:g}", f"{r.alpha_t:g}", f"{r.objective_own:.4f}", f"{r.center_mae:.4f}",
+                     f"{r.context_mae_ref:.4f}", *[f"{getattr(r, c):.3f}" for c in probes])
+    out.print(grid)
+    out.print(str(Path(out_dir) / "sweep.json"))
+
 
 
 # report: below this line

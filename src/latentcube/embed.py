@@ -32,7 +32,17 @@ from latentcube import __version__
 from latentcube.constants import EMBEDDING_DIMS, check_band_order
 from latentcube.cube import CubeError, cube_crs, open_cube, set_crs
 
-__all__ = ["DEFAULT_BLOCK_PX", "EmbedError", "auto_tile", "block_grid", "embed_cube", "feature_names"]
+__all__ = [
+    "DEFAULT_BLOCK_PX",
+    "EmbedError",
+    "auto_tile",
+    "block_grid",
+    "embed_cube",
+    "feature_names",
+    "open_embedding",
+    "quantize_int8",
+    "reconstruction_error",
+]
 
 #: Default spatial block edge in pixels: the unit of parallelism, of resumption and of the Zarr chunks.
 #: Memory per block grows with dates x block_px^2 (docs/embed.md), not with the cube size.
@@ -60,6 +70,12 @@ SOURCE_DATA = {
 #: Training defaults used when a checkpoint records no sampling config (latentcube.sampling.SamplingConfig).
 DEFAULT_MAX_GAP_DAYS = 6.0
 DEFAULT_S1_SMOOTHING = 3
+#: Storage types of ``embedding`` (docs/embed.md#storage-types-and-their-error).
+DTYPES = ("float32", "float16", "int8")
+#: int8 storage: the code of an invalid pixel-date (values use -127..127, symmetric around 0).
+INT8_INVALID = -128
+#: Target pixel-dates per decoder call of the quality layer (~15 kB each in the up-sampling path).
+QUALITY_CHUNK = 2048
 
 
 class EmbedError(ValueError):
@@ -135,6 +151,8 @@ class _Plan:
     torch_threads: int | None
     max_gap_days: float
     s1_smoothing: int
+    quality: bool = False
+    quality_sensors: tuple[str, ...] = ()  # sensors whose reconstruction error is written (quality_<s>)
 
 
 def _sha256(path: Path) -> str:
@@ -279,6 +297,228 @@ def _block_inputs(ds: xr.Dataset, plan: _Plan, meta: dict[str, Any], ys: slice, 
     return out
 
 
+# ---------------------------------------------------------------------------------- quality layer
+
+
+def _fold_for_inference(module: Any) -> Any:
+    """``module`` with its linear layers rewritten as equivalent, faster plain convolutions (inference only).
+
+    * ``ConvTranspose2d`` (stride 1): a transposed convolution equals a convolution with the flipped,
+      in/out-swapped kernel over the input zero-padded by ``k - 1 - padding``; PyTorch's CPU kernels
+      run that 2-3x faster (measured on the decoder's shapes).
+    * ``MultiscaleConv``: parallel same-padded convolutions (kernels 1, 3, 5...) concatenated and mixed by
+      a 1x1 convolution are all linear, so they equal one convolution with the largest kernel whose
+      weights are the mix applied to the zero-padded branch kernels: ~4x faster than the four calls and
+      the concatenation.
+    Results differ by float summation order only. Modules that do not fit these patterns are kept.
+    """
+    import torch
+    from torch import nn
+
+    from latentcube.nn import MultiscaleConv
+
+    if isinstance(module, nn.Sequential):
+        return nn.Sequential(*(_fold_for_inference(m) for m in module))
+    if (isinstance(module, nn.ConvTranspose2d) and module.stride == (1, 1) and module.dilation == (1, 1)
+            and module.groups == 1 and module.output_padding == (0, 0) and module.padding_mode == "zeros"
+            and all(k - 1 - p >= 0 for k, p in zip(module.kernel_size, module.padding, strict=True))):
+        conv = nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
+                         padding=tuple(k - 1 - p for k, p in zip(module.kernel_size, module.padding, strict=True)),
+                         bias=module.bias is not None).to(module.weight)
+        with torch.no_grad():
+            conv.weight.copy_(module.weight.flip(-1, -2).transpose(0, 1))
+            if module.bias is not None:
+                conv.bias.copy_(module.bias)
+        return conv.eval()
+    if not isinstance(module, MultiscaleConv):
+        return module
+    branches, mix = list(module.branches), module.mix
+    plain = all(
+        isinstance(b, nn.Conv2d) and b.stride == (1, 1) and b.dilation == (1, 1) and b.groups == 1
+        and b.kernel_size[0] == b.kernel_size[1] and b.kernel_size[0] % 2 == 1
+        and b.padding == (b.kernel_size[0] // 2,) * 2 and b.padding_mode == "zeros" and b.bias is not None
+        for b in branches
+    ) and isinstance(mix, nn.Conv2d) and mix.kernel_size == (1, 1) and mix.groups == 1
+    if not plain or sum(b.out_channels for b in branches) != mix.in_channels:
+        return module
+    k = max(b.kernel_size[0] for b in branches)
+    w = torch.zeros(mix.out_channels, branches[0].in_channels, k, k, dtype=mix.weight.dtype, device=mix.weight.device)
+    bias = mix.bias.detach().clone() if mix.bias is not None else torch.zeros_like(w[:, 0, 0, 0])
+    m = mix.weight.detach()[:, :, 0, 0]
+    col = 0
+    for b in branches:
+        kb, c = b.kernel_size[0], b.out_channels
+        p = (k - kb) // 2
+        w[:, :, p : p + kb, p : p + kb] += torch.einsum("om,mikl->oikl", m[:, col : col + c], b.weight.detach())
+        bias += m[:, col : col + c] @ b.bias.detach()
+        col += c
+    conv = nn.Conv2d(w.shape[1], w.shape[0], k, padding=k // 2).to(device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+        conv.bias.copy_(bias)
+    return conv.eval()
+
+
+class _TargetDecoder:
+    """Centre pixel of one date's reconstruction from a window of latents, at 1/n of the decoder's cost.
+
+    ``__call__(zw, dw, rows, qpos)``: window latents ``zw`` (N, n, L) and their days ``dw`` (N, n);
+    targets ``rows`` (M,) (which window) and ``qpos`` (M,) (the target date's position in it) ->
+    (M, C) = ``decode(zw, dw)[rows, qpos, :, r, r]`` (the centre pixel, normalised units).
+
+    The public ``decode`` reconstructs all n dates of the 15 x 15 patch; the quality layer needs one
+    date's centre pixel. This runs the decoder's transformer once per window (it mixes all n dates) and
+    its convolutional up-sampling path only for the target date (n = 11x less work there, and that
+    path is ~85 % of the decoder's cost). It mirrors ``SensorDecoder.forward`` step by step, so it is
+    checked against the public ``decode`` when built; if the decoder's internals differ from what it
+    mirrors (another architecture), it falls back to the public path (exact, 11x slower) with a warning.
+    """
+
+    def __init__(self, full: Callable[[Any, Any], Any], decoder: Any, pre: Any = None) -> None:
+        self.full, self.decoder, self.pre = full, decoder, pre
+        self.fast = False
+        try:
+            c = decoder.config
+            self.n, self.r, self.centre, self.offset = c.n_dates, c.patch_size // 2, c.centre_index, c.value_offset
+            self.blocks = [_fold_for_inference(getattr(decoder, f"block{i}")) for i in (1, 2, 3)]
+            self.fast = self._agrees()
+        except (AttributeError, TypeError, RuntimeError, ValueError):
+            self.fast = False
+        if not self.fast:
+            warnings.warn("quality layer: the decoder does not have the structure the fast centre-pixel path mirrors; "
+                          "using the public decode (same numbers, ~11x slower).", RuntimeWarning, stacklevel=2)
+
+    def _agrees(self) -> bool:
+        import torch
+
+        p = next(self.decoder.parameters())
+        gen = torch.Generator().manual_seed(0)
+        n_in = self.pre.in_features if self.pre is not None else self.decoder.config.latent_dim
+        zw = torch.randn(6, self.n, n_in, generator=gen).to(p)
+        dw = torch.cumsum(torch.rand(6, self.n, generator=gen) * 12, 1).to(p)
+        rows = torch.arange(6, device=p.device).repeat_interleave(2)
+        qpos = torch.randint(0, self.n, (12,), generator=gen).to(p.device)
+        ref = self._public(zw, dw, rows, qpos)
+        got = self._fast(zw, dw, rows, qpos)
+        return bool(torch.allclose(got, ref, rtol=1e-4, atol=1e-5))
+
+    def _public(self, zw, dw, rows, qpos):
+        return self.full(zw, dw)[rows, qpos, :, self.r, self.r]
+
+    def _fast(self, zw, dw, rows, qpos):
+        import torch
+
+        d = self.decoder
+        z = self.pre(zw) if self.pre is not None else zw
+        days = dw.to(z.dtype)
+        rel = days - days[:, self.centre, None]
+        h = d.transformer(d.inp(z) + d.pos(d.time(rel)))[rows, qpos]  # (M, d): the target date's token
+        y = d.to_map(d.ln(h))[:, :, None, None]
+        for block in self.blocks:
+            y = block(y)
+        y = d.head(y)[:, :, self.r, self.r]
+        if d.linear is not None:
+            zt = z[rows, qpos]
+            p = d.config.patch_size
+            # Only the centre pixel's rows of the linear read-out (layout "(c h w)").
+            w = d.linear.weight.view(-1, p, p, zt.shape[-1])[:, self.r, self.r]
+            b = d.linear.bias.view(-1, p, p)[:, self.r, self.r]
+            y = y + torch.nn.functional.linear(zt, w, b)
+        return y + self.offset
+
+    def __call__(self, zw, dw, rows, qpos):
+        return self._fast(zw, dw, rows, qpos) if self.fast else self._public(zw, dw, rows, qpos)
+
+
+_DECODERS: dict[tuple[str, str, str], dict[str, _TargetDecoder]] = {}
+
+
+def _target_decoders(model: Any, plan: _Plan) -> dict[str, _TargetDecoder]:
+    """Per quality sensor: the centre-pixel decoder of the model's embedding (fused or the sensor's own)."""
+    key = (plan.checkpoint, plan.sha256, _device(plan))
+    if key not in _DECODERS:
+        if plan.kind == "fusion":
+            _DECODERS[key] = {
+                s: _TargetDecoder(lambda z, d, s=s: model.decode(z, d)[s], model.sensors[s].decoder, model.back_project[s])
+                for s in plan.quality_sensors
+            }
+        else:
+            _DECODERS[key] = {plan.quality_sensors[0]: _TargetDecoder(model.decode, model.decoder)}
+    return _DECODERS[key]
+
+
+def _band_spans(meta: dict[str, Any], ds: xr.Dataset, sensor: str) -> np.ndarray:
+    """Physical units per normalised unit for each band: reflectance (S2) or dB (S1)."""
+    from latentcube.preprocess import Normalization
+
+    norm = Normalization.from_dict(meta["normalization"])
+    table = norm.s2 if sensor == "s2" else norm.s1_db
+    bands = [str(b) for b in ds["band" if sensor == "s2" else "band_s1"].values]
+    return np.array([table[b][1] - table[b][0] for b in bands], dtype="float32")
+
+
+def reconstruction_error(
+    decoders: dict[str, Callable[..., Any]], z: Any, days: Any, targets: dict[str, Any], spans: dict[str, np.ndarray],
+    n_dates: int, *, chunk: int = QUALITY_CHUNK,
+) -> dict[str, np.ndarray]:
+    """Per pixel-date reconstruction error of the centre pixel, in physical units.
+
+    Args:
+        decoders: sensor -> callable ``(zw, dw, rows, qpos) -> (M, C)`` as ``_TargetDecoder``.
+        z: dense embeddings (T, L, h, w) (torch), *before* the invalid mask: the decoder input of
+            target t is the embedding of each of the ``n_dates`` dates of t's window
+            (``window_starts``), each from its own dense computation.
+        days: (T,) float days (torch) of the date axis.
+        targets: sensor -> normalised model input (T, C, h, w) (torch, NaN = invalid) on the same axis.
+        spans: sensor -> (C,) physical units per normalised unit (band hi - lo).
+        n_dates: the model's window length (11).
+        chunk: targets per decoder call (memory: ~15 kB per target).
+
+    Returns:
+        sensor -> (T, h, w) float32: mean over the finite bands of |reconstruction - input| (reflectance
+        for S2, dB for S1); NaN where every band of that sensor's input is missing.
+    """
+    import torch
+
+    from latentcube.nn import window_starts
+
+    n_time, n_lat, height, width = z.shape
+    dev = z.device
+    starts = window_starts(n_time, n_dates, dev)
+    n_win = n_time - n_dates + 1
+    windows = torch.arange(n_win, device=dev)[:, None] + torch.arange(n_dates, device=dev)  # (W, n)
+    qpos = torch.arange(n_time, device=dev) - starts
+    days = days.to(device=dev, dtype=z.dtype)
+    dw_all = days[windows]  # (W, n)
+    zp = z.permute(2, 3, 0, 1).reshape(height * width, n_time, n_lat)  # (P, T, L)
+    n_pix = zp.shape[0]
+    px_step = max(1, chunk // n_time)
+    out = {}
+    for sensor, decode in decoders.items():
+        x = targets[sensor]
+        n_band = x.shape[1]
+        recon = torch.empty(n_pix, n_time, n_band, dtype=z.dtype, device=dev)
+        for p0 in range(0, n_pix, px_step):
+            zc = zp[p0 : p0 + px_step]  # (pc, T, L)
+            pc = zc.shape[0]
+            zw = zc[:, windows].reshape(pc * n_win, n_dates, n_lat)
+            dw = dw_all.repeat(pc, 1)
+            rows = (torch.arange(pc, device=dev)[:, None] * n_win + starts).reshape(-1)  # pixel-major, (pc * T)
+            recon[p0 : p0 + pc] = decode(zw, dw, rows, qpos.repeat(pc)).reshape(pc, n_time, n_band)
+        recon = recon.permute(1, 2, 0).float().cpu().numpy().reshape(n_time, n_band, height, width)
+        inp = x.float().cpu().numpy()
+        err = np.abs(recon - inp) * spans[sensor][None, :, None, None]
+        valid = np.isfinite(err)
+        count = valid.sum(axis=1)
+        total = np.where(valid, err, 0.0).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[sensor] = np.where(count > 0, total / count, np.nan).astype("float32")
+    return out
+
+
+# ------------------------------------------------------------------------------------ one block
+
+
 def embed_block(ds: xr.Dataset, model: Any, meta: dict[str, Any], plan: _Plan, ys: slice, xs: slice) -> np.ndarray:
     """Embeddings ``(T, F, h, w)`` float32 of the pixels ``ys`` x ``xs``, NaN where the centre is invalid.
 
@@ -286,6 +526,12 @@ def embed_block(ds: xr.Dataset, model: Any, meta: dict[str, Any], plan: _Plan, y
     ``encode_scene`` pads the scene with NaN, so context outside the scene counts as invalid, as in
     the per-patch path), encodes, and crops the halo.
     """
+    return _compute_block(ds, model, meta, plan, ys, xs)[0]
+
+
+def _compute_block(ds: xr.Dataset, model: Any, meta: dict[str, Any], plan: _Plan, ys: slice,
+                   xs: slice) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(embeddings (T, F, h, w), {sensor: quality (T, h, w)}) of one block; see ``embed_block``."""
     import torch
 
     height, width = ds.sizes["y"], ds.sizes["x"]
@@ -298,23 +544,54 @@ def embed_block(ds: xr.Dataset, model: Any, meta: dict[str, Any], plan: _Plan, y
     days = torch.from_numpy(_days(times).astype("float32")).to(dev)
     x = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in inputs.items()}
     kw = dict(tile=plan.tile, pixel_chunk=plan.pixel_chunk)
-    parts = []
+    oy, ox = ys.start - ry.start, xs.start - rx.start
+    h, w = ys.stop - ys.start, xs.stop - xs.start
+    # The quality layer decodes the model's own embedding: the fused one, or the autoencoder's sensor's.
+    source = "fused" if plan.kind == "fusion" else plan.sensors[0]
+    wanted = [*plan.sensors, *([source] if plan.quality and source not in plan.sensors else [])]
+    dense = {}
     with torch.inference_mode():
-        for name in plan.sensors:
+        for name in wanted:
             if plan.kind == "autoencoder":
                 z = model.encode_scene(x[name], days, **kw)
             elif name == "fused":
                 z = model.encode_scene(x, days, **kw)
             else:  # a fusion model's own sensor encoder, on the same (matched) inputs
                 z = model.sensors[name].encode_scene(x[name], days, **kw)
-            parts.append(z.float().cpu().numpy())
-    oy, ox = ys.start - ry.start, xs.start - rx.start
-    h, w = ys.stop - ys.start, xs.stop - xs.start
-    emb = np.concatenate(parts, axis=1)[:, :, oy : oy + h, ox : ox + w]
+            dense[name] = z[:, :, oy : oy + h, ox : ox + w]
+        quality = {}
+        if plan.quality:
+            n_dates = model.n_dates if plan.kind == "fusion" else model.config.n_dates
+            spans = {s: _band_spans(meta, ds, s) for s in plan.quality_sensors}
+            targets = {s: x[s][:, :, oy : oy + h, ox : ox + w] for s in plan.quality_sensors}
+            # Unmasked embeddings: a window's invalid dates still carry the model's embedding from context,
+            # exactly what the per-patch forward feeds its decoder (the stored cube has NaN there).
+            quality = reconstruction_error(_target_decoders(model, plan), dense[source].float(), days, targets, spans,
+                                           n_dates)
+        emb = np.concatenate([dense[name].float().cpu().numpy() for name in plan.sensors], axis=1)
     centre = inputs[plan.time_var][:, :, oy : oy + h, ox : ox + w]
     invalid = ~np.isfinite(centre).any(axis=1)  # every band of the centre pixel missing on that date
     emb[np.broadcast_to(invalid[:, None], emb.shape)] = np.nan
-    return emb.astype("float32", copy=False)
+    return emb.astype("float32", copy=False), quality
+
+
+def quantize_int8(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 codes and per pixel-date scales of embeddings ``(T, F, h, w)`` (NaN = invalid).
+
+    ``scale = max_f |e| / 127`` (float32, (T, h, w)) and ``q = round(e / scale)`` in -127..127, so
+    ``q * scale`` is within ``scale / 2`` of ``e`` (plus float32 rounding of the product, < 1e-5 scale).
+    Invalid pixel-dates get ``q = INT8_INVALID`` (-128) and scale NaN; an all-zero embedding gets
+    scale 0 and q 0 (decoded exactly).
+    """
+    e = emb.astype("float64")
+    invalid = ~np.isfinite(e).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        scale = (np.nanmax(np.abs(np.where(invalid[:, None], 0.0, e)), axis=1) / 127.0).astype("float32")
+    safe = np.where(scale > 0, scale, 1.0).astype("float64")[:, None]  # divide by the *stored* float32 scale
+    q = np.clip(np.rint(np.where(invalid[:, None], 0.0, e) / safe), -127, 127).astype("int8")
+    q[np.broadcast_to(invalid[:, None], q.shape)] = INT8_INVALID
+    scale[invalid] = np.nan
+    return q, scale
 
 
 def _run_block(plan: _Plan, source: str | _InMemory, iy: int, ix: int, ys: slice, xs: slice) -> tuple[int, int]:
@@ -322,10 +599,17 @@ def _run_block(plan: _Plan, source: str | _InMemory, iy: int, ix: int, ys: slice
     t0 = _time.perf_counter()
     model, meta = _model(plan)
     ds = _cube(source)
-    emb = embed_block(ds, model, meta, plan, ys, xs)
+    emb, quality = _compute_block(ds, model, meta, plan, ys, xs)
     n_time, n_feat = emb.shape[:2]
     region = {"time": slice(0, n_time), "feature": slice(0, n_feat), "y": ys, "x": xs}
-    block = xr.Dataset({"embedding": (EMBEDDING_DIMS, emb.astype(plan.dtype, copy=False))})
+    grid = ("time", "y", "x")
+    if plan.dtype == "int8":
+        q, scale = quantize_int8(emb)
+        variables = {"embedding": (EMBEDDING_DIMS, q), "embedding_scale": (grid, scale)}
+    else:
+        variables = {"embedding": (EMBEDDING_DIMS, emb.astype(plan.dtype, copy=False))}
+    variables.update({f"quality_{s}": (grid, v) for s, v in quality.items()})
+    block = xr.Dataset(variables)
     with warnings.catch_warnings():
         # zarr notes the marker directory as a foreign object in the group: expected, harmless.
         warnings.filterwarnings("ignore", message=r".*\.blocks is not recognized.*")
@@ -375,7 +659,7 @@ def _description(ds: xr.Dataset, plan: _Plan, dims: int, times: np.ndarray, crs:
 
 def _signature(plan: _Plan, shape: tuple[int, ...], block_px: int, source: str) -> dict[str, Any]:
     """What must match for a re-run to resume into an existing store."""
-    keep = ("sha256", "kind", "sensors", "time_var", "on_s2_dates", "dtype", "max_gap_days", "s1_smoothing")
+    keep = ("sha256", "kind", "sensors", "time_var", "on_s2_dates", "dtype", "max_gap_days", "s1_smoothing", "quality")
     return {**{k: v for k, v in asdict(plan).items() if k in keep}, "sensors": list(plan.sensors),
             "shape": list(shape), "block_px": block_px, "cube": source}
 
@@ -388,9 +672,22 @@ def _create_template(out: Path, ds: xr.Dataset, plan: _Plan, names: list[str], t
     n_time, n_feat = len(times), len(names)
     height, width = ds.sizes["y"], ds.sizes["x"]
     chunks = (min(n_time, MAX_TIME_CHUNK), n_feat, min(block_px, height), min(block_px, width))
-    data = da.full((n_time, n_feat, height, width), np.nan, dtype=plan.dtype, chunks=chunks)
+    grid_chunks = (chunks[0], *chunks[2:])
+    int8 = plan.dtype == "int8"
+    fill = INT8_INVALID if int8 else np.nan
+    grid = ("time", "y", "x")
+
+    def empty(shape: tuple[int, ...], dtype: str, value: float, chunking: tuple[int, ...]):
+        return da.full(shape, value, dtype=dtype, chunks=chunking)
+
+    variables = {"embedding": (EMBEDDING_DIMS, empty((n_time, n_feat, height, width), plan.dtype, fill, chunks))}
+    encoding = {"embedding": {"chunks": chunks, "dtype": plan.dtype, "_FillValue": fill}}
+    extra = (["embedding_scale"] if int8 else []) + [f"quality_{s}" for s in plan.quality_sensors]
+    for name in extra:
+        variables[name] = (grid, empty((n_time, height, width), "float32", np.nan, grid_chunks))
+        encoding[name] = {"chunks": grid_chunks, "dtype": "float32", "_FillValue": np.nan}
     tmpl = xr.Dataset(
-        {"embedding": (EMBEDDING_DIMS, data)},
+        variables,
         coords={"time": np.asarray(times, dtype="datetime64[ns]"), "feature": names, "y": ds["y"].values,
                 "x": ds["x"].values},
     )
@@ -401,6 +698,33 @@ def _create_template(out: Path, ds: xr.Dataset, plan: _Plan, names: list[str], t
         "units": "1",
         "grid_mapping": "spatial_ref",
     })
+    if int8:
+        tmpl["embedding"].attrs.update({
+            "long_name": f"latentcube {'/'.join(plan.sensors)} embedding per pixel and date, int8 codes",
+            "scale_variable": "embedding_scale",
+            "decoding": "embedding * embedding_scale (latentcube.embed.open_embedding); -128 = invalid",
+        })
+        tmpl["embedding_scale"].attrs.update({
+            "long_name": "int8 scale per pixel and date: max over features of |embedding| / 127",
+            "units": "1",
+            "error_bound": "|decoded - float32 embedding| <= embedding_scale / 2 per value",
+            "grid_mapping": "spatial_ref",
+        })
+    physical = {"s2": ("1", "reflectance"), "s1": ("dB", "backscatter in dB")}
+    axis_note = {"s1": "the S1 acquisition matched to this S2 date (smoothed), as the model saw it"
+                 if plan.on_s2_dates else "the smoothed S1 acquisition of this date"}
+    for s in plan.quality_sensors:
+        units, what = physical[s]
+        tmpl[f"quality_{s}"].attrs.update({
+            "long_name": f"{s.upper()} reconstruction error of the centre pixel: mean absolute error over bands ({what})",
+            "units": units,
+            "description": (
+                f"|decoder({'fused' if plan.kind == 'fusion' else s} embeddings of the 11 dates of this date's window) - "
+                f"input| at the centre pixel and this date, mean over the finite {s.upper()} bands, in {what} "
+                f"(input: {axis_note.get(s, 'the S2 reflectance of this date')}). NaN where that input is missing. "
+                "docs/embed.md#quality-layer"),
+            "grid_mapping": "spatial_ref",
+        })
     tmpl.attrs.update(_description(ds, plan, n_feat, times, crs))
     tmpl.attrs.update({
         "latentcube_version": __version__,
@@ -421,13 +745,13 @@ def _create_template(out: Path, ds: xr.Dataset, plan: _Plan, names: list[str], t
             "s1_max_gap_days": plan.max_gap_days if plan.on_s2_dates else None,
             "halo_px": plan.halo,
         }),
+        "quality": json.dumps(list(plan.quality_sensors)),
         "block_px": block_px,
         "source_cube": signature["cube"],
     })
     if out.exists():
         shutil.rmtree(out)
-    tmpl.to_zarr(out, mode="w", compute=False, zarr_format=2, consolidated=True,
-                 encoding={"embedding": {"chunks": chunks, "dtype": plan.dtype, "_FillValue": np.nan}})
+    tmpl.to_zarr(out, mode="w", compute=False, zarr_format=2, consolidated=True, encoding=encoding)
     (out / MARKER_DIR).mkdir(exist_ok=True)
     tmp = out / MARKER_DIR / f".{TEMPLATE_FILE}.tmp"
     tmp.write_text(json.dumps(signature, indent=1), encoding="utf-8")
@@ -441,6 +765,38 @@ def _is_embedding_store(out: Path) -> bool:
     except (OSError, ValueError):
         return False
     return str(attrs.get("conventions", "")).startswith("latentcube embedding cube")
+
+
+def open_embedding(path: str | Path) -> xr.DataArray:
+    """The embeddings of a store written by :func:`embed_cube`, as float32, whatever the storage type.
+
+    Returns ``embedding`` ``(time, feature, y, x)`` float32, lazy (Dask), with the store's coordinates
+    (CRS in ``spatial_ref``) and the variable's attributes; NaN where invalid. float32 stores are
+    returned as stored, float16 ones cast (exactly) to float32, and int8 ones decoded as
+    ``code x embedding_scale`` (error <= scale / 2 against the float32 embedding). Other variables
+    (``quality_s2``...) are in ``xr.open_zarr(path)``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such embedding store: {path}. Fix: pass the --out of `latentcube embed`.")
+    ds = xr.open_zarr(path, decode_coords="all")
+    if "embedding" not in ds:
+        raise EmbedError(f"{path} has no 'embedding' variable: it is not an embedding store (variables: {list(ds.data_vars)}).")
+    emb = ds["embedding"]
+    attrs = dict(emb.attrs)
+    if "embedding_scale" in ds:
+        # CF decoding has already turned the int8 codes into float32 with NaN for INT8_INVALID (_FillValue).
+        out = emb.astype("float32") * ds["embedding_scale"].astype("float32")
+        for key in ("scale_variable", "decoding"):
+            attrs.pop(key, None)
+        attrs["long_name"] = str(attrs.get("long_name", "")).replace(", int8 codes", "")
+        attrs["stored_as"] = "int8 x embedding_scale"
+    else:
+        out = emb.astype("float32")
+    out = out.transpose(*EMBEDDING_DIMS).astype("float32")
+    out.name = "embedding"
+    out.attrs = attrs
+    return out
 
 
 def _prepare_store(out: Path, ds: xr.Dataset, plan: _Plan, names: list[str], times: np.ndarray, block_px: int,
@@ -484,6 +840,7 @@ def embed_cube(
     block_px: int = DEFAULT_BLOCK_PX,
     sensors: str | Sequence[str] | None = None,
     dtype: str = "float32",
+    quality: bool = False,
     scheduler: Any = None,
     n_workers: int | None = None,
     progress: bool = True,
@@ -509,8 +866,14 @@ def embed_cube(
         sensors: embeddings to write, concatenated along ``feature`` (``fused_0..6``, ``s1_0..1``,
             ``s2_0..8``). Default: ``"fused"`` for a fusion model, the model's sensor for an autoencoder;
             a fusion model also gives ``("fused", "s1", "s2")``.
-        dtype: ``"float32"`` (default) or ``"float16"`` (half the storage; relative rounding error
-            <= 2^-11 = 4.9e-4 of each value).
+        dtype: ``"float32"`` (default), ``"float16"`` (half the storage; relative rounding error
+            <= 2^-11 = 4.9e-4 of each value) or ``"int8"`` (a quarter, plus a float32 ``embedding_scale``
+            per pixel-date = max |e| / 127 over the features; absolute error <= scale / 2 per value).
+            Read any of them as float32 with :func:`open_embedding`.
+        quality: also write ``quality_s2`` / ``quality_s1`` ``(time, y, x)``: the decoders' reconstruction
+            error of the centre pixel at each date (mean absolute error over bands; reflectance for S2,
+            dB for S1; NaN where that sensor's input is missing), for masking unreliable embeddings.
+            Off by default: it costs ~10x the embedding itself on CPU (docs/embed.md#quality-layer).
         scheduler: ``None`` = a new ``distributed.LocalCluster`` (closed at the end); a scheduler address
             ``"tcp://host:8786"`` or a ``distributed.Client``; ``"synchronous"`` = in this process, one
             block after another (debugging).
@@ -536,8 +899,9 @@ def embed_cube(
     """
     from latentcube.train import load_model
 
-    if dtype not in ("float32", "float16"):
-        raise EmbedError(f"dtype={dtype!r}: use 'float32' or 'float16' (int8 is not implemented yet).")
+    if dtype not in DTYPES:
+        raise EmbedError(f"dtype={dtype!r}: use 'float32' (exact), 'float16' (relative error <= 4.9e-4) or 'int8' "
+                         "(per-pixel scale, error <= scale / 2).")
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise FileNotFoundError(f"no such model file: {checkpoint}. Fix: pass the model.pt written by training.")
@@ -578,6 +942,7 @@ def embed_cube(
         tile=tile, pixel_chunk=pixel_chunk, device=device, torch_threads=None,
         max_gap_days=_sampling_setting(meta, "max_gap_days", DEFAULT_MAX_GAP_DAYS),
         s1_smoothing=int(_sampling_setting(meta, "s1_smoothing", DEFAULT_S1_SMOOTHING)),
+        quality=bool(quality), quality_sensors=tuple(s for s in ("s2", "s1") if s in inputs) if quality else (),
     )
     times = ds["time" if time_var == "s2" else "time_s1"].values
     if tile == "auto":
