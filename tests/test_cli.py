@@ -64,10 +64,11 @@ def test_demo_without_training_writes_quicklooks_and_report(tmp_path):
     proc = run(["demo", "--out", str(tmp_path / "demo"), "--no-train"])
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "demo"
-    for name in ("s2_true_colour.png", "class_timeseries.png", "report.md"):
+    for name in ("s2_true_colour.png", "class_timeseries.png", "report.md", "report.html"):
         assert (out / name).stat().st_size > 1000, name
     report = (out / "report.md").read_text()
-    assert "| broadleaf_forest |" in report and "![s2_true_colour]" in report
+    assert "| broadleaf_forest |" in report and "](s2_true_colour.png)" in report
+    assert str(out / "report.html") in proc.stdout
 
 
 def test_model_info_presets():

@@ -77,13 +77,24 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, log: Callable[[str], None] =
     figures.append(plot_class_timeseries(scene, out_dir / "class_timeseries.png", title=scene_name))
     timings["plots"] = time.perf_counter() - t0
 
+    _data_section(out_dir, world, scene_name, figures)
+
     recon: dict[str, Any] = {}
     if train:
         recon = _train_stages(out_dir, log, timings, figures, epochs=epochs)
+        _recon_section(out_dir, recon)
 
-    report = out_dir / "report.md"
-    report.write_text(_report(world, scene_name, figures, timings) + _recon_section(recon), encoding="utf-8")
+    _timings_section(out_dir, timings)
+    report = _build_report(out_dir)
     return DemoResult(out_dir=out_dir, report=report, figures=figures, timings=timings, reconstruction=recon)
+
+
+def _build_report(out_dir: Path) -> Path:
+    """The run's report (HTML + Markdown) from its sections; returns the HTML path."""
+    from latentcube.report import build_report
+
+    html, _md = build_report(out_dir, title="latentcube demo")
+    return Path(html)
 
 
 def demo_config_dir() -> Path:
@@ -143,62 +154,59 @@ def _train_stages(out_dir: Path, log: Callable[[str], None], timings: dict[str, 
     return results
 
 
-def _recon_section(results: dict[str, Any]) -> str:
-    if not results:
-        return ""
-    lines = ["", "## Reconstruction on the validation split (normalised units)", "",
-             "Baseline (a): PCA of the context-weighted patches with the model's code size (close to the best linear "
-             "autoencoder for the same objective). Baseline (b): PCA-k of the centre spectra with k = latent size "
-             "(near-lossless context, not a target).", ""]
+def _recon_section(out_dir: Path, results: dict[str, Any]) -> None:
+    from latentcube.evaluate.sections import table, write_section
+
+    tables, verdicts, data = [], [], {}
     for stage, rep in results.items():
-        lines += [f"### {stage} (train {rep.n_train} / val {rep.n_val} patches)", "",
-                  "| method | objective | centre MAE | context MAE |", "|---|---|---|---|"]
+        rows = []
         for name, m in rep.rows():
             centre = m.get("center_mae", np.nan) if stage != "fusion" or "objective" not in m else np.mean(
                 [m[k] for k in m if k.endswith("/center_mae")])
-            context = np.mean([m[k] for k in m if k.endswith("context_mae")]) if any(k.endswith("context_mae") for k in m) else np.nan
-            obj = m.get("objective", np.nan)
-            lines.append(f"| {name} | {obj:.4f} | {centre:.4f} | {context:.4f} |".replace("nan", "–"))
-        verdict = "beats" if rep.model["objective"] < rep.patch_pca["objective"] else "does NOT beat"
-        lines += ["", f"The {stage} model {verdict} baseline (a) on its own objective.", ""]
-    return "\n".join(lines) + "\n"
+            ctx = [m[k] for k in m if k.endswith("context_mae")]
+            rows.append([name, m.get("objective", np.nan), centre, np.mean(ctx) if ctx else np.nan])
+        tables.append(table(f"{stage}: validation split, train {rep.n_train} / val {rep.n_val} patches",
+                            ["method", "objective", "centre MAE", "context MAE"], rows))
+        beats = rep.model["objective"] < rep.patch_pca["objective"]
+        verdicts.append(f"The {stage} model {'beats' if beats else 'does NOT beat'} baseline (a) on its own objective "
+                        f"({rep.model['objective']:.4f} vs {rep.patch_pca['objective']:.4f}).")
+        data[stage] = {"model": rep.model, "patch_pca": rep.patch_pca, "center_pca": rep.center_pca,
+                       "beats_patch_pca": beats}
+    text = ["Normalised units. Baseline (a): PCA of the context-weighted patches with the model's code size (close "
+            "to the best linear autoencoder for the same objective). Baseline (b): PCA-k of the centre spectra with "
+            "k = latent size (near-lossless, context only, not a target).", *verdicts]
+    write_section(out_dir, "reconstruction", order=30, title="Reconstruction against PCA baselines", text=text,
+                  tables=tables, data=data)
 
 
-def _report(world, scene_name: str, figures: list[Path], timings: dict[str, float]) -> str:
-    lines = [
-        "# latentcube demo",
-        "",
-        f"latentcube {__version__}; synthetic world with {len(world.cubes)} cubes and {len(world.towers)} flux towers.",
-        "",
-        "## Cubes",
-        "",
-        "| cube | size (y×x) | S2 dates | S1 dates | mean valid S2 fraction | period |",
-        "|---|---|---|---|---|---|",
-    ]
+def _timings_section(out_dir: Path, timings: dict[str, float]) -> None:
+    from latentcube.evaluate.sections import table, write_section
+
+    rows = [[k, round(v, 1)] for k, v in timings.items()] + [["total", round(sum(timings.values()), 1)]]
+    write_section(out_dir, "timings", order=90, title="Timings", tables=[table("wall-clock seconds", ["step", "s"], rows)],
+                  data=dict(timings))
+
+
+def _data_section(out_dir: Path, world, scene_name: str, figures: list[Path]) -> None:
+    """Cubes and phenology of the synthetic world (report order 10)."""
+    from latentcube.evaluate.sections import table, write_section
+
+    cube_rows = []
     for name, ds in world.cubes.items():
         info = cube_summary(ds)
-        s1 = info.get("s1", {}).get("dates", 0)
-        lines.append(
-            f"| {name} | {ds.sizes['y']}×{ds.sizes['x']} | {info['s2']['dates']} | {s1} | "
-            f"{info['s2']['valid_fraction_mean']:.2f} | {info['s2']['first']} – {info['s2']['last']} |"
-        )
+        cube_rows.append([name, f"{ds.sizes['y']}×{ds.sizes['x']}", info["s2"]["dates"], info.get("s1", {}).get("dates", 0),
+                          info["s2"]["valid_fraction_mean"], f"{info['s2']['first']} – {info['s2']['last']}"])
     series = class_timeseries(world.cubes[scene_name])
     ndvi = series["ndvi"]
-    lines += [
-        "",
-        f"## Phenology of `{scene_name}`",
-        "",
-        "| class | NDVI June–August | NDVI December–February | mean VV (dB) |",
-        "|---|---|---|---|",
-    ]
     summer = ndvi[ndvi.index.month.isin([6, 7, 8])].mean()
     winter = ndvi[ndvi.index.month.isin([12, 1, 2])].mean()
     vv = series["vv_db"].mean() if "vv_db" in series else None
-    for cls in ndvi.columns:
-        vv_txt = f"{vv[cls]:.1f}" if vv is not None else "–"
-        lines.append(f"| {cls} | {summer[cls]:.2f} | {winter[cls]:.2f} | {vv_txt} |")
-    lines += ["", "## Figures", ""]
-    lines += [f"![{p.stem}]({p.name})" for p in figures]
-    lines += ["", "## Timings (s)", "", "| step | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
-    return "\n".join(lines) + "\n"
+    pheno_rows = [[cls, summer[cls], winter[cls], vv[cls] if vv is not None else None] for cls in ndvi.columns]
+    write_section(
+        out_dir, "data", order=10, title="Synthetic world",
+        text=[f"latentcube {__version__}; {len(world.cubes)} cubes and {len(world.towers)} flux towers."],
+        tables=[table("cubes", ["cube", "size (y×x)", "S2 dates", "S1 dates", "mean valid S2 fraction", "period"], cube_rows),
+                table(f"phenology of {scene_name}", ["class", "NDVI June–August", "NDVI December–February", "mean VV (dB)"],
+                      pheno_rows)],
+        figures=[(p, p.stem.replace("_", " ")) for p in figures],
+    )
