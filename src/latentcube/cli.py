@@ -420,6 +420,51 @@ sweep_app = typer.Typer(help="Sensitivity studies (retrain with several settings
 app.add_typer(sweep_app, name="sweep")
 
 # evaluate gpp: below this line
+@evaluate_app.command("gpp")
+def evaluate_gpp_(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Fusion model file (runs/fusion/model.pt).")],
+    sites: Annotated[Path, typer.Option("--sites", help="Site table (towers.csv: site_id, cube, row, col, veg_type) or a site plan.")],
+    fluxnet: Annotated[Path, typer.Option("--fluxnet", help="Folder with FLX_<SITE>_*.csv files (DD, HH or HR).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory: writes OUT/evaluation/gpp/ and the report section.")],
+    cubes: Annotated[Path | None, typer.Option("--cubes", help="Folder with the site cubes <cube>.zarr.")] = None,
+    radius: Annotated[int, typer.Option("--radius", help="Footprint half-width in pixels ((2r+1)^2 px site mean).")] = 3,
+    weights: Annotated[str, typer.Option(help="Footprint weights: uniform | gaussian.")] = "uniform",
+    window: Annotated[int, typer.Option("--window", help="Input window length in days.")] = 90,
+    stride: Annotated[int, typer.Option("--stride", help="Days between window starts.")] = 10,
+    max_gap: Annotated[int, typer.Option("--max-gap", help="Longest gap (days) bridged by the daily interpolation.")] = 60,
+    train_years: Annotated[str, typer.Option("--train-years", help="Year split: training years, comma-separated.")] = "2017,2018,2019",
+    test_years: Annotated[str, typer.Option("--test-years", help="Year split: test years, comma-separated.")] = "2020",
+    protocols: Annotated[str, typer.Option(help="Comma-separated: year,loso.")] = "year,loso",
+    methods: Annotated[str, typer.Option(help="Comma-separated: embedding,bands,ndvi,annual_embedding,climatology.")] =
+        "embedding,bands,ndvi,annual_embedding,climatology",
+    sweep: Annotated[str | None, typer.Option("--sweep", help="Also score these window lengths (year split), e.g. 60,75,90,105,120.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the regressors and the early-stopping split.")] = 0,
+    device: Annotated[str | None, typer.Option(help="cuda | cpu (default: cuda when available).")] = None,
+) -> None:
+    """Predict daily GPP at flux towers from per-date embeddings, against four baselines (paper §IV-C)."""
+    from latentcube.evaluate.gpp import GPPConfig, evaluate_gpp
+
+    def ints(s: str) -> tuple[int, ...]:
+        return tuple(int(v) for v in s.split(",") if v.strip())
+
+    def names(s: str) -> tuple[str, ...]:
+        return tuple(v.strip() for v in s.split(",") if v.strip())
+
+    cfg = GPPConfig(radius_px=radius, weights=weights, window_days=window, stride_days=stride, max_gap_days=max_gap,
+                    train_years=ints(train_years), test_years=ints(test_years), protocols=names(protocols),
+                    methods=names(methods), sweep_windows=ints(sweep) if sweep else (), seed=seed, device=device)
+    doc = evaluate_gpp(sites, out_dir, checkpoint=checkpoint, cubes=cubes, fluxnet=fluxnet, config=cfg,
+                       log=lambda m: console.print(m, highlight=False))
+    table = Table(title="GPP NRMSE (RMSE / observed range), all sites")
+    table.add_column("method")
+    for p in doc["protocols"]:
+        table.add_column(p)
+    first = next(iter(doc["protocols"].values()))["scores"]
+    for m in first:
+        table.add_row(m, *[f"{doc['protocols'][p]['scores'][m]['overall']['nrmse']:.3f}" for p in doc["protocols"]])
+    out.print(table)
+    out.print(str(Path(out_dir) / "evaluation" / "gpp"))
+
 
 
 # evaluate probe: below this line

@@ -1,0 +1,355 @@
+"""GPP evaluation (issue 8): windowing, daily interpolation, metrics, climatology, footprint means, the
+cropped site embedding against the whole-cube embedding, FLUXNET files of the synthetic world, and a
+small end-to-end run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+from sklearn.metrics import mean_squared_error, r2_score
+
+from latentcube.evaluate.gpp import (
+    GPPConfig,
+    GPPError,
+    crop_window,
+    doy_climatology,
+    doy_index,
+    embed_site,
+    evaluate_gpp,
+    fit_regressor,
+    footprint_weights,
+    make_windows,
+    metrics,
+    nrmse,
+    predict_daily,
+    r2,
+    read_sites,
+    rmse,
+    site_mean,
+    to_daily,
+    window_starts,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One thread: on shared cores torch's spinning thread pool is much slower under contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------------- windowing
+
+
+def test_window_starts_counts_and_end_window():
+    assert window_starts(100, 90, 10).tolist() == [0, 10]  # 10 + 90 = 100: the end is covered
+    assert window_starts(105, 90, 10).tolist() == [0, 10, 15]  # + one window aligned to the end
+    assert window_starts(90, 90, 10).tolist() == [0]
+    assert window_starts(89, 90, 10).tolist() == []
+    s = window_starts(1461, 90, 10)  # four years of days
+    assert len(s) == (1461 - 90) // 10 + 2 and s[-1] == 1461 - 90 and s[-2] == 1370
+    with pytest.raises(GPPError, match="must be >= 1"):
+        window_starts(10, 0, 1)
+
+
+def test_make_windows_values():
+    x = np.arange(12).reshape(6, 2)  # day d has features (2d, 2d + 1)
+    w = make_windows(x, np.array([0, 2, 3]), 3)
+    assert w.shape == (3, 3, 2)
+    np.testing.assert_array_equal(w[1], [[4, 5], [6, 7], [8, 9]])
+    np.testing.assert_array_equal(w[2, :, 0], [6, 8, 10])
+
+
+class _Identity(torch.nn.Module):
+    """Predicts feature 0 of every day, plus the window's start value: reveals which windows were averaged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[..., 0] + x[:, :1, 1]
+
+
+def test_predict_daily_averages_overlapping_windows():
+    n, length, stride = 13, 6, 4  # starts 0, 4 and the end window 7
+    x = np.zeros((n, 2), "float32")
+    x[:, 0] = np.arange(n)
+    x[:, 1] = np.arange(n) * 100  # the start day's value is added to the whole window
+    out = predict_daily(_Identity(), x, length, stride)
+    # day d: mean over covering windows s of (d + 100 s): windows {0} for d<4, {0,4} for 4..5, {4} 6,
+    # {4,7} 7..9, {7} 10..12
+    cover = {d: [s for s in (0, 4, 7) if s <= d < s + length] for d in range(n)}
+    expected = [d + 100 * np.mean(cover[d]) for d in range(n)]
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert np.isnan(predict_daily(_Identity(), x[:5], length, stride)).all()  # shorter than one window
+
+
+# ------------------------------------------------------------------------------- interpolation
+
+
+def test_to_daily_linear_with_max_gap():
+    base = pd.Timestamp("2020-01-01")
+    times = base + pd.to_timedelta([0, 4, 20, 22, 22], "D") + pd.Timedelta(hours=10, minutes=30)
+    vals = np.array([0.0, 4.0, 20.0, 21.0, 23.0])  # two acquisitions on day 22: averaged to 22
+    days = pd.date_range(base - pd.Timedelta(days=1), periods=26, freq="D")  # day -1 .. 24
+    out = to_daily(times, vals, days, max_gap_days=10)
+    assert out.shape == (26, 1) and out.dtype == np.float32
+    d = np.arange(-1, 25)
+    expected = np.full(26, np.nan)
+    expected[(d >= 0) & (d <= 4)] = d[(d >= 0) & (d <= 4)]  # gap of 4 days: interpolated
+    expected[d == 20] = 20  # observed days inside the rule keep their value; 5..19 lie in a 16-day gap
+    expected[d == 21] = 21
+    expected[d == 22] = 22
+    np.testing.assert_allclose(out[:, 0], expected)  # NaN before the first and after the last valid day too
+    # the same data with a rule allowing 16-day gaps: day 12 halfway between 4 and 20
+    wide = to_daily(times, vals, days, max_gap_days=16)
+    assert wide[d == 12, 0][0] == pytest.approx(12.0)
+    assert np.isnan(to_daily(times, vals, days, max_gap_days=15)[d == 12, 0][0])
+
+
+def test_to_daily_per_feature_nan():
+    base = pd.Timestamp("2021-06-01")
+    times = base + pd.to_timedelta([0, 2, 4], "D")
+    vals = np.array([[1.0, 10.0], [np.nan, 30.0], [3.0, np.nan]])
+    out = to_daily(times, vals, pd.date_range(base, periods=5, freq="D"), max_gap_days=30)
+    np.testing.assert_allclose(out[:, 0], [1, 1.5, 2, 2.5, 3])  # the NaN date is skipped for feature 0
+    np.testing.assert_allclose(out[:, 1], [10, 20, 30, np.nan, np.nan], equal_nan=True)  # no extrapolation
+
+
+# ------------------------------------------------------------------------------------- metrics
+
+
+def test_metrics_against_sklearn_and_hand_values():
+    obs = np.array([1.0, 2.0, 4.0, 8.0, np.nan, 3.0])
+    pred = np.array([1.5, 1.0, 4.0, 6.0, 2.0, np.nan])
+    o, p = obs[:4], pred[:4]  # NaN on either side drops the pair
+    assert rmse(obs, pred) == pytest.approx(np.sqrt(mean_squared_error(o, p)))
+    assert rmse(obs, pred) == pytest.approx(np.sqrt((0.25 + 1 + 0 + 4) / 4))
+    assert r2(obs, pred) == pytest.approx(r2_score(o, p))
+    assert nrmse(obs, pred) == pytest.approx(np.sqrt(5.25 / 4) / (8 - 1))  # RMSE / observed range
+    m = metrics(obs, pred)
+    assert m["n"] == 4 and m["nrmse"] == pytest.approx(nrmse(o, p))
+    assert np.isnan(nrmse([2.0, 2.0], [1.0, 3.0]))  # no range
+    with pytest.raises(GPPError, match="3 observations for 2 predictions"):
+        rmse([1, 2, 3], [1, 2])
+
+
+# ---------------------------------------------------------------------------------- climatology
+
+
+def test_doy_index_leap_years():
+    d = pd.to_datetime(["2019-01-01", "2019-02-28", "2019-03-01", "2019-12-31",
+                        "2020-02-28", "2020-02-29", "2020-03-01", "2020-12-31"])
+    assert doy_index(d).tolist() == [0, 58, 59, 364, 58, 58, 59, 364]
+
+
+def test_doy_climatology_hand_case():
+    dates = pd.to_datetime(["2018-01-01", "2019-01-01", "2018-01-02", "2018-12-31", "2019-07-01"])
+    gpp = np.array([1.0, 3.0, 5.0, 7.0, np.nan])
+    raw = doy_climatology(dates, gpp, smooth_days=1)
+    assert raw[0] == pytest.approx(2.0) and raw[1] == pytest.approx(5.0) and raw[364] == pytest.approx(7.0)
+    assert np.isnan(raw[181]) and np.isfinite(raw).sum() == 3  # the NaN observation adds nothing
+    sm = doy_climatology(dates, gpp, smooth_days=3)
+    # circular 3-day window: slot 0 sees slots 364, 0, 1 -> (7 + 1 + 3 + 5) / 4 observations
+    assert sm[0] == pytest.approx(16 / 4)
+    assert sm[364] == pytest.approx((7 + 1 + 3) / 3)  # slots 363 (none), 364, 0
+    assert sm[2] == pytest.approx(5.0) and np.isnan(sm[3])
+
+
+# ------------------------------------------------------------------------------------ footprint
+
+
+def test_site_mean_radius_weights_and_nan():
+    v = np.arange(9, dtype="float64").reshape(3, 3)
+    assert site_mean(v) == pytest.approx(4.0)
+    w = footprint_weights(1, "gaussian", sigma_px=1.0)
+    assert w.sum() == pytest.approx(1.0) and w[1, 1] / w[0, 0] == pytest.approx(np.exp(1.0))
+    assert site_mean(v, w) == pytest.approx(4.0)  # symmetric weights on a linear field
+    vn = v.copy()
+    vn[0, :] = np.nan  # 3 of 9 pixels invalid -> mean of the rest
+    assert site_mean(vn) == pytest.approx(np.mean(np.arange(3, 9)))
+    assert np.isnan(site_mean(vn, min_valid_fraction=0.7))  # 6/9 < 0.7 of the weight valid
+    # per-date (time, feature, y, x): a cloudy date is NaN, weights per pixel
+    stack = np.stack([v, vn, np.full((3, 3), np.nan)])[:, None]
+    wt = np.zeros((3, 3))
+    wt[1, 1], wt[0, 0] = 3.0, 1.0
+    out = site_mean(stack, wt, 0.5)
+    assert out.shape == (3, 1)
+    assert out[0, 0] == pytest.approx((3 * 4 + 0) / 4)
+    assert out[1, 0] == pytest.approx(4.0)  # (0,0) invalid: 3/4 of the weight left >= 0.5
+    assert np.isnan(out[2, 0])
+    assert footprint_weights(2).shape == (5, 5) and np.allclose(footprint_weights(2), 1 / 25)
+    with pytest.raises(GPPError, match="do not match the footprint"):
+        site_mean(v, np.ones((5, 5)))
+
+
+def test_crop_window_and_errors():
+    cy, cx, iy, ix = crop_window(16, 16, 2, 32, 32, halo=7)
+    assert (cy, cx) == (slice(7, 26), slice(7, 26)) and (iy, ix) == (slice(7, 12), slice(7, 12))
+    cy, cx, iy, ix = crop_window(3, 28, 1, 32, 32, halo=7)  # clipped at the cube edge like the whole-cube run
+    assert (cy, cx) == (slice(0, 12), slice(20, 32)) and (iy, ix) == (slice(2, 5), slice(7, 10))
+    with pytest.raises(GPPError, match="leaves the 32 x 32 cube"):
+        crop_window(1, 16, 2, 32, 32)
+    with pytest.raises(GPPError, match="outside the 32 x 32 cube"):
+        crop_window(40, 16, 0, 32, 32)
+
+
+def test_config_errors():
+    with pytest.raises(GPPError, match="not a multiple of patch_days"):
+        GPPConfig(window_days=92)
+    with pytest.raises(GPPError, match="unknown methods"):
+        GPPConfig(methods=("embedding", "lai"))
+    with pytest.raises(GPPError, match="overlap"):
+        GPPConfig(train_years=(2019, 2020), test_years=(2020,))
+    assert GPPConfig.from_dict({"radius_px": 1, "sweep_windows": [60, 90]}).sweep_windows == (60, 90)
+
+
+# ------------------------------------------------------------------------ embeddings of a site
+
+SMALL = dict(widths=(8, 12, 16), multiscale_branch_ch=4, d_model=16, n_heads=2, ffn_dim=16, decoder_d_model=16,
+             decoder_ffn_dim=16, decoder_widths=(16, 8, 8), decoder_branch_ch=4)
+
+
+@pytest.fixture(scope="module")
+def tiny_fusion(tmp_path_factory) -> Path:
+    """An untrained tiny fusion model (same classes as the real ones)."""
+    from latentcube.nn import FusionConfig, FusionModel, SensorAutoencoder, s1_config, s2_config
+    from latentcube.preprocess import Normalization
+    from latentcube.train import save_model
+
+    torch.manual_seed(1)
+    s1 = SensorAutoencoder(replace(s1_config(), **SMALL)).eval()
+    s2 = SensorAutoencoder(replace(s2_config(), **SMALL)).eval()
+    fused = FusionModel({"s1": s1, "s2": s2}, FusionConfig(proj_dim=8, d_model=16, ffn_dim=16)).freeze_sensor_models().eval()
+    return save_model(tmp_path_factory.mktemp("model") / "fusion.pt", fused, normalization=Normalization())
+
+
+@pytest.fixture(scope="module")
+def small_cube() -> xr.Dataset:
+    from latentcube.cube import new_cube
+
+    rng = np.random.default_rng(0)
+    t2, t1, h = 14, 16, 24
+    s2 = (rng.random((t2, 10, h, h)) * 0.4 + 0.02).astype("float32")
+    s2[3, :, 2:15, 5:20] = np.nan  # a cloud over part of the footprint
+    time2 = pd.Timestamp("2020-04-01T10:30") + pd.to_timedelta(5 * np.arange(t2), "D")
+    time1 = pd.Timestamp("2020-04-01T17:20") + pd.to_timedelta(4 * np.arange(t1) + 1, "D")
+    s1 = rng.gamma(4.0, 0.03, (t1, 2, h, h)).astype("float32")
+    return new_cube(s2=s2, time=time2, y=5_600_000.0 - 10 * np.arange(h) - 5, x=600_000.0 + 10 * np.arange(h) + 5,
+                    crs="EPSG:32632", s1=s1, time_s1=time1)
+
+
+def test_site_embedding_crop_equals_whole_cube(tiny_fusion, small_cube, tmp_path):
+    from latentcube.embed import embed_cube
+
+    full = xr.open_zarr(embed_cube(small_cube, tiny_fusion, tmp_path / "full.zarr", block_px=24, scheduler="synchronous",
+                                   progress=False))["embedding"].load()
+    sites = {}
+    for row, col in [(12, 11), (3, 20)]:  # interior, and a footprint whose halo is clipped at the edge
+        site = sites[row] = embed_site(small_cube, row, col, tiny_fusion, radius_px=2, cache=tmp_path / f"c{row}.zarr")
+        ref = full.isel(y=slice(row - 2, row + 3), x=slice(col - 2, col + 3))
+        assert site.shape == (14, 7, 5, 5)
+        np.testing.assert_allclose(site.values, ref.values, atol=1e-5, equal_nan=True)
+        assert np.isnan(site.values).any() and np.isfinite(site.values).any()  # the cloud is NaN
+        np.testing.assert_array_equal(site["y"].values, ref["y"].values)
+    # the cache is re-used (bit-identical values); another radius does not match the cached key
+    again = embed_site(small_cube, 12, 11, tiny_fusion, radius_px=2, cache=tmp_path / "c12.zarr")
+    np.testing.assert_array_equal(again.values, sites[12].values)
+    other = embed_site(small_cube, 12, 11, tiny_fusion, radius_px=1, cache=tmp_path / "c12.zarr")
+    assert other.shape == (14, 7, 3, 3)
+
+
+def test_fit_regressor_is_seeded_and_learns():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 20, 2)).astype("float32")
+    y = (2 * x[..., 0] + 1).astype("float32")
+    y[:, :3] = np.nan  # masked targets are ignored
+    cfg = GPPConfig(window_days=20, d_model=16, n_heads=2, ffn_dim=16, n_layers=2, max_epochs=25, patience=25, lr=5e-3)
+    m1, info = fit_regressor(x[:48], y[:48], x[48:], y[48:], cfg)
+    m2, _ = fit_regressor(x[:48], y[:48], x[48:], y[48:], cfg)
+    p1 = predict_daily(m1, x[48], 20, 10)
+    np.testing.assert_array_equal(p1, predict_daily(m2, x[48], 20, 10))
+    base = np.nanmean(np.abs(y[48:] - np.nanmean(y[:48])))
+    assert info["es_mae"] < 0.5 * base  # well below predicting the mean
+    assert info["n_fit_windows"] == 48 and 1 <= info["best_epoch"] <= 25
+
+
+# ------------------------------------------------------------------------------ sites and FLUXNET
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory) -> Path:
+    from latentcube.synthetic import make_world, write_world
+
+    world = make_world(3, n_scenes=0, n_towers=2, tower_size=24, tower_years=(2019, 2020))
+    d = tmp_path_factory.mktemp("world")
+    write_world(world, d)
+    return d
+
+
+def test_synthetic_fluxnet_files_go_through_read_fluxnet(world_dir):
+    from latentcube.evaluate.gpp import _fluxnet_file
+    from latentcube.sources.fluxnet import read_fluxnet
+
+    towers = pd.read_csv(world_dir / "towers.csv")
+    for site in towers["site_id"]:
+        path = _fluxnet_file(world_dir / "fluxnet", site)
+        assert path.name.startswith(f"FLX_{site}_FLUXNET2015_FULLSET_DD_")
+        df = read_fluxnet(path)
+        assert df.attrs["resolution"] == "DD" and df.index[0] == pd.Timestamp("2019-01-01")
+        raw = pd.read_csv(path, na_values=[-9999])
+        np.testing.assert_allclose(df["gpp"].to_numpy(), raw["GPP_NT_VUT_REF"].to_numpy(), equal_nan=True)
+    with pytest.raises(GPPError, match="no FLUXNET file for site XX-NO1"):
+        _fluxnet_file(world_dir / "fluxnet", "XX-NO1")
+
+
+def test_read_sites_layouts(world_dir):
+    towers = pd.read_csv(world_dir / "towers.csv")
+    t = read_sites(world_dir / "towers.csv", world_dir)
+    assert list(t.columns) == ["site_id", "cube", "cube_path", "row", "col", "veg_type"]
+    assert t["row"].tolist() == towers["row"].tolist() and t["veg_type"].tolist() == towers["veg_type"].tolist()
+    # x/y instead of row/col, and a site plan's layout (cube_id, lon, lat, land-cover name)
+    xy = read_sites(towers.drop(columns=["row", "col"]), world_dir)
+    assert xy[["row", "col"]].values.tolist() == towers[["row", "col"]].values.tolist()
+    plan = towers.rename(columns={"cube": "cube_id"})[["cube_id", "site_id", "lon", "lat", "landcover_name"]]
+    plan = plan.rename(columns={"landcover_name": "landcover"})
+    p = read_sites(plan, world_dir)
+    assert p[["row", "col"]].values.tolist() == towers[["row", "col"]].values.tolist()
+    assert p["veg_type"].tolist() == towers["veg_type"].tolist()
+    with pytest.raises(GPPError, match="cube 'nope' not found"):
+        read_sites(pd.DataFrame({"site_id": ["A"], "cube": ["nope"], "row": [1], "col": [1]}), world_dir)
+
+
+@pytest.mark.slow
+def test_evaluate_gpp_end_to_end(world_dir, tiny_fusion, tmp_path):
+    cfg = GPPConfig(radius_px=1, train_years=(2019,), test_years=(2020,), window_days=60, d_model=16, n_heads=2,
+                    ffn_dim=16, n_layers=2, max_epochs=2, patience=1)
+    doc = evaluate_gpp(world_dir / "towers.csv", tmp_path, checkpoint=tiny_fusion, cubes=world_dir,
+                       fluxnet=world_dir / "fluxnet", config=cfg)
+    folder = tmp_path / "evaluation" / "gpp"
+    for name in ("metrics.json", "per_site.csv", "predictions.csv", "gpp_series_year.png", "gpp_series_loso.png",
+                 "gpp_nrmse.png"):
+        assert (folder / name).stat().st_size > 0, name
+    saved = json.loads((folder / "metrics.json").read_text())
+    for p in ("year", "loso"):
+        for m in ("embedding", "bands", "ndvi", "annual_embedding", "climatology"):
+            o = saved["protocols"][p]["scores"][m]["overall"]
+            assert np.isfinite([o["rmse"], o["nrmse"], o["r2"]]).all() and o["n"] > 50, (p, m)
+        # every method is scored on the same days
+        assert len({saved["protocols"][p]["scores"][m]["overall"]["n"] for m in doc["protocols"][p]["scores"]}) == 1
+    per_site = pd.read_csv(folder / "per_site.csv")
+    assert len(per_site) == 2 * 5 * 2 and per_site["nrmse"].notna().all()
+    section = json.loads((tmp_path / "sections" / "060_gpp.json").read_text())
+    assert section["order"] == 60 and len(section["tables"]) == 3 and len(section["figures"]) == 3
+    assert any("per-date embeddings NRMSE" in t for t in section["text"])
+    assert len(list((folder / "cache").glob("*.zarr"))) == 2
