@@ -281,7 +281,7 @@ def one_torch_thread():
 
 
 def _train_s2(cubes: list[Path], splits: dict, out: Path, *, steps: int, model: dict | None = None,
-              sampling: dict | None = None) -> Path:
+              sampling: dict | None = None, val_batches: int = 1) -> Path:
     from latentcube.train import load_train_config, run_training
 
     base = load_train_config(Path(__file__).resolve().parents[1] / "configs" / "demo" / "s2.yaml")
@@ -289,7 +289,8 @@ def _train_s2(cubes: list[Path], splits: dict, out: Path, *, steps: int, model: 
         base, out_dir=str(out), model=dict(model or {}),
         data=replace(base.data, cubes=tuple(str(c) for c in cubes), splits=splits,
                      sampling={**base.data.sampling, **(sampling or {})}),
-        trainer=replace(base.trainer, max_epochs=10_000, max_steps=steps, enable_progress_bar=False, limit_val_batches=2),
+        trainer=replace(base.trainer, max_epochs=10_000, max_steps=steps, enable_progress_bar=False,
+                             limit_val_batches=val_batches),
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -352,7 +353,7 @@ def test_issue7_one_date_embedding_reaches_90_percent_of_raw_bands(tmp_path, one
     write_world(make_world(seed=0, scene_size=64, n_scenes=3, n_towers=0), tmp_path / "world")
     cubes = [tmp_path / "world" / f"scene_00{i}.zarr" for i in range(3)]
     t0 = time.time()
-    model = _train_s2(cubes, {"train": ("scene_000", "scene_001"), "val": ("scene_002",)}, tmp_path / "s2", steps=60)
+    model = _train_s2(cubes, {"train": ("scene_000", "scene_001"), "val": ("scene_002",)}, tmp_path / "s2", steps=150)
     t_train = time.time() - t0
     emb = embed_cube(cubes[2], model, tmp_path / "emb.zarr", scheduler="synchronous", progress=False)
     table = run_probe(emb, cubes[2], feature_sets=("embedding_date", "raw_date"), block_px=16, folds=5)
@@ -362,4 +363,6 @@ def test_issue7_one_date_embedding_reaches_90_percent_of_raw_bands(tmp_path, one
     for (fs, clf), row in ba.iterrows():
         print(f"  {fs:16s} {clf:7s} balanced accuracy {row['mean']:.3f} ± {row['std']:.3f}")
     print(f"  ratios one-date embedding / raw 12 bands: {r}")
-    assert max(r.values()) >= 0.90
+    # The issue asks for logistic regression or k-NN; k-NN is the one asserted (logistic regression is
+    # printed: it reaches the target only after ~200 steps, docs/evaluation.md).
+    assert r["knn"] >= 0.90
