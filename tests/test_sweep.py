@@ -47,6 +47,8 @@ def test_fusion_configs_are_rejected(tmp_path):
     cfg = replace(load_train_config(CONFIG), stage="fusion")
     with pytest.raises(SweepError, match="'fusion' configs are not supported"):
         run_sweep(cfg, tmp_path, alphas=[1])
+    with pytest.raises(SweepError, match="reference α must be finite and >= 0"):
+        run_sweep(load_train_config(CONFIG), tmp_path, alphas=[1], reference=(-1, 1))
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,15 @@ import torch
 
 from latentcube.config import to_dict
 from latentcube.evaluate.reconstruction import collect
-from latentcube.losses import ContextWeightConfig
-from latentcube.train import CubeDataModule, TrainConfig, load_model, load_train_config, loss_module, normalization_of, run_training
+from latentcube.train import (
+    CubeDataModule,
+    TrainConfig,
+    load_model,
+    load_train_config,
+    loss_module,
+    normalization_of,
+    run_training,
+)
 
 __all__ = ["SweepError", "alpha_pairs", "evaluate_run", "parse_floats", "run_sweep", "write_sweep_report"]
 
@@ -209,7 +216,9 @@ def run_sweep(
         raise SweepError(f"the sweep trains a sensor autoencoder; {cfg.stage!r} configs are not supported. "
                          "Fix: pass an s2 (or s1) stage config, e.g. configs/demo/s2.yaml.")
     pairs = alpha_pairs(alphas, alpha_s, alpha_t)
-    ContextWeightConfig(alpha_s=reference[0], alpha_t=reference[1])
+    reference = (float(reference[0]), float(reference[1]))
+    if not (np.isfinite(reference).all() and min(reference) >= 0):
+        raise SweepError(f"reference α must be finite and >= 0, got {reference}.")
     out = Path(out)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     trainer = cfg.trainer
