@@ -77,6 +77,34 @@ def test_savgol_is_scipy_on_the_linearly_filled_daily_grid():
         np.testing.assert_allclose(out[r], ref, rtol=1e-4, atol=1e-5)
 
 
+def _savgol_reference(daily: np.ndarray, window: int, order: int) -> np.ndarray:
+    """Slow, obvious reference: scipy's savgol_filter on each run of finite values of each row."""
+    out = daily.copy()
+    for r in range(daily.shape[0]):
+        fin = np.isfinite(daily[r])
+        edges = np.diff(np.concatenate([[0], fin.astype(int), [0]]))
+        for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
+            w = min(window, (b - a) if (b - a) % 2 else (b - a) - 1)
+            if w > order:
+                out[r, a:b] = savgol_filter(daily[r, a:b], w, order, mode="interp")
+    return out
+
+
+@pytest.mark.parametrize("window,order", [(9, 2), (15, 3), (5, 0)])
+def test_savgol_equals_scipy_per_run_with_gaps_and_short_runs(window, order):
+    rng = np.random.default_rng(window)
+    days = np.sort(rng.choice(np.arange(120), size=40, replace=False))
+    vals = rng.normal(size=(30, 40)).astype("float32")
+    vals[rng.random(vals.shape) < 0.35] = np.nan
+    target = np.arange(days[0], days[-1] + 1)
+    out, _ = fill_series(vals, days, target, method="savgol", savgol_window_days=window, savgol_order=order,
+                         max_gap_days=6)
+    daily, _ = fill_series(vals, days, target, method="linear", max_gap_days=6)  # the linear daily grid
+    assert np.isnan(daily).any() and np.isfinite(daily).any()  # several runs per row, some short
+    np.testing.assert_allclose(out, _savgol_reference(daily.astype("float64"), window, order), rtol=1e-4, atol=1e-5,
+                               equal_nan=True)
+
+
 def test_savgol_runs_separately_on_each_side_of_a_long_gap():
     days = np.array([0, 2, 4, 6, 8, 40, 42, 44])
     vals = np.array([[0, 2, 4, 6, 8, 40, 42, 44]], "float32")  # linear: any savgol leaves it unchanged

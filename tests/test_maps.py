@@ -68,6 +68,12 @@ def test_sampling_is_seeded_and_bounded():
     np.testing.assert_array_equal(a.pca.components_, b.pca.components_)
     only = fit_pca(ds, fit_dates=["2019-07-19"], progress=False)
     assert only.n_samples == 400
+    # Read chunk by chunk (a Dask-backed cube): the same fit when every valid pixel-date is used.
+    whole = fit_pca(ds, progress=False)
+    chunked = fit_pca(ds.chunk({"time": 2, "y": 7, "x": 9}), progress=False)
+    assert chunked.n_samples == whole.n_samples == 3 * 400 - 2
+    np.testing.assert_allclose(chunked.pca.components_, whole.pca.components_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(chunked.low, whole.low, rtol=1e-6)
 
 
 def test_errors_name_the_nearest_dates():

@@ -21,6 +21,7 @@ Runs over spatial chunks with the whole time axis in one chunk (``xarray.apply_u
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from collections.abc import Sequence
@@ -42,6 +43,8 @@ METHODS = ("linear", "savgol")
 #: whole series: ``features x days x chunk_px^2 x 4 B`` on the daily grid for savgol (7 x 366 x 128^2 x 4 B
 #: = 168 MB at 128 px), ``features x (dates in + out) x chunk_px^2 x 4 B`` for linear.
 DEFAULT_CHUNK_PX = 128
+#: Values per row batch inside the NumPy kernel (bounds its temporaries: ~4 MB per int64 array).
+ROW_BATCH_VALUES = 1 << 19
 #: Largest number of dates in one storage chunk of the output (as for embedding cubes).
 MAX_TIME_CHUNK = 64
 
@@ -53,12 +56,15 @@ class GapFillError(ValueError):
 # --------------------------------------------------------------------------------------- opening
 
 
-def as_embedding(emb: str | Path | xr.Dataset | xr.DataArray, *, variable: str = "embedding") -> xr.Dataset:
+def as_embedding(
+    emb: str | Path | xr.Dataset | xr.DataArray, *, variable: str = "embedding", chunks: dict[str, int] | None = None
+) -> xr.Dataset:
     """An embedding cube as a (lazy) Dataset with float ``variable`` ``(time, feature, y, x)``.
 
-    ``emb`` is a Zarr path (opened with ``xarray.open_zarr``; ``embedding`` decoded to float32 by
-    ``latentcube.embed.open_embedding`` when the package has it, which undoes int8 x scale storage, and
-    ``embedding_scale`` dropped), a Dataset or a DataArray (named ``variable`` in the result). Raises ``FileNotFoundError`` for a missing path and :class:`GapFillError`
+    ``emb`` is a Zarr path (opened with ``xarray.open_zarr``, Dask chunks ``chunks`` or the storage
+    chunks; an int8 ``embedding`` stored with ``embedding_scale`` is decoded to float32 by
+    ``latentcube.embed.open_embedding`` and the scale dropped), a Dataset or a DataArray (named
+    ``variable`` in the result). Raises ``FileNotFoundError`` for a missing path and :class:`GapFillError`
     when the store holds no such variable or it has other dimensions.
     """
     if isinstance(emb, xr.DataArray):
@@ -70,19 +76,21 @@ def as_embedding(emb: str | Path | xr.Dataset | xr.DataArray, *, variable: str =
         if not path.exists():
             raise FileNotFoundError(f"no such embedding cube: {path}. Fix: pass the Zarr store written by `latentcube embed`.")
         try:
-            ds = xr.open_zarr(path, decode_coords="all")
+            # Reading straight into the wanted chunks: no rechunk step holding whole storage chunks.
+            ds = xr.open_zarr(path, decode_coords="all", chunks=chunks or {})
         except Exception as err:
             raise GapFillError(f"cannot read {path} as a Zarr embedding cube: {err}") from err
-        try:
-            from latentcube.embed import open_embedding  # float32 whatever the storage (int8 x scale, float16)
-        except ImportError:
-            open_embedding = None
-        if open_embedding is not None and variable == "embedding" and "embedding" in ds.data_vars:
+        if "embedding_scale" in ds and "embedding" in ds.data_vars:
+            try:
+                from latentcube.embed import open_embedding  # the storage format's own decoder
+            except ImportError as err:
+                raise GapFillError(f"{path} stores int8 embeddings; this installation cannot decode them.") from err
             decoded = open_embedding(path)
             if isinstance(decoded, xr.Dataset):
                 decoded = decoded["embedding"]
-            # The scale is folded into the decoded values; keep quality layers and attributes from the store.
-            ds = ds.drop_vars([v for v in ("embedding_scale",) if v in ds]).assign(embedding=decoded)
+            if chunks:
+                decoded = decoded.chunk({k: v for k, v in chunks.items() if k in decoded.dims})
+            ds = ds.drop_vars("embedding_scale").assign(embedding=decoded)
         for name in ds.data_vars:  # decode_coords moves grid_mapping to encoding; keep it visible
             gm = ds[name].encoding.get("grid_mapping")
             if gm and "grid_mapping" not in ds[name].attrs:
@@ -198,37 +206,54 @@ def _linear(values: np.ndarray, days: np.ndarray, target: np.ndarray, max_gap: f
     return out, observed
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """``[start, stop)`` of every run of True in a 1-d boolean array."""
-    edges = np.diff(np.concatenate([[0], mask.astype("int8"), [0]]))
-    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
+@functools.lru_cache(maxsize=64)
+def _hat_matrix(window: int, order: int) -> np.ndarray:
+    """``(window, window)`` least-squares polynomial fit: row j gives the fitted value at offset j.
 
-
-def _savgol_rows(daily: np.ndarray, window: int, order: int) -> np.ndarray:
-    """Savitzky-Golay filter along each row's runs of finite days (in place, returned).
-
-    ``savgol_filter`` cannot skip NaN, so it runs on each run of consecutive finite days separately
-    (``mode="interp"``: the ends get the polynomial fitted to the first / last window, no padding). A run
-    shorter than ``window`` uses the largest odd window that fits; one of ``order`` days or fewer keeps its
-    linear values. Rows sharing a NaN pattern are filtered together (one call per pattern and run).
+    Row ``window // 2`` is the Savitzky-Golay convolution kernel (``scipy.signal.savgol_coeffs``); the
+    other rows are the edge fits of ``savgol_filter(mode="interp")``.
     """
-    from scipy.signal import savgol_filter
+    t = np.arange(window, dtype="float64") - window // 2  # centred: a well-conditioned Vandermonde
+    v = np.vander(t, order + 1)
+    return v @ np.linalg.pinv(v)
 
+
+def _savgol_at(daily: np.ndarray, pos: np.ndarray, window: int, order: int) -> np.ndarray:
+    """Savitzky-Golay smoothed values of every row of ``daily (S, D)`` at the columns ``pos``.
+
+    Equal to ``scipy.signal.savgol_filter(run, w, order, mode="interp")`` applied to each run of
+    consecutive finite days separately (savgol_filter cannot skip NaN), evaluated only where needed:
+    value at day i of a run [a, b) = the order-``order`` polynomial fitted to the ``w`` days
+    ``[s, s + w)`` with ``s = clip(i - w // 2, a, b - w)``, i.e. the centred window inside the run and
+    the first / last window of the run near its ends. A run shorter than ``window`` uses the largest odd
+    window that fits (``w``); a run of ``order`` days or fewer keeps its linear values. Vectorised: one
+    gather and dot product per distinct ``w``, no per-series Python loop.
+    """
+    n_rows, n_days = daily.shape
     finite = np.isfinite(daily)
-    if not finite.any():
-        return daily
-    packed = np.packbits(finite, axis=1)
-    _, first, inverse = np.unique(packed, axis=0, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    for g, row in enumerate(first):
-        rows = np.flatnonzero(inverse == g)
-        for a, b in _runs(finite[row]):
-            length = b - a
-            w = min(window, length if length % 2 else length - 1)
-            if w <= order:
-                continue
-            daily[rows, a:b] = savgol_filter(daily[rows, a:b], w, order, axis=1, mode="interp")
-    return daily
+    idx = np.arange(n_days, dtype="int32")
+    before = np.concatenate([np.zeros((n_rows, 1), bool), finite[:, :-1]], axis=1)
+    after = np.concatenate([finite[:, 1:], np.zeros((n_rows, 1), bool)], axis=1)
+    # Run containing day i: [start, stop) from running max / min of the run starts / ends.
+    start = np.maximum.accumulate(np.where(finite & ~before, idx, -1), axis=1)[:, pos]
+    stop = np.minimum.accumulate(np.where(finite & ~after, idx + 1, n_days + 1)[:, ::-1], axis=1)[:, ::-1][:, pos]
+    out = daily[:, pos].astype("float32", copy=True)
+    rows, k = np.nonzero(finite[:, pos])
+    a, b = start[rows, k], stop[rows, k]
+    length = b - a
+    w = np.minimum(window, np.where(length % 2 == 1, length, length - 1))
+    i = pos[k]
+    for wv in np.unique(w[w > order]):
+        sel = np.flatnonzero(w == wv)
+        hat = _hat_matrix(int(wv), order)
+        offsets = np.arange(wv)
+        # Chunks bound the gathered windows (n x w values) to ~ROW_BATCH_VALUES.
+        for c in range(0, len(sel), max(1, ROW_BATCH_VALUES // int(wv))):
+            q = sel[c : c + max(1, ROW_BATCH_VALUES // int(wv))]
+            s0 = np.clip(i[q] - wv // 2, a[q], b[q] - wv)
+            x = daily[rows[q, None], s0[:, None] + offsets]
+            out[rows[q], k[q]] = np.einsum("nw,nw->n", x.astype("float64"), hat[i[q] - s0])
+    return out
 
 
 def fill_series(
@@ -273,17 +298,21 @@ def fill_series(
     if len(days) == 0 or rows.shape[0] == 0:
         empty = np.full((rows.shape[0], len(target)), np.nan, "float32")
         return empty.reshape(*lead, len(target)), np.zeros(empty.shape, bool).reshape(*lead, len(target))
-    if method == "linear":
-        out, observed = _linear(rows, days, target, gap)
-    else:
+    out = np.empty((rows.shape[0], len(target)), "float32")
+    observed = np.empty((rows.shape[0], len(target)), bool)
+    if method == "savgol":
         window = int(savgol_window_days) | 1  # odd
         first, last = min(days[0], target.min()), max(days[-1], target.max())
         grid = np.arange(first, last + 1, dtype="int64")
-        daily, _ = _linear(rows, days, grid, gap)
-        daily = _savgol_rows(daily, window, int(savgol_order))
-        pos = target - first
-        out = daily[:, pos]
-        _, observed = _linear(rows, days, target, gap)
+    # Rows in batches: the kernel's temporaries (indices, weights, the daily grid) stay ~ROW_BATCH_VALUES each.
+    width = max(len(days), len(target), len(grid) if method == "savgol" else 0)
+    step = max(1, ROW_BATCH_VALUES // max(width, 1))
+    for a in range(0, rows.shape[0], step):
+        part = rows[a : a + step]
+        out[a : a + step], observed[a : a + step] = _linear(part, days, target, gap)
+        if method == "savgol":
+            daily, _ = _linear(part, days, grid, gap)
+            out[a : a + step] = _savgol_at(daily, target - first, window, int(savgol_order))
     return out.reshape(*lead, len(target)), observed.reshape(*lead, len(target))
 
 
@@ -367,7 +396,9 @@ def gapfill_embeddings(
     if method == "savgol" and not (0 <= savgol_order < (int(savgol_window_days) | 1)):
         raise GapFillError(f"savgol_order={savgol_order} must be >= 0 and below the window ({savgol_window_days} days).")
     source = str(Path(emb).resolve()) if isinstance(emb, (str, Path)) else "<in-memory Dataset>"
-    ds = as_embedding(emb)
+    # All dates in one chunk as read; spatial chunks as stored (each storage chunk read once), split into
+    # chunk_px tiles below (a cheap slice of the block in memory).
+    ds = as_embedding(emb, chunks={"time": -1})
     crs = cube_crs(ds)
     times = ds["time"].values
     if len(times) > 1 and np.any(np.diff(times.astype("datetime64[ns]").astype("int64")) <= 0):

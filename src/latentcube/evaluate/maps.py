@@ -84,8 +84,8 @@ def fit_pca(
 
     Args:
         emb: embedding cube (path, Dataset or ``(time, feature, y, x)`` DataArray).
-        fit_dates: dates (``YYYY-MM-DD``) to fit on; default all dates. Read one date at a time, so memory
-            is one date's map plus the sample.
+        fit_dates: dates (``YYYY-MM-DD``) to fit on; default all dates. Read one storage chunk at a
+            time, so memory is one chunk plus the sample.
         sample: at most this many pixel-dates enter the fit: each date contributes a seeded random subset
             of its valid pixels in proportion to its share of all pixels (``sample / (dates x pixels)``);
             with fewer valid pixel-dates, all are used (then equal to sklearn's PCA on all of them).
@@ -104,13 +104,15 @@ def fit_pca(
     frac = min(1.0, sample / max(1, n_pix * len(idx)))
     rng = np.random.default_rng(seed)
     parts = []
-    iterator: Any = idx
-    if progress and len(idx) > 1:
+    blocks = _blocks(da, idx)
+    iterator: Any = blocks
+    if progress and len(blocks) > 1:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(idx, desc="PCA sample", unit="date", leave=False)
-    for t in iterator:
-        rows = _date_rows(da, t)
+        iterator = tqdm(blocks, desc="PCA sample", unit="block", leave=False)
+    for times, ys, xs in iterator:
+        m = np.asarray(da.isel(time=times, y=ys, x=xs).values, dtype="float32")  # (t, F, h, w)
+        rows = np.moveaxis(m, 1, -1).reshape(-1, m.shape[1])
         rows = rows[np.isfinite(rows).all(axis=1)]
         if frac < 1.0 and len(rows):
             k = int(round(frac * len(rows)))
@@ -123,6 +125,25 @@ def fit_pca(
     scores = pca.transform(x.astype("float64"))
     low, high = np.percentile(scores, percentiles, axis=0)
     return PCAFit(pca=pca, low=low, high=high, n_samples=len(x), features=[str(f) for f in da["feature"].values])
+
+
+def _blocks(da: xr.DataArray, times: list[int]) -> list[tuple[list[int], slice, slice]]:
+    """The wanted dates grouped by the array's (Dask = storage) chunks: each chunk is read once, and
+    memory holds one chunk, never the cube."""
+    chunks = da.chunksizes if da.chunks is not None else {}
+    edges = {}
+    for dim in ("time", "y", "x"):
+        sizes = chunks.get(dim, (da.sizes[dim],))
+        edges[dim] = np.concatenate([[0], np.cumsum(sizes)])
+    out = []
+    for t0, t1 in zip(edges["time"][:-1], edges["time"][1:], strict=True):
+        sel = [t for t in times if t0 <= t < t1]
+        if not sel:
+            continue
+        for y0, y1 in zip(edges["y"][:-1], edges["y"][1:], strict=True):
+            for x0, x1 in zip(edges["x"][:-1], edges["x"][1:], strict=True):
+                out.append((sel, slice(int(y0), int(y1)), slice(int(x0), int(x1))))
+    return out
 
 
 def _date_index(da: xr.DataArray, date: Any) -> int:
