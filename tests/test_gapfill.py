@@ -217,3 +217,28 @@ def test_match_dates_by_day_and_nearest_in_error():
         match_dates(times, ["2019-07-15"])
     with pytest.raises(GapFillError, match="bad date"):
         match_dates(times, ["July"])
+
+
+def test_int8_store_is_decoded_before_filling(tmp_path):
+    embed = pytest.importorskip("latentcube.embed")
+    if not hasattr(embed, "quantize_int8"):
+        pytest.skip("int8 storage not available")
+    times = pd.date_range("2020-01-01 10:30", periods=3, freq="10D")
+    rng = np.random.default_rng(2)
+    v = rng.normal(size=(3, 4, 2, 3)).astype("float32")
+    v[1, :, 0, 0] = np.nan
+    q, scale = embed.quantize_int8(v)
+    ds = emb_cube(v, times)
+    ds["embedding"] = (("time", "feature", "y", "x"), q)
+    ds["embedding_scale"] = (("time", "y", "x"), scale)
+    ds["quality_s2"] = (("time", "y", "x"), np.full((3, 2, 3), 0.2, "float32"))
+    ds.to_zarr(tmp_path / "e8.zarr", zarr_format=2, consolidated=True,
+               encoding={"embedding": {"_FillValue": embed.INT8_INVALID}})
+    res = gapfill_embeddings(tmp_path / "e8.zarr", freq=None, progress=False).compute()
+    assert "embedding_scale" not in res and res["embedding"].dtype == np.float32
+    decoded = q.astype("float32") * scale[:, None]
+    np.testing.assert_allclose(res["embedding"][[0, 2]].values, decoded[[0, 2]], rtol=1e-6)
+    np.testing.assert_allclose(res["embedding"][1, :, 0, 0].values, (decoded[0, :, 0, 0] + decoded[2, :, 0, 0]) / 2,
+                               rtol=1e-5)
+    np.testing.assert_allclose(res["quality_s2"].values, 0.2)
+    assert int(res["filled"].sum()) == 1

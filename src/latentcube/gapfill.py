@@ -5,8 +5,9 @@ invalid), fills its missing pixel-dates along time, pixel by pixel and feature b
 the series to a regular daily or 5-day axis (or keeps the original dates). Two methods:
 
 * ``"linear"``: linear interpolation in time between the nearest valid observations before and after;
-* ``"savgol"``: the same linear interpolation on a daily grid, then a Savitzky-Golay filter
-  (:func:`scipy.signal.savgol_filter`) along each run of filled days, sampled at the target dates.
+* ``"savgol"``: the same linear interpolation on a daily grid, then a Savitzky-Golay filter along each
+  run of filled days (equal to :func:`scipy.signal.savgol_filter` with ``mode="interp"`` on that run, but
+  vectorised over all series and evaluated only at the target dates), sampled at the target dates.
 
 A target day is filled only if the pixel has a valid observation on or before it and one on or after it,
 and the two are at most ``max_gap_days`` apart (the gap that contains the day is short enough); inside
@@ -461,9 +462,9 @@ def gapfill_embeddings(
                 "valid observations exist on/before and on/after it at most max_gap_days apart; no extrapolation. "
                 + ("Linear interpolation between those two observations."
                    if method == "linear" else
-                   "Linear interpolation onto a daily grid, then scipy.signal.savgol_filter(mode='interp') along each "
-                   "run of consecutive filled days (shorter runs: largest odd window that fits), sampled at the "
-                   "target days; observed days are smoothed too."),
+                   "Linear interpolation onto a daily grid, then Savitzky-Golay smoothing along each run of consecutive "
+                   "filled days, equal to scipy.signal.savgol_filter(mode='interp') on that run (shorter runs: the "
+                   "largest odd window that fits), sampled at the target days; observed days are smoothed too."),
         "flag": "filled = 1 where the value is finite and the pixel had no valid embedding on that day",
         "latentcube_version": __version__,
         "created": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
@@ -472,7 +473,9 @@ def gapfill_embeddings(
     t_attr = attrs.get("latentcube:time")
     if isinstance(t_attr, dict):
         t_attr = {**t_attr, "axis": f"regular {freq} axis (gap-filled)" if freq else f"{t_attr.get('axis', 'input dates')}, gap-filled",
-                  "n_dates": len(axis), "first": str(axis.min()), "last": str(axis.max())}
+                  "n_dates": len(axis), "first": str(axis.min()), "last": str(axis.max()),
+                  "invalid": "NaN where the embedding was invalid and could not be filled (rule in latentcube:gapfill); "
+                             "variable 'filled' = 1 where a value was filled"}
         attrs["latentcube:time"] = t_attr
     result.attrs = attrs
     if out is None:
