@@ -132,6 +132,27 @@ def test_features_match_hand_computation(cube, emb):
     np.testing.assert_allclose(d.X["raw_mean"][i, 10:], 10 * np.log10(s1.mean(0)), rtol=1e-5)
 
 
+def test_int8_embedding_stores_are_decoded(cube, emb, tmp_path):
+    """int8 storage (latentcube.embed): codes x per-pixel-date scale, as open_embedding decodes it."""
+    e = emb["embedding"].values
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN (invalid) pixel-dates: scale NaN
+        scale = (np.nanmax(np.abs(e), axis=1) / 127).astype("float32")  # (time, y, x)
+    codes = np.round(e / scale[:, None]).astype("float32")  # what CF decoding of the int8 store gives
+    q = emb.assign(embedding=(emb["embedding"].dims, codes), embedding_scale=(("time", "y", "x"), scale))
+    d = probe_features(q, cube, block_px=BLOCK)
+    ref = probe_features(emb, cube, block_px=BLOCK)
+    np.testing.assert_array_equal(d.rows, ref.rows)
+    err = np.abs(d.X["embedding_date"] - ref.X["embedding_date"])
+    assert 0 < err.max() <= np.nanmax(scale) / 2 * 1.0001
+    # the same through a stored int8 Zarr (opened with latentcube.embed.open_embedding)
+    store = q.assign(embedding=(q["embedding"].dims, np.where(np.isfinite(codes), codes, -128).astype("int8")))
+    store["embedding"].encoding["_FillValue"] = -128
+    store.to_zarr(tmp_path / "q.zarr", zarr_format=2)
+    d2 = probe_features(tmp_path / "q.zarr", cube, block_px=BLOCK)
+    np.testing.assert_allclose(d2.X["embedding_date"], d.X["embedding_date"], rtol=1e-6)
+
+
 def test_date_override_takes_the_nearest_date_and_checks_s1(cube, emb):
     d = probe_features(emb, cube, block_px=BLOCK, date="2021-08-13")
     assert d.date == T2[7]

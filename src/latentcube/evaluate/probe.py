@@ -103,16 +103,23 @@ class ProbeData:
 def _open_embedding(embedding: str | Path | xr.Dataset | xr.DataArray) -> xr.DataArray:
     if isinstance(embedding, xr.DataArray):
         da = embedding
+    elif isinstance(embedding, (str, Path)):
+        from latentcube.embed import EmbedError, open_embedding
+
+        path = Path(embedding)
+        if not path.exists():
+            raise FileNotFoundError(f"no such embedding cube: {path}. Fix: run `latentcube embed CUBE ... --out {path}`.")
+        try:
+            da = open_embedding(path)  # float32 whatever the storage (float16, int8 x scale)
+        except EmbedError as err:
+            raise ProbeError(str(err)) from err
     else:
-        if isinstance(embedding, (str, Path)):
-            path = Path(embedding)
-            if not path.exists():
-                raise FileNotFoundError(f"no such embedding cube: {path}. Fix: run `latentcube embed CUBE ... --out {path}`.")
-            embedding = xr.open_zarr(path)
         if "embedding" not in embedding:
             raise ProbeError(f"the dataset has no 'embedding' variable (it has {sorted(embedding.data_vars)}); "
                              "Fix: pass the output of `latentcube embed`.")
         da = embedding["embedding"]
+        if "embedding_scale" in embedding:  # int8 storage: codes x per-pixel scale (latentcube.embed.open_embedding)
+            da = (da.astype("float32") * embedding["embedding_scale"].astype("float32")).transpose(*da.dims)
     if tuple(da.dims) != ("time", "feature", "y", "x"):
         raise ProbeError(f"embedding dims are {da.dims}, expected ('time', 'feature', 'y', 'x') (latentcube embed output).")
     return da
