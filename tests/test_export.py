@@ -98,3 +98,16 @@ def test_zarr_opens_in_a_fresh_process(tmp_path):
     assert res.stdout.split(")")[0] == "('time', 'feature', 'y', 'x'"
     assert "(3, 4, 5, 7) 32633" in res.stdout
     np.testing.assert_allclose(float(res.stdout.split()[-1]), float(np.nansum(ds["embedding"].values)), rtol=1e-6)
+
+
+def test_cli_export(tmp_path, capsys):
+    from latentcube.cli import main
+
+    path, _ = emb_store(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(path), "--format", "geotiff", "--out", str(tmp_path / "t"), "--dates", "2019-07-14,2019-08-01"])
+    assert exc.value.code == 0
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["embedding_2019-07-14.tif", "embedding_2019-08-01.tif"]
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(path), "--format", "netcdf", "--out", str(tmp_path / "u")])
+    assert exc.value.code == 2 and "only 'geotiff'" in capsys.readouterr().err

@@ -242,3 +242,26 @@ def test_int8_store_is_decoded_before_filling(tmp_path):
                                rtol=1e-5)
     np.testing.assert_allclose(res["quality_s2"].values, 0.2)
     assert int(res["filled"].sum()) == 1
+
+
+def test_cli_gapfill(tmp_path, capsys):
+    from latentcube.cli import main
+
+    times = pd.date_range("2020-01-01 10:30", periods=4, freq="5D")
+    v = np.arange(4, dtype="float32")[:, None, None, None] * np.ones((4, 2, 2, 2), "float32")
+    v[1, :, 0, 0] = np.nan
+    emb_cube(v, times).to_zarr(tmp_path / "e.zarr", zarr_format=2, consolidated=True)
+    with pytest.raises(SystemExit) as exc:
+        main(["gapfill", str(tmp_path / "e.zarr"), "--out", str(tmp_path / "f.zarr"), "--freq", "1D",
+              "--method", "linear", "--max-gap-days", "10"])
+    assert exc.value.code == 0
+    res = xr.open_zarr(tmp_path / "f.zarr")
+    assert res.sizes["time"] == 16
+    # Filled days: 12 non-acquisition days x 4 pixels, plus pixel (0, 0) on Jan 6 (cloudy).
+    assert int(res["filled"].sum()) == 12 * 4 + 1
+    np.testing.assert_allclose(res["embedding"].sel(time="2020-01-06")[:, 0, 0].values, 1.0)
+    np.testing.assert_allclose(res["embedding"].sel(time="2020-01-03")[:, 1, 1].values, 0.4)
+    with pytest.raises(SystemExit) as exc:
+        main(["gapfill", str(tmp_path / "e.zarr"), "--out", str(tmp_path / "g.zarr"), "--method", "cubic"])
+    assert exc.value.code == 1
+    assert "unknown method 'cubic'" in capsys.readouterr().err

@@ -121,3 +121,20 @@ def test_pca_figure_two_panels(tmp_path):
         pca_figure(ds, None, "2019-07-14", tmp_path / "x.png")
     with pytest.raises(GapFillError, match="no date 2019-07-14 in the S2 cube"):
         pca_figure(ds, cube.isel(time=[0, 2]), "2019-07-14", tmp_path / "x.png")
+
+
+def test_cli_pca(tmp_path, capsys):
+    from latentcube.cli import main
+
+    ds = emb_cube(h=8, w=8)
+    ds.to_zarr(tmp_path / "e.zarr", zarr_format=2, consolidated=True)
+    cube = new_cube(s2=np.full((3, 10, 8, 8), 0.1, "float32"), time=TIMES, y=ds["y"].values, x=ds["x"].values,
+                    crs="EPSG:32632")
+    cube.to_zarr(tmp_path / "c.zarr", zarr_format=2, consolidated=True)
+    with pytest.raises(SystemExit) as exc:
+        main(["pca", str(tmp_path / "e.zarr"), "--date", "2019-07-19", "--cube", str(tmp_path / "c.zarr"),
+              "--out", str(tmp_path / "p.png")])
+    assert exc.value.code == 0 and (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit) as exc:
+        main(["pca", str(tmp_path / "e.zarr"), "--date", "2019-07-20", "--out", str(tmp_path / "q.png")])
+    assert exc.value.code == 1 and "nearest: 2019-07-09, 2019-07-14, 2019-07-19" in capsys.readouterr().err
