@@ -274,7 +274,8 @@ def test_fit_regressor_is_seeded_and_learns():
     x = rng.standard_normal((64, 20, 2)).astype("float32")
     y = (2 * x[..., 0] + 1).astype("float32")
     y[:, :3] = np.nan  # masked targets are ignored
-    cfg = GPPConfig(window_days=20, d_model=16, n_heads=2, ffn_dim=16, n_layers=2, max_epochs=25, patience=25, lr=5e-3)
+    cfg = GPPConfig(window_days=20, d_model=16, n_heads=2, ffn_dim=16, n_layers=2, max_epochs=25, patience=25, lr=5e-3,
+                    batch_size=8)
     m1, info = fit_regressor(x[:48], y[:48], x[48:], y[48:], cfg)
     m2, _ = fit_regressor(x[:48], y[:48], x[48:], y[48:], cfg)
     p1 = predict_daily(m1, x[48], 20, 10)
@@ -321,8 +322,12 @@ def test_read_sites_layouts(world_dir):
     # x/y instead of row/col, and a site plan's layout (cube_id, lon, lat, land-cover name)
     xy = read_sites(towers.drop(columns=["row", "col"]), world_dir)
     assert xy[["row", "col"]].values.tolist() == towers[["row", "col"]].values.tolist()
-    plan = towers.rename(columns={"cube": "cube_id"})[["cube_id", "site_id", "lon", "lat", "landcover_name"]]
-    plan = plan.rename(columns={"landcover_name": "landcover"})
+    from pyproj import Transformer
+
+    # towers.csv's lat/lon is the cube centre (a pixel corner for even sizes): use the tower pixel's own
+    lon, lat = Transformer.from_crs("EPSG:32632", "EPSG:4326", always_xy=True).transform(towers["x"], towers["y"])
+    plan = towers.rename(columns={"cube": "cube_id"})[["cube_id", "site_id", "landcover_name"]]
+    plan = plan.rename(columns={"landcover_name": "landcover"}).assign(lon=lon, lat=lat)
     p = read_sites(plan, world_dir)
     assert p[["row", "col"]].values.tolist() == towers[["row", "col"]].values.tolist()
     assert p["veg_type"].tolist() == towers["veg_type"].tolist()
@@ -333,7 +338,7 @@ def test_read_sites_layouts(world_dir):
 @pytest.mark.slow
 def test_evaluate_gpp_end_to_end(world_dir, tiny_fusion, tmp_path):
     cfg = GPPConfig(radius_px=1, train_years=(2019,), test_years=(2020,), window_days=60, d_model=16, n_heads=2,
-                    ffn_dim=16, n_layers=2, max_epochs=2, patience=1)
+                    ffn_dim=16, n_layers=2, max_epochs=2, patience=1, n_jobs=1)
     doc = evaluate_gpp(world_dir / "towers.csv", tmp_path, checkpoint=tiny_fusion, cubes=world_dir,
                        fluxnet=world_dir / "fluxnet", config=cfg)
     folder = tmp_path / "evaluation" / "gpp"

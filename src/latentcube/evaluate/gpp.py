@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time as _time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,11 @@ class GPPConfig:
     window_days: int = 90
     """Input window length in days (paper: 90)."""
     stride_days: int = 10
-    """Step between window starts in days (paper: 10)."""
+    """Step between training window starts in days (paper: 10)."""
+    eval_stride_days: int = 1
+    """Step between the windows whose predictions are averaged per day at evaluation. 1 = a window starts
+    on every day, so each day is predicted at every position of the window (and of the 10-day token),
+    which removes the token-phase saw-tooth that windows aligned to the token length leave."""
     sweep_windows: tuple[int, ...] = ()
     """Extra window lengths (e.g. 60, 75, 90, 105, 120 as in the paper) scored on the year split with the
     per-date embeddings; empty = no sweep."""
@@ -126,10 +131,11 @@ class GPPConfig:
     climatology_by: str = "veg_type"
     """Climatology groups: ``"veg_type"`` (mean over training sites of the same type; all sites when the
     type has none) or ``"all"``."""
-    patch_days: int = 5
+    patch_days: int = 10
     """Days per Transformer token: the linear input layer maps patch_days x features to one token and the
-    head gives patch_days daily values (S2 revisits every 5 days, so daily tokens would repeat
-    interpolated values; 5-day tokens make training 5x cheaper). Must divide the window lengths."""
+    head gives patch_days daily values. Daily inputs are interpolated between S2 dates (valid dates are
+    ~15 days apart on average with clouds), so daily tokens would mostly repeat interpolated values;
+    10-day tokens make training ~10x cheaper. Must divide the window lengths."""
     d_model: int = 32
     n_heads: int = 4
     n_layers: int = 4
@@ -137,17 +143,23 @@ class GPPConfig:
     dropout: float = 0.1
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    batch_size: int = 32
-    max_epochs: int = 60
-    patience: int = 6
+    batch_size: int = 64
+    max_epochs: int = 40
+    patience: int = 5
     """Early stopping: stop after this many epochs without a better validation MAE; keep the best."""
     es_fraction: float = 0.2
     """Share of the training (site, year) pairs held out as the early-stopping validation part."""
     min_target_days: int = 5
     """A window joins a fit (or early-stopping) set when it has at least this many target days there."""
+    doy_features: bool = False
+    """Also give every regressor sin/cos of the day of year (off in the paper's setup; a diagnostic that
+    shows what the satellite inputs add beyond the season)."""
     seed: int = 0
     device: str | None = None
     """``"cuda"``/``"cpu"``; default CUDA when available."""
+    n_jobs: int | None = None
+    """Regressor fits run in parallel in this many processes (one torch thread each); default: the CPU
+    count (at most 4) on CPU, 1 with a GPU. 1 = in this process."""
 
     def __post_init__(self) -> None:
         if self.radius_px < 0:
@@ -165,9 +177,9 @@ class GPPConfig:
         for w in (self.window_days, *self.sweep_windows):
             if w < self.patch_days or w % self.patch_days:
                 raise GPPError(f"window length {w} d is not a multiple of patch_days={self.patch_days}. "
-                               "Fix: use e.g. 60, 75, 90, 105, 120 with patch_days 5 (or patch_days=1).")
-        if self.stride_days < 1 or self.max_gap_days < 1:
-            raise GPPError("stride_days and max_gap_days must be >= 1 day.")
+                               "Fix: use e.g. 60, 70, ..., 120 with patch_days 10 (or patch_days=1 or 5).")
+        if self.stride_days < 1 or self.eval_stride_days < 1 or self.max_gap_days < 1:
+            raise GPPError("stride_days, eval_stride_days and max_gap_days must be >= 1 day.")
         if set(self.train_years) & set(self.test_years):
             raise GPPError(f"train_years {self.train_years} and test_years {self.test_years} overlap.")
         if self.climatology_by not in ("veg_type", "all"):
@@ -474,7 +486,7 @@ def read_sites(sites: str | Path | pd.DataFrame, cubes: str | Path | None = None
             cols.append(int(r.col))
             continue
         ds = open_cube(p)
-        if {"x", "y"} <= set(df.columns) and pd.notna(getattr(r, "x")) and pd.notna(getattr(r, "y")):
+        if {"x", "y"} <= set(df.columns) and pd.notna(r.x) and pd.notna(r.y):
             x, y = float(r.x), float(r.y)
         elif {"lon", "lat"} <= set(df.columns):
             from pyproj import Transformer
@@ -680,9 +692,10 @@ class _Prepared:
     std: np.ndarray
 
 
-def _prepare(data: Mapping[str, SiteData], method: str, fit_days: Mapping[str, np.ndarray]) -> _Prepared:
+def _prepare(data: Mapping[str, SiteData], method: str, fit_days: Mapping[str, np.ndarray], doy: bool = False) -> _Prepared:
     """Standardise with the fit days' statistics; NaN input days become 0 (the fit mean) and the extra last
-    column says which days had all features (1) or not (0), so a gap is never a value in disguise."""
+    column says which days had all features (1) or not (0), so a gap is never a value in disguise.
+    ``doy`` appends sin/cos of the day of year (a diagnostic: what the inputs add beyond the season)."""
     stack = np.concatenate([data[s].features[method][m] for s, m in fit_days.items() if m.any()])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -694,7 +707,11 @@ def _prepare(data: Mapping[str, SiteData], method: str, fit_days: Mapping[str, n
         f = d.features[method]
         valid = np.isfinite(f).all(axis=1, keepdims=True)
         z = np.where(np.isfinite(f), (f - mean) / std, 0.0)
-        x[s] = np.concatenate([z, valid], axis=1).astype("float32")
+        cols = [z, valid]
+        if doy:
+            a = 2 * np.pi * doy_index(d.days)[:, None] / 365.0
+            cols += [np.sin(a), np.cos(a)]
+        x[s] = np.concatenate(cols, axis=1).astype("float32")
     return _Prepared(x, mean, std)
 
 
@@ -738,9 +755,9 @@ def fit_regressor(x_fit: np.ndarray, y_fit: np.ndarray, x_es: np.ndarray, y_es: 
     gen = torch.Generator().manual_seed(cfg.seed)
     model = _regressor(x_fit.shape[2], length, cfg).to(dev)
     scale = float(np.nanstd(y_fit)) or 1.0  # targets in units of their SD: one learning rate fits all sites
-    xf = torch.from_numpy(x_fit).to(dev)
+    xf = torch.from_numpy(np.array(x_fit, dtype="float32")).to(dev)  # a copy: joblib may pass read-only memmaps
     yf = torch.from_numpy(y_fit / scale).to(dev)
-    xe = torch.from_numpy(x_es).to(dev) if len(x_es) else None
+    xe = torch.from_numpy(np.array(x_es, dtype="float32")).to(dev) if len(x_es) else None
     ye = torch.from_numpy(y_es / scale).to(dev) if len(x_es) else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -853,12 +870,28 @@ def _climatology_predict(data: Mapping[str, SiteData], fit: Mapping[str, np.ndar
     return clim[doy_index(data[target].days)]
 
 
+def _fit_predict(job: dict[str, Any]) -> tuple[str, dict[str, np.ndarray], dict[str, Any]]:
+    """One (fold, method) job: fit on its windows, predict the daily GPP of its test sites. Module-level so
+    that a process pool can run it (inputs are plain arrays)."""
+    if job.get("threads"):
+        import torch
+
+        torch.set_num_threads(job["threads"])  # one thread per worker process: the workers fill the cores
+    model, info = fit_regressor(job["xf"], job["yf"], job["xe"], job["ye"], job["cfg"], job["window"])
+    preds = {s: predict_daily(model, x, job["window"], job["cfg"].eval_stride_days) for s, x in job["x_test"].items()}
+    return job["key"], preds, info
+
+
 def _run_protocol(data: Mapping[str, SiteData], protocol: str, cfg: GPPConfig, methods: Sequence[str], window: int,
-                  log: Callable[[str], None]) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
-    """Daily predictions method -> site -> (n_days,) on the test days of every fold (NaN elsewhere)."""
+                  log: Callable[[str], None], pool: Any = None) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+    """Daily predictions method -> site -> (n_days,) on the test days of every fold (NaN elsewhere).
+
+    Every (fold, method) regressor is an independent job; ``pool`` (a ``joblib.Parallel``) runs them in
+    parallel processes, otherwise they run here one after another."""
     preds = {m: {s: np.full(len(d.days), np.nan) for s, d in data.items()} for m in methods}
     info: dict[str, Any] = {}
     y = {s: d.gpp for s, d in data.items()}
+    jobs, tests = [], {}
     for k, (fold, fit, test) in enumerate(_folds(data, protocol, cfg)):
         fit2, es = _split_es(data, fit, cfg, salt=k)
         for method in methods:
@@ -868,16 +901,25 @@ def _run_protocol(data: Mapping[str, SiteData], protocol: str, cfg: GPPConfig, m
                         p = _climatology_predict(data, fit, s, cfg)
                         preds[method][s][test[s]] = p[test[s]]
                 continue
-            prep = _prepare(data, method, fit)
+            prep = _prepare(data, method, fit, cfg.doy_features)
             xf, yf = _window_set(prep.x, y, fit2, window, cfg.stride_days, cfg.min_target_days)
             xe, ye = _window_set(prep.x, y, es, window, cfg.stride_days, cfg.min_target_days)
-            model, fi = fit_regressor(xf, yf, xe, ye, cfg, window)
-            info[f"{fold}/{method}"] = fi
-            log(f"  {protocol} {fold} {method}: {fi['epochs']} epochs (best {fi['best_epoch']}), {fi['seconds']:.1f} s")
-            for s in data:
-                if test[s].any():
-                    p = predict_daily(model, prep.x[s], window, cfg.stride_days)
-                    preds[method][s][test[s]] = p[test[s]]
+            key = f"{fold}/{method}"
+            tests[key] = (method, test)
+            jobs.append({"key": key, "xf": xf, "yf": yf, "xe": xe, "ye": ye, "cfg": cfg, "window": window,
+                         "x_test": {s: prep.x[s] for s in data if test[s].any()}, "threads": 1 if pool else None})
+    if pool is not None:
+        from joblib import delayed
+
+        results = pool(delayed(_fit_predict)(j) for j in jobs)
+    else:
+        results = map(_fit_predict, jobs)
+    for key, p, fi in results:
+        method, test = tests[key]
+        info[key] = fi
+        log(f"  {protocol} {key}: {fi['epochs']} epochs (best {fi['best_epoch']}), {fi['seconds']:.1f} s")
+        for s, v in p.items():
+            preds[method][s][test[s]] = v[test[s]]
     return preds, info
 
 
@@ -1022,17 +1064,24 @@ def evaluate_gpp(
     timings["site_series"] = _time.perf_counter() - t0
 
     results: dict[str, Any] = {}
+    sweep: dict[str, Any] = {}
+    n_jobs = cfg.n_jobs or (1 if _device(cfg).startswith("cuda") else min(os.cpu_count() or 1, 4))
+    pool = None
+    if n_jobs > 1:
+        from joblib import Parallel
+
+        # joblib's loky processes (spawned, not forked: forking a process whose torch thread pools ran can
+        # deadlock; unlike multiprocessing's spawn, loky needs no __main__ guard in the user's script).
+        pool = Parallel(n_jobs=n_jobs, backend="loky")
     for protocol in cfg.protocols:
         t0 = _time.perf_counter()
-        preds, info = _run_protocol(data, protocol, cfg, methods, cfg.window_days, say)
+        preds, info = _run_protocol(data, protocol, cfg, methods, cfg.window_days, say, pool)
         results[protocol] = {"preds": preds, "scores": _score(data, preds), "training": info}
         timings[f"protocol_{protocol}"] = _time.perf_counter() - t0
-
-    sweep: dict[str, Any] = {}
     if cfg.sweep_windows:
         t0 = _time.perf_counter()
         for w in cfg.sweep_windows:
-            p, _ = _run_protocol(data, "year", cfg, ["embedding"], w, say)
+            p, _ = _run_protocol(data, "year", cfg, ["embedding"], w, say, pool)
             sweep[str(w)] = _score(data, p)["embedding"]["overall"]
         timings["sweep"] = _time.perf_counter() - t0
 
