@@ -83,7 +83,7 @@ def _savgol_reference(daily: np.ndarray, window: int, order: int) -> np.ndarray:
     for r in range(daily.shape[0]):
         fin = np.isfinite(daily[r])
         edges = np.diff(np.concatenate([[0], fin.astype(int), [0]]))
-        for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
+        for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
             w = min(window, (b - a) if (b - a) % 2 else (b - a) - 1)
             if w > order:
                 out[r, a:b] = savgol_filter(daily[r, a:b], w, order, mode="interp")
