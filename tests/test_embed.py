@@ -442,9 +442,11 @@ def test_gpu_matches_cpu(cube_path, models, fused_emb, tmp_path):
 
 
 def test_in_memory_dataset_matches_path(models, s2_emb, tmp_path):
-    out = embed_cube(_cube(), models["s2"], tmp_path / "mem.zarr", block_px=40, scheduler="synchronous", progress=False)
+    ds = _cube()
+    out = embed_cube(ds, models["s2"], tmp_path / "mem.zarr", block_px=40, scheduler="synchronous", progress=False)
     np.testing.assert_allclose(xr.open_zarr(out)["embedding"].values, xr.open_zarr(s2_emb)["embedding"].values,
                                rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(ds["s2"].values, _cube()["s2"].values)  # preprocessing never writes into the input
 
 
 # ------------------------------------------------------------------------------------ quality layer

@@ -83,6 +83,7 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, log: Callable[[str], None] =
     if train:
         recon = _train_stages(out_dir, log, timings, figures, epochs=epochs)
         _recon_section(out_dir, recon)
+        _products_and_evaluation(out_dir, world, log, timings)
 
     _timings_section(out_dir, timings)
     report = _build_report(out_dir)
@@ -152,6 +153,69 @@ def _train_stages(out_dir: Path, log: Callable[[str], None], timings: dict[str, 
                                                 sensors=sensors, latent_size=latent[stage])
         timings[f"score {stage}"] = time.perf_counter() - t0
     return results
+
+
+def _timed(timings: dict[str, float], name: str, log: Callable[[str], None], message: str):
+    """Context manager: log ``message``, then record the step's wall time under ``name``."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def step():
+        log(message)
+        t0 = time.perf_counter()
+        yield
+        timings[name] = time.perf_counter() - t0
+
+    return step()
+
+
+#: The demo embeds the validation scene (never seen in training) for maps, gap filling and the probe.
+DEMO_SCENE = "scene_002"
+
+
+def _products_and_evaluation(out_dir: Path, world, log: Callable[[str], None], timings: dict[str, float]) -> None:
+    """Embed -> gap-fill -> PCA map -> GPP -> land-cover probe, each writing its report section."""
+    from latentcube.embed import embed_cube
+    from latentcube.evaluate.gpp import evaluate_gpp
+    from latentcube.evaluate.maps import class_colours, fit_pca, pca_figure, pca_rgb
+    from latentcube.evaluate.probe import run_probe
+    from latentcube.evaluate.sections import table, write_section
+    from latentcube.gapfill import gapfill_embeddings
+
+    model = out_dir / "runs" / "fusion" / "model.pt"
+    cube = out_dir / "world" / f"{DEMO_SCENE}.zarr"
+    emb = out_dir / "embeddings" / f"{DEMO_SCENE}.zarr"
+    with _timed(timings, "embed", log, f"embedding {DEMO_SCENE} (fused 7-d + quality layer)"):
+        embed_cube(cube, model, emb, quality=True, progress=False, overwrite=True)
+    with _timed(timings, "gap-fill", log, "gap-filling the embeddings to a 5-day axis"):
+        filled = gapfill_embeddings(emb, out_dir / "embeddings" / f"{DEMO_SCENE}_filled.zarr", freq="5D",
+                                    method="linear", max_gap_days=30, overwrite=True, progress=False)
+        filled_frac = float(filled["filled"].mean())
+        valid_frac = float(np.isfinite(filled["embedding"].isel(feature=0)).mean())
+    with _timed(timings, "pca map", log, "drawing the PCA map (the paper's Fig. 6)"):
+        fit = fit_pca(emb, progress=False)
+        fig = pca_figure(emb, cube, None, out_dir / f"pca_{DEMO_SCENE}.png", fit=fit, title=DEMO_SCENE)
+        labels = world.cubes[DEMO_SCENE]["landcover"].values
+        rgb = pca_rgb(emb, fit=fit, nan_colour=None)
+        colours = class_colours(rgb, labels, valid=np.isfinite(rgb).all(-1))
+    from latentcube.constants import LANDCOVER_CLASSES
+
+    write_section(
+        out_dir, "embedding", order=40, title="Embedding cube and PCA map",
+        text=[f"`{DEMO_SCENE}` (the validation scene) embedded with the fusion model: 7 numbers per pixel and S2 "
+              "date, plus the centre-pixel reconstruction error per sensor (quality layer). The map shows the first "
+              "three principal components as RGB beside the S2 true colour of the clearest date.",
+              f"Gap filling to a 5-day axis (linear, gaps up to 30 days): {valid_frac:.0%} of pixel-dates have a "
+              f"value afterwards, {filled_frac:.0%} of them interpolated (flag `filled`)."],
+        tables=[table("mean PCA colour per land-cover class", ["class", "R", "G", "B"],
+                      [[LANDCOVER_CLASSES.get(int(k), str(k)), *map(float, v)] for k, v in sorted(colours.items())])],
+        figures=[(fig, "S2 true colour (left) and embedding PCA-RGB (right)")],
+    )
+    with _timed(timings, "gpp", log, "GPP at the flux towers (embeddings vs baselines)"):
+        world_dir = out_dir / "world"
+        evaluate_gpp(world_dir / "towers.csv", out_dir, checkpoint=model, cubes=world_dir, fluxnet=world_dir / "fluxnet")
+    with _timed(timings, "probe", log, "land-cover probe (embeddings vs raw bands)"):
+        run_probe(emb, cube, run_dir=out_dir)
 
 
 def _recon_section(out_dir: Path, results: dict[str, Any]) -> None:

@@ -76,6 +76,8 @@ DTYPES = ("float32", "float16", "int8")
 INT8_INVALID = -128
 #: Target pixel-dates per decoder call of the quality layer (~15 kB each in the up-sampling path).
 QUALITY_CHUNK = 2048
+#: Values normalised per call while preprocessing a block (bounds its float64 temporaries to ~16 MB).
+NORMALIZE_CHUNK_VALUES = 2_000_000
 
 
 class EmbedError(ValueError):
@@ -282,7 +284,7 @@ def _block_inputs(ds: xr.Dataset, plan: _Plan, meta: dict[str, Any], ys: slice, 
     with dask.config.set(scheduler="synchronous"):
         if "s2" in plan.inputs:
             s2 = ds["s2"].isel(y=ys, x=xs).values.astype("float32", copy=False)
-            out["s2"] = norm.normalize_array(s2, [str(b) for b in ds["band"].values], "s2", axis=1)
+            out["s2"] = _normalize_in_place(norm, s2, [str(b) for b in ds["band"].values], "s2")
         if "s1" in plan.inputs:
             sub = ds[["s1"]].isel(y=ys, x=xs)  # smoothing runs along time only: per block == whole cube
             if plan.s1_smoothing > 1:
@@ -293,8 +295,23 @@ def _block_inputs(ds: xr.Dataset, plan: _Plan, meta: dict[str, Any], ys: slice, 
                 matched = np.full((len(match), *s1.shape[1:]), np.nan, dtype="float32")
                 matched[match >= 0] = s1[match[match >= 0]]
                 s1 = matched
-            out["s1"] = norm.normalize_array(s1, [str(b) for b in ds["band_s1"].values], "s1", axis=1)
+            out["s1"] = _normalize_in_place(norm, s1, [str(b) for b in ds["band_s1"].values], "s1")
     return out
+
+
+def _normalize_in_place(norm: Any, values: np.ndarray, bands: list[str], sensor: str) -> np.ndarray:
+    """``norm.normalize_array(values, bands, sensor, axis=1)`` for a (T, C, h, w) array, a few dates at a time
+    and in place: the same numbers (element-wise), but the float64 temporaries of ``normalize_array`` stay
+    ~16 MB instead of 2-3x the block's input (~1 GB at 70 dates, block 256). Writes into ``values`` only
+    when it is a float32 array owning its memory (a fresh read); a view (of an in-memory cube, of a
+    persisted chunk) is copied first, so the caller's data is never modified."""
+    if not (values.dtype == np.float32 and values.flags.writeable and values.flags.owndata):
+        values = values.astype("float32", copy=True)
+    per_date = int(np.prod(values.shape[1:])) or 1
+    step = max(1, NORMALIZE_CHUNK_VALUES // per_date)
+    for t0 in range(0, values.shape[0], step):
+        values[t0 : t0 + step] = norm.normalize_array(values[t0 : t0 + step], bands, sensor, axis=1)
+    return values
 
 
 # ---------------------------------------------------------------------------------- quality layer
