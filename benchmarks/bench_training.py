@@ -18,6 +18,7 @@ import torch
 
 from latentcube.losses import S2PretrainLoss
 from latentcube.nn import SensorAutoencoder, s2_config
+from latentcube.train import grow_heap_in_large_steps
 
 
 def step_throughput(batch: int, steps: int, device: str, bf16: bool) -> float:
@@ -73,7 +74,11 @@ def main() -> None:
     parser.add_argument("--no-bf16", action="store_true", help="float32 on GPU")
     parser.add_argument("--cubes", nargs="*", default=[], help="also time the patch loader on these cubes")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc malloc at its defaults (run_training pads the heap; see train.py)")
     args = parser.parse_args()
+    if not args.default_malloc:
+        grow_heap_in_large_steps()  # what run_training does
     torch.set_num_threads(args.threads)
     gpu = args.device.startswith("cuda")
     batch = args.batch or (512 if gpu else 64)

@@ -40,3 +40,33 @@ def test_center_pca_k_equal_to_bands_is_lossless_and_k1_is_not():
     x = torch.rand(50, 3, 4, 5, 5)
     assert _center_pca(x, x, 4)["center_mae"] < 1e-6
     assert _center_pca(x, x, 1)["center_mae"] > 1e-3
+
+
+def test_date_pca_with_full_code_size_is_lossless_and_codes_each_date_on_its_own():
+    from latentcube.evaluate.reconstruction import _date_pca
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(10, 3, 2, 3, 3, generator=g)
+    w = context_weights(3, 3, 3)
+    # C*H*W = 18 codes per date span every single-date patch: lossless on any data
+    torch.testing.assert_close(_date_pca(x, x[:4], 18, w), x[:4], atol=1e-5, rtol=0)
+    # with fewer codes each date is still reconstructed from itself alone
+    rec = _date_pca(x, x[:4], 2, w)
+    y = x[:4].clone()
+    y[:, 0] = torch.rand(4, 2, 3, 3, generator=g)
+    rec_y = _date_pca(x, y, 2, w)
+    torch.testing.assert_close(rec_y[:, 1:], rec[:, 1:])
+    assert not torch.allclose(rec_y[:, 0], rec[:, 0])
+
+
+def test_date_pca_prefers_the_centre_pixel_and_matches_a_hand_fit_for_one_date():
+    from latentcube.evaluate.reconstruction import _date_pca
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(300, 1, 1, 5, 5, generator=g)
+    w = context_weights(1, 5, 5)
+    rec = _date_pca(x, x, 1, w)
+    err = (rec - x).abs().mean(0)[0, 0]
+    assert err[2, 2] == err.min() and err[2, 2] < err[0, 0]
+    # one date: the same as the joint patch PCA with one code
+    torch.testing.assert_close(rec, _patch_pca(x, x, 1, w), atol=1e-5, rtol=0)

@@ -7,6 +7,12 @@
 (b) ``centre-spectrum PCA-k``: PCA of the centre-pixel spectra with k = the latent size. With 9 of 10
     S2 bands this is nearly lossless (real clear-sky S2: ~0.001 reflectance MAE), so it is context for the
     centre MAE, not a target: it sees no context and needs the spectrum itself as input.
+(c) ``per-date PCA``: one weighted PCA basis of single-date patches (C × H × W, each date weighted by its
+    temporal context weight), applied to every date separately with ``latent_size`` codes per date. It is
+    the linear counterpart of the model's *contract*: a per-pixel-date embedding of ``latent_size``
+    numbers, computed by the same function for every date. (a) instead codes the 11-date patch jointly
+    and may spend its ``dates × latent`` numbers on anything (a static field layout once, say), which a
+    per-date embedding cannot; (c) says how the model does against a linear code with its own structure.
 
 NaN (invalid) inputs are filled with the training mean for encoding; losses ignore invalid targets.
 """
@@ -35,10 +41,15 @@ class ReconstructionReport:
     code_size: int
     n_train: int
     n_val: int
+    date_pca: dict[str, float] | None = None
+    latent_size: int = 0
 
     def rows(self) -> list[tuple[str, dict[str, float]]]:
-        return [("model", self.model), (f"(a) patch PCA, code {self.code_size}", self.patch_pca),
+        rows = [("model", self.model), (f"(a) patch PCA, code {self.code_size}", self.patch_pca),
                 (f"(b) centre-spectrum PCA-{self.center_pca.get('k', 0):.0f}", self.center_pca)]
+        if self.date_pca is not None:
+            rows.append((f"(c) per-date PCA, {self.latent_size} per date", self.date_pca))
+        return rows
 
 
 def collect(dataset: Dataset, keys: tuple[str, ...], *, max_items: int | None = None, batch_size: int = 256) -> dict[str, torch.Tensor]:
@@ -86,6 +97,31 @@ def _patch_pca(train: torch.Tensor, val: torch.Tensor, code_size: int, weights: 
     xv = torch.where(torch.isfinite(xv), xv, mean) - mean
     code = (xv * sw) @ basis
     recon = (code @ basis.T) / sw.clamp(min=1e-30) + mean
+    return recon.reshape(val.shape).float()
+
+
+def _date_pca(train: torch.Tensor, val: torch.Tensor, k: int, weights: torch.Tensor) -> torch.Tensor:
+    """One weighted PCA basis of single-date patches, ``k`` codes per date: fit on ``train`` (N, T, C, H, W)
+    with every date a sample weighted by its temporal weight, reconstruct each date of ``val`` on its own.
+
+    Elements are scaled by the square root of the spatial weight (``weights`` (T, H, W) at the centre
+    date, normalised to 1 at the centre pixel) so the basis minimises the spatially weighted squared
+    error; each date's sample is scaled by the square root of its temporal weight."""
+    n, t, c, h, w = train.shape
+    centre = t // 2
+    spatial = (weights[centre] / weights[centre].max()).double()
+    temporal = (weights[:, h // 2, w // 2] / weights[centre, h // 2, w // 2]).double()
+    sw = spatial.sqrt()[None, :, :].expand(c, h, w).reshape(-1)  # (C*H*W,)
+    xt = train.double().reshape(n * t, -1)
+    mean = torch.nanmean(xt, dim=0)
+    mean = torch.where(torch.isfinite(mean), mean, 0)
+    xt = torch.where(torch.isfinite(xt), xt, mean) - mean
+    rows = temporal.sqrt().repeat(n)[:, None]  # date weight per row
+    _, _, v = torch.linalg.svd(xt * sw * rows, full_matrices=False)
+    basis = v[: min(k, v.shape[0])].T  # (C*H*W, k)
+    xv = val.double().reshape(len(val) * t, -1)
+    xv = torch.where(torch.isfinite(xv), xv, mean) - mean
+    recon = ((xv * sw) @ basis @ basis.T) / sw.clamp(min=1e-30) + mean
     return recon.reshape(val.shape).float()
 
 
@@ -158,4 +194,10 @@ def compare_with_baselines(
 
     # (b) centre-spectrum PCA-k
     center = _center_pca(cat_tr, cat_va, latent_size)
-    return ReconstructionReport(model_metrics, pca_metrics, center, n_dates * latent_size, len(tr["days"]), len(va["days"]))
+
+    # (c) per-date weighted PCA with the model's per-date code size
+    rec = _date_pca(cat_tr, cat_va, latent_size, weights)
+    rec_d = {s: rec[:, :, splits[j] : splits[j + 1]] for j, s in enumerate(sensors)}
+    date_metrics = _loss_means(loss_fn, rec_d if fused else rec_d["x"], target if fused else target["x"], va["days"])
+    return ReconstructionReport(model_metrics, pca_metrics, center, n_dates * latent_size, len(tr["days"]),
+                                len(va["days"]), date_pca=date_metrics, latent_size=latent_size)
