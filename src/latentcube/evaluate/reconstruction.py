@@ -116,9 +116,11 @@ def _date_pca(train: torch.Tensor, val: torch.Tensor, k: int, weights: torch.Ten
     mean = torch.nanmean(xt, dim=0)
     mean = torch.where(torch.isfinite(mean), mean, 0)
     xt = torch.where(torch.isfinite(xt), xt, mean) - mean
-    rows = temporal.sqrt().repeat(n)[:, None]  # date weight per row
-    _, _, v = torch.linalg.svd(xt * sw * rows, full_matrices=False)
-    basis = v[: min(k, v.shape[0])].T  # (C*H*W, k)
+    a = xt * sw * temporal.sqrt().repeat(n)[:, None]  # (N*T, C*H*W), each row weighted by its date
+    # Eigenvectors of the (C*H*W)^2 Gram matrix = right singular vectors of ``a``; ~3x cheaper than the
+    # SVD of the tall (N*T) x (C*H*W) matrix at the demo's sizes (33,000 x 2,250: 10 s vs 28 s on 2 cores).
+    evals, evecs = torch.linalg.eigh(a.T @ a)
+    basis = evecs[:, evals.argsort(descending=True)[: min(k, a.shape[1])]]  # (C*H*W, k)
     xv = val.double().reshape(len(val) * t, -1)
     xv = torch.where(torch.isfinite(xv), xv, mean) - mean
     recon = ((xv * sw) @ basis @ basis.T) / sw.clamp(min=1e-30) + mean
