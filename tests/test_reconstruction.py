@@ -70,3 +70,20 @@ def test_date_pca_prefers_the_centre_pixel_and_matches_a_hand_fit_for_one_date()
     assert err[2, 2] == err.min() and err[2, 2] < err[0, 0]
     # one date: the same as the joint patch PCA with one code
     torch.testing.assert_close(rec, _patch_pca(x, x, 1, w), atol=1e-5, rtol=0)
+
+
+def test_top_basis_spans_the_svd_subspace_for_tall_and_wide_matrices():
+    from latentcube.evaluate.reconstruction import _top_basis
+
+    g = torch.Generator().manual_seed(4)
+    for shape in [(60, 15), (15, 60)]:
+        a = torch.randn(*shape, generator=g, dtype=torch.float64)
+        _, _, v = torch.linalg.svd(a, full_matrices=False)
+        basis = _top_basis(a, 4)
+        assert basis.shape == (shape[1], 4)
+        torch.testing.assert_close(basis.T @ basis, torch.eye(4, dtype=torch.float64))  # orthonormal
+        torch.testing.assert_close(basis @ basis.T, v[:4].T @ v[:4])  # same projector as the SVD's top 4
+    # a rank-deficient wide matrix: zero directions are dropped, not divided by zero
+    low = torch.randn(10, 2, generator=g, dtype=torch.float64) @ torch.randn(2, 30, generator=g, dtype=torch.float64)
+    basis = _top_basis(low, 5)
+    assert basis.shape == (30, 2) and torch.isfinite(basis).all()

@@ -83,6 +83,25 @@ def _loss_means(loss_fn, pred, target, days, batch_size: int = 256) -> dict[str,
     return {k: v / n for k, v in sums.items()}
 
 
+def _top_basis(a: torch.Tensor, k: int) -> torch.Tensor:
+    """The top-``k`` right singular vectors of ``a`` (rows = samples), as columns ``(features, k)``.
+
+    Through the eigenvectors of the smaller Gram matrix instead of an SVD of ``a``: on 2 cores, float64,
+    3,000 x 24,750 (the S2 patch baseline) 13 s instead of 163 s, 33,000 x 2,250 10 s instead of 28 s.
+    Directions with a zero singular value are dropped (they carry nothing to reconstruct).
+    """
+    if a.shape[0] >= a.shape[1]:
+        evals, evecs = torch.linalg.eigh(a.T @ a)
+        order = evals.argsort(descending=True)[:k]
+        return evecs[:, order]
+    evals, u = torch.linalg.eigh(a @ a.T)  # left singular vectors; right ones = a.T u / sigma
+    order = evals.argsort(descending=True)[:k]
+    evals, u = evals[order], u[:, order]
+    keep = evals > evals.max().clamp(min=0) * 1e-12
+    v = a.T @ u[:, keep] / evals[keep].sqrt()
+    return v
+
+
 def _patch_pca(train: torch.Tensor, val: torch.Tensor, code_size: int, weights: torch.Tensor) -> torch.Tensor:
     """Fit weighted PCA on ``train`` (N, T, C, H, W) and reconstruct ``val``; float64 for the tiny weights."""
     sw = weights.double().sqrt()[:, None, :, :].expand(train.shape[1:]).reshape(-1)  # (T*C*H*W,)
@@ -90,9 +109,7 @@ def _patch_pca(train: torch.Tensor, val: torch.Tensor, code_size: int, weights: 
     mean = torch.nanmean(xt, dim=0)
     mean = torch.where(torch.isfinite(mean), mean, 0)
     xt = torch.where(torch.isfinite(xt), xt, mean) - mean
-    k = min(code_size, *xt.shape)
-    _, _, v = torch.linalg.svd(xt * sw, full_matrices=False)
-    basis = v[:k].T  # (features, k)
+    basis = _top_basis(xt * sw, code_size)  # (features, k)
     xv = val.double().reshape(len(val), -1)
     xv = torch.where(torch.isfinite(xv), xv, mean) - mean
     code = (xv * sw) @ basis
@@ -116,11 +133,7 @@ def _date_pca(train: torch.Tensor, val: torch.Tensor, k: int, weights: torch.Ten
     mean = torch.nanmean(xt, dim=0)
     mean = torch.where(torch.isfinite(mean), mean, 0)
     xt = torch.where(torch.isfinite(xt), xt, mean) - mean
-    a = xt * sw * temporal.sqrt().repeat(n)[:, None]  # (N*T, C*H*W), each row weighted by its date
-    # Eigenvectors of the (C*H*W)^2 Gram matrix = right singular vectors of ``a``; ~3x cheaper than the
-    # SVD of the tall (N*T) x (C*H*W) matrix at the demo's sizes (33,000 x 2,250: 10 s vs 28 s on 2 cores).
-    evals, evecs = torch.linalg.eigh(a.T @ a)
-    basis = evecs[:, evals.argsort(descending=True)[: min(k, a.shape[1])]]  # (C*H*W, k)
+    basis = _top_basis(xt * sw * temporal.sqrt().repeat(n)[:, None], k)  # rows weighted by their date
     xv = val.double().reshape(len(val) * t, -1)
     xv = torch.where(torch.isfinite(xv), xv, mean) - mean
     recon = ((xv * sw) @ basis @ basis.T) / sw.clamp(min=1e-30) + mean
