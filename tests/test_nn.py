@@ -64,19 +64,27 @@ def _pixels(h: int, w: int) -> list[tuple[int, int]]:
 def _small(cfg: AutoencoderConfig) -> AutoencoderConfig:
     # Narrower than the presets to keep the test file fast; geometry (15 x 15 x 11) unchanged.
     return dataclasses.replace(cfg, decoder_d_model=16, decoder_ffn_dim=32, decoder_widths=(16, 8, 8),
-                               decoder_branch_ch=4)
+                               decoder_branch_ch=4, linear_patch=True)
+
+
+def _with_linear_code(model: SensorAutoencoder) -> SensorAutoencoder:
+    """Give the (zero-initialised) linear patch path random weights and centres so equivalence tests see it."""
+    with torch.no_grad():
+        model.encoder.patch_linear.weight.normal_(0.0, 0.05)
+        model.encoder.patch_centre.normal_(0.0, 0.5)
+    return model
 
 
 @pytest.fixture(scope="module")
 def s1_model() -> SensorAutoencoder:
     _seed(1)
-    return SensorAutoencoder(_small(s1_config())).eval()
+    return _with_linear_code(SensorAutoencoder(_small(s1_config()))).eval()
 
 
 @pytest.fixture(scope="module")
 def s2_model() -> SensorAutoencoder:
     _seed(2)
-    return SensorAutoencoder(_small(s2_config())).eval()
+    return _with_linear_code(SensorAutoencoder(_small(s2_config()))).eval()
 
 
 @pytest.fixture(scope="module")

@@ -160,3 +160,28 @@ def test_ddp_with_two_cpu_processes(world_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world_size: 2" in proc.stderr or "GLOBAL_RANK: 1" in proc.stderr or "MEMBER: 2/2" in proc.stderr
     assert (tmp_path / "ddp" / "model.pt").exists()
+
+
+def test_pca_warm_start_sets_the_linear_paths_from_training_patches(world_dir, tmp_path):
+    from latentcube.train import CubeDataModule, build_task, warm_start
+
+    cfg = stage_config(world_dir, tmp_path / "ws", "s2", warm_start="pca", warm_start_patches=64)
+    task, _ = build_task(replace(cfg, model={}))
+    with pytest.raises(ConfigError, match="linear_patch: true"):  # the paper's architecture has no linear patch path
+        warm_start(task, CubeDataModule(cfg, _), cfg)
+    cfg = replace(cfg, model={**SMALL, "linear_patch": True})
+    task, norm = build_task(cfg)
+    data = CubeDataModule(cfg, norm)
+    batch = next(iter(torch.utils.data.DataLoader(data.dataset("val"), batch_size=32)))
+    with torch.no_grad():
+        before = task.loss(task.model(batch["x"], batch["days"])[0], batch["x"], batch["days"]).total
+    summary = warm_start(task, data, cfg)
+    with torch.no_grad():
+        after = task.loss(task.model(batch["x"], batch["days"])[0], batch["x"], batch["days"]).total
+    # S2's SAM term weighs the centre pixel far above its spatial weight; 64 patches x 11 dates were fitted
+    assert summary["centre_boost"] > 10 and summary["n_samples"] == 64 * 11
+    assert 0.5 < summary["explained"] <= 1.0
+    assert after < 0.5 * before, (float(before), float(after))  # the untrained model is the linear code
+    assert warm_start(task, data, replace(cfg, warm_start="none")) is None
+    with pytest.raises(ConfigError, match="warm_start must be"):
+        warm_start(task, data, replace(cfg, warm_start="svd"))

@@ -35,6 +35,7 @@ from latentcube.losses import (
     S1PretrainLoss,
     S2PretrainConfig,
     S2PretrainLoss,
+    weights_from_config,
 )
 from latentcube.nn import (
     AutoencoderConfig,
@@ -44,6 +45,7 @@ from latentcube.nn import (
     s1_config,
     s2_config,
 )
+from latentcube.nn.linear_init import pca_warm_start
 from latentcube.preprocess import Normalization
 from latentcube.sampling import (
     BlockShuffleSampler,
@@ -112,6 +114,10 @@ class OptimConfig:
     """Gradient-norm clipping (our default; the paper does not state one)."""
     monitor: str = "val/center_mae"
     """Validation metric for the plateau schedule and best-checkpoint selection (authors: centre MAE)."""
+    linear_lr_factor: float = 1.0
+    """Learning-rate factor of the linear code paths (encoder ``patch_linear``, decoder ``linear``). Use
+    ~0.1 with ``warm_start: pca``: the paths then start near their optimum and full-size steps only add
+    noise (docs/training.md)."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,12 @@ class TrainConfig:
     """Fusion only: stage-1 model files per sensor, e.g. ``{s1: runs/s1/model.pt, s2: runs/s2/model.pt}``."""
     normalization: dict[str, Any] | None = None
     """Normalisation (``Normalization.to_dict()``); default: the documented fixed bounds."""
+    warm_start: Literal["pca", "none"] = "none"
+    """Stages s1/s2: ``pca`` fits the linear code paths to a weighted per-date PCA of up to
+    ``warm_start_patches`` training patches before the first step (``nn.linear_init``; not on resume),
+    with the centre weighted as the loss weighs it (``centre_emphasis``). Off by default: it wins on the
+    reconstruction objective but gives more spectrum-like embeddings (docs/training.md)."""
+    warm_start_patches: int = 2000
 
 
 def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
@@ -262,8 +274,18 @@ def load_model(path: str | Path, *, map_location: str | torch.device = "cpu") ->
 # ------------------------------------------------------------------------------------ tasks
 
 
+#: Parameter-name suffixes of the linear code paths (``OptimConfig.linear_lr_factor``).
+LINEAR_PATH_PARAMS = ("encoder.patch_linear.weight", "decoder.linear.weight", "decoder.linear.bias")
+
+
 def _configure_optim(module: L.LightningModule, params: list[torch.nn.Parameter], optim: OptimConfig):
-    opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    trainable = {id(p) for p in params}
+    linear = [p for name, p in module.named_parameters() if id(p) in trainable and name.endswith(LINEAR_PATH_PARAMS)]
+    rest = [p for p in params if id(p) not in {id(q) for q in linear}]
+    groups = [{"params": rest, "lr": optim.lr}]
+    if linear:
+        groups.append({"params": linear, "lr": optim.lr * optim.linear_lr_factor})
+    opt = torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
     warmup = torch.optim.lr_scheduler.LinearLR(
         opt, start_factor=optim.warmup_start_factor, end_factor=1.0, total_iters=max(optim.warmup_steps, 1)
     )
@@ -493,6 +515,59 @@ def build_task(cfg: TrainConfig, *, base_dir: Path | None = None) -> tuple[_Stag
     return task, norm
 
 
+def warm_start(task: _StageTask, data: CubeDataModule, cfg: TrainConfig) -> dict[str, float] | None:
+    """Apply ``cfg.warm_start`` to a fresh stage-1 task; returns the fit's summary (None when skipped).
+
+    Patches are read at evenly spaced indices of the training split (epoch-0 frames), so the fit is
+    deterministic and independent of the shuffling seed's draw order.
+    """
+    if cfg.warm_start == "none" or cfg.stage not in ("s1", "s2"):
+        return None
+    if cfg.warm_start != "pca":
+        raise ConfigError(f"warm_start must be 'pca' or 'none', got {cfg.warm_start!r}")
+    model = task.model
+    if model.encoder.patch_linear is None or model.decoder.linear is None:
+        raise ConfigError("warm_start: pca needs the linear code paths: set model: {linear_patch: true} "
+                          "(and keep linear_paths: true), or warm_start: none")
+    dataset = data.dataset("train")
+    n = min(len(dataset), max(int(cfg.warm_start_patches), 1))
+    if n == 0:
+        return None
+    index = np.unique(np.linspace(0, len(dataset) - 1, n).round().astype(int))
+    loader = DataLoader(torch.utils.data.Subset(dataset, index.tolist()), batch_size=256, shuffle=False)
+    x = torch.cat([batch["x"] for batch in loader])
+    c = model.config
+    loss_cfg = task.loss.config
+    wcfg = replace(loss_cfg.weights, center_weight=1.0, time_distance="index")
+    weights = weights_from_config(wcfg, c.n_dates, c.patch_size, c.patch_size)
+    boost = centre_emphasis(loss_cfg, weights, x)
+    summary = pca_warm_start(model, x, weights, centre_boost=boost)
+    return {**summary, "centre_boost": boost}
+
+
+def centre_emphasis(loss_cfg: Any, weights: torch.Tensor, x: torch.Tensor) -> float:
+    """Factor on the centre pixel's weight that makes the warm start's weighted PCA follow the loss.
+
+    The loss is ``lambda_mae * sum_e w_e |err_e| / sum_e w_e`` (over valid elements e) plus, for S2,
+    ``lambda_sam * angle(centre spectrum)`` with ``angle ~ |err_perp| / |x_centre|`` for small errors.
+    Per unit of error on a centre element, the MAE term weighs ``lambda_mae * w_c / sum w`` and the
+    SAM term ``lambda_sam / |x_centre|``; PCA weights proportional to these first-order coefficients
+    give ``1 + (lambda_sam / lambda_mae) * sum w / (w_c * mean |x_centre|)``, with ``sum w`` over the
+    valid elements of an average patch. The centre-weight setting multiplies it; SSIM is left out.
+    """
+    boost = float(loss_cfg.weights.center_weight)
+    lambda_sam, lambda_mae = float(getattr(loss_cfg, "lambda_sam", 0.0)), float(getattr(loss_cfg, "lambda_mae", 1.0))
+    if lambda_sam > 0 and lambda_mae > 0:
+        t, p = x.shape[1] // 2, x.shape[-1] // 2
+        valid = torch.isfinite(x)
+        total = float((weights[None, :, None] * valid).sum() / x.shape[0])  # sum of w over valid elements
+        centre = x[:, t, :, p, p]
+        norm = float(centre[torch.isfinite(centre).all(1)].norm(dim=1).mean())
+        w_c = float(weights[t, p, p])
+        boost *= 1.0 + (lambda_sam / lambda_mae) * total / (w_c * max(norm, 1e-6))
+    return boost
+
+
 def _precision(cfg: TrainerConfig) -> str:
     if cfg.precision != "auto":
         return cfg.precision
@@ -542,6 +617,8 @@ def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool =
     task, norm = build_task(cfg, base_dir=base_dir)
     data = CubeDataModule(cfg, norm, base_dir=base_dir)
     ckpt_dir = out / "checkpoints"
+    if not (ckpt_dir / "last.ckpt").exists():  # a resumed run takes its weights from the checkpoint
+        warm_start(task, data, cfg)
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.optim.monitor, mode="min",
                                  save_top_k=1, enable_version_counter=False)
     # A second, unmonitored callback writes last.ckpt every epoch: Lightning 2.6's save_last refreshes

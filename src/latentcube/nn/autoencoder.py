@@ -68,6 +68,10 @@ class AutoencoderConfig:
     # Linear paths around the LayerNorms: encoder latent read-out of the raw residual stream, and a
     # per-date Linear(latent -> C*p*p) added to the decoder's conv output.
     linear_paths: bool = True
+    # A p x p linear convolution of the (centred, NaN -> 0) input added to the latent: the linear part of
+    # the code, warm-started from a weighted per-date PCA before training (nn.linear_init). False for
+    # Off by default (the paper's architecture); training configs with ``warm_start: pca`` switch it on.
+    linear_patch: bool = False
     # Typical normalised value: the encoder sees ``x - value_offset`` (a filled invalid value then sits
     # at the typical level) and the decoder predicts the deviation from it. Without it the output bias
     # alone needs ~|mean| / lr Adam steps to reach the data mean (S1 ~0.6: hundreds of steps).
@@ -172,6 +176,32 @@ class SensorEncoder(nn.Module):
         self.temporal = DayAttentionLayer(c.widths[-1], c.d_model, c.n_heads, c.ffn_dim, c.latent_dim,
                                           c.n_frequencies, c.min_period_days, c.max_period_days, c.dropout,
                                           c.linear_paths)
+        # Linear patch code (see AutoencoderConfig.linear_patch); zero until warm-started or trained.
+        self.patch_linear = nn.Conv2d(c.n_bands, c.latent_dim, c.patch_size, bias=False) if c.linear_patch else None
+        if self.patch_linear is not None:
+            nn.init.zeros_(self.patch_linear.weight)
+        self.register_buffer("patch_centre", torch.full((c.n_bands,), float(c.value_offset)))
+        # Fixed per-pixel factor of the kernel (the warm start sets sqrt of the loss's spatial weights):
+        # the learned kernel then has entries of similar size everywhere, so an optimiser step of a given
+        # size does not swamp the ~1e-3-small weights of the outer rings.
+        self.register_buffer("patch_scale", torch.ones(c.patch_size, c.patch_size))
+
+    def _linear_code(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) with NaN = invalid -> (N, latent, H - p + 1, W - p + 1): the linear patch code."""
+        centred = x - self.patch_centre[:, None, None]
+        filled = torch.where(torch.isfinite(centred), centred, torch.zeros((), dtype=x.dtype, device=x.device))
+        return nn.functional.conv2d(filled, self.patch_linear.weight * self.patch_scale)
+
+    def scene_linear_code(self, x: Tensor) -> Tensor | None:
+        """(T, C, H, W) scene (or tile with halo) -> (T, H*W, latent) linear codes, None without the path.
+
+        Pixels outside the scene count as invalid (NaN padding), as in ``scene_features``.
+        """
+        if self.patch_linear is None:
+            return None
+        r = self.config.patch_size // 2
+        padded = nn.functional.pad(x, (r, r, r, r), value=float("nan"))
+        return rearrange(self._linear_code(padded), "t l h w -> t (h w) l")
 
     def patch_features(self, x: Tensor) -> Tensor:
         """(B, T, C, p, p) -> per-date spatial features (B, T, widths[-1])."""
@@ -180,7 +210,12 @@ class SensorEncoder(nn.Module):
         return rearrange(y, "(b t) d 1 1 -> b t d", b=b)
 
     def encode_patches(self, x: Tensor, days: Tensor) -> Tensor:
-        return self.temporal.forward_patches(self.patch_features(x), days.to(x.dtype))
+        z = self.temporal.forward_patches(self.patch_features(x), days.to(x.dtype))
+        if self.patch_linear is not None:
+            b = x.shape[0]
+            lin = self._linear_code(rearrange(x, "b t c h w -> (b t) c h w"))
+            z = z + rearrange(lin, "(b t) l 1 1 -> b t l", b=b)
+        return z
 
     def scene_features(self, x: Tensor) -> Tensor:
         """(T_all, C, H, W) -> per-date, per-pixel spatial features (T_all, H*W, widths[-1])."""
@@ -213,6 +248,9 @@ class SensorEncoder(nn.Module):
             feats = _crop_feats(self.scene_features(sub), sub.shape[-2], sub.shape[-1], y0, y1, x0, x1, r, height, width)
             z = torch.cat([self.temporal.forward_windows(feats[:, p0 : p0 + pixel_chunk], days, windows, query_pos)
                            for p0 in range(0, feats.shape[1], pixel_chunk)], dim=1)
+            lin = self.scene_linear_code(sub)
+            if lin is not None:  # query t's row is date t: its own date's linear code
+                z = z + _crop_feats(lin, sub.shape[-2], sub.shape[-1], y0, y1, x0, x1, r, height, width)
             out[:, :, y0:y1, x0:x1] = rearrange(z, "t (h w) l -> t l h w", h=y1 - y0)
         return out
 

@@ -166,7 +166,8 @@ class FusionModel(nn.Module):
         starts = torch.arange(n_windows, device=dev)
         sensor_windows = (starts[:, None] + torch.arange(n, device=dev)).repeat_interleave(n, dim=0)
         sensor_qpos = torch.arange(n, device=dev).repeat(n_windows)
-        row_days = days[sensor_windows.gather(1, sensor_qpos[:, None]).squeeze(1)]
+        row_dates = sensor_windows.gather(1, sensor_qpos[:, None]).squeeze(1)
+        row_days = days[row_dates]
         # Stage 2: target t reads the n rows of its window start s(t), query at position t - s(t).
         s = window_starts(n_total, n, dev)
         fusion_windows = s[:, None] * n + torch.arange(n, device=dev)
@@ -174,16 +175,21 @@ class FusionModel(nn.Module):
         out = first.new_empty(n_total, self.latent_dim, height, width)
         r = self.patch_size // 2
         for y0, y1, x0, x1 in scene_tiles(height, width, tile):
-            feats = {}
+            feats, lins = {}, {}
             for name, model in self.sensors.items():
                 sub = _tile_with_halo(x[name], y0, y1, x0, x1, r)
                 feats[name] = _crop_feats(model.encoder.scene_features(sub), sub.shape[-2], sub.shape[-1],
                                           y0, y1, x0, x1, r, height, width)
+                lin = model.encoder.scene_linear_code(sub)
+                if lin is not None:
+                    lins[name] = _crop_feats(lin, sub.shape[-2], sub.shape[-1], y0, y1, x0, x1, r, height, width)
             zs = []
             for p0 in range(0, (y1 - y0) * (x1 - x0), pixel_chunk):
                 latents = {name: model.encoder.temporal.forward_windows(
                     feats[name][:, p0 : p0 + pixel_chunk], days, sensor_windows, sensor_qpos)
                     for name, model in self.sensors.items()}
+                for name, lin in lins.items():  # each row's linear code is that of its own date
+                    latents[name] = latents[name] + lin[row_dates, p0 : p0 + pixel_chunk]
                 zs.append(self.temporal.forward_windows(self._fuse_tokens(latents), row_days, fusion_windows,
                                                         fusion_qpos))
             out[:, :, y0:y1, x0:x1] = rearrange(torch.cat(zs, dim=1), "t (h w) l -> t l h w", h=y1 - y0)

@@ -1,0 +1,112 @@
+"""PCA warm start of the sensor autoencoders (nn.linear_init) and the loss-derived centre emphasis."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from latentcube.losses import S1PretrainConfig, S2PretrainConfig, context_weights
+from latentcube.nn import SensorAutoencoder, s1_config, s2_config
+from latentcube.nn.linear_init import pca_warm_start, top_basis, weighted_date_pca
+from latentcube.train import centre_emphasis
+
+SMALL = dict(widths=(8, 12, 16), multiscale_branch_ch=4, d_model=16, n_heads=2, ffn_dim=16, decoder_d_model=16,
+             decoder_ffn_dim=16, decoder_widths=(16, 8, 8), decoder_branch_ch=4, dropout=0.0,
+             linear_patch=True)
+
+
+def _low_rank_patches(n: int, rank: int, c: int, seed: int = 0, nan_fraction: float = 0.0) -> torch.Tensor:
+    """(n, 11, c, 15, 15) patches: every date a mix of ``rank`` fixed spatial-spectral patterns + a constant."""
+    g = torch.Generator().manual_seed(seed)
+    patterns = torch.randn(rank, c, 15, 15, generator=g) * 0.1
+    codes = torch.randn(n, 11, rank, generator=g)
+    codes -= codes.mean(dim=(0, 1))  # band means are then exactly 0.3: the centred data has rank ``rank``
+    x = 0.3 + torch.einsum("ntk,kchw->ntchw", codes, patterns)
+    if nan_fraction:
+        x[torch.rand(x.shape, generator=g) < nan_fraction] = float("nan")
+    return x
+
+
+def test_top_basis_matches_svd():
+    g = torch.Generator().manual_seed(0)
+    for shape in ((200, 30), (30, 200)):
+        a = torch.randn(*shape, generator=g, dtype=torch.float64)
+        basis = top_basis(a, 5)
+        v = torch.linalg.svd(a, full_matrices=False).Vh[:5].T
+        # same subspace: projections agree (signs of singular vectors are arbitrary)
+        torch.testing.assert_close(basis @ basis.T, v @ v.T, atol=1e-10, rtol=0)
+
+
+def test_weighted_date_pca_weights_elements_by_the_spatial_weights():
+    # Two independent random elements with equal variance: the heavier-weighted one wins the first direction.
+    x = torch.zeros(500, 1, 1, 3, 3, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    x[:, 0, 0, 0, 0] = torch.randn(500, generator=g, dtype=torch.float64)
+    x[:, 0, 0, 1, 1] = torch.randn(500, generator=g, dtype=torch.float64)
+    weights = torch.full((1, 3, 3), 0.1, dtype=torch.float64)
+    weights[0, 1, 1] = 1.0
+    basis, sw = weighted_date_pca(x, weights, 1)
+    # (sample correlation of the two random columns keeps it just below 1)
+    assert basis.shape == (9, 1) and abs(float(basis[4, 0])) > 0.99 and abs(float(basis[0, 0])) < 0.05
+    torch.testing.assert_close(sw.reshape(3, 3), (weights[0] / weights[0].max()).sqrt())
+
+
+@pytest.mark.parametrize("preset", [s1_config, s2_config])
+def test_warm_started_model_reconstructs_low_rank_patches(preset):
+    torch.manual_seed(0)
+    cfg = preset(**SMALL)
+    model = SensorAutoencoder(cfg).eval()
+    x = _low_rank_patches(300, cfg.latent_dim, cfg.n_bands)
+    days = torch.arange(11.0).repeat(300, 1) * 5
+    weights = context_weights(11, 15, 15)
+    before = (model(x, days)[0] - x).abs().mean()
+    summary = pca_warm_start(model, x, weights)
+    with torch.no_grad():
+        recon, z = model(x, days)
+    # rank == latent size: the linear code is exact, and the non-linear paths start silent
+    assert summary["explained"] == pytest.approx(1.0, abs=1e-6)
+    assert (recon - x).abs().max() < 1e-4 < before
+    # the latent is the linear code of the date's own patch: dates are coded independently
+    x2 = x.clone()
+    x2[:, 3] = x[:, 7]
+    with torch.no_grad():
+        z2 = model.encode_patches(x2, days)
+    torch.testing.assert_close(z2[:, 3], z[:, 7], atol=1e-5, rtol=0)
+
+
+def test_warm_start_ignores_invalid_targets_and_keeps_scene_equivalence():
+    torch.manual_seed(0)
+    cfg = s2_config(**SMALL)
+    model = SensorAutoencoder(cfg).eval()
+    x = _low_rank_patches(400, 3, cfg.n_bands, nan_fraction=0.2)
+    pca_warm_start(model, x, context_weights(11, 15, 15))
+    assert torch.isfinite(model.decoder.linear.weight).all() and torch.isfinite(model.encoder.patch_linear.weight).all()
+    # dense scene path == per-patch path with the fitted linear code (centre and scale buffers included)
+    scene = _low_rank_patches(1, 3, cfg.n_bands, seed=5, nan_fraction=0.1)[0, :, :, :, :]  # (11, C, 15, 15)
+    days = torch.cumsum(torch.full((11,), 6.0), 0)
+    with torch.no_grad():
+        dense = model.encode_scene(scene, days)
+        padded = torch.nn.functional.pad(scene, (7, 7, 7, 7), value=float("nan"))
+        patch = padded[None, :, :, 3:18, 9:24]  # pixel (3, 9), the window is all 11 dates
+        torch.testing.assert_close(model.encode_patches(patch, days[None])[0], dense[:, :, 3, 9], atol=1e-5, rtol=0)
+
+
+def test_warm_start_rejects_models_without_the_linear_paths():
+    model = SensorAutoencoder(dataclasses.replace(s2_config(**SMALL), linear_patch=False))
+    with pytest.raises(ValueError, match="linear_patch=True"):
+        pca_warm_start(model, _low_rank_patches(10, 2, 10), context_weights(11, 15, 15))
+
+
+def test_centre_emphasis_follows_the_loss():
+    weights = torch.ones(11, 15, 15)
+    x = torch.full((4, 11, 10, 15, 15), 0.2)
+    x[:, :, :, 0, 0] = float("nan")  # one invalid pixel column: 11 dates x 10 bands fewer valid elements
+    # S1: weighted MAE only -> the centre keeps its loss weight
+    assert centre_emphasis(S1PretrainConfig(), weights, x) == 1.0
+    # S2: 1 + (lambda_sam / lambda_mae) * sum(w over valid) / (w_c * |x_c|), by hand
+    cfg = S2PretrainConfig(lambda_mae=0.25, lambda_sam=0.75)
+    total = 11 * 10 * (15 * 15 - 1)
+    norm = (10 * 0.2**2) ** 0.5
+    assert centre_emphasis(cfg, weights, x) == pytest.approx(1 + 3.0 * total / norm, rel=1e-5)
