@@ -48,8 +48,8 @@ def test_warm_started_model_reconstructs_low_rank_patches(preset):
     torch.manual_seed(0)
     cfg = preset(**SMALL)
     model = SensorAutoencoder(cfg).eval()
-    x = _low_rank_patches(300, cfg.latent_dim, cfg.n_bands)
-    days = torch.arange(11.0).repeat(300, 1) * 5
+    x = _low_rank_patches(120, cfg.latent_dim, cfg.n_bands)
+    days = torch.arange(11.0).repeat(120, 1) * 5
     weights = context_weights(11, 15, 15)
     before = (model(x, days)[0] - x).abs().mean()
     summary = pca_warm_start(model, x, weights)
@@ -70,7 +70,7 @@ def test_warm_start_ignores_invalid_targets_and_keeps_scene_equivalence():
     torch.manual_seed(0)
     cfg = s2_config(**SMALL)
     model = SensorAutoencoder(cfg).eval()
-    x = _low_rank_patches(400, 3, cfg.n_bands, nan_fraction=0.2)
+    x = _low_rank_patches(150, 3, cfg.n_bands, nan_fraction=0.2)
     pca_warm_start(model, x, context_weights(11, 15, 15))
     assert torch.isfinite(model.decoder.linear.weight).all() and torch.isfinite(model.encoder.patch_linear.weight).all()
     # dense scene path == per-patch path with the fitted linear code (centre and scale buffers included)
