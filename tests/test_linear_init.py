@@ -100,3 +100,34 @@ def test_centre_emphasis_follows_the_loss():
     total = 11 * 10 * (15 * 15 - 1)
     norm = (10 * 0.2**2) ** 0.5
     assert centre_emphasis(cfg, weights, x) == pytest.approx(1 + 3.0 * total / norm, rel=1e-5)
+
+
+def test_fusion_warm_start_is_a_lossless_affine_code_when_the_latents_fit():
+    from latentcube.nn import FusionConfig, FusionModel
+    from latentcube.nn.linear_init import fusion_warm_start
+
+    torch.manual_seed(0)
+    weights = context_weights(11, 15, 15)
+    s1, s2 = SensorAutoencoder(s1_config(**SMALL)).eval(), SensorAutoencoder(s2_config(**SMALL)).eval()
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randn(120, 11, 4, generator=g)
+    codes -= codes.mean(dim=(0, 1))
+    # both sensors see the same 4 hidden factors (rank 2 of them for S1, 3 for S2): 5 latent numbers, 7 fused
+    x1 = 0.5 + torch.einsum("ntk,kchw->ntchw", codes[..., :2], torch.randn(2, 2, 15, 15, generator=g) * 0.1)
+    x2 = 0.3 + torch.einsum("ntk,kchw->ntchw", codes[..., 1:], torch.randn(3, 10, 15, 15, generator=g) * 0.1)
+    days = torch.arange(11.0).repeat(120, 1) * 5
+    pca_warm_start(s1, x1, weights)
+    pca_warm_start(s2, x2, weights)
+    fused = FusionModel({"s1": s1, "s2": s2}, FusionConfig()).freeze_sensor_models().eval()
+    x = {"s1": x1, "s2": x2}
+    summary = fusion_warm_start(fused, x, days, {"s1": weights, "s2": weights})
+    assert summary["explained"] == pytest.approx(1.0, abs=1e-6)
+    with torch.no_grad():
+        out = fused(x, days)
+        for name in ("s1", "s2"):
+            assert (out.reconstructions[name] - x[name]).abs().max() < 1e-3, name
+        # affine in the input: the code of a mean of two patch sets is the mean of their codes
+        a, b = {k: v[:10] for k, v in x.items()}, {k: v[10:20] for k, v in x.items()}
+        mid = fused.encode_patches({k: (a[k] + b[k]) / 2 for k in x}, days[:10])
+        torch.testing.assert_close(mid, (fused.encode_patches(a, days[:10]) + fused.encode_patches(b, days[:10])) / 2,
+                                   atol=1e-5, rtol=0)

@@ -185,3 +185,26 @@ def test_pca_warm_start_sets_the_linear_paths_from_training_patches(world_dir, t
     assert warm_start(task, data, replace(cfg, warm_start="none")) is None
     with pytest.raises(ConfigError, match="warm_start must be"):
         warm_start(task, data, replace(cfg, warm_start="svd"))
+
+
+@pytest.mark.slow
+def test_fusion_pca_warm_start_lowers_the_initial_loss(world_dir, stage1, tmp_path):
+    from latentcube.train import CubeDataModule, build_task, warm_start
+
+    cfg = stage_config(world_dir, tmp_path / "fws", "fusion", warm_start="pca", warm_start_patches=48,
+                       checkpoints={k: str(v) for k, v in stage1.items()})
+    task, norm = build_task(cfg)
+    data = CubeDataModule(cfg, norm)
+    batch = next(iter(torch.utils.data.DataLoader(data.dataset("val"), batch_size=32)))
+    inputs = {k: batch[k] for k in ("s1", "s2")}
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(task.loss(task.model(inputs, batch["days"]).reconstructions, inputs, batch["days"]).total)
+
+    before = loss()
+    frozen = {k: v.clone() for k, v in task.model.sensors.state_dict().items()}
+    summary = warm_start(task, data, cfg)
+    assert summary["n_samples"] == 48 * 11 and 0.5 < summary["explained"] <= 1.0
+    assert loss() < before
+    assert all(torch.equal(v, task.model.sensors.state_dict()[k]) for k, v in frozen.items())  # sensors untouched

@@ -45,7 +45,7 @@ from latentcube.nn import (
     s1_config,
     s2_config,
 )
-from latentcube.nn.linear_init import pca_warm_start
+from latentcube.nn.linear_init import fusion_warm_start, pca_warm_start
 from latentcube.preprocess import Normalization
 from latentcube.sampling import (
     BlockShuffleSampler,
@@ -521,21 +521,17 @@ def warm_start(task: _StageTask, data: CubeDataModule, cfg: TrainConfig) -> dict
     Patches are read at evenly spaced indices of the training split (epoch-0 frames), so the fit is
     deterministic and independent of the shuffling seed's draw order.
     """
-    if cfg.warm_start == "none" or cfg.stage not in ("s1", "s2"):
+    if cfg.warm_start == "none":
         return None
     if cfg.warm_start != "pca":
         raise ConfigError(f"warm_start must be 'pca' or 'none', got {cfg.warm_start!r}")
+    if cfg.stage == "fusion":
+        return _fusion_warm_start(task, data, cfg)
     model = task.model
     if model.encoder.patch_linear is None or model.decoder.linear is None:
         raise ConfigError("warm_start: pca needs the linear code paths: set model: {linear_patch: true} "
                           "(and keep linear_paths: true), or warm_start: none")
-    dataset = data.dataset("train")
-    n = min(len(dataset), max(int(cfg.warm_start_patches), 1))
-    if n == 0:
-        return None
-    index = np.unique(np.linspace(0, len(dataset) - 1, n).round().astype(int))
-    loader = DataLoader(torch.utils.data.Subset(dataset, index.tolist()), batch_size=256, shuffle=False)
-    x = torch.cat([batch["x"] for batch in loader])
+    x = _training_sample(data, cfg.warm_start_patches, ("x",))["x"]
     c = model.config
     loss_cfg = task.loss.config
     wcfg = replace(loss_cfg.weights, center_weight=1.0, time_distance="index")
@@ -543,6 +539,41 @@ def warm_start(task: _StageTask, data: CubeDataModule, cfg: TrainConfig) -> dict
     boost = centre_emphasis(loss_cfg, weights, x)
     summary = pca_warm_start(model, x, weights, centre_boost=boost)
     return {**summary, "centre_boost": boost}
+
+
+def _training_sample(data: CubeDataModule, n: int, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Up to ``n`` training items at evenly spaced indices (epoch-0 frames), stacked per key."""
+    dataset = data.dataset("train")
+    index = np.unique(np.linspace(0, len(dataset) - 1, min(len(dataset), max(n, 1))).round().astype(int))
+    loader = DataLoader(torch.utils.data.Subset(dataset, index.tolist()), batch_size=256, shuffle=False)
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+    for batch in loader:
+        for k in keys:
+            parts[k].append(batch[k])
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def _fusion_warm_start(task: _StageTask, data: CubeDataModule, cfg: TrainConfig) -> dict[str, float]:
+    """``warm_start: pca`` for fusion: the loss-weighted linear fused code of the frozen sensor latents."""
+    model = task.model
+    names = model.sensor_names
+    sample = _training_sample(data, cfg.warm_start_patches, (*names, "days"))
+    loss_sensors = task.loss.config.sensors
+    weights = {}
+    for name in names:
+        scfg = loss_sensors[name]
+        x = sample[name]
+        t, p = x.shape[1], x.shape[-1]
+        w = weights_from_config(replace(scfg.weights, time_distance="index"), t, p, p)
+        total = float((w[None, :, None] * torch.isfinite(x)).sum() / x.shape[0])
+        a = scfg.weight * scfg.mae_weight * w / max(total, 1e-12)
+        if scfg.use_sam:  # SAM of the centre spectrum, to first order (see centre_emphasis)
+            centre = x[:, t // 2, :, p // 2, p // 2]
+            norm = float(centre[torch.isfinite(centre).all(1)].norm(dim=1).mean())
+            a[t // 2, p // 2, p // 2] += scfg.weight * scfg.sam_weight / max(norm, 1e-6)
+        weights[name] = a
+    x = {name: sample[name] for name in names}
+    return fusion_warm_start(model, x, sample["days"].to(torch.float32), weights)
 
 
 def centre_emphasis(loss_cfg: Any, weights: torch.Tensor, x: torch.Tensor) -> float:

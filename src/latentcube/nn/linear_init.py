@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["top_basis", "weighted_date_pca", "pca_warm_start"]
+__all__ = ["top_basis", "weighted_date_pca", "pca_warm_start", "fusion_warm_start"]
 
 
 def top_basis(a: Tensor, k: int) -> Tensor:
@@ -127,4 +127,82 @@ def pca_warm_start(model, x: Tensor, weights: Tensor, *, ridge: float = 1e-6, ce
             layer.weight.zero_()
             if layer.bias is not None:
                 layer.bias.zero_()
+    return {"explained": explained, "n_samples": float(n * t)}
+
+
+@torch.no_grad()
+def fusion_warm_start(model, x, days: Tensor, element_weights, *, n_jacobian: int = 64, step: float = 1e-2) -> dict[str, float]:
+    """Set a ``FusionModel``'s fusion layers to the best linear fused code of the frozen sensor latents.
+
+    The fused code is the top-``latent_dim`` directions of the (centred) concatenated sensor latents in
+    the metric ``M = J^T A J``: ``J`` the frozen decoders' response of a whole patch sequence to the
+    centre date's latent (central differences at ``n_jacobian`` training samples), ``A`` the per-element
+    loss weights (``element_weights``: sensor -> (T, p, p)), one block per sensor. So the 7 numbers keep
+    the latent directions the loss notices most. Back-projections are least squares of each sensor's
+    latent on the code. The fusion transformer starts as a pure linear map (identity ``W_in``, value,
+    position-value, FFN and LayerNorm read-out silenced), so the untrained fusion model is that code.
+
+    Args:
+        model: the ``FusionModel`` (sensor models frozen; changed in place).
+        x: {sensor: (N, T, C_s, p, p)} normalised training patches; days: (N, T).
+        element_weights: {sensor: (T, p, p)} loss weight of one element (summed over nothing: per band).
+
+    Returns: ``{"explained": fraction of the metric-weighted latent variance kept, "n_samples": N * T}``.
+    """
+    names = model.sensor_names
+    latents = model.sensor_latents(x, days)
+    n, t = days.shape
+    blocks = []
+    for name in names:
+        dec, z = model.sensors[name], latents[name][:n_jacobian]
+        d, c, a = days[:n_jacobian], t // 2, element_weights[name].to(z.dtype)
+        cols = []
+        for j in range(z.shape[-1]):
+            e = torch.zeros_like(z)
+            e[:, c, j] = step
+            cols.append((dec.decode(z + e, d) - dec.decode(z - e, d)) / (2 * step))  # (B, T, C, p, p)
+        jac = torch.stack(cols, dim=-1) * a[None, :, None, :, :, None].sqrt()
+        jac = jac.reshape(jac.shape[0], -1, jac.shape[-1]).double()
+        blocks.append(torch.einsum("bej,bek->jk", jac, jac) / jac.shape[0])
+    metric = torch.block_diag(*blocks)
+    evals, vecs = torch.linalg.eigh(metric)
+    root = vecs @ torch.diag(evals.clamp(min=0).sqrt()) @ vecs.T
+    z_all = torch.cat([latents[name] for name in names], dim=-1).reshape(n * t, -1).double()
+    mean = z_all.mean(0)
+    centred = z_all - mean
+    basis = top_basis(centred @ root, model.latent_dim)  # (L_total, k)
+    k = basis.shape[1]
+    q = basis.T @ root  # (k, L_total): code = q @ (z - mean)
+    codes = centred @ q.T
+    explained = float((centred @ root @ basis).pow(2).sum() / (centred @ root).pow(2).sum().clamp(min=1e-30))
+    design = torch.cat([codes, torch.ones(n * t, 1, dtype=codes.dtype)], dim=1)
+    coef = torch.linalg.lstsq(design, z_all).solution  # (k + 1, L_total)
+
+    cfg, tl = model.config, model.temporal
+    d_in = cfg.proj_dim * len(names)
+    if cfg.d_model < d_in or any(model.sensors[s].latent_dim > cfg.proj_dim for s in names) or tl.w_lin is None:
+        raise ValueError("fusion_warm_start needs proj_dim >= every sensor's latent size, d_model >= n_sensors * "
+                         "proj_dim and the fusion layer's linear read-out")
+    w_lin = torch.zeros(cfg.latent_dim, cfg.d_model, dtype=torch.float64)
+    offset = 0
+    for i, name in enumerate(names):
+        size = model.sensors[name].latent_dim
+        proj = model.project[name]
+        proj.weight.zero_()
+        proj.weight[:size].copy_(torch.eye(size))
+        proj.bias.zero_()
+        proj.bias[:size].copy_(-mean[offset : offset + size].to(proj.bias.dtype))
+        w_lin[:k, i * cfg.proj_dim : i * cfg.proj_dim + size] = q[:, offset : offset + size]
+        back = model.back_project[name]
+        back.weight.zero_()
+        back.weight[:, :k].copy_(coef[:k, offset : offset + size].T.to(back.weight.dtype))
+        back.bias.copy_(coef[k, offset : offset + size].to(back.bias.dtype))
+        offset += size
+    tl.w_in.weight.zero_()
+    tl.w_in.weight[:, :d_in].copy_(torch.eye(cfg.d_model, d_in))
+    tl.w_in.bias.zero_()
+    tl.w_lin.weight.copy_(w_lin.to(tl.w_lin.weight.dtype))
+    for layer in (tl.wv, tl.vpos, tl.ffn[2], tl.w_out):
+        layer.weight.zero_()
+        layer.bias.zero_()
     return {"explained": explained, "n_samples": float(n * t)}
