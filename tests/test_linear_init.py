@@ -131,3 +131,11 @@ def test_fusion_warm_start_is_a_lossless_affine_code_when_the_latents_fit():
         mid = fused.encode_patches({k: (a[k] + b[k]) / 2 for k in x}, days[:10])
         torch.testing.assert_close(mid, (fused.encode_patches(a, days[:10]) + fused.encode_patches(b, days[:10])) / 2,
                                    atol=1e-5, rtol=0)
+
+
+def test_models_without_the_linear_path_keep_their_state_dict_keys():
+    # Model files written before the path existed must still load with strict keys.
+    keys = set(SensorAutoencoder(s2_config()).state_dict())
+    assert not any("patch_" in k for k in keys)
+    with_path = set(SensorAutoencoder(s2_config(linear_patch=True)).state_dict())
+    assert with_path - keys == {"encoder.patch_linear.weight", "encoder.patch_centre", "encoder.patch_scale"}

@@ -177,14 +177,15 @@ class SensorEncoder(nn.Module):
                                           c.n_frequencies, c.min_period_days, c.max_period_days, c.dropout,
                                           c.linear_paths)
         # Linear patch code (see AutoencoderConfig.linear_patch); zero until warm-started or trained.
+        # Created only with the path, so model files written without it load unchanged (strict keys).
         self.patch_linear = nn.Conv2d(c.n_bands, c.latent_dim, c.patch_size, bias=False) if c.linear_patch else None
         if self.patch_linear is not None:
             nn.init.zeros_(self.patch_linear.weight)
-        self.register_buffer("patch_centre", torch.full((c.n_bands,), float(c.value_offset)))
-        # Fixed per-pixel factor of the kernel (the warm start sets sqrt of the loss's spatial weights):
-        # the learned kernel then has entries of similar size everywhere, so an optimiser step of a given
-        # size does not swamp the ~1e-3-small weights of the outer rings.
-        self.register_buffer("patch_scale", torch.ones(c.patch_size, c.patch_size))
+            self.register_buffer("patch_centre", torch.full((c.n_bands,), float(c.value_offset)))
+            # Fixed per-pixel factor of the kernel (the warm start sets sqrt of the loss's spatial weights):
+            # the learned kernel then has entries of similar size everywhere, so an optimiser step of a
+            # given size does not swamp the ~1e-3-small weights of the outer rings.
+            self.register_buffer("patch_scale", torch.ones(c.patch_size, c.patch_size))
 
     def _linear_code(self, x: Tensor) -> Tensor:
         """(N, C, H, W) with NaN = invalid -> (N, latent, H - p + 1, W - p + 1): the linear patch code."""
