@@ -157,10 +157,11 @@ class TrainConfig:
     normalization: dict[str, Any] | None = None
     """Normalisation (``Normalization.to_dict()``); default: the documented fixed bounds."""
     warm_start: Literal["pca", "none"] = "none"
-    """Stages s1/s2: ``pca`` fits the linear code paths to a weighted per-date PCA of up to
-    ``warm_start_patches`` training patches before the first step (``nn.linear_init``; not on resume),
-    with the centre weighted as the loss weighs it (``centre_emphasis``). Off by default: it wins on the
-    reconstruction objective but gives more spectrum-like embeddings (docs/training.md)."""
+    """``pca``: before the first step (not on resume), fit the linear code paths to up to
+    ``warm_start_patches`` training patches (``nn.linear_init``): s1/s2 a weighted per-date PCA with the
+    centre weighted as the loss weighs it (``centre_emphasis``), fusion the loss-weighted linear code of
+    the sensor latents. Off by default: it wins on the reconstruction objective but gives more
+    spectrum-like embeddings (docs/training.md)."""
     warm_start_patches: int = 2000
 
 
@@ -281,7 +282,8 @@ LINEAR_PATH_PARAMS = ("encoder.patch_linear.weight", "decoder.linear.weight", "d
 def _configure_optim(module: L.LightningModule, params: list[torch.nn.Parameter], optim: OptimConfig):
     trainable = {id(p) for p in params}
     linear = [p for name, p in module.named_parameters() if id(p) in trainable and name.endswith(LINEAR_PATH_PARAMS)]
-    rest = [p for p in params if id(p) not in {id(q) for q in linear}]
+    linear_ids = {id(p) for p in linear}
+    rest = [p for p in params if id(p) not in linear_ids]
     groups = [{"params": rest, "lr": optim.lr}]
     if linear:
         groups.append({"params": linear, "lr": optim.lr * optim.linear_lr_factor})
@@ -516,7 +518,7 @@ def build_task(cfg: TrainConfig, *, base_dir: Path | None = None) -> tuple[_Stag
 
 
 def warm_start(task: _StageTask, data: CubeDataModule, cfg: TrainConfig) -> dict[str, float] | None:
-    """Apply ``cfg.warm_start`` to a fresh stage-1 task; returns the fit's summary (None when skipped).
+    """Apply ``cfg.warm_start`` to a fresh task of any stage; returns the fit's summary (None when skipped).
 
     Patches are read at evenly spaced indices of the training split (epoch-0 frames), so the fit is
     deterministic and independent of the shuffling seed's draw order.
@@ -565,11 +567,9 @@ def _fusion_warm_start(task: _StageTask, data: CubeDataModule, cfg: TrainConfig)
         x = sample[name]
         t, p = x.shape[1], x.shape[-1]
         w = weights_from_config(replace(scfg.weights, time_distance="index"), t, p, p)
-        total = float((w[None, :, None] * torch.isfinite(x)).sum() / x.shape[0])
+        total, norm = _valid_weight_and_centre_norm(w, x)
         a = scfg.weight * scfg.mae_weight * w / max(total, 1e-12)
         if scfg.use_sam:  # SAM of the centre spectrum, to first order (see centre_emphasis)
-            centre = x[:, t // 2, :, p // 2, p // 2]
-            norm = float(centre[torch.isfinite(centre).all(1)].norm(dim=1).mean())
             a[t // 2, p // 2, p // 2] += scfg.weight * scfg.sam_weight / max(norm, 1e-6)
         weights[name] = a
     x = {name: sample[name] for name in names}
@@ -589,14 +589,18 @@ def centre_emphasis(loss_cfg: Any, weights: torch.Tensor, x: torch.Tensor) -> fl
     boost = float(loss_cfg.weights.center_weight)
     lambda_sam, lambda_mae = float(getattr(loss_cfg, "lambda_sam", 0.0)), float(getattr(loss_cfg, "lambda_mae", 1.0))
     if lambda_sam > 0 and lambda_mae > 0:
-        t, p = x.shape[1] // 2, x.shape[-1] // 2
-        valid = torch.isfinite(x)
-        total = float((weights[None, :, None] * valid).sum() / x.shape[0])  # sum of w over valid elements
-        centre = x[:, t, :, p, p]
-        norm = float(centre[torch.isfinite(centre).all(1)].norm(dim=1).mean())
-        w_c = float(weights[t, p, p])
+        total, norm = _valid_weight_and_centre_norm(weights, x)
+        w_c = float(weights[x.shape[1] // 2, x.shape[-1] // 2, x.shape[-1] // 2])
         boost *= 1.0 + (lambda_sam / lambda_mae) * total / (w_c * max(norm, 1e-6))
     return boost
+
+
+def _valid_weight_and_centre_norm(weights: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
+    """For patches ``x`` (N, T, C, p, p) and weights (T, p, p): the sum of the weights over the valid
+    elements of an average patch, and the mean norm of the complete centre spectra (centre date)."""
+    total = float((weights[None, :, None] * torch.isfinite(x)).sum() / x.shape[0])
+    centre = x[:, x.shape[1] // 2, :, x.shape[-1] // 2, x.shape[-1] // 2]
+    return total, float(centre[torch.isfinite(centre).all(1)].norm(dim=1).mean())
 
 
 def _precision(cfg: TrainerConfig) -> str:

@@ -69,8 +69,8 @@ class AutoencoderConfig:
     # per-date Linear(latent -> C*p*p) added to the decoder's conv output.
     linear_paths: bool = True
     # A p x p linear convolution of the (centred, NaN -> 0) input added to the latent: the linear part of
-    # the code, warm-started from a weighted per-date PCA before training (nn.linear_init). False for
-    # Off by default (the paper's architecture); training configs with ``warm_start: pca`` switch it on.
+    # the code, warm-started from a weighted per-date PCA before training (nn.linear_init). Off by
+    # default (the paper's architecture); training configs with ``warm_start: pca`` switch it on.
     linear_patch: bool = False
     # Typical normalised value: the encoder sees ``x - value_offset`` (a filled invalid value then sits
     # at the typical level) and the decoder predicts the deviation from it. Without it the output bias
