@@ -251,6 +251,25 @@ def test_block_size_does_not_change_the_result(cube_path, models, fused_emb, tmp
         np.testing.assert_allclose(got[s], ref[s], rtol=1e-5, atol=1e-6)
 
 
+def test_embed_pixels_equals_the_cube_embedding(cube_path, models, fused_emb, s2_emb):
+    """A few pixels embedded on their own (context from the cube around them) equal the whole-cube store."""
+    from latentcube.embed import embed_pixels
+
+    ref = xr.open_zarr(fused_emb)["embedding"]
+    for ys, xs in [(slice(9, 14), slice(3, 6)), (slice(0, 2), slice(W - 3, W))]:  # interior, and a corner
+        got = embed_pixels(cube_path, models["fusion"], ys, xs, sensors=("fused", "s1", "s2"))
+        want = ref.isel(y=ys, x=xs)
+        assert got.dims == want.dims and got.shape == want.shape
+        np.testing.assert_array_equal(got["feature"].values, want["feature"].values)
+        np.testing.assert_array_equal(got["y"].values, want["y"].values)
+        np.testing.assert_allclose(got.values, want.values, rtol=0, atol=1e-6)  # NaN layout included
+    got = embed_pixels(_cube(), models["s2"], slice(4, 7), slice(10, 12))  # in-memory cube, autoencoder
+    np.testing.assert_allclose(got.values, xr.open_zarr(s2_emb)["embedding"].isel(y=slice(4, 7), x=slice(10, 12)).values,
+                               rtol=0, atol=1e-6)
+    with pytest.raises(EmbedError, match="non-empty step-1 slices"):
+        embed_pixels(cube_path, models["s2"], slice(5, 5), slice(0, 2))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_local_cluster_matches_in_process(cube_path, models, fused_emb, tmp_path, workers):

@@ -196,6 +196,26 @@ def test_tiled_scene_equals_untiled(s2_model, fused):
         assert (a - b).abs().max() <= TOL
 
 
+def test_scene_region_equals_the_cropped_full_result(s2_model, fused):
+    """``region`` embeds only those pixels (the rest of the scene is context): same values as cropping."""
+    gen = _seed(22)
+    x = {"s1": _scene(gen, 12, 2, 19, 17), "s2": _scene(gen, 12, 10, 19, 17)}
+    days = _days(gen, 12)
+    with torch.no_grad():
+        full_s2, full_f = s2_model.encode_scene(x["s2"], days), fused.encode_scene(x, days)
+        for ys, xs, tile in [(slice(3, 11), slice(5, 16), None), (slice(0, 19), slice(9, 17), 4), (slice(18, 19), slice(0, 1), 8)]:
+            got = s2_model.encode_scene(x["s2"], days, region=(ys, xs), tile=tile)
+            assert got.shape == (12, 9, ys.stop - ys.start, xs.stop - xs.start)
+            assert (got - full_s2[:, :, ys, xs]).abs().max() <= TOL
+            got = fused.encode_scene(x, days, region=(ys, xs), tile=tile, pixel_chunk=7)
+            assert got.shape == (12, 7, ys.stop - ys.start, xs.stop - xs.start)
+            assert (got - full_f[:, :, ys, xs]).abs().max() <= TOL
+        with pytest.raises(ValueError, match="non-empty step-1"):
+            s2_model.encode_scene(x["s2"], days, region=(slice(4, 4), slice(0, 3)))
+        with pytest.raises(ValueError, match="non-empty step-1"):
+            fused.encode_scene(x, days, region=(slice(0, 8, 2), slice(0, 3)))
+
+
 # ------------------------------------------------------------------------------------ receptive field
 
 

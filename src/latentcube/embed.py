@@ -38,6 +38,7 @@ __all__ = [
     "auto_tile",
     "block_grid",
     "embed_cube",
+    "embed_pixels",
     "feature_names",
     "open_embedding",
     "quantize_int8",
@@ -560,9 +561,10 @@ def _compute_block(ds: xr.Dataset, model: Any, meta: dict[str, Any], plan: _Plan
     dev = _device(plan)
     days = torch.from_numpy(_days(times).astype("float32")).to(dev)
     x = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in inputs.items()}
-    kw = dict(tile=plan.tile, pixel_chunk=plan.pixel_chunk)
     oy, ox = ys.start - ry.start, xs.start - rx.start
     h, w = ys.stop - ys.start, xs.stop - xs.start
+    # Only the block's own pixels are embedded; the halo is context (no outputs computed for it).
+    kw = dict(tile=plan.tile, pixel_chunk=plan.pixel_chunk, region=(slice(oy, oy + h), slice(ox, ox + w)))
     # The quality layer decodes the model's own embedding: the fused one, or the autoencoder's sensor's.
     source = "fused" if plan.kind == "fusion" else plan.sensors[0]
     wanted = [*plan.sensors, *([source] if plan.quality and source not in plan.sensors else [])]
@@ -575,7 +577,7 @@ def _compute_block(ds: xr.Dataset, model: Any, meta: dict[str, Any], plan: _Plan
                 z = model.encode_scene(x, days, **kw)
             else:  # a fusion model's own sensor encoder, on the same (matched) inputs
                 z = model.sensors[name].encode_scene(x[name], days, **kw)
-            dense[name] = z[:, :, oy : oy + h, ox : ox + w]
+            dense[name] = z
         quality = {}
         if plan.quality:
             n_dates = model.n_dates if plan.kind == "fusion" else model.config.n_dates
@@ -938,43 +940,11 @@ def embed_cube(
         ds = open_cube(cube)
         source = source_name = str(Path(cube).resolve())
     model, meta = load_model(checkpoint)
-    kind = meta["kind"]
-    chosen = _resolve_sensors(kind, model, sensors)
-    if kind == "fusion":
-        inputs, time_var, on_s2 = tuple(model.sensor_names), "s2", True
-        if set(inputs) - {"s1", "s2"}:
-            raise EmbedError(f"fusion over sensors {list(inputs)}: only s1 and s2 cubes are supported.")
-        dims = {"fused": model.latent_dim, **{n: m.latent_dim for n, m in model.sensors.items()}}
-        halo = model.patch_size // 2
-    else:
-        own = model.config.sensor
-        if own not in ("s1", "s2"):
-            raise EmbedError(f"autoencoder for sensor {own!r}: only s1 and s2 cubes are supported.")
-        inputs, time_var, on_s2 = (own,), own, False
-        dims = {own: model.latent_dim}
-        halo = model.config.patch_size // 2
-    _check_cube(ds, kind, model, meta, inputs)
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise EmbedError("device='cuda' but no CUDA device is available here. Fix: omit device to use the CPU.")
-
-    cpu = os.cpu_count() or 1
-    blocks = block_grid(ds.sizes["y"], ds.sizes["x"], block_px)
     out = Path(out)
-    plan = _Plan(
-        checkpoint=str(checkpoint.resolve()), sha256=_sha256(checkpoint), out=str(out.resolve()), kind=kind,
-        sensors=chosen, inputs=inputs, time_var=time_var, on_s2_dates=on_s2, dtype=dtype, halo=halo,
-        tile=tile, pixel_chunk=pixel_chunk, device=device, torch_threads=None,
-        max_gap_days=_sampling_setting(meta, "max_gap_days", DEFAULT_MAX_GAP_DAYS),
-        s1_smoothing=int(_sampling_setting(meta, "s1_smoothing", DEFAULT_S1_SMOOTHING)),
-        quality=bool(quality), quality_sensors=tuple(s for s in ("s2", "s1") if s in inputs) if quality else (),
-    )
-    times = ds["time" if time_var == "s2" else "time_s1"].values
-    if tile == "auto":
-        plan = replace(plan, tile=auto_tile(len(times), block_px, halo))
-    names = feature_names(chosen, dims)
+    plan, names, times = _make_plan(ds, checkpoint, model, meta, sensors=sensors, out=out, dtype=dtype, quality=quality,
+                                    tile=tile, pixel_chunk=pixel_chunk, device=device, block_px=block_px)
+    blocks = block_grid(ds.sizes["y"], ds.sizes["x"], block_px)
+    cpu = os.cpu_count() or 1
     signature = _signature(plan, (len(times), len(names), ds.sizes["y"], ds.sizes["x"]), block_px, source_name)
     _prepare_store(out, ds, plan, names, times, block_px, meta, signature, overwrite)
 
@@ -1004,6 +974,76 @@ def embed_cube(
         if bar is not None:
             bar.close()
     return out
+
+
+def _make_plan(ds: xr.Dataset, checkpoint: Path, model: Any, meta: dict[str, Any], *, sensors: str | Sequence[str] | None,
+               out: Path, dtype: str, quality: bool, tile: int | str | None, pixel_chunk: int, device: str | None,
+               block_px: int) -> tuple[_Plan, list[str], np.ndarray]:
+    """(plan, feature names, output dates) for embedding ``ds`` with ``model``; checks the cube and device."""
+    kind = meta["kind"]
+    chosen = _resolve_sensors(kind, model, sensors)
+    if kind == "fusion":
+        inputs, time_var, on_s2 = tuple(model.sensor_names), "s2", True
+        if set(inputs) - {"s1", "s2"}:
+            raise EmbedError(f"fusion over sensors {list(inputs)}: only s1 and s2 cubes are supported.")
+        dims = {"fused": model.latent_dim, **{n: m.latent_dim for n, m in model.sensors.items()}}
+        halo = model.patch_size // 2
+    else:
+        own = model.config.sensor
+        if own not in ("s1", "s2"):
+            raise EmbedError(f"autoencoder for sensor {own!r}: only s1 and s2 cubes are supported.")
+        inputs, time_var, on_s2 = (own,), own, False
+        dims = {own: model.latent_dim}
+        halo = model.config.patch_size // 2
+    _check_cube(ds, kind, model, meta, inputs)
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise EmbedError("device='cuda' but no CUDA device is available here. Fix: omit device to use the CPU.")
+    plan = _Plan(
+        checkpoint=str(checkpoint.resolve()), sha256=_sha256(checkpoint), out=str(out.resolve()), kind=kind,
+        sensors=chosen, inputs=inputs, time_var=time_var, on_s2_dates=on_s2, dtype=dtype, halo=halo,
+        tile=tile, pixel_chunk=pixel_chunk, device=device, torch_threads=None,
+        max_gap_days=_sampling_setting(meta, "max_gap_days", DEFAULT_MAX_GAP_DAYS),
+        s1_smoothing=int(_sampling_setting(meta, "s1_smoothing", DEFAULT_S1_SMOOTHING)),
+        quality=bool(quality), quality_sensors=tuple(s for s in ("s2", "s1") if s in inputs) if quality else (),
+    )
+    times = ds["time" if time_var == "s2" else "time_s1"].values
+    if tile == "auto":
+        plan = replace(plan, tile=auto_tile(len(times), block_px, halo))
+    return plan, feature_names(chosen, dims), times
+
+
+def embed_pixels(cube: str | Path | xr.Dataset, checkpoint: str | Path, ys: slice, xs: slice, *,
+                 sensors: str | Sequence[str] | None = None, device: str | None = None) -> xr.DataArray:
+    """Embeddings ``(time, feature, y, x)`` float32 of the pixels ``ys`` x ``xs`` only, in this process.
+
+    The values :func:`embed_cube` writes for those pixels (same preprocessing, context from the cube
+    around them, NaN where the centre pixel is invalid), without a store and without computing any
+    other pixel's embedding: for a flux-tower footprint or a few sample pixels this is far cheaper than
+    embedding a crop. ``ys``/``xs`` are step-1 slices of the cube's rows/columns; ``sensors`` and
+    ``device`` as in :func:`embed_cube`.
+    """
+    from latentcube.train import load_model
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"no such model file: {checkpoint}. Fix: pass the model.pt written by training.")
+    ds = cube if isinstance(cube, xr.Dataset) else open_cube(cube)
+    height, width = ds.sizes["y"], ds.sizes["x"]
+    y0, y1, sy = ys.indices(height)
+    x0, x1, sx = xs.indices(width)
+    if sy != 1 or sx != 1 or y1 <= y0 or x1 <= x0:
+        raise EmbedError(f"rows {ys} / columns {xs}: use non-empty step-1 slices inside the {height} x {width} cube.")
+    model, meta = load_model(checkpoint)
+    plan, names, times = _make_plan(ds, checkpoint, model, meta, sensors=sensors, out=Path("."), dtype="float32",
+                                    quality=False, tile="auto", pixel_chunk=256, device=device,
+                                    block_px=max(y1 - y0, x1 - x0))
+    model, meta = _model(plan)
+    emb = embed_block(ds, model, meta, plan, slice(y0, y1), slice(x0, x1))
+    return xr.DataArray(emb, dims=EMBEDDING_DIMS, name="embedding",
+                        coords={"time": times, "feature": names, "y": ds["y"].values[y0:y1], "x": ds["x"].values[x0:x1]})
 
 
 def _run_distributed(plan: _Plan, source: str | _InMemory, todo: list, scheduler: Any, n_workers: int | None,

@@ -267,9 +267,8 @@ def embed_site(cube: xr.Dataset, row: int, col: int, checkpoint: str | Path, *, 
                sensors: Sequence[str] = ("fused",), device: str | None = None, sha256: str | None = None) -> xr.DataArray:
     """Per-date embeddings ``(time, feature, y, x)`` of the footprint pixels only (tower ± ``radius_px``).
 
-    Crops the cube to the footprint plus the encoder's 7-pixel halo of real context and embeds the crop
-    with :func:`latentcube.embed.embed_cube` (in-process); because every embedding depends only on its
-    15 x 15 patch, the footprint pixels equal those of the whole-cube embedding. With ``cache`` (a Zarr
+    Embeds only the footprint pixels with :func:`latentcube.embed.embed_pixels` (in-process; the cube
+    around them is the encoder's context), so they equal the whole-cube embedding's. With ``cache`` (a Zarr
     path) the result is stored there and re-used when the checkpoint (SHA-256), position and sensors
     match.
     """
@@ -287,21 +286,12 @@ def embed_site(cube: xr.Dataset, row: int, col: int, checkpoint: str | Path, *, 
                     return xr.open_zarr(cache)["embedding"].load()
             except (OSError, ValueError):
                 pass
-    from latentcube.embed import embed_cube  # imports torch/Lightning: only when something must be embedded
-    from latentcube.train import load_model
+    from latentcube.embed import embed_pixels  # imports torch/Lightning: only when something must be embedded
 
-    model, _ = load_model(checkpoint)
-    halo = model.patch_size // 2 if hasattr(model, "patch_size") else model.config.patch_size // 2
-    cy, cx, iy, ix = crop_window(row, col, radius_px, cube.sizes["y"], cube.sizes["x"], halo)
-    crop = cube.isel(y=cy, x=cx).load()
-    tmp_root = (cache.parent if cache is not None else Path.cwd())
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    import tempfile
-
-    with tempfile.TemporaryDirectory(dir=tmp_root, prefix=".gpp_crop_") as tmp:
-        store = embed_cube(crop, checkpoint, Path(tmp) / "crop.zarr", block_px=max(crop.sizes["y"], crop.sizes["x"]),
-                           sensors=tuple(sensors), scheduler="synchronous", progress=False, device=device)
-        emb = xr.open_zarr(store)["embedding"].isel(y=iy, x=ix).load()
+    fy, fx, _, _ = crop_window(row, col, radius_px, cube.sizes["y"], cube.sizes["x"], halo=0)  # checks the footprint
+    # Only the footprint's pixels are embedded (the cube around them is context): 49 pixels for a radius
+    # of 3 instead of the 441 of a crop with its 7-pixel halo.
+    emb = embed_pixels(cube, checkpoint, fy, fx, sensors=tuple(sensors), device=device)
     emb = emb.drop_vars([c for c in emb.coords if c not in ("time", "feature", "y", "x")])
     if cache is not None:
         if cache.exists():

@@ -157,6 +157,30 @@ def scene_tiles(height: int, width: int, tile: int | None):
             yield y0, min(y0 + tile_h, height), x0, min(x0 + tile_w, width)
 
 
+def region_bounds(region: tuple[slice, slice] | None, height: int, width: int) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of the output ``region`` (row slice, column slice of the scene; None = all of it).
+
+    ``encode_scene(..., region=...)`` embeds only these pixels and uses the rest of the scene as context
+    only, so a caller that needs a block or a flux-tower footprint does not pay for its halo's outputs.
+    """
+    if region is None:
+        return 0, height, 0, width
+    ys, xs = region
+    y0, y1, sy = ys.indices(height)
+    x0, x1, sx = xs.indices(width)
+    if sy != 1 or sx != 1 or y1 <= y0 or x1 <= x0:
+        raise ValueError(f"region {region} must be a non-empty step-1 (rows, columns) slice pair inside the "
+                         f"{height} x {width} scene")
+    return y0, y1, x0, x1
+
+
+def region_tiles(height: int, width: int, tile: int | None, region: tuple[slice, slice] | None):
+    """Yield (y0, y1, x0, x1) scene tiles covering ``region`` (see ``region_bounds``), in scene coordinates."""
+    ry0, ry1, rx0, rx1 = region_bounds(region, height, width)
+    for y0, y1, x0, x1 in scene_tiles(ry1 - ry0, rx1 - rx0, tile):
+        yield y0 + ry0, y1 + ry0, x0 + rx0, x1 + rx0
+
+
 class SensorEncoder(nn.Module):
     """Patch sequence -> latent per date, with a dense scene path computing the same numbers.
 
@@ -229,22 +253,25 @@ class SensorEncoder(nn.Module):
         return rearrange(y, "t d h w -> t (h w) d")
 
     def encode_scene(
-        self, x: Tensor, days: Tensor, *, tile: int | None = DEFAULT_TILE, pixel_chunk: int = DEFAULT_PIXEL_CHUNK
+        self, x: Tensor, days: Tensor, *, tile: int | None = DEFAULT_TILE, pixel_chunk: int = DEFAULT_PIXEL_CHUNK,
+        region: tuple[slice, slice] | None = None,
     ) -> Tensor:
-        """Dense embedding of every pixel-date.
+        """Dense embedding of every pixel-date (of ``region`` only when given: (T_all, latent, h, w)).
 
         ``tile`` bounds memory by computing square spatial tiles (each with a 7-pixel halo of real
         context, so results do not depend on it). ``pixel_chunk`` pixels at a time go through the
         temporal layer: small enough for its intermediates to stay in cache (~2x faster on CPU than
-        whole 64 x 64 scenes), large enough for efficient matmuls.
+        whole 64 x 64 scenes), large enough for efficient matmuls. ``region`` (rows, columns slices):
+        embed only those pixels, the rest of ``x`` is context (equal to cropping the full result).
         """
         n_total, _, height, width = x.shape
         days = days.to(device=x.device, dtype=x.dtype)
         windows = window_indices(n_total, self.config.n_dates, x.device)
         query_pos = torch.arange(n_total, device=x.device) - window_starts(n_total, self.config.n_dates, x.device)
-        out = x.new_empty(n_total, self.config.latent_dim, height, width)
+        ry0, ry1, rx0, rx1 = region_bounds(region, height, width)
+        out = x.new_empty(n_total, self.config.latent_dim, ry1 - ry0, rx1 - rx0)
         r = self.config.patch_size // 2
-        for y0, y1, x0, x1 in scene_tiles(height, width, tile):
+        for y0, y1, x0, x1 in region_tiles(height, width, tile, region):
             sub = _tile_with_halo(x, y0, y1, x0, x1, r)
             feats = _crop_feats(self.scene_features(sub), sub.shape[-2], sub.shape[-1], y0, y1, x0, x1, r, height, width)
             z = torch.cat([self.temporal.forward_windows(feats[:, p0 : p0 + pixel_chunk], days, windows, query_pos)
@@ -252,7 +279,7 @@ class SensorEncoder(nn.Module):
             lin = self.scene_linear_code(sub)
             if lin is not None:  # query t's row is date t: its own date's linear code
                 z = z + _crop_feats(lin, sub.shape[-2], sub.shape[-1], y0, y1, x0, x1, r, height, width)
-            out[:, :, y0:y1, x0:x1] = rearrange(z, "t (h w) l -> t l h w", h=y1 - y0)
+            out[:, :, y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0] = rearrange(z, "t (h w) l -> t l h w", h=y1 - y0)
         return out
 
     def _check_patches(self, x: Tensor) -> tuple[int, ...]:
@@ -357,9 +384,10 @@ class SensorAutoencoder(nn.Module):
         return self.encoder.encode_patches(x, days)
 
     def encode_scene(
-        self, x: Tensor, days: Tensor, *, tile: int | None = DEFAULT_TILE, pixel_chunk: int = DEFAULT_PIXEL_CHUNK
+        self, x: Tensor, days: Tensor, *, tile: int | None = DEFAULT_TILE, pixel_chunk: int = DEFAULT_PIXEL_CHUNK,
+        region: tuple[slice, slice] | None = None,
     ) -> Tensor:
-        return self.encoder.encode_scene(x, days, tile=tile, pixel_chunk=pixel_chunk)
+        return self.encoder.encode_scene(x, days, tile=tile, pixel_chunk=pixel_chunk, region=region)
 
     def decode(self, z: Tensor, days: Tensor) -> Tensor:
         return self.decoder(z, days)

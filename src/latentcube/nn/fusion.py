@@ -22,7 +22,8 @@ from .autoencoder import (
     SensorAutoencoder,
     _crop_feats,
     _tile_with_halo,
-    scene_tiles,
+    region_bounds,
+    region_tiles,
 )
 from .blocks import DayAttentionLayer
 from .time_encoding import window_starts
@@ -148,11 +149,13 @@ class FusionModel(nn.Module):
         return FusionOutput(self.decode(z, days), z, latents)
 
     def encode_scene(
-        self, x: Mapping[str, Tensor], days: Tensor, *, tile: int | None = DEFAULT_TILE, pixel_chunk: int = DEFAULT_PIXEL_CHUNK
+        self, x: Mapping[str, Tensor], days: Tensor, *, tile: int | None = DEFAULT_TILE, pixel_chunk: int = DEFAULT_PIXEL_CHUNK,
+        region: tuple[slice, slice] | None = None,
     ) -> Tensor:
         """Dense fused embedding; see the class docstring and ``docs/method.md`` for the window convention.
 
-        ``tile`` and ``pixel_chunk`` as in ``SensorEncoder.encode_scene`` (results do not depend on them).
+        ``tile``, ``pixel_chunk`` and ``region`` as in ``SensorEncoder.encode_scene`` (results do not
+        depend on the first two; ``region`` embeds only those pixels, the rest is context).
         """
         self._check_keys(x)
         first = x[self.sensor_names[0]]
@@ -172,9 +175,10 @@ class FusionModel(nn.Module):
         s = window_starts(n_total, n, dev)
         fusion_windows = s[:, None] * n + torch.arange(n, device=dev)
         fusion_qpos = torch.arange(n_total, device=dev) - s
-        out = first.new_empty(n_total, self.latent_dim, height, width)
+        ry0, ry1, rx0, rx1 = region_bounds(region, height, width)
+        out = first.new_empty(n_total, self.latent_dim, ry1 - ry0, rx1 - rx0)
         r = self.patch_size // 2
-        for y0, y1, x0, x1 in scene_tiles(height, width, tile):
+        for y0, y1, x0, x1 in region_tiles(height, width, tile, region):
             feats, lins = {}, {}
             for name, model in self.sensors.items():
                 sub = _tile_with_halo(x[name], y0, y1, x0, x1, r)
@@ -192,5 +196,6 @@ class FusionModel(nn.Module):
                     latents[name] = latents[name] + lin[row_dates, p0 : p0 + pixel_chunk]
                 zs.append(self.temporal.forward_windows(self._fuse_tokens(latents), row_days, fusion_windows,
                                                         fusion_qpos))
-            out[:, :, y0:y1, x0:x1] = rearrange(torch.cat(zs, dim=1), "t (h w) l -> t l h w", h=y1 - y0)
+            out[:, :, y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0] = rearrange(torch.cat(zs, dim=1), "t (h w) l -> t l h w",
+                                                                          h=y1 - y0)
         return out
