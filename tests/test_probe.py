@@ -307,7 +307,7 @@ def _train_s2(cubes: list[Path], splits: dict, out: Path, *, steps: int, model: 
 
     base = load_train_config(Path(__file__).resolve().parents[1] / "configs" / "demo" / "s2.yaml")
     cfg = replace(
-        base, out_dir=str(out), model=dict(model or {}),
+        base, out_dir=str(out), model={**base.model, **(model or {})},
         data=replace(base.data, cubes=tuple(str(c) for c in cubes), splits=splits,
                      sampling={**base.data.sampling, **(sampling or {})}),
         trainer=replace(base.trainer, max_epochs=10_000, max_steps=steps, enable_progress_bar=False,
@@ -384,9 +384,12 @@ def test_issue7_one_date_embedding_reaches_90_percent_of_raw_bands(tmp_path, one
     for (fs, clf), row in ba.iterrows():
         print(f"  {fs:16s} {clf:7s} balanced accuracy {row['mean']:.3f} ± {row['std']:.3f}")
     print(f"  ratios one-date embedding / raw 12 bands: {r}")
-    # The issue asks for logistic regression or k-NN; k-NN is the one asserted (logistic regression is
-    # printed: it reaches the target only after ~200 steps, docs/evaluation.md).
-    assert r["knn"] >= 0.90
+    # The issue asks for "logistic regression or k-NN" >= 90 %. The demo config starts from the PCA warm
+    # start, whose trailing coordinates are near-constant: per-feature standardisation inflates them and
+    # the k-NN drops (docs/training.md, "Linear warm start"), while logistic regression is unaffected.
+    # So: one of the two reaches the target, and neither probe collapses.
+    assert max(r["logreg"], r["knn"]) >= 0.90, r
+    assert min(r["logreg"], r["knn"]) >= 0.75, r
 
     # Issue 7, second half: water, urban and forest get clearly different mean colours in the PCA map
     # (first three components over the whole cube, robust 2-98 % scaling) on the probe's date.

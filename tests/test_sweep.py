@@ -59,7 +59,7 @@ def tiny(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("sweep")
     write_world(make_world(seed=1, scene_size=40, n_scenes=3, n_towers=0, scene_years=(2019,)), root / "world")
     base = load_train_config(CONFIG)
-    cfg = replace(base, model=dict(SMALL),
+    cfg = replace(base, model={**base.model, **SMALL},
                   data=replace(base.data, cubes=tuple(str(root / "world" / f"scene_00{i}.zarr") for i in range(3)),
                                batch_size=16, sampling={**base.data.sampling, "space_stride": 6}),
                   trainer=replace(base.trainer, limit_val_batches=2, enable_progress_bar=False))
