@@ -358,3 +358,13 @@ def test_evaluate_gpp_end_to_end(world_dir, tiny_fusion, tmp_path):
     assert section["order"] == 60 and len(section["tables"]) == 3 and len(section["figures"]) == 3
     assert any("per-date embeddings NRMSE" in t for t in section["text"])
     assert len(list((folder / "cache").glob("*.zarr"))) == 2
+    # Two worker processes (all protocols' fits in one batch, with the window sweep) give the serial run's
+    # numbers up to float summation order (one torch thread per worker).
+    par = evaluate_gpp(world_dir / "towers.csv", tmp_path / "par", checkpoint=tiny_fusion, cubes=world_dir,
+                       fluxnet=world_dir / "fluxnet", config=replace(cfg, n_jobs=2, sweep_windows=(40, 60)))
+    for p in ("year", "loso"):
+        for m in ("embedding", "bands", "ndvi", "annual_embedding", "climatology"):
+            want = doc["protocols"][p]["scores"][m]["overall"]
+            got = par["protocols"][p]["scores"][m]["overall"]
+            assert got["n"] == want["n"] and got["rmse"] == pytest.approx(want["rmse"], rel=1e-3), (p, m)
+    assert set(par["sweep"]) == {"40", "60"} and all(np.isfinite(v["nrmse"]) for v in par["sweep"].values())

@@ -872,14 +872,11 @@ def _fit_predict(job: dict[str, Any]) -> tuple[str, dict[str, np.ndarray], dict[
     return job["key"], preds, info
 
 
-def _run_protocol(data: Mapping[str, SiteData], protocol: str, cfg: GPPConfig, methods: Sequence[str], window: int,
-                  log: Callable[[str], None], pool: Any = None) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
-    """Daily predictions method -> site -> (n_days,) on the test days of every fold (NaN elsewhere).
-
-    Every (fold, method) regressor is an independent job; ``pool`` (a ``joblib.Parallel``) runs them in
-    parallel processes, otherwise they run here one after another."""
+def _protocol_jobs(data: Mapping[str, SiteData], protocol: str, cfg: GPPConfig, methods: Sequence[str], window: int
+                   ) -> tuple[dict[str, dict[str, np.ndarray]], list[dict[str, Any]], dict[str, tuple[str, dict]]]:
+    """(predictions method -> site -> (n_days,) with the climatology already filled in, one regressor job per
+    (fold, method), and each job's (method, test-day masks)). Keys are ``"<fold>/<method>"``."""
     preds = {m: {s: np.full(len(d.days), np.nan) for s, d in data.items()} for m in methods}
-    info: dict[str, Any] = {}
     y = {s: d.gpp for s, d in data.items()}
     jobs, tests = [], {}
     for k, (fold, fit, test) in enumerate(_folds(data, protocol, cfg)):
@@ -897,20 +894,41 @@ def _run_protocol(data: Mapping[str, SiteData], protocol: str, cfg: GPPConfig, m
             key = f"{fold}/{method}"
             tests[key] = (method, test)
             jobs.append({"key": key, "xf": xf, "yf": yf, "xe": xe, "ye": ye, "cfg": cfg, "window": window,
-                         "x_test": {s: prep.x[s] for s in data if test[s].any()}, "threads": 1 if pool else None})
+                         "x_test": {s: prep.x[s] for s in data if test[s].any()}})
+    return preds, jobs, tests
+
+
+def _run_protocols(data: Mapping[str, SiteData], runs: Mapping[str, tuple[str, int, Sequence[str]]], cfg: GPPConfig,
+                   log: Callable[[str], None], pool: Any = None
+                   ) -> dict[str, tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]]:
+    """Daily predictions (method -> site -> (n_days,), NaN outside the test days) and fit info of every run
+    ``name -> (protocol, window days, methods)``.
+
+    Every (run, fold, method) regressor is an independent job; ``pool`` (a ``joblib.Parallel``) runs all of
+    them in one batch of parallel processes (so no worker idles at the end of a short protocol), otherwise
+    they run here one after another."""
+    out, tests, jobs = {}, {}, []
+    for name, (protocol, window, methods) in runs.items():
+        preds, run_jobs, run_tests = _protocol_jobs(data, protocol, cfg, methods, window)
+        out[name] = (preds, {})
+        for job in run_jobs:
+            jobs.append({**job, "run": name, "threads": 1 if pool else None})
+            tests[(name, job["key"])] = run_tests[job["key"]]
     if pool is not None:
         from joblib import delayed
 
         results = pool(delayed(_fit_predict)(j) for j in jobs)
     else:
         results = map(_fit_predict, jobs)
-    for key, p, fi in results:
-        method, test = tests[key]
+    for job, (key, p, fi) in zip(jobs, results, strict=True):
+        name = job["run"]
+        method, test = tests[(name, key)]
+        preds, info = out[name]
         info[key] = fi
-        log(f"  {protocol} {key}: {fi['epochs']} epochs (best {fi['best_epoch']}), {fi['seconds']:.1f} s")
+        log(f"  {name} {key}: {fi['epochs']} epochs (best {fi['best_epoch']}), {fi['seconds']:.1f} s")
         for s, v in p.items():
             preds[method][s][test[s]] = v[test[s]]
-    return preds, info
+    return out
 
 
 def _score(data: Mapping[str, SiteData], preds: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, Any]:
@@ -1063,17 +1081,16 @@ def evaluate_gpp(
         # joblib's loky processes (spawned, not forked: forking a process whose torch thread pools ran can
         # deadlock; unlike multiprocessing's spawn, loky needs no __main__ guard in the user's script).
         pool = Parallel(n_jobs=n_jobs, backend="loky")
+    t0 = _time.perf_counter()
+    runs = {protocol: (protocol, cfg.window_days, methods) for protocol in cfg.protocols}
+    runs.update({f"sweep {w} d": ("year", w, ["embedding"]) for w in cfg.sweep_windows})
+    done = _run_protocols(data, runs, cfg, say, pool)
     for protocol in cfg.protocols:
-        t0 = _time.perf_counter()
-        preds, info = _run_protocol(data, protocol, cfg, methods, cfg.window_days, say, pool)
+        preds, info = done[protocol]
         results[protocol] = {"preds": preds, "scores": _score(data, preds), "training": info}
-        timings[f"protocol_{protocol}"] = _time.perf_counter() - t0
-    if cfg.sweep_windows:
-        t0 = _time.perf_counter()
-        for w in cfg.sweep_windows:
-            p, _ = _run_protocol(data, "year", cfg, ["embedding"], w, say, pool)
-            sweep[str(w)] = _score(data, p)["embedding"]["overall"]
-        timings["sweep"] = _time.perf_counter() - t0
+    for w in cfg.sweep_windows:
+        sweep[str(w)] = _score(data, done[f"sweep {w} d"][0])["embedding"]["overall"]
+    timings["protocols" + (" and sweep" if cfg.sweep_windows else "")] = _time.perf_counter() - t0
 
     t0 = _time.perf_counter()
     figures = []
