@@ -1026,6 +1026,7 @@ def embed_pixels(cube: str | Path | xr.Dataset, checkpoint: str | Path, ys: slic
     embedding a crop. ``ys``/``xs`` are step-1 slices of the cube's rows/columns; ``sensors`` and
     ``device`` as in :func:`embed_cube`.
     """
+    from latentcube.nn.autoencoder import region_bounds  # torch: imported only when embedding
     from latentcube.train import load_model
 
     checkpoint = Path(checkpoint)
@@ -1033,10 +1034,11 @@ def embed_pixels(cube: str | Path | xr.Dataset, checkpoint: str | Path, ys: slic
         raise FileNotFoundError(f"no such model file: {checkpoint}. Fix: pass the model.pt written by training.")
     ds = cube if isinstance(cube, xr.Dataset) else open_cube(cube)
     height, width = ds.sizes["y"], ds.sizes["x"]
-    y0, y1, sy = ys.indices(height)
-    x0, x1, sx = xs.indices(width)
-    if sy != 1 or sx != 1 or y1 <= y0 or x1 <= x0:
-        raise EmbedError(f"rows {ys} / columns {xs}: use non-empty step-1 slices inside the {height} x {width} cube.")
+    try:
+        y0, y1, x0, x1 = region_bounds((ys, xs), height, width)
+    except ValueError as err:
+        raise EmbedError(f"rows {ys} / columns {xs}: use non-empty step-1 slices inside the {height} x {width} "
+                         "cube.") from err
     model, meta = load_model(checkpoint)
     plan, names, times = _make_plan(ds, checkpoint, model, meta, sensors=sensors, out=Path("."), dtype="float32",
                                     quality=False, tile="auto", pixel_chunk=256, device=device,
