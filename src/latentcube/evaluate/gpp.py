@@ -749,7 +749,8 @@ def fit_regressor(x_fit: np.ndarray, y_fit: np.ndarray, x_es: np.ndarray, y_es: 
     yf = torch.from_numpy(y_fit / scale).to(dev)
     xe = torch.from_numpy(np.array(x_es, dtype="float32")).to(dev) if len(x_es) else None
     ye = torch.from_numpy(y_es / scale).to(dev) if len(x_es) else None
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel over all 55 parameter tensors; the default per-tensor loop was ~25 % of a CPU step
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
     def masked_mae(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ok = torch.isfinite(target)
