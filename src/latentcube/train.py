@@ -287,7 +287,7 @@ def _configure_optim(module: L.LightningModule, params: list[torch.nn.Parameter]
     groups = [{"params": rest, "lr": optim.lr}]
     if linear:
         groups.append({"params": linear, "lr": optim.lr * optim.linear_lr_factor})
-    opt = torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay, fused=True)
     warmup = torch.optim.lr_scheduler.LinearLR(
         opt, start_factor=optim.warmup_start_factor, end_factor=1.0, total_iters=max(optim.warmup_steps, 1)
     )
