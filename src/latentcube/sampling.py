@@ -207,7 +207,7 @@ class PatchDataset(Dataset):
         return np.isfinite(var).all(var.dims[1]).values  # (time, y, x) bool, computed chunk-wise
 
     def _index_cube(self, i: int, path: Path) -> None:
-        ds = self._open_cube(path)
+        ds = self._open[i] = self._open_cube(path)  # kept for reading: opening (S1 smoothing graph) costs ~0.5 s
         if self.variable not in ds:
             raise CubeError(f"{path} has no '{self.variable}' variable. Fix: fetch/import it or drop this cube.")
         meta = _CubeMeta(path, ds[self.time_dim].values, ds.sizes["y"], ds.sizes["x"])
@@ -239,9 +239,13 @@ class PatchDataset(Dataset):
         b = self.config.block_px
         return (c.cube, c.t0, c.y0 // b, c.x0 // b)
 
+    def _reads_s1(self) -> bool:
+        """Whether items carry S1 (only then is the cube's S1 smoothed on opening)."""
+        return self.variable == "s1"
+
     def _open_cube(self, path: Path) -> xr.Dataset:
         ds = open_cube(path)
-        if "s1" in ds and self.config.s1_smoothing > 1:
+        if self._reads_s1() and "s1" in ds and self.config.s1_smoothing > 1:
             ds = smooth_s1(ds, window=self.config.s1_smoothing)  # lazy; per orbit direction when recorded
         return ds
 
@@ -340,6 +344,9 @@ class FusionPatchDataset(PatchDataset):
     def __init__(self, cubes: Sequence[str | Path], **kwargs: Any) -> None:
         kwargs.setdefault("config", SamplingConfig.paper("fusion"))
         super().__init__(cubes, variable="s2", **kwargs)
+
+    def _reads_s1(self) -> bool:
+        return True
 
     def _extend_meta(self, meta: _CubeMeta, ds: xr.Dataset) -> None:
         if "s1" not in ds:
