@@ -139,17 +139,18 @@ def _train_stages(out_dir: Path, log: Callable[[str], None], timings: dict[str, 
         cfg = replace(cfg, trainer=trainer)
         log(f"training {stage} ({cfg.trainer.max_epochs} epochs)")
         t0 = time.perf_counter()
-        summary = run_training(cfg, base_dir=out_dir, test=False)
+        data = CubeDataModule(cfg, normalization_of(cfg), base_dir=out_dir)  # indexed once: training, then scoring
+        summary = run_training(cfg, base_dir=out_dir, test=False, data=data)
         timings[f"train {stage}"] = time.perf_counter() - t0
         run_dir = Path(summary["out_dir"])
         figures.append(plot_training(run_dir, out_dir / f"training_curves_{stage}.png"))
         log(f"scoring {stage} against PCA baselines")
         t0 = time.perf_counter()
-        cfg = replace(cfg, out_dir=str(run_dir))
         model, _ = load_model(run_dir / "model.pt")
-        data = CubeDataModule(cfg, normalization_of(cfg), base_dir=out_dir)
+        train_set, val_set = data.dataset("train"), data.dataset("val")
+        train_set.set_epoch(0)  # score on the index-time frames, whatever epoch training ended in
         sensors = ("s1", "s2") if stage == "fusion" else ("x",)
-        results[stage] = compare_with_baselines(model, loss_module(cfg), data.dataset("train"), data.dataset("val"),
+        results[stage] = compare_with_baselines(model, loss_module(cfg), train_set, val_set,
                                                 sensors=sensors, latent_size=latent[stage])
         timings[f"score {stage}"] = time.perf_counter() - t0
     return results

@@ -633,11 +633,15 @@ def grow_heap_in_large_steps(pad_bytes: int = TRAINING_HEAP_PAD) -> bool:
         return False
 
 
-def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool = True) -> dict[str, Any]:
+def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool = True,
+                 data: CubeDataModule | None = None) -> dict[str, Any]:
     """Train one stage; resume from ``out_dir/checkpoints/last.ckpt`` when present.
 
     Writes ``out_dir/metrics.csv`` (per-epoch loss parts), TensorBoard logs, ``model.pt`` (best
     validation ``optim.monitor``), ``config.yaml`` and ``test_metrics.json``. Returns a summary dict.
+    ``data``: a ``CubeDataModule`` of this ``cfg`` to train on (default: a new one), so a caller can
+    go on using its indexed datasets afterwards (the demo scores on them); it must use the stage's
+    normalisation.
     """
     import yaml
 
@@ -650,7 +654,10 @@ def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool =
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
     task, norm = build_task(cfg, base_dir=base_dir)
-    data = CubeDataModule(cfg, norm, base_dir=base_dir)
+    if data is None:
+        data = CubeDataModule(cfg, norm, base_dir=base_dir)
+    elif data.norm.to_dict() != norm.to_dict() or data.cfg.stage != cfg.stage:
+        raise ConfigError("run_training: the data module given was built for another stage or normalisation")
     ckpt_dir = out / "checkpoints"
     if not (ckpt_dir / "last.ckpt").exists():  # a resumed run takes its weights from the checkpoint
         warm_start(task, data, cfg)
