@@ -208,3 +208,34 @@ def test_fusion_pca_warm_start_lowers_the_initial_loss(world_dir, stage1, tmp_pa
     assert summary["n_samples"] == 48 * 11 and 0.5 < summary["explained"] <= 1.0
     assert loss() < before
     assert all(torch.equal(v, task.model.sensors.state_dict()[k]) for k, v in frozen.items())  # sensors untouched
+
+
+def test_model_files_load_and_embed_without_lightning(tmp_path):
+    """Inference (model files, embed) must not import Lightning: ~6 s and ~175 MB in every Dask worker."""
+    from latentcube.nn import SensorAutoencoder, s2_config
+    from latentcube.nn.model_file import save_model
+    from latentcube.preprocess import Normalization
+
+    torch.manual_seed(0)
+    model = SensorAutoencoder(s2_config(**SMALL)).eval()
+    path = save_model(tmp_path / "model.pt", model, normalization=Normalization())
+    x = torch.rand(1, 11, 10, 15, 15)
+    days = torch.arange(11.0)[None] * 5
+    with torch.no_grad():
+        expected = model.encode_patches(x, days)
+    torch.save({"x": x, "days": days, "z": expected}, tmp_path / "io.pt")
+    code = (
+        "import sys, torch\n"
+        "import latentcube.embed, latentcube.evaluate.gpp, latentcube.evaluate.probe\n"
+        "from latentcube.nn.model_file import load_model\n"
+        f"model, meta = load_model({str(path)!r})\n"
+        f"io = torch.load({str(tmp_path / 'io.pt')!r}, weights_only=True)\n"
+        "with torch.no_grad():\n"
+        "    assert torch.allclose(model.encode_patches(io['x'], io['days']), io['z'], atol=1e-6)\n"
+        "assert meta['kind'] == 'autoencoder', meta['kind']\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == "[]", out.stdout
+    # and the old import path still works
+    assert load_model(path)[1]["kind"] == "autoencoder"

@@ -247,7 +247,7 @@ def model_info_(
 
     report: dict = {}
     if checkpoint is not None:
-        from latentcube.train import load_model
+        from latentcube.nn.model_file import load_model
 
         model, meta = load_model(checkpoint)
         report["checkpoint"] = {k: meta[k] for k in ("format", "kind", "band_order", "dates_convention",

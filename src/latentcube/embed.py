@@ -200,7 +200,7 @@ def _check_cube(ds: xr.Dataset, kind: str, model: Any, meta: dict[str, Any], inp
             raise CubeError(f"the cube has no '{sensor}' variable: {what}. Fix: fetch or import {sensor.upper()} into the cube.")
         expected = (meta.get("band_order") or {}).get(sensor)
         if expected is None:
-            raise EmbedError(f"the model file records no band order for {sensor!r}; re-export it with latentcube.train.save_model.")
+            raise EmbedError(f"the model file records no band order for {sensor!r}; re-export it with latentcube.nn.model_file.save_model.")
         actual = [str(b) for b in ds[band_dims[sensor]].values]
         try:
             check_band_order(actual, expected, what=f"{sensor} bands of the cube vs the model")
@@ -238,7 +238,7 @@ def _model(plan: _Plan) -> tuple[Any, dict[str, Any]]:
     """The model, loaded once per worker process and device (keyed by the file's hash)."""
     import torch
 
-    from latentcube.train import load_model
+    from latentcube.nn.model_file import load_model
 
     if plan.torch_threads:
         torch.set_num_threads(plan.torch_threads)
@@ -885,7 +885,7 @@ def embed_cube(
 
     Args:
         cube: a cube path (Zarr/NetCDF, opened lazily) or an ``xarray.Dataset`` in the data model.
-        checkpoint: a model file from training (``model.pt``, :func:`latentcube.train.save_model`).
+        checkpoint: a model file from training (``model.pt``, :func:`latentcube.nn.model_file.save_model`).
             Kind ``fusion`` gives the 7-d fused embedding on the S2 dates; kind ``autoencoder`` gives
             that sensor's own embedding (S2: 9-d on the S2 dates; S1: 2-d on the S1 dates).
         out: output Zarr store (format 2). Re-running with the same arguments resumes: blocks with a
@@ -927,7 +927,7 @@ def embed_cube(
         for a missing cube or model file, a band-order mismatch, a fusion model without S1 in the cube,
         or fewer dates than the encoder's window.
     """
-    from latentcube.train import load_model
+    from latentcube.nn.model_file import load_model
 
     if dtype not in DTYPES:
         raise EmbedError(f"dtype={dtype!r}: use 'float32' (exact), 'float16' (relative error <= 4.9e-4) or 'int8' "
@@ -1027,7 +1027,7 @@ def embed_pixels(cube: str | Path | xr.Dataset, checkpoint: str | Path, ys: slic
     ``device`` as in :func:`embed_cube`.
     """
     from latentcube.nn.autoencoder import region_bounds  # torch: imported only when embedding
-    from latentcube.train import load_model
+    from latentcube.nn.model_file import load_model
 
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():

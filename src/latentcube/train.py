@@ -10,7 +10,6 @@ with ``torch.load(weights_only=True)``; Lightning's ``last.ckpt`` is kept only t
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -25,7 +24,6 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from latentcube import __version__
 from latentcube.config import ConfigError, from_dict, load_yaml, to_dict
 from latentcube.losses import (
     FusionLoss,
@@ -46,6 +44,7 @@ from latentcube.nn import (
     s2_config,
 )
 from latentcube.nn.linear_init import fusion_warm_start, pca_warm_start
+from latentcube.nn.model_file import DATES_CONVENTION, MODEL_FORMAT, build_model, load_model, save_model  # noqa: F401 (re-exported)
 from latentcube.preprocess import Normalization
 from latentcube.sampling import (
     BlockShuffleSampler,
@@ -70,9 +69,6 @@ __all__ = [
 ]
 
 Stage = Literal["s1", "s2", "fusion"]
-MODEL_FORMAT = "latentcube-model/1"
-#: How dates enter the models; stored in checkpoints so a consumer can check it.
-DATES_CONVENTION = "days: float days (any origin) per date; positions use differences to the target date"
 
 
 # ------------------------------------------------------------------------------------------ configs
@@ -197,79 +193,6 @@ def loss_module(cfg: TrainConfig) -> torch.nn.Module:
 
 def normalization_of(cfg: TrainConfig) -> Normalization:
     return Normalization.from_dict(cfg.normalization) if cfg.normalization else Normalization()
-
-
-# -------------------------------------------------------------------------------- model files
-
-
-def build_model(meta: Mapping[str, Any]) -> torch.nn.Module:
-    """Rebuild a model from a checkpoint's ``model_args`` (no weights)."""
-    args = meta["model_args"]
-    if meta["kind"] == "autoencoder":
-        return SensorAutoencoder(from_dict(AutoencoderConfig, args["sensor"], where="model_args"))
-    sensors = {name: SensorAutoencoder(from_dict(AutoencoderConfig, a, where=f"model_args.{name}")) for name, a in args["sensors"].items()}
-    return FusionModel(sensors, from_dict(FusionConfig, args["fusion"], where="model_args.fusion"))
-
-
-def _model_args(model: torch.nn.Module) -> tuple[str, dict[str, Any]]:
-    if isinstance(model, SensorAutoencoder):
-        return "autoencoder", {"sensor": to_dict(model.config)}
-    if isinstance(model, FusionModel):
-        return "fusion", {
-            "sensors": {name: to_dict(m.config) for name, m in model.sensors.items()},
-            "fusion": to_dict(model.config),
-        }
-    raise TypeError(f"cannot export {type(model).__name__}")
-
-
-def save_model(path: str | Path, model: torch.nn.Module, *, normalization: Normalization, config: TrainConfig | None = None,
-               metrics: Mapping[str, float] | None = None) -> Path:
-    """Write a self-describing model file readable with ``torch.load(path, weights_only=True)``."""
-    kind, args = _model_args(model)
-    if kind == "autoencoder":
-        bands = {model.config.sensor: list(model.config.band_names)}
-    else:
-        bands = {name: list(m.config.band_names) for name, m in model.sensors.items()}
-    payload = {
-        "format": MODEL_FORMAT,
-        "kind": kind,
-        "model_args": args,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "normalization": normalization.to_dict(),
-        "band_order": bands,
-        "dates_convention": DATES_CONVENTION,
-        "config": to_dict(config) if config is not None else None,
-        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
-        "latentcube_version": __version__,
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # never leave a half-written model file under the final name
-    return path
-
-
-def load_model(path: str | Path, *, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Load a model file written by :func:`save_model` (``weights_only=True``, strict state dict).
-
-    Returns the model in eval mode and the checkpoint's metadata (everything but the weights).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such model file: {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path} is not a latentcube model file (or is corrupt): {err}") from err
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path} is not a latentcube model file (format {payload.get('format') if isinstance(payload, dict) else '?'}); "
-                         "Lightning's last.ckpt only resumes training: use the exported model.pt")
-    model = build_model(payload)
-    model.load_state_dict(payload["state_dict"], strict=True)
-    model.eval()
-    meta = {k: v for k, v in payload.items() if k != "state_dict"}
-    return model, meta
 
 
 # ------------------------------------------------------------------------------------ tasks
