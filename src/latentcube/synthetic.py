@@ -984,9 +984,9 @@ def make_world(
     crs = CRS.from_user_input(cfg.crs)
     # Towers take the first locations so that adding scenes leaves the tower cubes unchanged.
     origins = _locations(cfg.seed, cfg.n_towers + cfg.n_scenes, crs)
-    jobs = []  # (name, _build arguments) of every cube; each cube draws from its own random streams
+    jobs = []  # (cube name, site id or None, _build arguments); each cube draws from its own random streams
     for i in range(cfg.n_scenes):
-        jobs.append((f"scene_{i:03d}", (cfg, i, f"scene_{i:03d}", [cfg.scene_years[i % len(cfg.scene_years)]],
+        jobs.append((f"scene_{i:03d}", None, (cfg, i, f"scene_{i:03d}", [cfg.scene_years[i % len(cfg.scene_years)]],
                                         cfg.scene_size, origins[cfg.n_towers + i], None, None, keep_truth)))
     counters: dict[str, int] = {}
     years = list(range(cfg.tower_years[0], cfg.tower_years[1] + 1))
@@ -995,22 +995,22 @@ def make_world(
         counters[veg] = counters.get(veg, 0) + 1
         site = f"XS-{_VEG_CODE[veg]}{counters[veg]}"
         # index 1000 + j: tower streams independent of the number of scenes
-        jobs.append((f"tower_{site}", (cfg, 1000 + j, f"tower_{site}", years, cfg.tower_size, origins[j], veg, site,
+        jobs.append((f"tower_{site}", site, (cfg, 1000 + j, f"tower_{site}", years, cfg.tower_size, origins[j], veg, site,
                                        keep_truth)))
     # Cubes are independent: threads overlap the NumPy/SciPy work that releases the GIL (12 s -> 8 s for
     # the default world on 2 cores); the result does not depend on the order they finish in.
     with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1) or 1) as pool:
-        built = list(pool.map(lambda job: _build(*job[1]), jobs))
+        built = list(pool.map(lambda job: _build(*job[2]), jobs))
     cubes: dict[str, xr.Dataset] = {}
     truths: dict[str, xr.Dataset] = {}
     rows, gpp = [], {}
-    for (name, args), (ds, tr, row, flux) in zip(jobs, built, strict=True):
+    for (name, site, _), (ds, tr, row, flux) in zip(jobs, built, strict=True):
         cubes[name] = ds
         if tr is not None:
             truths[name] = tr
-        if row is not None:
+        if site is not None:
             rows.append(row)
-            gpp[args[7]] = flux
+            gpp[site] = flux
     towers = pd.DataFrame(
         rows, columns=["site_id", "cube", "row", "col", "x", "y", "lat", "lon", "veg_type", "landcover", "landcover_name"]
     )
