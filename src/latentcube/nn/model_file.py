@@ -30,8 +30,6 @@ MODEL_FORMAT = "latentcube-model/1"
 DATES_CONVENTION = "days: float days (any origin) per date; positions use differences to the target date"
 
 
-
-
 def build_model(meta: Mapping[str, Any]) -> torch.nn.Module:
     """Rebuild a model from a checkpoint's ``model_args`` (no weights)."""
     args = meta["model_args"]
