@@ -239,3 +239,14 @@ def test_model_files_load_and_embed_without_lightning(tmp_path):
     assert out.stdout.strip() == "[]", out.stdout
     # and the old import path still works
     assert load_model(path)[1]["kind"] == "autoencoder"
+
+
+def test_run_training_rejects_a_data_module_of_another_stage(world_dir, tmp_path):
+    from latentcube.train import CubeDataModule, normalization_of
+
+    s2 = stage_config(world_dir, tmp_path / "s2", "s2", epochs=1)
+    s1 = stage_config(world_dir, tmp_path / "s1", "s1", epochs=1)
+    data = CubeDataModule(s2, normalization_of(s2))
+    with pytest.raises(ConfigError, match="built for another stage or normalisation"):
+        run_training(s1, test=False, data=data)
+    assert not (tmp_path / "s1" / "checkpoints").exists()  # refused before any training
