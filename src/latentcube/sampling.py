@@ -239,13 +239,10 @@ class PatchDataset(Dataset):
         b = self.config.block_px
         return (c.cube, c.t0, c.y0 // b, c.x0 // b)
 
-    def _reads_s1(self) -> bool:
-        """Whether items carry S1 (only then is the cube's S1 smoothed on opening)."""
-        return self.variable == "s1"
-
     def _open_cube(self, path: Path) -> xr.Dataset:
         ds = open_cube(path)
-        if self._reads_s1() and "s1" in ds and self.config.s1_smoothing > 1:
+        # Smooth only when items carry S1: for S2 alone, building the rolling-mean graph is wasted.
+        if "s1" in self._item_variables().values() and "s1" in ds and self.config.s1_smoothing > 1:
             ds = smooth_s1(ds, window=self.config.s1_smoothing)  # lazy; per orbit direction when recorded
         return ds
 
@@ -344,9 +341,6 @@ class FusionPatchDataset(PatchDataset):
     def __init__(self, cubes: Sequence[str | Path], **kwargs: Any) -> None:
         kwargs.setdefault("config", SamplingConfig.paper("fusion"))
         super().__init__(cubes, variable="s2", **kwargs)
-
-    def _reads_s1(self) -> bool:
-        return True
 
     def _extend_meta(self, meta: _CubeMeta, ds: xr.Dataset) -> None:
         if "s1" not in ds:

@@ -44,7 +44,7 @@ from latentcube.nn import (
     s2_config,
 )
 from latentcube.nn.linear_init import fusion_warm_start, pca_warm_start
-from latentcube.nn.model_file import DATES_CONVENTION, MODEL_FORMAT, build_model, load_model, save_model  # noqa: F401 (re-exported)
+from latentcube.nn.model_file import build_model, load_model, save_model  # re-exported (__all__)
 from latentcube.preprocess import Normalization
 from latentcube.sampling import (
     BlockShuffleSampler,
