@@ -193,6 +193,7 @@ def _child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     embed_cube(args.cube, args.checkpoint, args.emb, block_px=args.block_px, dtype=args.dtype, quality=args.quality,
                n_workers=args.workers, threads_per_worker=args.threads, scheduler=args.scheduler, progress=False,
+               processes=not args.threaded,
                overwrite=True, tile=int(args.tile) if args.tile not in (None, "auto") else "auto")
     seconds = time.perf_counter() - t0
     ds = xr.open_zarr(args.emb)
@@ -207,6 +208,8 @@ def run_one(size: int, args: argparse.Namespace, model: Path) -> dict:
            "--emb", str(emb), "--block-px", str(args.block_px), "--dtype", args.dtype]
     if args.quality:
         cmd.append("--quality")
+    if args.threaded:
+        cmd.append("--threaded")
     for flag, value in (("--workers", args.workers), ("--threads", args.threads), ("--scheduler", args.scheduler),
                         ("--tile", args.tile)):
         if value is not None:
@@ -248,6 +251,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--threads", type=int, help="torch threads per worker (default: embed_cube's)")
     ap.add_argument("--scheduler", help="'synchronous' or a scheduler address (default: a LocalCluster)")
     ap.add_argument("--tile", help="encoder tile edge in pixels (default: embed_cube's 'auto')")
+    ap.add_argument("--threaded", action="store_true",
+                    help="LocalCluster workers as threads of one process (embed_cube(processes=False))")
     ap.add_argument("--keep", action="store_true", help="keep the embedding stores")
     ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cube", help=argparse.SUPPRESS)

@@ -17,6 +17,7 @@ from latentcube.sampling import (
     assign_splits,
     candidate_origins,
     nearest_s1_index,
+    spatial_split,
 )
 
 
@@ -181,6 +182,50 @@ def test_splits_from_plan_and_lists(tmp_path):
         assign_splits(cubes, plan=bad)
     with pytest.raises(ValueError, match="without a split"):
         assign_splits(cubes, splits={"train": ["site0_p1"]})
+
+
+def test_spatial_split_strips_by_hand():
+    # 100 columns, val 0.2 and test 0.1: train 0..70, val 70..90, test 90..100 (edges at 0.7, 0.9 of 100).
+    out = spatial_split(40, 100, {"val": 0.2, "test": 0.1}, patch=5)
+    assert out == {"train": (slice(0, 40), slice(0, 70)), "val": (slice(0, 40), slice(70, 90)),
+                   "test": (slice(0, 40), slice(90, 100))}
+    rows = spatial_split(50, 30, {"val": 0.25}, patch=5, axis="y")  # 37.5 rounds to 38 (half to even)
+    assert rows == {"train": (slice(0, 38), slice(0, 30)), "val": (slice(38, 50), slice(0, 30))}
+    with pytest.raises(ValueError, match="the val strip is 6 px wide, less than one 15-px patch"):
+        spatial_split(40, 64, {"val": 0.1})
+    with pytest.raises(ValueError, match="together below 1"):
+        spatial_split(40, 64, {"val": 0.6, "test": 0.4})
+    with pytest.raises(ValueError, match=r"only 'val' and 'test' are held out"):
+        spatial_split(40, 64, {"train": 0.5})
+    with pytest.raises(ValueError, match="axis must be 'x'"):
+        spatial_split(40, 64, {"val": 0.3}, axis="t")
+
+
+def test_patches_stay_inside_their_region_and_splits_share_no_pixel(tmp_path):
+    import xarray as xr
+
+    path = write_cube(tmp_path / "a.zarr", size=60)
+    cube = xr.open_zarr(path)["s2"].values
+    cfg = SamplingConfig(space_stride=4)
+    strips = spatial_split(60, 60, {"val": 0.3}, patch=cfg.patch)  # train columns 0..42, val 42..60
+    cover = {}
+    for split, region in strips.items():
+        ds = PatchDataset([path], config=cfg, seed=0, regions=[region], redraw=False)
+        # The origin grid restarts at the strip's edge: train 0..24 (24 + 15 <= 42), val only 42 (18 px wide).
+        assert sorted({c.x0 for c in ds.candidates}) == (list(range(0, 25, 4)) if split == "train" else [42])
+        assert sorted({c.y0 for c in ds.candidates}) == list(range(0, 46, 4))
+        mask = np.zeros((60, 60), bool)
+        for i in range(len(ds)):
+            c = ds.candidates[i]
+            mask[c.y0 : c.y0 + cfg.patch, c.x0 : c.x0 + cfg.patch] = True
+            expected = cube[list(c.frames), :, c.y0 : c.y0 + cfg.patch, c.x0 : c.x0 + cfg.patch]
+            np.testing.assert_array_equal(ds[i]["x"].numpy(), expected)
+        cover[split] = mask
+    assert not (cover["train"] & cover["val"]).any()
+    assert cover["train"][:59, :39].all() and not cover["train"][:, 39:].any()  # rows 0..58: origins 0..44
+    assert cover["val"][:59, 42:57].all() and not cover["val"][:, :42].any()
+    with pytest.raises(ValueError, match="2 regions given for 1 cubes"):
+        PatchDataset([path], regions=[None, None])
 
 
 def test_s1_is_smoothed_with_a_three_frame_rolling_mean_in_linear_scale(tmp_path):

@@ -250,3 +250,27 @@ def test_run_training_rejects_a_data_module_of_another_stage(world_dir, tmp_path
     with pytest.raises(ConfigError, match="built for another stage or normalisation"):
         run_training(s1, test=False, data=data)
     assert not (tmp_path / "s1" / "checkpoints").exists()  # refused before any training
+
+
+def test_one_cube_trains_with_a_spatial_holdout(world_dir, tmp_path):
+    from latentcube.train import CubeDataModule, normalization_of
+
+    one = (str(world_dir / "scene_000.zarr"),)
+    base = stage_config(world_dir, tmp_path / "s2", "s2", epochs=1)
+    cfg = replace(base, data=replace(base.data, cubes=one, splits=None, spatial_split={"val": 0.4}))
+    data = CubeDataModule(cfg, normalization_of(cfg))
+    # 40 columns: train strip 0..24, val strip 24..40; every patch (15 px) inside its strip.
+    assert data.split_regions == {"train": [(slice(0, 40), slice(0, 24))], "val": [(slice(0, 40), slice(24, 40))]}
+    train_x = {c.x0 for c in data.dataset("train").candidates}
+    val_x = {c.x0 for c in data.dataset("val").candidates}
+    assert max(train_x) + 15 <= 24 and min(val_x) >= 24
+    result = run_training(cfg, test=True, data=data)
+    assert Path(result["model"]).exists() and result["test_metrics"]["split"] == "val"
+
+    with pytest.raises(ConfigError, match="data.splits and data.spatial_split are both set"):
+        CubeDataModule(replace(cfg, data=replace(base.data, spatial_split={"val": 0.4})), normalization_of(cfg))
+    with pytest.raises(ConfigError, match="scene_000.zarr: .*the val strip is 4 px wide"):
+        CubeDataModule(replace(cfg, data=replace(cfg.data, spatial_split={"val": 0.1})), normalization_of(cfg))
+    with pytest.raises(ConfigError, match="split 'val' has no cubes. Fix: .*spatial_split"):
+        CubeDataModule(replace(cfg, data=replace(base.data, splits={"train": ("scene_000",)}, cubes=one)),
+                       normalization_of(cfg))

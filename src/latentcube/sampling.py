@@ -37,6 +37,7 @@ __all__ = [
     "PatchDataset",
     "SamplingConfig",
     "assign_splits",
+    "spatial_split",
     "candidate_origins",
     "draw_frames",
     "nearest_s1_index",
@@ -124,6 +125,58 @@ def _accept(valid: np.ndarray, frames: np.ndarray, y0: int, x0: int, cfg: Sampli
     return float(window.mean()) >= cfg.min_valid_fraction
 
 
+def _region_span(region: tuple[slice, slice] | None, height: int, width: int, path: Path) -> tuple[tuple[int, int], ...]:
+    """((row start, row stop), (column start, column stop)) of a region inside a ``height`` x ``width`` cube."""
+    if region is None:
+        return (0, height), (0, width)
+    spans = []
+    for sl, size, axis in zip(region, (height, width), ("rows", "columns"), strict=True):
+        start, stop, step = sl.indices(size)
+        if step != 1 or stop <= start:
+            raise ValueError(f"region {region} of {path}: {axis} must be a non-empty step-1 slice inside 0..{size}")
+        spans.append((start, stop))
+    return tuple(spans)
+
+
+def spatial_split(
+    height: int, width: int, fractions: Mapping[str, float], *, patch: int = 15, axis: str = "x",
+) -> dict[str, tuple[slice, slice]]:
+    """Cut one cube into disjoint strips for ``train`` and the held-out splits (a spatial holdout).
+
+    ``fractions`` maps ``"val"`` and/or ``"test"`` to the share of the cube's extent along ``axis``
+    (``"x"`` = columns, strips from west to east: train, val, test; ``"y"`` = rows, north to south);
+    train gets the rest. Strip edges are rounded to whole pixels. Patches are then drawn inside their
+    strip (``PatchDataset(regions=...)``), so no pixel is in patches of two splits. For a cube too
+    small to fit one ``patch``-wide strip per split, raises ``ValueError`` with the fix.
+
+    Returns ``{split: (rows slice, columns slice)}`` in pixels.
+    """
+    unknown = sorted(set(fractions) - {"val", "test"})
+    if unknown:
+        raise ValueError(f"spatial split fractions for {unknown}: only 'val' and 'test' are held out (train gets the rest)")
+    if not fractions or any(not 0 < float(f) < 1 for f in fractions.values()) or sum(fractions.values()) >= 1:
+        raise ValueError(f"spatial split fractions {dict(fractions)}: each must be in (0, 1) and together below 1 "
+                         "(train gets the rest), e.g. {val: 0.2}")
+    if axis not in ("x", "y"):
+        raise ValueError(f"spatial split axis must be 'x' (columns) or 'y' (rows), got {axis!r}")
+    extent = width if axis == "x" else height
+    order = ["train", *(s for s in ("val", "test") if s in fractions)]
+    shares = [1 - sum(fractions.values()), *(float(fractions[s]) for s in order[1:])]
+    edges = np.rint(np.concatenate([[0], np.cumsum(shares)]) * extent).astype(int)
+    edges[-1] = extent
+    out = {}
+    for split, a, b in zip(order, edges[:-1], edges[1:], strict=True):
+        if b - a < patch:
+            raise ValueError(
+                f"spatial split {dict(fractions)} of a {height} x {width} cube along {axis}: the {split} strip is "
+                f"{b - a} px wide, less than one {patch}-px patch. Fix: raise its fraction, split along the other "
+                "axis, or use more cubes with cube-level splits."
+            )
+        strip = slice(int(a), int(b))
+        out[split] = (slice(0, height), strip) if axis == "x" else (strip, slice(0, width))
+    return out
+
+
 def nearest_s1_index(s2_times: Sequence[Any], s1_times: Sequence[Any], max_gap_days: float) -> np.ndarray:
     """For each S2 date, the index of the nearest S1 date within ``max_gap_days``, else −1."""
     s2 = pd.DatetimeIndex(s2_times).values.astype("datetime64[s]").astype("int64")
@@ -167,6 +220,9 @@ class PatchDataset(Dataset):
             block, e.g. normalisation.
         redraw: draw new frames every epoch (the paper's temporal augmentation); ``set_epoch`` selects
             the epoch. Epoch 0 and ``redraw=False`` use the frames accepted at index time.
+        regions: per cube, ``(rows, columns)`` slices (pixels) that every patch of that cube lies inside,
+            or ``None`` for the whole cube (default: whole cubes). The strided origin grid starts at the
+            region's corner. :func:`spatial_split` gives disjoint regions for train/val/test.
     """
 
     def __init__(
@@ -178,11 +234,14 @@ class PatchDataset(Dataset):
         seed: int = 0,
         transform: Any = None,
         redraw: bool = True,
+        regions: Sequence[tuple[slice, slice] | None] | None = None,
     ) -> None:
         if variable not in ("s2", "s1"):
             raise ValueError(f"variable must be 's2' or 's1', got {variable!r}")
         if not cubes:
             raise ValueError("no cubes given: pass at least one cube path")
+        if regions is not None and len(regions) != len(cubes):
+            raise ValueError(f"{len(regions)} regions given for {len(cubes)} cubes; give one per cube (None = whole cube)")
         self.variable, self.config, self.seed = variable, config, int(seed)
         self.transform, self.redraw = transform, redraw
         self.time_dim = "time" if variable == "s2" else "time_s1"
@@ -193,7 +252,7 @@ class PatchDataset(Dataset):
         self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._open: dict[int, xr.Dataset] = {}
         for i, path in enumerate(cubes):
-            self._index_cube(i, Path(path))
+            self._index_cube(i, Path(path), None if regions is None else regions[i])
         if not self.candidates:
             raise CubeError(
                 f"no {variable} patch passed the sampling rules in {len(cubes)} cube(s) "
@@ -206,7 +265,7 @@ class PatchDataset(Dataset):
         var = ds[self.variable]
         return np.isfinite(var).all(var.dims[1]).values  # (time, y, x) bool, computed chunk-wise
 
-    def _index_cube(self, i: int, path: Path) -> None:
+    def _index_cube(self, i: int, path: Path, region: tuple[slice, slice] | None = None) -> None:
         ds = self._open[i] = self._open_cube(path)  # kept for reading: opening (S1 smoothing graph) costs ~0.5 s
         if self.variable not in ds:
             raise CubeError(f"{path} has no '{self.variable}' variable. Fix: fetch/import it or drop this cube.")
@@ -215,7 +274,9 @@ class PatchDataset(Dataset):
         self.meta.append(meta)
         valid = self._validity(ds)
         cfg = self.config
-        t0s, y0s, x0s = candidate_origins(len(meta.times), meta.height, meta.width, cfg)
+        (ya, yb), (xa, xb) = _region_span(region, meta.height, meta.width, path)
+        t0s, y0s, x0s = candidate_origins(len(meta.times), yb - ya, xb - xa, cfg)
+        y0s, x0s = y0s + ya, x0s + xa
         seq_len = min(cfg.seq_len, len(meta.times))
         for t0 in t0s:
             for y0 in y0s:
@@ -439,7 +500,8 @@ def assign_splits(
             for name in names:
                 name = Path(name).stem if Path(name).suffix in (".zarr", ".nc") else str(name)
                 if name in lookup and lookup[name] != split:
-                    raise ValueError(f"cube {name!r} is in two splits: {lookup[name]!r} and {split!r}")
+                    raise ValueError(f"cube {name!r} is in two splits: {lookup[name]!r} and {split!r}. Fix: put each "
+                                     "cube in one split; to hold out part of one cube, use a spatial split instead")
                 lookup[name] = split
     out: dict[str, list[Path]] = {}
     unassigned = [cid for cid in ids if cid not in lookup]

@@ -52,6 +52,7 @@ from latentcube.sampling import (
     PatchDataset,
     SamplingConfig,
     assign_splits,
+    spatial_split,
 )
 
 __all__ = [
@@ -86,6 +87,13 @@ class DataConfig:
     """Site plan CSV (``cube_id``, ``split``) giving each cube's split."""
     splits: dict[str, tuple[str, ...]] | None = None
     """Explicit split lists of cube ids (file stems); used when no plan is given."""
+    spatial_split: dict[str, float] | None = None
+    """Instead of a plan or split lists: hold out strips of every cube, e.g. ``{val: 0.2}`` or ``{val: 0.2,
+    test: 0.2}`` (shares of the extent along ``spatial_split_axis``; train gets the rest, west/north first).
+    Patches never cross strips, so no pixel is in two splits. For one area of interest; with several
+    cubes, cube-level splits (plan or lists) test generalisation to new places better."""
+    spatial_split_axis: str = "x"
+    """``x``: strips of columns (train west, then val, then test); ``y``: strips of rows (north first)."""
     batch_size: int = 64
     """Patches per optimisation step (per device)."""
     num_workers: int = 0
@@ -343,6 +351,25 @@ def _cube_paths(data: DataConfig, base: Path) -> list[Path]:
     return paths
 
 
+def _spatial_splits(paths: list[Path], fractions: Mapping[str, float], axis: str,
+                    patch: int) -> tuple[dict[str, list[Path]], dict[str, list[tuple[slice, slice]]]]:
+    """Every cube in every split, each split with its strip of each cube (``sampling.spatial_split``)."""
+    from latentcube.cube import open_cube
+
+    split_paths: dict[str, list[Path]] = {}
+    regions: dict[str, list[tuple[slice, slice]]] = {}
+    for path in paths:
+        ds = open_cube(path)
+        try:
+            strips = spatial_split(ds.sizes["y"], ds.sizes["x"], fractions, patch=patch, axis=axis)
+        except ValueError as err:
+            raise ValueError(f"{path.name}: {err}") from err
+        for split, region in strips.items():
+            split_paths.setdefault(split, []).append(path)
+            regions.setdefault(split, []).append(region)
+    return split_paths, regions
+
+
 class CubeDataModule(L.LightningDataModule):
     """Train/val/test patch datasets of one stage, split at cube level."""
 
@@ -351,19 +378,33 @@ class CubeDataModule(L.LightningDataModule):
         self.cfg, self.norm = cfg, normalization
         base = base_dir or Path.cwd()
         paths = _cube_paths(cfg.data, base)
-        if cfg.data.plan:
-            plan = Path(cfg.data.plan) if Path(cfg.data.plan).is_absolute() else base / cfg.data.plan
-            self.split_paths = assign_splits(paths, plan=plan)
-        elif cfg.data.splits:
-            self.split_paths = assign_splits(paths, splits=cfg.data.splits)
-        else:
-            raise ConfigError("no split: set data.plan (a site plan CSV) or data.splits {train: [...], val: [...]}")
-        for needed in ("train", "val"):
-            if not self.split_paths.get(needed):
-                raise ConfigError(f"split {needed!r} has no cubes")
         stage = cfg.stage
         self.sampling = from_dict(SamplingConfig, {**to_dict(SamplingConfig.paper(stage)), **cfg.data.sampling},
                                   where="data.sampling")
+        # Per split, one (rows, columns) region per cube of split_paths; None = whole cubes (cube-level splits).
+        self.split_regions: dict[str, list[tuple[slice, slice]]] | None = None
+        given = [name for name, v in (("plan", cfg.data.plan), ("splits", cfg.data.splits),
+                                       ("spatial_split", cfg.data.spatial_split)) if v]
+        if len(given) > 1:
+            raise ConfigError(f"data.{' and data.'.join(given)} are both set: give one way of splitting")
+        try:
+            if cfg.data.plan:
+                plan = Path(cfg.data.plan) if Path(cfg.data.plan).is_absolute() else base / cfg.data.plan
+                self.split_paths = assign_splits(paths, plan=plan)
+            elif cfg.data.splits:
+                self.split_paths = assign_splits(paths, splits=cfg.data.splits)
+            elif cfg.data.spatial_split:
+                self.split_paths, self.split_regions = _spatial_splits(paths, cfg.data.spatial_split,
+                                                                       cfg.data.spatial_split_axis, self.sampling.patch)
+            else:
+                raise ConfigError("no split: set data.plan (a site plan CSV), data.splits {train: [...], val: [...]} "
+                                  "or, for a single area, data.spatial_split {val: 0.2}")
+        except ValueError as err:
+            raise ConfigError(f"data: {err}") from err
+        for needed in ("train", "val"):
+            if not self.split_paths.get(needed):
+                raise ConfigError(f"split {needed!r} has no cubes. Fix: list cubes for it in data.splits or the plan, "
+                                  "or hold out part of each cube with data.spatial_split {val: 0.2}")
         self.datasets: dict[str, PatchDataset] = {}
 
     def _transform(self, arr: np.ndarray, variable: str, bands: list[str]) -> np.ndarray:
@@ -376,6 +417,8 @@ class CubeDataModule(L.LightningDataModule):
                           transform=self._transform, redraw=split == "train")
             if cls is PatchDataset:
                 kwargs["variable"] = self.cfg.stage
+            if self.split_regions is not None:
+                kwargs["regions"] = self.split_regions[split]
             self.datasets[split] = cls(self.split_paths[split], **kwargs)
         return self.datasets[split]
 

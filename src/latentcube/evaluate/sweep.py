@@ -154,6 +154,9 @@ def _probe_run(model_path: Path, cfg: TrainConfig, run_dir: Path, *, labels: str
     emb_scores: dict[str, list[float]] = {}
     raw_scores: dict[str, list[float]] = {}
     settings: dict[str, Any] = {}
+    if data.split_regions is not None:
+        warnings.warn("sweep: with data.spatial_split the probe runs on whole cubes, training strips included "
+                      "(the autoencoder saw their pixels, not their labels).", stacklevel=3)
     for cube in data.split_paths["val"]:
         if labels not in open_cube(cube).data_vars:
             warnings.warn(f"sweep: validation cube {cube} has no label layer {labels!r}; not probed.", stacklevel=3)
