@@ -14,7 +14,7 @@ from affine import Affine
 
 from latentcube.cube import set_crs
 from latentcube.export import export_geotiff, grid_transform
-from latentcube.gapfill import GapFillError
+from latentcube.gapfill import EmbeddingCubeError
 
 TIMES = pd.to_datetime(["2019-07-09 10:30", "2019-07-14 10:30", "2019-08-01 10:30"])
 
@@ -37,9 +37,9 @@ def emb_store(tmp_path, h: int = 5, w: int = 7):
 def test_grid_transform_by_hand():
     t = grid_transform(np.array([105.0, 115.0, 125.0]), np.array([995.0, 985.0]))
     assert t == Affine(10.0, 0.0, 100.0, 0.0, -10.0, 1000.0)
-    with pytest.raises(GapFillError, match="irregular pixel spacing along x"):
+    with pytest.raises(EmbeddingCubeError, match="irregular pixel spacing along x"):
         grid_transform(np.array([0.0, 10.0, 25.0]), np.array([5.0, -5.0]))
-    with pytest.raises(GapFillError, match="at least 2 x 2"):
+    with pytest.raises(EmbeddingCubeError, match="at least 2 x 2"):
         grid_transform(np.array([0.0]), np.array([5.0, -5.0]))
 
 
@@ -70,11 +70,11 @@ def test_selected_dates_single_band_variable_and_errors(tmp_path):
     with rasterio.open(files[0]) as src:
         assert src.count == 1 and src.descriptions == ("quality_s2",)
         np.testing.assert_array_equal(src.read(1), ds["quality_s2"].values[2])
-    with pytest.raises(GapFillError, match=r"no date 2019-07-15 .*nearest: 2019-07-09, 2019-07-14, 2019-08-01"):
+    with pytest.raises(EmbeddingCubeError, match=r"no date 2019-07-15 .*nearest: 2019-07-09, 2019-07-14, 2019-08-01"):
         export_geotiff(path, tmp_path / "x", dates=["2019-07-15"])
-    with pytest.raises(GapFillError, match="no 'ndvi' variable"):
+    with pytest.raises(EmbeddingCubeError, match="no 'ndvi' variable"):
         export_geotiff(path, tmp_path / "x", variable="ndvi")
-    with pytest.raises(GapFillError, match="dtype='int16'"):
+    with pytest.raises(EmbeddingCubeError, match="dtype='int16'"):
         export_geotiff(path, tmp_path / "x", dtype="int16")
     with pytest.raises(FileNotFoundError, match="no such embedding cube"):
         export_geotiff(tmp_path / "nope.zarr", tmp_path / "x")

@@ -11,7 +11,7 @@ import xarray as xr
 from scipy.signal import savgol_filter
 
 from latentcube.cube import cube_crs, set_crs
-from latentcube.gapfill import GapFillError, fill_series, gapfill_embeddings, match_dates
+from latentcube.gapfill import EmbeddingCubeError, GapFillError, fill_series, gapfill_embeddings, match_dates
 
 
 def emb_cube(values: np.ndarray, times, *, crs="EPSG:32632", chunks=None) -> xr.Dataset:
@@ -199,7 +199,7 @@ def test_start_end_and_errors(tmp_path):
         gapfill_embeddings(ds, freq="6h")
     with pytest.raises(FileNotFoundError, match="no such embedding cube"):
         gapfill_embeddings(tmp_path / "missing.zarr")
-    with pytest.raises(GapFillError, match="not an embedding cube: no 'embedding'"):
+    with pytest.raises(EmbeddingCubeError, match="not an embedding cube: no 'embedding'"):
         gapfill_embeddings(ds.rename(embedding="s2"))
     gapfill_embeddings(ds, tmp_path / "f.zarr", progress=False)
     with pytest.raises(GapFillError, match="exists"):
@@ -213,9 +213,9 @@ def test_start_end_and_errors(tmp_path):
 def test_match_dates_by_day_and_nearest_in_error():
     times = pd.to_datetime(["2019-07-09 10:30", "2019-07-14 10:30", "2019-07-24 10:30"])
     assert match_dates(times, ["2019-07-14", "2019-07-09"]) == [1, 0]
-    with pytest.raises(GapFillError, match=r"no date 2019-07-15 .* nearest: 2019-07-09, 2019-07-14, 2019-07-24"):
+    with pytest.raises(EmbeddingCubeError, match=r"no date 2019-07-15 .* nearest: 2019-07-09, 2019-07-14, 2019-07-24"):
         match_dates(times, ["2019-07-15"])
-    with pytest.raises(GapFillError, match="bad date"):
+    with pytest.raises(EmbeddingCubeError, match="bad date"):
         match_dates(times, ["July"])
 
 

@@ -10,7 +10,7 @@ from sklearn.decomposition import PCA
 
 from latentcube.cube import new_cube, set_crs
 from latentcube.evaluate.maps import class_colours, fit_pca, pca_figure, pca_rgb, robust_scale
-from latentcube.gapfill import GapFillError
+from latentcube.gapfill import EmbeddingCubeError
 
 TIMES = pd.to_datetime(["2019-07-09 10:30", "2019-07-14 10:30", "2019-07-19 10:30"])
 
@@ -78,11 +78,11 @@ def test_sampling_is_seeded_and_bounded():
 
 def test_errors_name_the_nearest_dates():
     ds = emb_cube()
-    with pytest.raises(GapFillError, match=r"no date 2019-07-15 .*nearest: 2019-07-09, 2019-07-14, 2019-07-19"):
+    with pytest.raises(EmbeddingCubeError, match=r"no date 2019-07-15 .*nearest: 2019-07-09, 2019-07-14, 2019-07-19"):
         pca_rgb(ds, date="2019-07-15")
-    with pytest.raises(GapFillError, match="at least 3 embedding features"):
+    with pytest.raises(EmbeddingCubeError, match="at least 3 embedding features"):
         pca_rgb(ds.isel(feature=[0, 1]))
-    with pytest.raises(GapFillError, match="no valid pixel-dates"):
+    with pytest.raises(EmbeddingCubeError, match="no valid pixel-dates"):
         pca_rgb(ds.where(ds["embedding"] > 1e9))
 
 
@@ -115,11 +115,11 @@ def test_pca_figure_two_panels(tmp_path):
     assert left.std() > 0.05 and right.std() > 0.05  # both panels drawn, neither blank
     # The right panel holds many distinct colours (the PCA map), the left few (the flat S2 scene).
     assert len(np.unique(right.reshape(-1, 3), axis=0)) > 50
-    with pytest.raises(GapFillError, match="no date 2019-07-15"):
+    with pytest.raises(EmbeddingCubeError, match="no date 2019-07-15"):
         pca_figure(ds, cube, "2019-07-15", tmp_path / "x.png")
-    with pytest.raises(GapFillError, match="--cube"):
+    with pytest.raises(EmbeddingCubeError, match="--cube"):
         pca_figure(ds, None, "2019-07-14", tmp_path / "x.png")
-    with pytest.raises(GapFillError, match="no date 2019-07-14 in the S2 cube"):
+    with pytest.raises(EmbeddingCubeError, match="no date 2019-07-14 in the S2 cube"):
         pca_figure(ds, cube.isel(time=[0, 2]), "2019-07-14", tmp_path / "x.png")
 
 

@@ -21,7 +21,7 @@ import xarray as xr
 
 from latentcube import __version__
 from latentcube.cube import cube_crs
-from latentcube.gapfill import GapFillError, as_embedding, match_dates
+from latentcube.gapfill import EmbeddingCubeError, as_embedding, match_dates
 
 __all__ = ["export_geotiff", "grid_transform"]
 
@@ -35,18 +35,18 @@ def grid_transform(x: np.ndarray, y: np.ndarray):
     """The ``affine.Affine`` of a regular grid given its pixel-centre coordinates (metres).
 
     Origin = first centre minus half a pixel in each axis (``y`` usually decreasing: a negative ``dy``
-    gives the usual north-up transform). Raises :class:`GapFillError` for fewer than two pixels per axis
+    gives the usual north-up transform). Raises :class:`EmbeddingCubeError` for fewer than two pixels per axis
     or an irregular spacing.
     """
     from affine import Affine
 
     x, y = np.asarray(x, "float64"), np.asarray(y, "float64")
     if len(x) < 2 or len(y) < 2:
-        raise GapFillError(f"a GeoTIFF needs at least 2 x 2 pixels to know the pixel size; grid is {len(y)} x {len(x)}.")
+        raise EmbeddingCubeError(f"a GeoTIFF needs at least 2 x 2 pixels to know the pixel size; grid is {len(y)} x {len(x)}.")
     dx, dy = x[1] - x[0], y[1] - y[0]
     for name, c, d in (("x", x, dx), ("y", y, dy)):
         if d == 0 or not np.allclose(np.diff(c), d, rtol=1e-6, atol=1e-6 * abs(d)):
-            raise GapFillError(f"irregular pixel spacing along {name}: a GeoTIFF needs a regular grid. Fix: resample.")
+            raise EmbeddingCubeError(f"irregular pixel spacing along {name}: a GeoTIFF needs a regular grid. Fix: resample.")
     return Affine(dx, 0.0, x[0] - dx / 2, 0.0, dy, y[0] - dy / 2)
 
 
@@ -92,15 +92,15 @@ def export_geotiff(
     from rasterio.crs import CRS as RioCRS
 
     if dtype not in DTYPES:
-        raise GapFillError(f"dtype={dtype!r}: GeoTIFF export writes {' or '.join(DTYPES)} (NaN = nodata).")
+        raise EmbeddingCubeError(f"dtype={dtype!r}: GeoTIFF export writes {' or '.join(DTYPES)} (NaN = nodata).")
     if isinstance(emb, xr.Dataset) and variable not in emb.data_vars:
-        raise GapFillError(f"no {variable!r} variable in the cube (has {sorted(map(str, emb.data_vars))}).")
+        raise EmbeddingCubeError(f"no {variable!r} variable in the cube (has {sorted(map(str, emb.data_vars))}).")
     ds = as_embedding(emb) if variable == "embedding" else _with_variable(emb, variable)
     da = ds[variable]
     if da.dims == ("time", "y", "x"):
         da = da.expand_dims(feature=[variable], axis=1)
     elif da.dims != ("time", "feature", "y", "x"):
-        raise GapFillError(f"{variable!r} has dimensions {da.dims}; export needs (time, feature, y, x) or (time, y, x).")
+        raise EmbeddingCubeError(f"{variable!r} has dimensions {da.dims}; export needs (time, feature, y, x) or (time, y, x).")
     transform = grid_transform(da["x"].values, da["y"].values)
     crs = RioCRS.from_wkt(cube_crs(ds).to_wkt())
     idx = list(range(da.sizes["time"])) if dates is None else match_dates(da["time"].values, dates)
@@ -142,6 +142,6 @@ def _with_variable(emb: str | Path | xr.Dataset, variable: str) -> xr.Dataset:
     """The cube opened as an embedding cube, checked to contain ``variable``."""
     ds = as_embedding(emb)
     if variable not in ds.data_vars:
-        raise GapFillError(f"no {variable!r} variable in {emb if not isinstance(emb, xr.Dataset) else 'the cube'} "
+        raise EmbeddingCubeError(f"no {variable!r} variable in {emb if not isinstance(emb, xr.Dataset) else 'the cube'} "
                            f"(has {sorted(map(str, ds.data_vars))}).")
     return ds

@@ -37,7 +37,7 @@ from latentcube import __version__
 from latentcube.constants import EMBEDDING_DIMS
 from latentcube.cube import cube_crs, set_crs
 
-__all__ = ["GapFillError", "as_embedding", "fill_series", "gapfill_embeddings", "match_dates"]
+__all__ = ["EmbeddingCubeError", "GapFillError", "as_embedding", "fill_series", "gapfill_embeddings", "match_dates"]
 
 METHODS = ("linear", "savgol")
 #: Spatial chunk edge (pixels) of the filling tasks and of the output store. A task holds its chunk's
@@ -50,7 +50,12 @@ ROW_BATCH_VALUES = 1 << 19
 MAX_TIME_CHUNK = 64
 
 
-class GapFillError(ValueError):
+class EmbeddingCubeError(ValueError):
+    """An embedding cube, variable or date that cannot be used as asked (reading, maps, export, gap
+    filling); the message says why and how to fix it."""
+
+
+class GapFillError(EmbeddingCubeError):
     """The input or the options cannot be gap-filled; the message says why and how to fix it."""
 
 
@@ -65,7 +70,7 @@ def as_embedding(
     ``emb`` is a Zarr path (opened with ``xarray.open_zarr``, Dask chunks ``chunks`` or the storage
     chunks; an int8 ``embedding`` stored with ``embedding_scale`` is decoded to float32 by
     ``latentcube.embed.open_embedding`` and the scale dropped), a Dataset or a DataArray (named
-    ``variable`` in the result). Raises ``FileNotFoundError`` for a missing path and :class:`GapFillError`
+    ``variable`` in the result). Raises ``FileNotFoundError`` for a missing path and :class:`EmbeddingCubeError`
     when the store holds no such variable or it has other dimensions.
     """
     if isinstance(emb, xr.DataArray):
@@ -80,12 +85,12 @@ def as_embedding(
             # Reading straight into the wanted chunks: no rechunk step holding whole storage chunks.
             ds = xr.open_zarr(path, decode_coords="all", chunks=chunks or {})
         except Exception as err:
-            raise GapFillError(f"cannot read {path} as a Zarr embedding cube: {err}") from err
+            raise EmbeddingCubeError(f"cannot read {path} as a Zarr embedding cube: {err}") from err
         if "embedding_scale" in ds and "embedding" in ds.data_vars:
             try:
                 from latentcube.embed import open_embedding  # the storage format's own decoder
             except ImportError as err:
-                raise GapFillError(f"{path} stores int8 embeddings; this installation cannot decode them.") from err
+                raise EmbeddingCubeError(f"{path} stores int8 embeddings; this installation cannot decode them.") from err
             decoded = open_embedding(path)
             if isinstance(decoded, xr.Dataset):
                 decoded = decoded["embedding"]
@@ -97,15 +102,15 @@ def as_embedding(
             if gm and "grid_mapping" not in ds[name].attrs:
                 ds[name].attrs["grid_mapping"] = gm
     if variable not in ds.data_vars:
-        raise GapFillError(
+        raise EmbeddingCubeError(
             f"not an embedding cube: no {variable!r} variable (has {sorted(map(str, ds.data_vars))}). "
             "Fix: pass the output of `latentcube embed` (a cube of S2 reflectance is embedded first)."
         )
     da = ds[variable]
     if da.dims[0] != "time" or da.dims[-2:] != ("y", "x"):
-        raise GapFillError(f"{variable!r} has dimensions {da.dims}; expected {EMBEDDING_DIMS} (time first, y and x last).")
+        raise EmbeddingCubeError(f"{variable!r} has dimensions {da.dims}; expected {EMBEDDING_DIMS} (time first, y and x last).")
     if not np.issubdtype(da.dtype, np.floating):
-        raise GapFillError(
+        raise EmbeddingCubeError(
             f"{variable!r} is stored as {da.dtype}: decode it to float first "
             "(int8 stores need latentcube.embed.open_embedding, which this installation lacks)."
         )
@@ -120,7 +125,7 @@ def _day_numbers(times: Any) -> np.ndarray:
 def match_dates(times: Any, dates: Sequence[Any], *, what: str = "the embedding cube") -> list[int]:
     """Indices into ``times`` of the requested calendar ``dates`` (strings or datetimes, matched by day).
 
-    A date with no acquisition on that day raises :class:`GapFillError` naming the nearest available
+    A date with no acquisition on that day raises :class:`EmbeddingCubeError` naming the nearest available
     dates, so a typo is never silently replaced by another date.
     """
     index = pd.DatetimeIndex(times)
@@ -131,14 +136,14 @@ def match_dates(times: Any, dates: Sequence[Any], *, what: str = "the embedding 
             # ISO 8601 only for strings: pandas would otherwise read "July" as 0001-07-01.
             day = (pd.to_datetime(d, format="ISO8601") if isinstance(d, str) else pd.Timestamp(d)).floor("D")
         except (ValueError, TypeError) as err:
-            raise GapFillError(f"bad date {d!r}: use YYYY-MM-DD.") from err
+            raise EmbeddingCubeError(f"bad date {d!r}: use YYYY-MM-DD.") from err
         hits = np.flatnonzero(days == day)
         if len(hits) == 0:
             if len(days) == 0:
-                raise GapFillError(f"{what} has no dates.")
+                raise EmbeddingCubeError(f"{what} has no dates.")
             order = np.argsort(np.abs((days - day).values.astype("timedelta64[D]").astype("int64")), kind="stable")[:3]
             nearest = ", ".join(sorted(str(days[i].date()) for i in order))
-            raise GapFillError(
+            raise EmbeddingCubeError(
                 f"no date {day.date()} in {what} ({len(days)} dates, {days[0].date()} .. {days[-1].date()}); "
                 f"nearest: {nearest}. Fix: pick one of those."
             )

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from latentcube.gapfill import GapFillError, as_embedding, match_dates
+from latentcube.gapfill import EmbeddingCubeError, as_embedding, match_dates
 
 __all__ = ["PCAFit", "class_colours", "fit_pca", "pca_figure", "pca_rgb", "robust_scale"]
 
@@ -48,7 +48,7 @@ def _as_da(emb: str | Path | xr.Dataset | xr.DataArray) -> xr.DataArray:
     if isinstance(emb, xr.DataArray):
         da = emb
         if da.dims != ("time", "feature", "y", "x"):
-            raise GapFillError(f"embedding has dimensions {da.dims}; expected ('time', 'feature', 'y', 'x').")
+            raise EmbeddingCubeError(f"embedding has dimensions {da.dims}; expected ('time', 'feature', 'y', 'x').")
         return da
     return as_embedding(emb)["embedding"].transpose("time", "feature", "y", "x")
 
@@ -92,13 +92,13 @@ def fit_pca(
         seed: random seed of the subsample.
         percentiles: the robust range of each component over the fit sample (used by :func:`robust_scale`).
 
-    Raises :class:`latentcube.gapfill.GapFillError` when there is no valid pixel-date or fewer than 3 features.
+    Raises :class:`latentcube.gapfill.EmbeddingCubeError` when there is no valid pixel-date or fewer than 3 features.
     """
     from sklearn.decomposition import PCA
 
     da = _as_da(emb)
     if da.sizes["feature"] < 3:
-        raise GapFillError(f"PCA-RGB needs at least 3 embedding features; this cube has {da.sizes['feature']}.")
+        raise EmbeddingCubeError(f"PCA-RGB needs at least 3 embedding features; this cube has {da.sizes['feature']}.")
     idx = list(range(da.sizes["time"])) if fit_dates is None else match_dates(da["time"].values, fit_dates)
     n_pix = da.sizes["y"] * da.sizes["x"]
     frac = min(1.0, sample / max(1, n_pix * len(idx)))
@@ -120,7 +120,7 @@ def fit_pca(
         parts.append(rows)
     x = np.concatenate(parts) if parts else np.empty((0, da.sizes["feature"]), "float32")
     if len(x) < 3:
-        raise GapFillError("no valid pixel-dates to fit the PCA on (every embedding is NaN on the chosen dates).")
+        raise EmbeddingCubeError("no valid pixel-dates to fit the PCA on (every embedding is NaN on the chosen dates).")
     pca = PCA(n_components=3, svd_solver="full", random_state=seed).fit(x.astype("float64"))
     scores = pca.transform(x.astype("float64"))
     low, high = np.percentile(scores, percentiles, axis=0)
@@ -213,7 +213,7 @@ def _source_cube(emb: xr.Dataset | None, cube: Any) -> xr.Dataset:
     if cube is None:
         src = (emb.attrs.get("source_cube") if emb is not None else None) or ""
         if not src or not Path(src).exists():
-            raise GapFillError(
+            raise EmbeddingCubeError(
                 f"the S2 cube of this embedding is not known or not found (source_cube={src!r}). "
                 "Fix: pass the cube (--cube CUBE.zarr)."
             )
@@ -259,7 +259,7 @@ def pca_figure(
     s2 = _source_cube(ds, cube)
     ts2 = match_dates(s2["time"].values, [day], what="the S2 cube")[0]
     if s2.sizes["y"] != da.sizes["y"] or s2.sizes["x"] != da.sizes["x"]:
-        raise GapFillError(
+        raise EmbeddingCubeError(
             f"the cube ({s2.sizes['y']} x {s2.sizes['x']}) and the embedding ({da.sizes['y']} x {da.sizes['x']}) "
             "cover different grids. Fix: pass the cube the embedding was computed from."
         )
