@@ -266,6 +266,7 @@ def test_one_cube_trains_with_a_spatial_holdout(world_dir, tmp_path):
     assert max(train_x) + 15 <= 24 and min(val_x) >= 24
     result = run_training(cfg, test=True, data=data)
     assert Path(result["model"]).exists() and result["test_metrics"]["split"] == "val"
+    assert result["patches"] == {"train": len(data.dataset("train")), "val": len(data.dataset("val"))}
 
     with pytest.raises(ConfigError, match="data.splits and data.spatial_split are both set"):
         CubeDataModule(replace(cfg, data=replace(base.data, spatial_split={"val": 0.4})), normalization_of(cfg))

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from latentcube.config import ConfigError, from_dict, load_yaml, to_dict
@@ -624,6 +625,10 @@ def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool =
         data = CubeDataModule(cfg, norm, base_dir=base_dir)
     elif data.norm.to_dict() != norm.to_dict() or data.cfg.stage != cfg.stage:
         raise ConfigError("run_training: the data module given was built for another stage or normalisation")
+    patches = {split: len(data.dataset(split)) for split in ("train", "val")}
+    rank_zero_info("data: " + ", ".join(f"{split} {n} patches from {len(data.split_paths[split])} cube(s)"
+                                        for split, n in patches.items())
+                   + (" (strips of the same cubes: data.spatial_split)" if data.split_regions is not None else ""))
     ckpt_dir = out / "checkpoints"
     if not (ckpt_dir / "last.ckpt").exists():  # a resumed run takes its weights from the checkpoint
         warm_start(task, data, cfg)
@@ -670,7 +675,8 @@ def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool =
         current = pd.read_csv(metrics_csv)
         first_new = current["step"].min() if len(current) else np.inf
         pd.concat([previous[previous["step"] < first_new], current]).to_csv(metrics_csv, index=False)
-    summary: dict[str, Any] = {"out_dir": str(out), "epochs": trainer.current_epoch, "global_step": trainer.global_step}
+    summary: dict[str, Any] = {"out_dir": str(out), "epochs": trainer.current_epoch, "global_step": trainer.global_step,
+                               "patches": patches}
     if trainer.global_rank != 0:
         return summary
     best_path = checkpoint.best_model_path or str(last)
