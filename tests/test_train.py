@@ -275,3 +275,24 @@ def test_one_cube_trains_with_a_spatial_holdout(world_dir, tmp_path):
     with pytest.raises(ConfigError, match="split 'val' has no cubes. Fix: .*spatial_split"):
         CubeDataModule(replace(cfg, data=replace(base.data, splits={"train": ("scene_000",)}, cubes=one)),
                        normalization_of(cfg))
+
+
+def test_cli_train_check_prints_split_sizes_without_training(world_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from latentcube.cli import app
+    from latentcube.config import to_dict
+    from latentcube.train import CubeDataModule, normalization_of
+
+    base = stage_config(world_dir, tmp_path / "run", "s2", epochs=1)
+    cfg = replace(base, data=replace(base.data, cubes=(str(world_dir / "scene_000.zarr"),), splits=None,
+                                     spatial_split={"val": 0.4}))
+    path = tmp_path / "s2.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    res = CliRunner().invoke(app, ["train", "s2", "--config", str(path), "--check"])
+    assert res.exit_code == 0, res.output
+    data = CubeDataModule(cfg, normalization_of(cfg))
+    for split in ("train", "val"):
+        ds = data.dataset(split)
+        assert f"{split}: {len(ds)} patches from strips of 1 cube(s) ({ds.n_rejected} candidates rejected)" in res.output
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written

@@ -295,11 +295,12 @@ def train(
     accelerator: Annotated[str | None, typer.Option(help="cpu | gpu | auto.")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="Override trainer.max_epochs.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Override trainer.max_steps.")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Only index the data: print patches per split and stop.")] = False,
 ) -> None:
     """Train one stage; re-running the same command resumes from the last checkpoint."""
     from dataclasses import replace
 
-    from latentcube.train import load_train_config, run_training
+    from latentcube.train import CubeDataModule, load_train_config, normalization_of, run_training
 
     cfg = load_train_config(config)
     if cfg.stage != stage:
@@ -309,6 +310,13 @@ def train(
     cfg = replace(cfg, trainer=replace(cfg.trainer, **trainer_changes))
     if out_dir is not None:
         cfg = replace(cfg, out_dir=str(out_dir))
+    if check:  # the split sizes a run would see, without building the model or training
+        data = CubeDataModule(cfg, normalization_of(cfg))
+        for split, paths in data.split_paths.items():
+            ds = data.dataset(split)
+            where = "strips of " if data.split_regions is not None else ""
+            out.print(f"{split}: {len(ds)} patches from {where}{len(paths)} cube(s) ({ds.n_rejected} candidates rejected)")
+        return
     summary = run_training(cfg)
     if "model" in summary:
         out.print(f"model: {summary['model']}")
