@@ -272,6 +272,14 @@ def test_one_cube_trains_with_a_spatial_holdout(world_dir, tmp_path):
         CubeDataModule(replace(cfg, data=replace(base.data, spatial_split={"val": 0.4})), normalization_of(cfg))
     with pytest.raises(ConfigError, match="scene_000.zarr: .*the val strip is 4 px wide"):
         CubeDataModule(replace(cfg, data=replace(cfg.data, spatial_split={"val": 0.1})), normalization_of(cfg))
+    from latentcube.cube import CubeError, open_cube, save_cube
+
+    cloudy = open_cube(one[0]).load()
+    cloudy["s2"][..., 24:] = float("nan")  # the whole val strip under cloud
+    cloudy_path = save_cube(cloudy, tmp_path / "cloudy.zarr")
+    cloudy_cfg = replace(cfg, data=replace(cfg.data, cubes=(str(cloudy_path),)))
+    with pytest.raises(CubeError, match="split 'val': no s2 patch passed the sampling rules"):
+        CubeDataModule(cloudy_cfg, normalization_of(cfg)).dataset("val")
     with pytest.raises(ConfigError, match="split 'val' has no cubes. Fix: .*spatial_split"):
         CubeDataModule(replace(cfg, data=replace(base.data, splits={"train": ("scene_000",)}, cubes=one)),
                        normalization_of(cfg))

@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from latentcube.config import ConfigError, from_dict, load_yaml, to_dict
+from latentcube.cube import CubeError, open_cube
 from latentcube.losses import (
     FusionLoss,
     FusionLossConfig,
@@ -355,8 +356,6 @@ def _cube_paths(data: DataConfig, base: Path) -> list[Path]:
 def _spatial_splits(paths: list[Path], fractions: Mapping[str, float], axis: str,
                     patch: int) -> tuple[dict[str, list[Path]], dict[str, list[tuple[slice, slice]]]]:
     """Every cube in every split, each split with its strip of each cube (``sampling.spatial_split``)."""
-    from latentcube.cube import open_cube
-
     split_paths: dict[str, list[Path]] = {}
     regions: dict[str, list[tuple[slice, slice]]] = {}
     for path in paths:
@@ -420,7 +419,10 @@ class CubeDataModule(L.LightningDataModule):
                 kwargs["variable"] = self.cfg.stage
             if self.split_regions is not None:
                 kwargs["regions"] = self.split_regions[split]
-            self.datasets[split] = cls(self.split_paths[split], **kwargs)
+            try:
+                self.datasets[split] = cls(self.split_paths[split], **kwargs)
+            except CubeError as err:  # name the split: with a spatial holdout every split reads the same cubes
+                raise CubeError(f"split {split!r}: {err}") from err
         return self.datasets[split]
 
     def _loader(self, split: str, sampler=None) -> DataLoader:
