@@ -39,6 +39,7 @@ __all__ = [
     "block_grid",
     "embed_cube",
     "embed_pixels",
+    "file_sha256",
     "feature_names",
     "open_embedding",
     "quantize_int8",
@@ -158,7 +159,8 @@ class _Plan:
     quality_sensors: tuple[str, ...] = ()  # sensors whose reconstruction error is written (quality_<s>)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file (the model-file identity in embedding stores and GPP caches), read in 1 MiB pieces."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -1003,7 +1005,7 @@ def _make_plan(ds: xr.Dataset, checkpoint: Path, model: Any, meta: dict[str, Any
         if not torch.cuda.is_available():
             raise EmbedError("device='cuda' but no CUDA device is available here. Fix: omit device to use the CPU.")
     plan = _Plan(
-        checkpoint=str(checkpoint.resolve()), sha256=_sha256(checkpoint), out=str(out.resolve()), kind=kind,
+        checkpoint=str(checkpoint.resolve()), sha256=file_sha256(checkpoint), out=str(out.resolve()), kind=kind,
         sensors=chosen, inputs=inputs, time_var=time_var, on_s2_dates=on_s2, dtype=dtype, halo=halo,
         tile=tile, pixel_chunk=pixel_chunk, device=device, torch_threads=None,
         max_gap_days=_sampling_setting(meta, "max_gap_days", DEFAULT_MAX_GAP_DAYS),

@@ -15,7 +15,6 @@ and leave-one-site-out. :func:`evaluate_gpp` runs all of it and writes the repor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ import pandas as pd
 import xarray as xr
 
 from latentcube.cube import open_cube
+from latentcube.embed import file_sha256
 
 __all__ = [
     "BASELINE_METHODS",
@@ -255,14 +255,6 @@ def crop_window(row: int, col: int, radius_px: int, height: int, width: int, hal
     return slice(y0, y1), slice(x0, x1), iy, ix
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def embed_site(cube: xr.Dataset, row: int, col: int, checkpoint: str | Path, *, radius_px: int, cache: str | Path | None = None,
                sensors: Sequence[str] = ("fused",), device: str | None = None, sha256: str | None = None) -> xr.DataArray:
     """Per-date embeddings ``(time, feature, y, x)`` of the footprint pixels only (tower ± ``radius_px``).
@@ -275,7 +267,7 @@ def embed_site(cube: xr.Dataset, row: int, col: int, checkpoint: str | Path, *, 
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise GPPError(f"no such model file: {checkpoint}. Fix: pass the fusion model.pt written by training.")
-    sha = sha256 or _sha256(checkpoint)
+    sha = sha256 or file_sha256(checkpoint)
     key = {"version": CACHE_VERSION, "checkpoint_sha256": sha, "row": int(row), "col": int(col),
            "radius_px": int(radius_px), "sensors": list(sensors), "n_time": int(cube.sizes["time"])}
     if cache is not None:
@@ -1060,7 +1052,7 @@ def evaluate_gpp(
     if not checkpoint.exists():
         raise GPPError(f"no such model file: {checkpoint}. Fix: pass --checkpoint runs/fusion/model.pt.")
     table = read_sites(sites, cubes)
-    sha = _sha256(checkpoint)
+    sha = file_sha256(checkpoint)
     timings: dict[str, float] = {}
 
     t0 = _time.perf_counter()
