@@ -270,6 +270,32 @@ def test_embed_pixels_equals_the_cube_embedding(cube_path, models, fused_emb, s2
         embed_pixels(cube_path, models["s2"], slice(5, 5), slice(0, 2))
 
 
+def test_default_workers_fit_the_memory():
+    from latentcube.embed import default_workers, worker_memory_estimate
+
+    gib = 1024**3
+    # 1.2 GiB + 200 B x (256 + 14)^2 px x 73 dates = 1,288,490,188 + 1,064,340,000 bytes.
+    assert worker_memory_estimate(73, 256) == 2_352_830_188
+    assert worker_memory_estimate(73, 128, halo=7) == int(1.2 * gib) + 200 * 142**2 * 73
+    per = worker_memory_estimate(73, 256)
+    assert default_workers(8, 100, per, 14 * gib) == 5  # 16 GB, 8 cores: 0.8 x 14 / 2.19 = 5.1, not 8
+    assert default_workers(2, 100, per, 23 * gib) == 2  # the 2-core CI machine: one per core
+    assert default_workers(8, 3, per, 64 * gib) == 3  # never more workers than blocks
+    assert default_workers(4, 10, per, 1 * gib) == 1  # at least one
+
+
+def test_warns_when_one_block_does_not_fit(cube_path, models, tmp_path, monkeypatch):
+    import psutil
+
+    class Tight:  # what psutil.virtual_memory() returns on a machine with little memory left
+        total, available = 1024**3, 512 * 1024**2
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Tight())
+    with pytest.warns(UserWarning, match=r"needs ~1.2 GiB per worker, 0.5 GiB are available. Fix: a smaller block "
+                                         r"\(--block-px 32\)"):
+        embed_cube(cube_path, models["s2"], tmp_path / "e.zarr", block_px=64, scheduler="synchronous", progress=False)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_local_cluster_matches_in_process(cube_path, models, fused_emb, tmp_path, workers):

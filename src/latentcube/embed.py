@@ -37,13 +37,15 @@ __all__ = [
     "EmbedError",
     "auto_tile",
     "block_grid",
+    "default_workers",
     "embed_cube",
     "embed_pixels",
-    "file_sha256",
     "feature_names",
+    "file_sha256",
     "open_embedding",
     "quantize_int8",
     "reconstruction_error",
+    "worker_memory_estimate",
 ]
 
 #: Default spatial block edge in pixels: the unit of parallelism, of resumption and of the Zarr chunks.
@@ -53,6 +55,14 @@ DEFAULT_BLOCK_PX = 256
 TILE_PIXEL_DATES = 800_000
 #: Largest number of dates in one storage chunk (as for cubes: serves map and time-series reads).
 MAX_TIME_CHUNK = 64
+#: Peak memory of one CPU worker process, modelled as a fixed part (torch, the model, Dask, the encoder's
+#: tile at ``tile="auto"``, allocator retention) plus bytes per pixel-date of the block with its halo
+#: (inputs, their reads and the outputs). Fitted to the measured largest processes of
+#: ``bench_embed.py`` (docs/embed.md#memory): block 256 x 73 dates 2.33-2.39 GiB, block 128 1.57-1.69 GiB.
+WORKER_BASE_BYTES = int(1.2 * 1024**3)
+WORKER_BYTES_PER_PIXEL_DATE = 200
+#: Share of the available memory the default LocalCluster plans to fill with its workers.
+MEMORY_FRACTION = 0.8
 #: Directory (inside the output store) holding one marker file per finished block.
 MARKER_DIR = ".blocks"
 #: Run signature written after the template; its presence means the template is complete.
@@ -113,6 +123,37 @@ def auto_tile(n_dates: int, block_px: int, halo: int = 7) -> int:
     ``TILE_PIXEL_DATES`` (measured ~1 GB peak at 30 dates and tile 128 with the default models)."""
     side = int(np.sqrt(TILE_PIXEL_DATES / max(n_dates, 1))) - 4 * halo
     return int(min(max(32, side // 16 * 16), block_px + 2 * halo))
+
+
+def worker_memory_estimate(n_dates: int, block_px: int, halo: int = 7) -> int:
+    """Estimated peak bytes of one CPU worker embedding ``block_px`` blocks of ``n_dates`` dates
+    (default models, ``tile="auto"``; see ``WORKER_BASE_BYTES``)."""
+    return int(WORKER_BASE_BYTES + WORKER_BYTES_PER_PIXEL_DATE * (block_px + 2 * halo) ** 2 * n_dates)
+
+
+def default_workers(cpu: int, n_blocks: int, per_worker_bytes: int, available_bytes: int) -> int:
+    """LocalCluster workers on CPU: one per core and per block, no more than fit in ``MEMORY_FRACTION`` of
+    the available memory (at least one).
+
+    Also sets how Dask's memory limit is shared: each worker's limit is the machine's memory over the
+    workers, and a worker above 95 % of it is restarted by its nanny. One per core on 16 GB and 8 cores
+    gave 2 GB each, less than one 256-px block needs (~2.3 GiB): every block was killed and retried.
+    """
+    by_memory = int(MEMORY_FRACTION * available_bytes // max(per_worker_bytes, 1))
+    return max(1, min(cpu, n_blocks, by_memory))
+
+
+def _warn_if_short_of_memory(per_worker: int, block_px: int, n_dates: int) -> None:
+    """Warn (with the fix) when even one worker's estimated peak exceeds the memory available here."""
+    import psutil  # a dependency of distributed
+
+    available = psutil.virtual_memory().available
+    if per_worker > available:
+        warnings.warn(
+            f"embedding {block_px}-px blocks of {n_dates} dates needs ~{per_worker / 1024**3:.1f} GiB per worker, "
+            f"{available / 1024**3:.1f} GiB are available. Fix: a smaller block (--block-px {max(32, block_px // 2)}).",
+            stacklevel=3,
+        )
 
 
 def feature_names(sensors: Sequence[str], dims: dict[str, int]) -> list[str]:
@@ -910,7 +951,8 @@ def embed_cube(
             for the demo's 128 x 128 x 74 scene); a scheduler address ``"tcp://host:8786"`` or a
             ``distributed.Client``; ``"synchronous"`` = in this process, one block after another.
         n_workers: LocalCluster workers (default: 1 with a GPU, else one per CPU core, at most one per
-            block). Each worker uses ``cpu_count // n_workers`` torch threads.
+            block and no more than :func:`worker_memory_estimate` lets fit in 80 % of the available
+            memory, see :func:`default_workers`). Each worker uses ``cpu_count // n_workers`` torch threads.
         progress: show a progress bar (tqdm) over blocks.
         device: ``"cuda"``/``"cpu"``; default: CUDA when the worker has it.
         processes: LocalCluster with worker processes (default) or threads.
@@ -964,6 +1006,8 @@ def embed_cube(
         if on_block is not None:
             on_block(iy, ix)
 
+    if todo and scheduler in (None, "synchronous"):
+        _warn_if_short_of_memory(worker_memory_estimate(len(times), block_px, plan.halo), block_px, len(times))
     try:
         if not todo:
             pass
@@ -972,7 +1016,8 @@ def embed_cube(
                 _run_block(plan, source, iy, ix, ys, xs)
                 done(iy, ix)
         else:
-            _run_distributed(plan, source, todo, scheduler, n_workers, processes, cpu, done, threads_per_worker)
+            _run_distributed(plan, source, todo, scheduler, n_workers, processes, cpu, done, threads_per_worker,
+                             len(times), block_px)
     finally:
         if bar is not None:
             bar.close()
@@ -1052,7 +1097,8 @@ def embed_pixels(cube: str | Path | xr.Dataset, checkpoint: str | Path, ys: slic
 
 
 def _run_distributed(plan: _Plan, source: str | _InMemory, todo: list, scheduler: Any, n_workers: int | None,
-                     processes: bool, cpu: int, done: Callable[[int, int], None], threads: int | None) -> None:
+                     processes: bool, cpu: int, done: Callable[[int, int], None], threads: int | None,
+                     n_dates: int, block_px: int) -> None:
     import dask
     from dask.base import tokenize
     from distributed import as_completed
@@ -1060,10 +1106,12 @@ def _run_distributed(plan: _Plan, source: str | _InMemory, todo: list, scheduler
     own_cluster = scheduler is None
     if own_cluster:
         if n_workers is None:
+            import psutil  # a dependency of distributed
             import torch
 
             gpu = plan.device == "cuda" or (plan.device is None and torch.cuda.is_available())
-            n_workers = 1 if gpu else max(1, min(cpu, len(todo)))
+            per_worker = worker_memory_estimate(n_dates, block_px, plan.halo)
+            n_workers = 1 if gpu else default_workers(cpu, len(todo), per_worker, psutil.virtual_memory().available)
         # One torch thread pool per worker, together filling the cores without oversubscription.
         plan = replace(plan, torch_threads=threads or max(1, cpu // n_workers))
     elif threads:
