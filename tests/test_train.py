@@ -304,3 +304,27 @@ def test_cli_train_check_prints_split_sizes_without_training(world_dir, tmp_path
         ds = data.dataset(split)
         assert f"{split}: {len(ds)} patches from strips of 1 cube(s) ({ds.n_rejected} candidates rejected)" in res.output
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+def test_training_refuses_cubes_whose_bands_are_not_the_models(world_dir, tmp_path):
+    from latentcube.cube import CubeError, open_cube, save_cube
+
+    ds = open_cube(world_dir / "scene_000.zarr").load()
+    bands = [str(b) for b in ds["band"].values]
+    four = save_cube(ds.sel(band=["B02", "B03", "B04", "B08"]), tmp_path / "four.zarr")
+    swapped = save_cube(ds.sel(band=[bands[1], bands[0], *bands[2:]]), tmp_path / "swapped.zarr")
+    base = stage_config(world_dir, tmp_path / "run", "s2", epochs=1)
+
+    def cfg_for(path, **model):
+        return replace(base, model={**base.model, **model},
+                       data=replace(base.data, cubes=(str(path),), splits=None, spatial_split={"val": 0.4}))
+
+    with pytest.raises(CubeError, match=r"s2 bands of four.zarr vs the model mismatch: missing \['B05', 'B06', 'B07', "
+                                        r"'B8A', 'B11', 'B12'\].*Fix: select them in this order"):
+        run_training(cfg_for(four), test=False)
+    with pytest.raises(CubeError, match=r"s2 bands of swapped.zarr vs the model are in the wrong order"):
+        run_training(cfg_for(swapped), test=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
+    # The fix the message names: a model on the cube's own bands trains.
+    result = run_training(cfg_for(four, n_bands=4, band_names=["B02", "B03", "B04", "B08"]), test=False)
+    assert load_model(result["model"])[1]["band_order"]["s2"] == ["B02", "B03", "B04", "B08"]

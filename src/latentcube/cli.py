@@ -300,7 +300,14 @@ def train(
     """Train one stage; re-running the same command resumes from the last checkpoint."""
     from dataclasses import replace
 
-    from latentcube.train import CubeDataModule, load_train_config, normalization_of, run_training
+    from latentcube.train import (
+        CubeDataModule,
+        build_task,
+        load_train_config,
+        model_bands,
+        normalization_of,
+        run_training,
+    )
 
     cfg = load_train_config(config)
     if cfg.stage != stage:
@@ -312,6 +319,7 @@ def train(
         cfg = replace(cfg, out_dir=str(out_dir))
     if check:  # the split sizes a run would see, without building the model or training
         data = CubeDataModule(cfg, normalization_of(cfg))
+        data.check_bands(model_bands(build_task(cfg)[0].model))
         for split, paths in data.split_paths.items():
             ds = data.dataset(split)
             where = "strips of " if data.split_regions is not None else ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from latentcube.config import ConfigError, from_dict, load_yaml, to_dict
+from latentcube.constants import check_band_order
 from latentcube.cube import CubeError, open_cube
 from latentcube.losses import (
     FusionLoss,
@@ -59,6 +60,7 @@ from latentcube.sampling import (
 
 __all__ = [
     "AutoencoderTask",
+    "CubeDataModule",
     "DataConfig",
     "FusionTask",
     "OptimConfig",
@@ -67,6 +69,7 @@ __all__ = [
     "build_model",
     "load_model",
     "load_train_config",
+    "model_bands",
     "run_training",
     "save_model",
 ]
@@ -199,6 +202,13 @@ def loss_module(cfg: TrainConfig) -> torch.nn.Module:
     if cfg.stage == "s2":
         return S2PretrainLoss(_merge(S2PretrainConfig(), cfg.loss, S2PretrainConfig, "loss"))
     return FusionLoss(_merge(FusionLossConfig(), cfg.loss, FusionLossConfig, "loss"))
+
+
+def model_bands(model: SensorAutoencoder | FusionModel) -> dict[str, tuple[str, ...]]:
+    """The band order each sensor of ``model`` reads: ``{"s2": (...)}``, or both sensors for fusion."""
+    if isinstance(model, FusionModel):
+        return {name: tuple(m.config.band_names) for name, m in model.sensors.items()}
+    return {model.config.sensor: tuple(model.config.band_names)}
 
 
 def normalization_of(cfg: TrainConfig) -> Normalization:
@@ -406,6 +416,26 @@ class CubeDataModule(L.LightningDataModule):
                 raise ConfigError(f"split {needed!r} has no cubes. Fix: list cubes for it in data.splits or the plan, "
                                   "or hold out part of each cube with data.spatial_split {val: 0.2}")
         self.datasets: dict[str, PatchDataset] = {}
+
+    def check_bands(self, bands: Mapping[str, Sequence[str]]) -> None:
+        """Every cube's band order for each sensor read (``{"s2": (...), "s1": (...)}``) must be the model's.
+
+        Raises ``CubeError`` naming the cube, the difference and the fix: a permuted or partial band list
+        would otherwise fail deep inside the model, or silently train on the wrong bands.
+        """
+        band_dims = {"s2": "band", "s1": "band_s1"}
+        for path in dict.fromkeys(p for paths in self.split_paths.values() for p in paths):
+            ds = open_cube(path)
+            for sensor, expected in bands.items():
+                if sensor not in ds or not expected:
+                    continue  # the datasets say which cube lacks a sensor, with the fix
+                try:
+                    check_band_order(ds[band_dims[sensor]].values, expected, what=f"{sensor} bands of {path.name} vs the model")
+                except ValueError as err:
+                    raise CubeError(
+                        f"{err}. Fix: select them in this order (ds.sel({band_dims[sensor]}={list(expected)})) and save "
+                        f"the cube, or train a model on the cube's bands (model: {{n_bands: N, band_names: [...]}})."
+                    ) from err
 
     def _transform(self, arr: np.ndarray, variable: str, bands: list[str]) -> np.ndarray:
         return self.norm.normalize_array(arr, bands, variable, axis=1)
@@ -627,6 +657,7 @@ def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool =
         data = CubeDataModule(cfg, norm, base_dir=base_dir)
     elif data.norm.to_dict() != norm.to_dict() or data.cfg.stage != cfg.stage:
         raise ConfigError("run_training: the data module given was built for another stage or normalisation")
+    data.check_bands(model_bands(task.model))
     patches = {split: len(data.dataset(split)) for split in ("train", "val")}
     rank_zero_info("data: " + ", ".join(f"{split} {n} patches from {len(data.split_paths[split])} cube(s)"
                                         for split, n in patches.items())
