@@ -270,6 +270,18 @@ def test_embed_pixels_equals_the_cube_embedding(cube_path, models, fused_emb, s2
         embed_pixels(cube_path, models["s2"], slice(5, 5), slice(0, 2))
 
 
+def test_warns_when_the_cube_has_another_pixel_size_than_the_training_data(cube_path, models, tmp_path):
+    from latentcube.nn.model_file import load_model as load
+
+    model, meta = load(models["s2"])
+    at20 = save_model(tmp_path / "s2_20m.pt", model, normalization=Normalization.from_dict(meta["normalization"]),
+                      pixel_size_m=20.0)
+    assert load(at20)[1]["pixel_size_m"] == 20.0 and meta["pixel_size_m"] is None  # unknown: never warns
+    with pytest.warns(UserWarning, match=r"trained on 20 m pixels and the cube has 10 m pixels: its 15 x 15-pixel "
+                                         r"context covers 150 m instead of 300 m.*Fix: resample the cube to 20 m"):
+        embed_cube(cube_path, at20, tmp_path / "e.zarr", block_px=64, scheduler="synchronous", progress=False)
+
+
 def test_default_workers_fit_the_memory():
     from latentcube.embed import default_workers, worker_memory_estimate
 

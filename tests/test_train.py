@@ -267,6 +267,7 @@ def test_one_cube_trains_with_a_spatial_holdout(world_dir, tmp_path):
     result = run_training(cfg, test=True, data=data)
     assert Path(result["model"]).exists() and result["test_metrics"]["split"] == "val"
     assert result["patches"] == {"train": len(data.dataset("train")), "val": len(data.dataset("val"))}
+    assert load_model(result["model"])[1]["pixel_size_m"] == 10.0  # the synthetic world's grid
 
     with pytest.raises(ConfigError, match="data.splits and data.spatial_split are both set"):
         CubeDataModule(replace(cfg, data=replace(base.data, spatial_split={"val": 0.4})), normalization_of(cfg))
@@ -325,6 +326,17 @@ def test_training_refuses_cubes_whose_bands_are_not_the_models(world_dir, tmp_pa
     with pytest.raises(CubeError, match=r"s2 bands of swapped.zarr vs the model are in the wrong order"):
         run_training(cfg_for(swapped), test=False)
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
+    # Cubes at two pixel sizes: a warning, and the model records none.
+    coarse = ds.assign_coords(x=ds.x.values[0] + 2 * (ds.x.values - ds.x.values[0]),
+                              y=ds.y.values[0] + 2 * (ds.y.values - ds.y.values[0]))
+    mixed = replace(base, data=replace(base.data, cubes=(str(world_dir / "scene_000.zarr"),
+                                                          str(save_cube(coarse, tmp_path / "coarse.zarr"))),
+                                       splits={"train": ("scene_000",), "val": ("coarse",)}))
+    from latentcube.train import CubeDataModule, normalization_of
+
+    with pytest.warns(UserWarning, match=r"training cubes at different pixel sizes \{'scene_000.zarr': 10.0, "
+                                         r"'coarse.zarr': 20.0\}"):
+        assert CubeDataModule(mixed, normalization_of(mixed)).pixel_size_m() is None
     # The fix the message names: a model on the cube's own bands trains.
     result = run_training(cfg_for(four, n_bands=4, band_names=["B02", "B03", "B04", "B08"]), test=False)
     assert load_model(result["model"])[1]["band_order"]["s2"] == ["B02", "B03", "B04", "B08"]

@@ -33,6 +33,7 @@ __all__ = [
     "cube_summary",
     "new_cube",
     "open_cube",
+    "pixel_size_m",
     "save_cube",
     "set_crs",
     "validate_cube",
@@ -376,6 +377,14 @@ def save_cube(ds: xr.Dataset, path: str | Path, *, overwrite: bool = True) -> Pa
 
 
 # ---------------------------------------------------------------------------------------- summary
+
+
+def pixel_size_m(ds: xr.Dataset) -> float | None:
+    """Pixel edge in CRS units (metres for the projected CRSs of the data model): the mean of the x and y
+    spacings; None for a grid of one pixel along an axis."""
+    if ds.sizes.get("x", 0) < 2 or ds.sizes.get("y", 0) < 2:
+        return None
+    return float((abs(ds.x[1] - ds.x[0]) + abs(ds.y[1] - ds.y[0])) / 2)
 
 
 def cube_summary(ds: xr.Dataset) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import xarray as xr
 
 from latentcube import __version__
 from latentcube.constants import EMBEDDING_DIMS, check_band_order
-from latentcube.cube import CubeError, cube_crs, open_cube, set_crs
+from latentcube.cube import CubeError, cube_crs, open_cube, pixel_size_m, set_crs
 
 __all__ = [
     "DEFAULT_BLOCK_PX",
@@ -249,6 +249,14 @@ def _check_cube(ds: xr.Dataset, kind: str, model: Any, meta: dict[str, Any], inp
             check_band_order(actual, expected, what=f"{sensor} bands of the cube vs the model")
         except ValueError as err:
             raise EmbedError(f"{err}. Fix: ds = ds.sel({band_dims[sensor]}={list(expected)}) (all the model's bands are needed).") from err
+    trained, here = meta.get("pixel_size_m"), pixel_size_m(ds)
+    if trained and here and abs(here - trained) > 0.01 * trained:
+        p = model.patch_size if kind == "fusion" else model.config.patch_size
+        warnings.warn(
+            f"the model was trained on {trained:g} m pixels and the cube has {here:g} m pixels: its {p} x {p}-pixel "
+            f"context covers {p * here:g} m instead of {p * trained:g} m, so the embeddings are not those of the "
+            f"training data. Fix: resample the cube to {trained:g} m.", stacklevel=4,
+        )
     time_dim = "time" if kind == "fusion" or inputs == ("s2",) else "time_s1"
     n_dates = model.n_dates if kind == "fusion" else model.config.n_dates
     if ds.sizes[time_dim] < n_dates:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from latentcube.config import ConfigError, from_dict, load_yaml, to_dict
 from latentcube.constants import check_band_order
-from latentcube.cube import CubeError, open_cube
+from latentcube.cube import CubeError, open_cube, pixel_size_m
 from latentcube.losses import (
     FusionLoss,
     FusionLossConfig,
@@ -437,6 +437,20 @@ class CubeDataModule(L.LightningDataModule):
                         f"the cube, or train a model on the cube's bands (model: {{n_bands: N, band_names: [...]}})."
                     ) from err
 
+    def pixel_size_m(self) -> float | None:
+        """The cubes' common pixel edge (m); warns and returns None when they differ by more than 1 %
+        (the 15-pixel context would then cover different ground distances in different cubes)."""
+        paths = list(dict.fromkeys(p for ps in self.split_paths.values() for p in ps))
+        sizes = {p.name: pixel_size_m(open_cube(p)) for p in paths}
+        known = [v for v in sizes.values() if v is not None]
+        if not known:
+            return None
+        if max(known) > 1.01 * min(known):
+            warnings.warn(f"training cubes at different pixel sizes {sizes} (m): a patch covers different ground "
+                          "distances in them. Fix: resample them to one grid (10 m for Sentinel-2).", stacklevel=2)
+            return None
+        return float(np.median(known))
+
     def _transform(self, arr: np.ndarray, variable: str, bands: list[str]) -> np.ndarray:
         return self.norm.normalize_array(arr, bands, variable, axis=1)
 
@@ -658,6 +672,7 @@ def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool =
     elif data.norm.to_dict() != norm.to_dict() or data.cfg.stage != cfg.stage:
         raise ConfigError("run_training: the data module given was built for another stage or normalisation")
     data.check_bands(model_bands(task.model))
+    pixel_size = data.pixel_size_m()
     patches = {split: len(data.dataset(split)) for split in ("train", "val")}
     rank_zero_info("data: " + ", ".join(f"{split} {n} patches from {len(data.split_paths[split])} cube(s)"
                                         for split, n in patches.items())
@@ -718,7 +733,8 @@ def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool =
         task.load_state_dict(state)
     summary["best_checkpoint"] = best_path
     summary["model"] = str(save_model(out / "model.pt", task.model, normalization=norm, config=cfg,
-                                      metrics={k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}))
+                                      metrics={k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+                                      pixel_size_m=pixel_size))
     if test:
         test_trainer = L.Trainer(accelerator=tcfg.accelerator, devices=1, precision=_precision(tcfg), logger=False,
                                  enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)

@@ -51,8 +51,12 @@ def _model_args(model: torch.nn.Module) -> tuple[str, dict[str, Any]]:
 
 
 def save_model(path: str | Path, model: torch.nn.Module, *, normalization: Normalization, config: Any = None,
-               metrics: Mapping[str, float] | None = None) -> Path:
-    """Write a self-describing model file readable with ``torch.load(path, weights_only=True)``."""
+               metrics: Mapping[str, float] | None = None, pixel_size_m: float | None = None) -> Path:
+    """Write a self-describing model file readable with ``torch.load(path, weights_only=True)``.
+
+    ``pixel_size_m``: the pixel edge (m) of the cubes it was trained on (None: unknown or mixed), so
+    that embedding a cube of another resolution can warn (the 15-pixel context is a ground distance).
+    """
     kind, args = _model_args(model)
     if kind == "autoencoder":
         bands = {model.config.sensor: list(model.config.band_names)}
@@ -69,6 +73,7 @@ def save_model(path: str | Path, model: torch.nn.Module, *, normalization: Norma
         "config": to_dict(config) if config is not None else None,
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
         "latentcube_version": __version__,
+        "pixel_size_m": None if pixel_size_m is None else float(pixel_size_m),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
