@@ -317,7 +317,7 @@ def train(
     cfg = replace(cfg, trainer=replace(cfg.trainer, **trainer_changes))
     if out_dir is not None:
         cfg = replace(cfg, out_dir=str(out_dir))
-    if check:  # the split sizes a run would see, without building the model or training
+    if check:  # the split sizes a run would see and the band check, without training
         data = CubeDataModule(cfg, normalization_of(cfg))
         data.check_bands(model_bands(build_task(cfg)[0].model))
         for split, paths in data.split_paths.items():
