@@ -340,3 +340,25 @@ def test_training_refuses_cubes_whose_bands_are_not_the_models(world_dir, tmp_pa
     # The fix the message names: a model on the cube's own bands trains.
     result = run_training(cfg_for(four, n_bands=4, band_names=["B02", "B03", "B04", "B08"]), test=False)
     assert load_model(result["model"])[1]["band_order"]["s2"] == ["B02", "B03", "B04", "B08"]
+
+
+def test_resuming_with_another_config_is_refused(world_dir, tmp_path):
+    from latentcube.config import to_dict
+    from latentcube.train import _check_resumable
+
+    out = tmp_path / "run"
+    cfg = stage_config(world_dir, out, "s2", epochs=1)
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"")  # a run was started here ...
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))  # ... with this config
+    longer = replace(cfg, trainer=replace(cfg.trainer, max_epochs=5))
+    _check_resumable(out, longer)  # extending the run: allowed
+    older = to_dict(cfg)
+    del older["data"]["spatial_split_axis"]  # a config.yaml written before that field existed
+    (out / "config.yaml").write_text(yaml.safe_dump(older))
+    _check_resumable(out, cfg)  # compares at the field's default: still the same run
+    other = replace(cfg, model={**cfg.model, "latent_dim": 5}, optim=replace(cfg.optim, lr=1e-2))
+    with pytest.raises(ConfigError, match=r"holds a run started with another config \(model.latent_dim: None -> 5; "
+                                          r"optim.lr: 0.003 -> 0.01\). Fix: train into a new directory"):
+        run_training(other, test=False)
+    assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["lr"] == 0.003  # the run's config is kept

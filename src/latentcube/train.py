@@ -646,6 +646,38 @@ def grow_heap_in_large_steps(pad_bytes: int = TRAINING_HEAP_PAD) -> bool:
         return False
 
 
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, Mapping):
+        return {k: v for key, value in d.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: d}
+
+
+def _check_resumable(out: Path, cfg: TrainConfig) -> None:
+    """A re-run resumes ``out``'s checkpoint only with the config it was started with (``trainer`` settings
+    such as ``max_epochs`` may change: extending a run is what resuming is for). Anything else would
+    resume different data, model or loss silently, or fail deep in Lightning on mismatched weights."""
+    import yaml
+
+    previous_file = out / "config.yaml"
+    if not (out / "checkpoints" / "last.ckpt").exists() or not previous_file.exists():
+        return
+    saved = yaml.safe_load(previous_file.read_text(encoding="utf-8")) or {}
+    try:  # through the dataclasses: a field added by a later version compares at its default
+        saved = to_dict(from_dict(TrainConfig, saved, where=str(previous_file)))
+    except ConfigError:
+        pass  # a field since removed: compare as written
+    previous, current = _flatten(saved), _flatten(to_dict(cfg))
+    changed = sorted(k for k in previous.keys() | current.keys()
+                     if not k.startswith(("trainer.", "out_dir")) and previous.get(k) != current.get(k))
+    if changed:
+        shown = "; ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed[:5])
+        raise ConfigError(
+            f"{out} holds a run started with another config ({shown}{'; ...' if len(changed) > 5 else ''}). "
+            f"Fix: train into a new directory (--out), delete {out / 'checkpoints'} to start again, or restore the "
+            "config to resume (only trainer settings, e.g. max_epochs, may change)."
+        )
+
+
 def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool = True,
                  data: CubeDataModule | None = None) -> dict[str, Any]:
     """Train one stage; resume from ``out_dir/checkpoints/last.ckpt`` when present.
@@ -665,6 +697,7 @@ def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool =
     cfg = replace(cfg, out_dir=str(out))
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    _check_resumable(out, cfg)
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
     task, norm = build_task(cfg, base_dir=base_dir)
     if data is None:
