@@ -1014,8 +1014,9 @@ def embed_cube(
         if on_block is not None:
             on_block(iy, ix)
 
+    per_worker = worker_memory_estimate(len(times), block_px, plan.halo)
     if todo and scheduler in (None, "synchronous"):
-        _warn_if_short_of_memory(worker_memory_estimate(len(times), block_px, plan.halo), block_px, len(times))
+        _warn_if_short_of_memory(per_worker, block_px, len(times))
     try:
         if not todo:
             pass
@@ -1025,7 +1026,7 @@ def embed_cube(
                 done(iy, ix)
         else:
             _run_distributed(plan, source, todo, scheduler, n_workers, processes, cpu, done, threads_per_worker,
-                             len(times), block_px)
+                             per_worker)
     finally:
         if bar is not None:
             bar.close()
@@ -1106,7 +1107,7 @@ def embed_pixels(cube: str | Path | xr.Dataset, checkpoint: str | Path, ys: slic
 
 def _run_distributed(plan: _Plan, source: str | _InMemory, todo: list, scheduler: Any, n_workers: int | None,
                      processes: bool, cpu: int, done: Callable[[int, int], None], threads: int | None,
-                     n_dates: int, block_px: int) -> None:
+                     per_worker: int) -> None:
     import dask
     from dask.base import tokenize
     from distributed import as_completed
@@ -1118,7 +1119,6 @@ def _run_distributed(plan: _Plan, source: str | _InMemory, todo: list, scheduler
             import torch
 
             gpu = plan.device == "cuda" or (plan.device is None and torch.cuda.is_available())
-            per_worker = worker_memory_estimate(n_dates, block_px, plan.halo)
             n_workers = 1 if gpu else default_workers(cpu, len(todo), per_worker, psutil.virtual_memory().available)
         # One torch thread pool per worker, together filling the cores without oversubscription.
         plan = replace(plan, torch_threads=threads or max(1, cpu // n_workers))

@@ -20,6 +20,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+import xarray as xr
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -363,13 +364,12 @@ def _cube_paths(data: DataConfig, base: Path) -> list[Path]:
     return paths
 
 
-def _spatial_splits(paths: list[Path], fractions: Mapping[str, float], axis: str,
+def _spatial_splits(cubes: Mapping[Path, xr.Dataset], fractions: Mapping[str, float], axis: str,
                     patch: int) -> tuple[dict[str, list[Path]], dict[str, list[tuple[slice, slice]]]]:
     """Every cube in every split, each split with its strip of each cube (``sampling.spatial_split``)."""
     split_paths: dict[str, list[Path]] = {}
     regions: dict[str, list[tuple[slice, slice]]] = {}
-    for path in paths:
-        ds = open_cube(path)
+    for path, ds in cubes.items():
         try:
             strips = spatial_split(ds.sizes["y"], ds.sizes["x"], fractions, patch=patch, axis=axis)
         except ValueError as err:
@@ -388,6 +388,8 @@ class CubeDataModule(L.LightningDataModule):
         self.cfg, self.norm = cfg, normalization
         base = base_dir or Path.cwd()
         paths = _cube_paths(cfg.data, base)
+        # Opened once (lazily) for the split, band and pixel-size checks; the datasets open their own.
+        self.cubes: dict[Path, xr.Dataset] = {p: open_cube(p) for p in paths}
         stage = cfg.stage
         self.sampling = from_dict(SamplingConfig, {**to_dict(SamplingConfig.paper(stage)), **cfg.data.sampling},
                                   where="data.sampling")
@@ -404,7 +406,7 @@ class CubeDataModule(L.LightningDataModule):
             elif cfg.data.splits:
                 self.split_paths = assign_splits(paths, splits=cfg.data.splits)
             elif cfg.data.spatial_split:
-                self.split_paths, self.split_regions = _spatial_splits(paths, cfg.data.spatial_split,
+                self.split_paths, self.split_regions = _spatial_splits(self.cubes, cfg.data.spatial_split,
                                                                        cfg.data.spatial_split_axis, self.sampling.patch)
             else:
                 raise ConfigError("no split: set data.plan (a site plan CSV), data.splits {train: [...], val: [...]} "
@@ -424,8 +426,7 @@ class CubeDataModule(L.LightningDataModule):
         would otherwise fail deep inside the model, or silently train on the wrong bands.
         """
         band_dims = {"s2": "band", "s1": "band_s1"}
-        for path in dict.fromkeys(p for paths in self.split_paths.values() for p in paths):
-            ds = open_cube(path)
+        for path, ds in self.cubes.items():
             for sensor, expected in bands.items():
                 if sensor not in ds or not expected:
                     continue  # the datasets say which cube lacks a sensor, with the fix
@@ -440,8 +441,7 @@ class CubeDataModule(L.LightningDataModule):
     def pixel_size_m(self) -> float | None:
         """The cubes' common pixel edge (m); warns and returns None when they differ by more than 1 %
         (the 15-pixel context would then cover different ground distances in different cubes)."""
-        paths = list(dict.fromkeys(p for ps in self.split_paths.values() for p in ps))
-        sizes = {p.name: pixel_size_m(open_cube(p)) for p in paths}
+        sizes = {p.name: pixel_size_m(ds) for p, ds in self.cubes.items()}
         known = [v for v in sizes.values() if v is not None]
         if not known:
             return None
