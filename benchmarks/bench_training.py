@@ -16,9 +16,9 @@ import time
 
 import torch
 
+from latentcube.heap import grow_heap_in_large_steps
 from latentcube.losses import S2PretrainLoss
 from latentcube.nn import SensorAutoencoder, s2_config
-from latentcube.train import grow_heap_in_large_steps
 
 
 def step_throughput(batch: int, steps: int, device: str, bf16: bool) -> float:

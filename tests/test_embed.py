@@ -321,6 +321,22 @@ def test_local_cluster_matches_in_process(cube_path, models, fused_emb, tmp_path
         np.testing.assert_array_equal(v, _quality(fused_emb)[s])
 
 
+def test_local_cluster_workers_use_one_malloc_arena():
+    """Blocks run on worker threads: with one glibc arena their tensors come from the kept heap
+    (latentcube.heap.reuse_large_blocks), not from per-thread arenas that map them afresh."""
+    import os
+
+    from latentcube.embed import _client
+
+    client, cluster, _ = _client(None, 1, 1, True)
+    try:
+        env = client.run(lambda: (os.environ.get("MALLOC_ARENA_MAX"), os.environ.get("MALLOC_TRIM_THRESHOLD_")))
+    finally:
+        client.close()
+        cluster.close()
+    assert list(env.values()) == [("1", None)]
+
+
 class _Stop(RuntimeError):
     pass
 

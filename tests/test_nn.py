@@ -385,3 +385,18 @@ def test_centre_skip_is_optional_and_changes_the_parameters():
     without = SensorAutoencoder(_small(s1_config(centre_skip=False, linear_paths=False)))
     assert with_skip.encoder.spatial.skip is not None and without.encoder.spatial.skip is None
     assert without.decoder.linear is None and without.encoder.temporal.w_lin is None
+
+
+def test_scene_features_in_date_chunks_equal_one_call(s2_model, monkeypatch):
+    """The spatial stage runs a few dates per call (memory); the chunking must not change the features."""
+    import latentcube.nn.autoencoder as ae
+
+    gen = _seed(22)
+    x = _scene(gen, 13, 10, 9, 8)  # NaN-padded to 23 x 22 = 506 pixels per date
+    with torch.no_grad():
+        monkeypatch.setattr(ae, "SPATIAL_CHUNK_PIXEL_DATES", 10**9)
+        whole = s2_model.encoder.scene_features(x)
+        monkeypatch.setattr(ae, "SPATIAL_CHUNK_PIXEL_DATES", 5 * 506)  # chunks of 5, 5, 3 dates
+        chunked = s2_model.encoder.scene_features(x)
+    assert chunked.shape == whole.shape == (13, 9 * 8, s2_model.config.widths[-1])
+    assert (chunked - whole).abs().max() <= 1e-6

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from latentcube.config import ConfigError, from_dict, load_yaml, to_dict
 from latentcube.constants import check_band_order
 from latentcube.cube import CubeError, open_cube, pixel_size_m
+from latentcube.heap import grow_heap_in_large_steps
 from latentcube.losses import (
     FusionLoss,
     FusionLossConfig,
@@ -620,30 +621,6 @@ def _precision(cfg: TrainerConfig) -> str:
     if cfg.precision != "auto":
         return cfg.precision
     return "bf16-mixed" if torch.cuda.is_available() else "32-true"
-
-
-#: Bytes glibc's heap grows by beyond each request (``M_TOP_PAD``) during training.
-TRAINING_HEAP_PAD = 1 << 30
-
-
-def grow_heap_in_large_steps(pad_bytes: int = TRAINING_HEAP_PAD) -> bool:
-    """Let glibc malloc grow (and keep) the heap in ``pad_bytes`` steps; True when it took effect.
-
-    Training allocates and frees the same few-MB activations every step. With glibc's defaults the heap
-    top is trimmed and regrown all the time, and the page faults cost ~20 % of a CPU training step
-    (``benchmarks/bench_training.py`` on 2 cores: 55 -> 68 samples/s). PyTorch's CPU performance guide
-    suggests jemalloc/tcmalloc via LD_PRELOAD for the same reason; ``mallopt`` does it from inside the
-    process, with no extra dependency. Only address space is reserved: untouched pages are never resident.
-    No-op (False) without glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(-2, int(pad_bytes)))  # -2 = M_TOP_PAD (malloc.h)
-    except (OSError, AttributeError):
-        return False
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

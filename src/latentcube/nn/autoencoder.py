@@ -23,6 +23,11 @@ DEFAULT_PIXEL_CHUNK = 256
 #: Default spatial tile of ``encode_scene``: bounds memory (per-date features of a whole 10,000 x 10,000
 #: scene would not fit) at ~11 % halo overhead; ``None`` = one tile.
 DEFAULT_TILE = 256
+#: Pixel-dates per call of the spatial stage in ``scene_features``: dates go through the convolutions
+#: a few at a time, so their activations (~100 channels per pixel-date) stay ~30 MB instead of growing
+#: with the number of dates. Measured (64-px tile with halo, 73 dates, 2 cores): 2.1 s for all dates
+#: in one call against 1.1 s in calls of 4-8 dates, and ~1 GB less peak memory.
+SPATIAL_CHUNK_PIXEL_DATES = 1 << 15
 
 __all__ = [
     "DEFAULT_PIXEL_CHUNK",
@@ -249,7 +254,10 @@ class SensorEncoder(nn.Module):
         r = self.config.patch_size // 2
         # Padding with NaN *before* filling makes out-of-scene context exactly "invalid" (0 + mask 0).
         padded = nn.functional.pad(x - self.config.value_offset, (r, r, r, r), value=float("nan"))
-        y = self.spatial(fill_and_mask(padded, dim=1))
+        # Every op of the spatial stage acts on one date at a time, so date chunks give the same numbers.
+        step = max(1, SPATIAL_CHUNK_PIXEL_DATES // (padded.shape[-2] * padded.shape[-1]))
+        y = torch.cat([self.spatial(fill_and_mask(padded[t0 : t0 + step], dim=1))
+                       for t0 in range(0, padded.shape[0], step)])
         return rearrange(y, "t d h w -> t (h w) d")
 
     def encode_scene(
