@@ -303,6 +303,80 @@ class DayAttentionLayer(nn.Module):
             outs.append(self._finish(x[qrow[r0:r1]], rearrange(o, "p h r d -> r p (h d)")))
         return torch.cat(outs, dim=0)
 
+    def forward_all_positions(self, s: Tensor, days: Tensor, n: int, *, windows_per_block: int = 12) -> Tensor:
+        """Every position of every window of ``n`` consecutive dates: the fused path's per-sensor rows.
+
+        s (T, P, d_in) one token per date and pixel, days (T,) -> (T - n + 1, n, P, d_out): entry [w, j]
+        is date w + j queried inside the window of dates w .. w + n - 1. The same numbers as
+        ``forward_windows`` with those (T - n + 1) * n rows, computed without index gathers: a query
+        date and a key date give the same logit in every window holding both, so each block of
+        ``windows_per_block`` windows computes the logits of all date pairs of its span once and reads
+        every window's (n x n) logits as a strided view of them (2 cores: ~15 % less time per row).
+        """
+        n_total, n_pix = s.shape[:2]
+        n_windows = n_total - n + 1
+        heads = self.n_heads
+        x = self.w_in(s)
+        h = self.ln_attn(x)
+        q, k, v = (rearrange(w(h), "m p (h d) -> p h m d", h=heads).contiguous() for w in (self.wq, self.wk, self.wv))
+        q = q * self.scale
+        outs = []
+        for w0 in range(0, n_windows, windows_per_block):
+            w1 = min(w0 + windows_per_block, n_windows)
+            nw, span, rows = w1 - w0, w1 - w0 + n - 1, (w1 - w0) * n
+            lo = w0
+            qb, kb, vb = (t[:, :, lo : lo + span] for t in (q, k, v))
+            # Logits of every (query date j, key date i) pair of the span: content and day-difference terms.
+            pair = self.time(days[lo : lo + span][None, :] - days[lo : lo + span][:, None])  # (j, i, F)
+            kp = rearrange(self.kpos(pair), "j i (h d) -> h j d i", h=heads)
+            vp = rearrange(self.vpos(pair), "j i (h d) -> h j i d", h=heads).contiguous()
+            logits = qb @ kb.transpose(-1, -2) + rearrange(rearrange(qb, "p h j d -> h j p d") @ kp, "h j p i -> p h j i")
+            # Row (window w, position j) reads key dates w + m of query date w + j: a strided view of the pairs.
+            _, _, sj, si = logits.stride()
+            view = logits.as_strided((n_pix, heads, nw, n, n), (*logits.stride()[:2], sj + si, sj, si))
+            a = rearrange(view, "p h w j m -> p h m (w j)").softmax(dim=2)  # softmax over a non-innermost dim
+            # The weights into a dense (key date of the span) x (row) matrix, by strides again: (w + m, w * n + j).
+            dense = a.new_zeros(n_pix, heads, span, rows)
+            _, _, sk, sr = dense.stride()
+            dense.as_strided((n_pix, heads, n, nw, n), (*dense.stride()[:2], sk, sk + n * sr, sr)).copy_(
+                rearrange(a, "p h m (w j) -> p h m w j", j=n))
+            o = dense.transpose(-1, -2) @ vb  # (P, h, rows, d)
+            # Day-difference value terms of row (w, j): sum_m a * Vpos(d_{w+m} - d_{w+j}), Vpos per date pair.
+            _, vj, vi, _ = vp.stride()
+            vp_rows = vp.as_strided((heads, nw, n, n, vp.shape[-1]), (vp.stride(0), vj + vi, vj, vi, vp.stride(3)))
+            o = o + rearrange(rearrange(a, "p h m r -> h r p m") @ rearrange(vp_rows, "h w j m d -> h (w j) m d"),
+                              "h r p d -> p h r d")
+            xs = x[lo : lo + span]
+            x_rows = xs.as_strided((nw, n, *xs.shape[1:]), (xs.stride(0), *xs.stride()))  # row (w, j): date w + j
+            outs.append(self._finish(rearrange(x_rows, "w j p c -> (w j) p c"), rearrange(o, "p h r d -> r p (h d)")))
+        return rearrange(torch.cat(outs, dim=0), "(w j) p c -> w j p c", j=n)
+
+    def forward_window_queries(self, s: Tensor, row_days: Tensor, starts: Tensor, query_pos: Tensor) -> Tensor:
+        """One query per target over its own window of token rows: the fused path's fusion layer.
+
+        s (W, n, P, d_in): the n token rows of each of W windows for P pixels, ``row_days`` (W, n),
+        ``starts`` (N,) the window of each target, ``query_pos`` (N,) its query row inside that window
+        -> (N, P, d_out). The same numbers as ``forward_windows`` with rows ``starts * n + arange(n)``;
+        here keys are never shared between windows, so the logits are one elementwise product per
+        (target, key row) in the rows' own (row, pixel, feature) layout, with no transposed copies of
+        every row's keys and values (2 cores: about half the time of ``forward_windows``).
+        """
+        n_win, n, n_pix = s.shape[:3]
+        heads = self.n_heads
+        x = self.w_in(s)  # (W, n, P, D)
+        h = self.ln_attn(x)
+        k, v = (rearrange(w(h), "w m p (h d) -> w m p h d", h=heads) for w in (self.wk, self.wv))
+        x_q = x[starts, query_pos]  # (N, P, D)
+        q = rearrange(self.wq(h[starts, query_pos]), "t p (h d) -> t p h d", h=heads) * self.scale
+        feats = self.time(row_days[starts] - row_days[starts, query_pos][:, None])  # (N, n, F): d_key - d_query
+        kp = rearrange(self.kpos(feats), "t m (h d) -> t h d m", h=heads)
+        vp = rearrange(self.vpos(feats), "t m (h d) -> t h m d", h=heads)
+        k_t, v_t = k.index_select(0, starts), v.index_select(0, starts)  # (N, n, P, h, d)
+        logits = (k_t * q[:, None]).sum(-1) + rearrange(rearrange(q, "t p h d -> t h p d") @ kp, "t h p m -> t m p h")
+        a = logits.softmax(dim=1)
+        o = (a[..., None] * v_t).sum(1) + rearrange(rearrange(a, "t m p h -> t h p m") @ vp, "t h p d -> t p h d")
+        return self._finish(x_q, rearrange(o, "t p h d -> t p (h d)"))
+
 
 def _row_blocks(windows: Tensor, batch: int, max_block: int):
     """Split query rows into consecutive blocks whose key span keeps the logits block small.

@@ -166,14 +166,10 @@ class FusionModel(nn.Module):
         days = days.to(device=dev, dtype=first.dtype)
         n_windows = n_total - n + 1
         # Stage 1, per sensor: latents of every position j of every distinct window w (rows w * n + j).
-        starts = torch.arange(n_windows, device=dev)
-        sensor_windows = (starts[:, None] + torch.arange(n, device=dev)).repeat_interleave(n, dim=0)
-        sensor_qpos = torch.arange(n, device=dev).repeat(n_windows)
-        row_dates = sensor_windows.gather(1, sensor_qpos[:, None]).squeeze(1)
-        row_days = days[row_dates]
+        row_dates = (torch.arange(n_windows, device=dev)[:, None] + torch.arange(n, device=dev)).flatten()
+        row_days = days[row_dates].view(n_windows, n)
         # Stage 2: target t reads the n rows of its window start s(t), query at position t - s(t).
         s = window_starts(n_total, n, dev)
-        fusion_windows = s[:, None] * n + torch.arange(n, device=dev)
         fusion_qpos = torch.arange(n_total, device=dev) - s
         ry0, ry1, rx0, rx1 = region_bounds(region, height, width)
         out = first.new_empty(n_total, self.latent_dim, ry1 - ry0, rx1 - rx0)
@@ -189,13 +185,14 @@ class FusionModel(nn.Module):
                     lins[name] = _crop_feats(lin, sub.shape[-2], sub.shape[-1], y0, y1, x0, x1, r, height, width)
             zs = []
             for p0 in range(0, (y1 - y0) * (x1 - x0), pixel_chunk):
-                latents = {name: model.encoder.temporal.forward_windows(
-                    feats[name][:, p0 : p0 + pixel_chunk], days, sensor_windows, sensor_qpos)
+                latents = {name: model.encoder.temporal.forward_all_positions(
+                    feats[name][:, p0 : p0 + pixel_chunk], days, n).flatten(0, 1)
                     for name, model in self.sensors.items()}
                 for name, lin in lins.items():  # each row's linear code is that of its own date
                     latents[name] = latents[name] + lin[row_dates, p0 : p0 + pixel_chunk]
-                zs.append(self.temporal.forward_windows(self._fuse_tokens(latents), row_days, fusion_windows,
-                                                        fusion_qpos))
+                tokens = self._fuse_tokens(latents)
+                zs.append(self.temporal.forward_window_queries(tokens.view(n_windows, n, *tokens.shape[1:]), row_days,
+                                                               s, fusion_qpos))
             out[:, :, y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0] = rearrange(torch.cat(zs, dim=1), "t (h w) l -> t l h w",
                                                                           h=y1 - y0)
         return out
