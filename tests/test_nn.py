@@ -400,3 +400,33 @@ def test_scene_features_in_date_chunks_equal_one_call(s2_model, monkeypatch):
         chunked = s2_model.encoder.scene_features(x)
     assert chunked.shape == whole.shape == (13, 9 * 8, s2_model.config.widths[-1])
     assert (chunked - whole).abs().max() <= 1e-6
+
+
+def test_fused_path_attention_equals_generic_windows(s2_model, fused):
+    """The fused dense path's two attention forms equal ``forward_windows`` on the same rows: every
+    position of every window (several blocks of windows, the last one short), and one query per target
+    over its window's rows (the series' end windows shared by several targets, and arbitrary starts)."""
+    gen = _seed(23)
+    t_all, n, pix = 40, N_DATES, 5
+    days = _days(gen, t_all)
+    n_win = t_all - n + 1
+    rows = (torch.arange(n_win)[:, None] + torch.arange(n)).repeat_interleave(n, dim=0)
+    qpos = torch.arange(n).repeat(n_win)
+    layer = s2_model.encoder.temporal
+    s = torch.randn(t_all, pix, layer.w_in.in_features, generator=gen)
+    with torch.no_grad():
+        ref = layer.forward_windows(s, days, rows, qpos)
+        for per_block in (12, 7):  # 30 windows: blocks of 12, 12, 6 and 7, 7, 7, 7, 2
+            got = layer.forward_all_positions(s, days, n, windows_per_block=per_block)
+            assert got.shape == (n_win, n, pix, layer.w_out.out_features)
+            assert (got.flatten(0, 1) - ref).abs().max() <= TOL
+        fl = fused.temporal
+        tokens = torch.randn(n_win, n, pix, fl.w_in.in_features, generator=gen)
+        row_days = days[(torch.arange(n_win)[:, None] + torch.arange(n))]
+        for starts in (window_starts(t_all, n), torch.tensor([3, 3, 4, 5, 0, 29, 12, 13])):
+            query_pos = torch.randint(0, n, (len(starts),), generator=gen)
+            want = fl.forward_windows(tokens.flatten(0, 1), row_days.flatten(), starts[:, None] * n + torch.arange(n),
+                                      query_pos)
+            got = fl.forward_window_queries(tokens, row_days, starts, query_pos)
+            assert got.shape == (len(starts), pix, fl.w_out.out_features)
+            assert (got - want).abs().max() <= TOL

@@ -371,12 +371,25 @@ class DayAttentionLayer(nn.Module):
         feats = self.time(row_days[starts] - row_days[starts, query_pos][:, None])  # (N, n, F): d_key - d_query
         kp = rearrange(self.kpos(feats), "t m (h d) -> t h d m", h=heads)
         vp = rearrange(self.vpos(feats), "t m (h d) -> t h m d", h=heads)
-        k_t, v_t = k.index_select(0, starts), v.index_select(0, starts)  # (N, n, P, h, d)
-        logits = (k_t * q[:, None]).sum(-1) + rearrange(rearrange(q, "t p h d -> t h p d") @ kp, "t h p m -> t m p h")
-        a = logits.softmax(dim=1)
-        o = (a[..., None] * v_t).sum(1) + rearrange(rearrange(a, "t m p h -> t h p m") @ vp, "t h p d -> t p h d")
+        # Targets in runs of consecutive windows read their keys and values as slices (no gathered copies).
+        runs = _consecutive_runs(starts.tolist())
+        content = torch.cat([(k[w0 : w0 + t1 - t0] * q[t0:t1, None]).sum(-1) for t0, t1, w0 in runs])
+        logits = content + rearrange(rearrange(q, "t p h d -> t h p d") @ kp, "t h p m -> t m p h")
+        a = logits.softmax(dim=1)  # (N, n, P, h)
+        o = torch.cat([(a[t0:t1, ..., None] * v[w0 : w0 + t1 - t0]).sum(1) for t0, t1, w0 in runs])
+        o = o + rearrange(rearrange(a, "t m p h -> t h p m") @ vp, "t h p d -> t p h d")
         return self._finish(x_q, rearrange(o, "t p h d -> t p (h d)"))
 
+
+def _consecutive_runs(starts: list[int]) -> list[tuple[int, int, int]]:
+    """Split targets into runs (t0, t1, w0): targets t0 .. t1 - 1 use windows w0, w0 + 1, ... in order."""
+    runs: list[tuple[int, int, int]] = []
+    for t, w in enumerate(starts):
+        if runs and w == runs[-1][2] + t - runs[-1][0]:
+            runs[-1] = (runs[-1][0], t + 1, runs[-1][2])
+        else:
+            runs.append((t, t + 1, w))
+    return runs
 
 def _row_blocks(windows: Tensor, batch: int, max_block: int):
     """Split query rows into consecutive blocks whose key span keeps the logits block small.
