@@ -286,11 +286,12 @@ def test_default_workers_fit_the_memory():
     from latentcube.embed import default_workers, worker_memory_estimate
 
     gib = 1024**3
-    # 1.2 GiB + 200 B x (256 + 14)^2 px x 73 dates = 1,288,490,188 + 1,064,340,000 bytes.
-    assert worker_memory_estimate(73, 256) == 2_352_830_188
-    assert worker_memory_estimate(73, 128, halo=7) == int(1.2 * gib) + 200 * 142**2 * 73
+    # 1 GiB + 100 B x (256 + 14)^2 px x 73 dates = 1,073,741,824 + 532,170,000 bytes (1.50 GiB).
+    assert worker_memory_estimate(73, 256) == 1_605_911_824
+    assert worker_memory_estimate(73, 128, halo=7) == gib + 100 * 142**2 * 73
     per = worker_memory_estimate(73, 256)
-    assert default_workers(8, 100, per, 14 * gib) == 5  # 16 GB, 8 cores: 0.8 x 14 / 2.19 = 5.1, not 8
+    assert default_workers(8, 100, per, 14 * gib) == 7  # 16 GB, 8 cores: 0.8 x 14 / 1.50 = 7.5, not 8
+    assert default_workers(8, 100, per, 7 * gib) == 3  # 8 GB: 0.8 x 7 / 1.50 = 3.7
     assert default_workers(2, 100, per, 23 * gib) == 2  # the 2-core CI machine: one per core
     assert default_workers(8, 3, per, 64 * gib) == 3  # never more workers than blocks
     assert default_workers(4, 10, per, 1 * gib) == 1  # at least one
@@ -303,7 +304,7 @@ def test_warns_when_one_block_does_not_fit(cube_path, models, tmp_path, monkeypa
         total, available = 1024**3, 512 * 1024**2
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: Tight())
-    with pytest.warns(UserWarning, match=r"needs ~1.2 GiB per worker, 0.5 GiB are available. Fix: a smaller block "
+    with pytest.warns(UserWarning, match=r"needs ~1.0 GiB per worker, 0.5 GiB are available. Fix: a smaller block "
                                          r"\(--block-px 32\)"):
         embed_cube(cube_path, models["s2"], tmp_path / "e.zarr", block_px=64, scheduler="synchronous", progress=False)
 

@@ -57,10 +57,10 @@ TILE_PIXEL_DATES = 800_000
 MAX_TIME_CHUNK = 64
 #: Peak memory of one CPU worker process, modelled as a fixed part (torch, the model, Dask, the encoder's
 #: tile at ``tile="auto"``, allocator retention) plus bytes per pixel-date of the block with its halo
-#: (inputs, their reads and the outputs). Fitted to the measured largest processes of
-#: ``bench_embed.py`` (docs/embed.md#memory): block 256 x 73 dates 2.33-2.39 GiB, block 128 1.57-1.69 GiB.
-WORKER_BASE_BYTES = int(1.2 * 1024**3)
-WORKER_BYTES_PER_PIXEL_DATE = 200
+#: (inputs, their reads and the outputs). Fitted just above the measured largest processes of
+#: ``bench_embed.py`` (docs/embed.md#memory): block 256 x 73 dates 1.43 GiB, block 128 1.06-1.11 GiB.
+WORKER_BASE_BYTES = 1024**3
+WORKER_BYTES_PER_PIXEL_DATE = 100
 #: Share of the available memory the default LocalCluster plans to fill with its workers.
 MEMORY_FRACTION = 0.8
 #: Directory (inside the output store) holding one marker file per finished block.
