@@ -907,7 +907,7 @@ def _client(scheduler: Any, n_workers: int, threads: int, processes: bool):
         # keep the nanny's thread-count variables and leave the trim threshold to the worker's
         # reuse_large_blocks(). MALLOC_ARENA_MAX=1: blocks run on a worker *thread*, whose own glibc arena
         # cannot keep tensors over 64 MB and trims the rest away; with one arena they come from the heap
-        # that reuse_large_blocks() keeps (2 workers, 256^2 x 73: 29.3k -> 38.2k pixel-dates/s, 2.9 -> 2.5
+        # that reuse_large_blocks() keeps (2 workers, 256^2 x 73: 29.3k -> 31-37k pixel-dates/s, 2.9 -> 2.5
         # GiB). Each worker runs one task thread, so a single arena costs no lock contention.
         environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
                    if k != "MALLOC_TRIM_THRESHOLD_"}
