@@ -31,6 +31,7 @@ import xarray as xr
 from latentcube import __version__
 from latentcube.constants import EMBEDDING_DIMS, check_band_order
 from latentcube.cube import CubeError, cube_crs, open_cube, pixel_size_m, set_crs
+from latentcube.heap import release_free_memory
 
 __all__ = [
     "DEFAULT_BLOCK_PX",
@@ -668,6 +669,12 @@ def quantize_int8(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _run_block(plan: _Plan, source: str | _InMemory, iy: int, ix: int, ys: slice, xs: slice) -> tuple[int, int]:
     """Embed one block, write its Zarr region, then (last) its marker. Runs on a Dask worker."""
+    _embed_and_write(plan, source, iy, ix, ys, xs)
+    release_free_memory()  # the block's arrays are freed now (latentcube.heap)
+    return iy, ix
+
+
+def _embed_and_write(plan: _Plan, source: str | _InMemory, iy: int, ix: int, ys: slice, xs: slice) -> None:
     t0 = _time.perf_counter()
     model, meta = _model(plan)
     ds = _cube(source)
@@ -689,7 +696,6 @@ def _run_block(plan: _Plan, source: str | _InMemory, iy: int, ix: int, ys: slice
         block.to_zarr(plan.out, region=region, mode="r+", zarr_format=2, consolidated=False)
     _write_marker(Path(plan.out), iy, ix, {"y": [ys.start, ys.stop], "x": [xs.start, xs.stop], "sha256": plan.sha256,
                                             "seconds": round(_time.perf_counter() - t0, 3)})
-    return iy, ix
 
 
 # --------------------------------------------------------------------------------- driver side
