@@ -324,10 +324,10 @@ class DayAttentionLayer(nn.Module):
         for w0 in range(0, n_windows, windows_per_block):
             w1 = min(w0 + windows_per_block, n_windows)
             nw, span, rows = w1 - w0, w1 - w0 + n - 1, (w1 - w0) * n
-            lo = w0  # the span's first date (window w0 starts there)
-            qb, kb, vb = (t[:, :, lo : lo + span] for t in (q, k, v))
+            dates = slice(w0, w0 + span)  # the block's span: window w0 starts at date w0
+            qb, kb, vb = (t[:, :, dates] for t in (q, k, v))
             # Logits of every (query date j, key date i) pair of the span: content and day-difference terms.
-            pair = self.time(days[lo : lo + span][None, :] - days[lo : lo + span][:, None])  # (j, i, F)
+            pair = self.time(days[dates][None, :] - days[dates][:, None])  # (j, i, F)
             kp = rearrange(self.kpos(pair), "j i (h d) -> h j d i", h=heads)
             vp = rearrange(self.vpos(pair), "j i (h d) -> h j i d", h=heads).contiguous()
             logits = qb @ kb.transpose(-1, -2) + rearrange(rearrange(qb, "p h j d -> h j p d") @ kp, "h j p i -> p h j i")
@@ -346,7 +346,7 @@ class DayAttentionLayer(nn.Module):
             vp_rows = vp.as_strided((heads, nw, n, n, vp.shape[-1]), (vp.stride(0), vj + vi, vj, vi, vp.stride(3)))
             o = o + rearrange(rearrange(a, "p h m r -> h r p m") @ rearrange(vp_rows, "h w j m d -> h (w j) m d"),
                               "h r p d -> p h r d")
-            xs = x[lo : lo + span]
+            xs = x[dates]
             x_rows = xs.as_strided((nw, n, *xs.shape[1:]), (xs.stride(0), *xs.stride()))  # row (w, j): date w + j
             outs.append(self._finish(rearrange(x_rows, "w j p c -> (w j) p c"), rearrange(o, "p h r d -> r p (h d)")))
         return rearrange(torch.cat(outs, dim=0), "(w j) p c -> w j p c", j=n)
@@ -398,7 +398,8 @@ def _row_blocks(windows: Tensor, batch: int, max_block: int):
     Yields (r0, r1, lo, hi): rows r0..r1-1 use key rows lo..hi-1. A block grows while its dense
     (rows x span) logit block wastes at most 2x over the n keys per row actually needed and stays
     under ``max_block`` elements across ``batch`` pixel-heads. Rows with shared key dates (overlapping
-    windows) therefore go in large blocks; rows with disjoint keys (fusion tokens) in small ones.
+    windows) therefore go in large blocks; rows with disjoint keys in small ones. (The fused scene path
+    uses ``forward_all_positions`` and ``forward_window_queries`` instead; tests compare them to this.)
     """
     lo_all = windows.min(dim=1).values.tolist()
     hi_all = (windows.max(dim=1).values + 1).tolist()
