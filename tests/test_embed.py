@@ -290,11 +290,34 @@ def test_default_workers_fit_the_memory():
     assert worker_memory_estimate(73, 256) == 1_605_911_824
     assert worker_memory_estimate(73, 128, halo=7) == gib + 100 * 142**2 * 73
     per = worker_memory_estimate(73, 256)
-    assert default_workers(8, 100, per, 14 * gib) == 7  # 16 GB, 8 cores: 0.8 x 14 / 1.50 = 7.5, not 8
+    assert default_workers(16, 100, per, 14 * gib) == 7  # 16 GB, 16 cores: 0.8 x 14 / 1.50 = 7.5, not 8
+    assert default_workers(8, 100, per, 14 * gib) == 4  # 8 cores: one worker per 2 cores
     assert default_workers(8, 100, per, 7 * gib) == 3  # 8 GB: 0.8 x 7 / 1.50 = 3.7
-    assert default_workers(2, 100, per, 23 * gib) == 2  # the 2-core CI machine: one per core
+    assert default_workers(2, 100, per, 23 * gib) == 1  # the 2-core CI machine: one worker of 2 threads
+    assert default_workers(3, 100, per, 23 * gib) == 1
     assert default_workers(8, 3, per, 64 * gib) == 3  # never more workers than blocks
     assert default_workers(4, 10, per, 1 * gib) == 1  # at least one
+    assert default_workers(1, 10, per, 64 * gib) == 1
+
+
+@pytest.mark.parametrize("cores, cluster_workers", [(2, None), (3, None), (4, 2), (8, 4)])
+def test_default_scheduler_runs_a_single_worker_in_process(cube_path, models, tmp_path, monkeypatch, cores,
+                                                          cluster_workers):
+    """The default is a LocalCluster of one worker per 2 cores; where that is one worker, the blocks run in
+    this process (no second copy of the model and libraries, no cluster start-up)."""
+    import latentcube.embed as embed
+
+    clusters, in_process = [], []
+    monkeypatch.setattr(embed.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(embed, "_run_distributed", lambda plan, source, todo, scheduler, n_workers, *a: (
+        clusters.append((scheduler, n_workers, len(todo)))))
+    run_block = embed._run_block
+    monkeypatch.setattr(embed, "_run_block", lambda *a: (in_process.append(a[2:4]), run_block(*a))[1])
+    embed_cube(cube_path, models["s2"], tmp_path / "e.zarr", block_px=16, progress=False, device="cpu")
+    if cluster_workers is None:
+        assert clusters == [] and sorted(in_process) == [(iy, ix) for iy in range(3) for ix in range(3)]
+    else:
+        assert clusters == [(None, cluster_workers, 9)] and in_process == []
 
 
 def test_warns_when_one_block_does_not_fit(cube_path, models, tmp_path, monkeypatch):

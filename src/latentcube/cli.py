@@ -341,8 +341,9 @@ def embed(
     block_px: Annotated[int, typer.Option("--block-px", help="Block edge in pixels: unit of parallelism, resume and storage chunks.")] = 256,
     dtype: Annotated[str, typer.Option(help="float32 | float16 (relative error <= 4.9e-4) | int8 (per pixel-date scale, error <= scale/2); read any with latentcube.embed.open_embedding.")] = "float32",
     quality: Annotated[bool, typer.Option("--quality/--no-quality", help="Also write quality_s2/quality_s1 (time, y, x): centre-pixel reconstruction error (reflectance / dB); ~10x the embedding cost on CPU.")] = False,
-    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address (tcp://host:8786) or 'synchronous'; default: a local cluster (in process for a single block).")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="Local-cluster workers (default: one per CPU core, 1 with a GPU).")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Dask scheduler address (tcp://host:8786) or 'synchronous'; default: a local cluster, or this process when that would have one worker (a GPU, under 4 cores) or one block is left.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Local-cluster workers (default: one per 2 CPU cores within 80 % of the free memory, 1 with a GPU).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="Torch threads per worker (default: the cores over the workers).")] = None,
     sensors: Annotated[str | None, typer.Option(help="Comma-separated: fused,s1,s2 (default: fused; an autoencoder's own sensor).")] = None,
     device: Annotated[str | None, typer.Option(help="cuda | cpu (default: cuda when available).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Start again instead of resuming an existing output.")] = False,
@@ -352,7 +353,7 @@ def embed(
 
     chosen = [s.strip() for s in sensors.split(",") if s.strip()] if sensors else None
     path = embed_cube(cube, checkpoint, out_path, block_px=block_px, dtype=dtype, quality=quality, scheduler=scheduler,
-                      n_workers=workers, sensors=chosen, device=device, overwrite=overwrite)
+                      n_workers=workers, threads_per_worker=threads, sensors=chosen, device=device, overwrite=overwrite)
     out.print(str(path))
 
 

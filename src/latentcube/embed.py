@@ -64,6 +64,10 @@ WORKER_BASE_BYTES = 1024**3
 WORKER_BYTES_PER_PIXEL_DATE = 100
 #: Share of the available memory the default LocalCluster plans to fill with its workers.
 MEMORY_FRACTION = 0.8
+#: Cores per default CPU worker (its torch threads). One worker of 2 threads embedded faster than two
+#: of 1 on 2 cores (512^2 x 73: 55.5k against 49.4k pixel-dates/s) and holds one copy of the model,
+#: the libraries and the heap instead of two (2.0 against 3.3 GiB); docs/embed.md#workers.
+CORES_PER_WORKER = 2
 #: Directory (inside the output store) holding one marker file per finished block.
 MARKER_DIR = ".blocks"
 #: Run signature written after the template; its presence means the template is complete.
@@ -133,15 +137,16 @@ def worker_memory_estimate(n_dates: int, block_px: int, halo: int = 7) -> int:
 
 
 def default_workers(cpu: int, n_blocks: int, per_worker_bytes: int, available_bytes: int) -> int:
-    """LocalCluster workers on CPU: one per core and per block, no more than fit in ``MEMORY_FRACTION`` of
-    the available memory (at least one).
+    """Default workers on CPU: one per ``CORES_PER_WORKER`` cores and at most one per block, no more than
+    fit in ``MEMORY_FRACTION`` of the available memory (at least one). ``embed_cube`` runs a single
+    default worker in the calling process.
 
     Also sets how Dask's memory limit is shared: each worker's limit is the machine's memory over the
     workers, and a worker above 95 % of it is restarted by its nanny. One per core on 16 GB and 8 cores
-    gave 2 GB each, less than one 256-px block needs (~2.3 GiB): every block was killed and retried.
+    gave 2 GB each, less than one 256-px block needed then (~2.3 GiB): every block was killed and retried.
     """
     by_memory = int(MEMORY_FRACTION * available_bytes // max(per_worker_bytes, 1))
-    return max(1, min(cpu, n_blocks, by_memory))
+    return max(1, min(cpu // CORES_PER_WORKER, n_blocks, by_memory))
 
 
 def _warn_if_short_of_memory(per_worker: int, block_px: int, n_dates: int) -> None:
@@ -968,17 +973,20 @@ def embed_cube(
             dB for S1; NaN where that sensor's input is missing), for masking unreliable embeddings.
             Off by default: it costs ~10x the embedding itself on CPU (docs/embed.md#quality-layer).
         scheduler: ``None`` = a new ``distributed.LocalCluster`` (closed at the end), or this process when
-            only one block is left to compute (a cluster would only add its start-up: 75 s against 57 s
-            for the demo's 128 x 128 x 74 scene); a scheduler address ``"tcp://host:8786"`` or a
+            the default is a single worker (a GPU, fewer than 4 cores, little memory) or only one block
+            is left to compute (a cluster would add a process and its start-up: 75 s against 57 s for
+            the demo's 128 x 128 x 74 scene); a scheduler address ``"tcp://host:8786"`` or a
             ``distributed.Client``; ``"synchronous"`` = in this process, one block after another.
-        n_workers: LocalCluster workers (default: 1 with a GPU, else one per CPU core, at most one per
-            block and no more than :func:`worker_memory_estimate` lets fit in 80 % of the available
-            memory, see :func:`default_workers`). Each worker uses ``cpu_count // n_workers`` torch threads.
+        n_workers: LocalCluster workers (default: 1 with a GPU, else one per ``CORES_PER_WORKER`` (2) CPU
+            cores, at most one per block and no more than :func:`worker_memory_estimate` lets fit in 80 %
+            of the available memory, see :func:`default_workers`). Each worker uses
+            ``cpu_count // n_workers`` torch threads. Pass it to force a cluster of that size.
         progress: show a progress bar (tqdm) over blocks.
         device: ``"cuda"``/``"cpu"``; default: CUDA when the worker has it.
         processes: LocalCluster with worker processes (default) or threads.
         threads_per_worker: torch threads per worker (default: ``cpu_count // n_workers`` on a LocalCluster,
-            torch's default elsewhere; with ``scheduler="synchronous"`` the caller's setting is kept).
+            torch's default elsewhere; in this process it sets this process's torch threads, and with
+            ``scheduler="synchronous"`` the caller's setting is kept).
         tile, pixel_chunk: passed to ``encode_scene`` (bound its memory; results do not depend on them).
             ``tile="auto"`` (:func:`auto_tile`) keeps the encoder's spatial stage near ``TILE_PIXEL_DATES``
             pixel-dates (measured ~1 GB peak for the default models at 70 dates, block 256).
@@ -1030,16 +1038,23 @@ def embed_cube(
     per_worker = worker_memory_estimate(len(times), block_px, plan.halo)
     if todo and scheduler in (None, "synchronous"):
         _warn_if_short_of_memory(per_worker, block_px, len(times))
+    in_process = scheduler == "synchronous" or (scheduler is None and len(todo) == 1)
+    if scheduler is None and n_workers is None and len(todo) > 1:
+        n_workers = _default_worker_count(plan, cpu, len(todo), per_worker)
+        # A one-worker cluster computes nothing this process cannot, and adds a process holding its own
+        # model and libraries (plus the cluster's start-up: 75 s against 57 s for the demo's scene).
+        in_process = n_workers == 1
+    if in_process and scheduler is None and threads_per_worker:
+        plan = replace(plan, torch_threads=threads_per_worker)
     try:
         if not todo:
             pass
-        elif scheduler == "synchronous" or (scheduler is None and len(todo) == 1):
+        elif in_process:
             for iy, ix, ys, xs in todo:
                 _run_block(plan, source, iy, ix, ys, xs)
                 done(iy, ix)
         else:
-            _run_distributed(plan, source, todo, scheduler, n_workers, processes, cpu, done, threads_per_worker,
-                             per_worker)
+            _run_distributed(plan, source, todo, scheduler, n_workers, processes, cpu, done, threads_per_worker)
     finally:
         if bar is not None:
             bar.close()
@@ -1118,21 +1133,25 @@ def embed_pixels(cube: str | Path | xr.Dataset, checkpoint: str | Path, ys: slic
                         coords={"time": times, "feature": names, "y": ds["y"].values[y0:y1], "x": ds["x"].values[x0:x1]})
 
 
+def _default_worker_count(plan: _Plan, cpu: int, n_blocks: int, per_worker: int) -> int:
+    """Workers of the default LocalCluster: 1 with a GPU, else :func:`default_workers` for this machine."""
+    import psutil  # a dependency of distributed
+    import torch
+
+    if plan.device == "cuda" or (plan.device is None and torch.cuda.is_available()):
+        return 1
+    return default_workers(cpu, n_blocks, per_worker, psutil.virtual_memory().available)
+
+
 def _run_distributed(plan: _Plan, source: str | _InMemory, todo: list, scheduler: Any, n_workers: int | None,
-                     processes: bool, cpu: int, done: Callable[[int, int], None], threads: int | None,
-                     per_worker: int) -> None:
+                     processes: bool, cpu: int, done: Callable[[int, int], None], threads: int | None) -> None:
     import dask
     from dask.base import tokenize
     from distributed import as_completed
 
     own_cluster = scheduler is None
     if own_cluster:
-        if n_workers is None:
-            import psutil  # a dependency of distributed
-            import torch
-
-            gpu = plan.device == "cuda" or (plan.device is None and torch.cuda.is_available())
-            n_workers = 1 if gpu else default_workers(cpu, len(todo), per_worker, psutil.virtual_memory().available)
+        n_workers = n_workers or 1
         # One torch thread pool per worker, together filling the cores without oversubscription.
         plan = replace(plan, torch_threads=threads or max(1, cpu // n_workers))
     elif threads:
