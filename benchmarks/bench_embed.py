@@ -4,8 +4,9 @@ For each ``--sizes`` N it builds (once, cached in ``--workdir``) a synthetic N x
 Sentinel-2 (~73 dates, 10 bands) and Sentinel-1 (~61 dates, VV/VH) by tiling a 128 x 128 scene of
 ``latentcube.synthetic`` (the generator's full physics at 1024 px would need ~3 GB in memory; tiles
 keep it bounded, and throughput does not depend on the landscape), then runs ``embed_cube`` in a fresh
-child process (``embed_cube``'s default scheduler, as ``latentcube embed`` uses it: a LocalCluster, or the
-child itself when the cube is a single block, e.g. 256 px with the default 256-px blocks) and reports:
+child process (``embed_cube``'s default scheduler, as ``latentcube embed`` uses it: a LocalCluster of one
+worker per two cores, or the child itself where that is one worker, e.g. on 2 cores, or the cube is a
+single block) and reports:
 
 * pixel-dates = N^2 x S2 dates, the seconds of the ``embed_cube`` call (reading the cube, preprocessing,
   encoding, writing the Zarr, cluster start-up and model loading included), pixel-dates/s;
