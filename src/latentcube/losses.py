@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -237,6 +236,14 @@ def _gaussian_1d(win_size: int, sigma: float, device) -> Tensor:
     return (g / g.sum()).float()
 
 
+def _valid_filter_matrix(taps: Tensor, n: int) -> Tensor:
+    """(n - len(taps) + 1, n) matrix whose product with a length-``n`` signal is its valid-mode
+    correlation with ``taps`` (row i holds the taps at columns i .. i + len(taps) - 1)."""
+    n_out = n - taps.numel() + 1
+    cols = torch.arange(n_out, device=taps.device)[:, None] + torch.arange(taps.numel(), device=taps.device)
+    return torch.zeros(n_out, n, dtype=taps.dtype, device=taps.device).scatter_(1, cols, taps.expand(n_out, -1))
+
+
 def masked_ssim(
     pred: Tensor,
     target: Tensor,
@@ -282,9 +289,10 @@ def masked_ssim(
 
     g = _gaussian_1d(win_size, sigma, x.device)
     stack = torch.cat([m, x, y, x * x, y * y, x * y], dim=1)  # (N, 6, H, W); m is 0/1 so m*x*x = x*x here
-    k = stack.shape[1]
-    out = F.conv2d(stack, g.view(1, 1, win_size, 1).expand(k, 1, win_size, 1), groups=k)
-    out = F.conv2d(out, g.view(1, 1, 1, win_size).expand(k, 1, 1, win_size), groups=k)
+    # The separable Gaussian as two products with banded matrices, not two depthwise conv2d: on CPU,
+    # oneDNN's depthwise convolution of a training batch's (7040, 6, 15, 15) stack is slow; masked_ssim
+    # forward and backward took 87 -> 62 ms, bench_training.py 4-9 % more samples/s. Same sums (<= 4e-7).
+    out = _valid_filter_matrix(g, H) @ stack @ _valid_filter_matrix(g, W).T
     sw, sx, sy, sxx, syy, sxy = out.unbind(dim=1)
 
     ok = sw >= min_valid_fraction
