@@ -228,6 +228,21 @@ def test_ssim_identity_and_loss_zero():
     assert out.parts["weighted_mae"].item() == 0.0
 
 
+def test_ssim_stays_float32_under_bf16_autocast():
+    """Lightning's bf16-mixed runs the loss under autocast; SSIM's local variances are differences of
+    second moments that bf16 products would swamp."""
+    gen = torch.Generator().manual_seed(0)
+    level = torch.rand(4, 11, 10, 1, 1, generator=gen) * 0.3
+    target = level + 0.01 * torch.randn(4, 11, 10, 15, 15, generator=gen)
+    pred = target + 0.005 * torch.randn(target.shape, generator=gen)
+    reference = masked_ssim(pred, target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = masked_ssim(pred, target)
+    assert mixed.dtype == torch.float32
+    assert mixed.item() == pytest.approx(reference.item(), abs=1e-6)
+    assert 0.9 < reference.item() < 0.999  # structure is neither identical nor lost
+
+
 def _masked_ssim_loop(x, y, valid, taps=7, sigma=1.5, min_frac=0.5, c1=1e-4, c2=9e-4):
     """Independent numpy loop over windows: weights renormalised over valid pixels."""
     g = np.exp(-((np.arange(taps) - taps // 2) ** 2) / (2 * sigma**2))

@@ -292,7 +292,10 @@ def masked_ssim(
     # The separable Gaussian as two products with banded matrices, not two depthwise conv2d: on CPU,
     # oneDNN's depthwise convolution of a training batch's (7040, 6, 15, 15) stack is slow; masked_ssim
     # forward and backward took 87 -> 62 ms, bench_training.py 4-9 % more samples/s. Same sums (<= 4e-7).
-    out = _valid_filter_matrix(g, H) @ stack @ _valid_filter_matrix(g, W).T
+    # float32 even under autocast (bf16 training on a GPU): the variances below are differences of
+    # local second moments, which bf16's 8-bit mantissa would swamp (SSIM 0.9766 against 0.9781).
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        out = _valid_filter_matrix(g, H) @ stack @ _valid_filter_matrix(g, W).T
     sw, sx, sy, sxx, syy, sxy = out.unbind(dim=1)
 
     ok = sw >= min_valid_fraction
