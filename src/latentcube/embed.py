@@ -64,9 +64,10 @@ WORKER_BASE_BYTES = 1024**3
 WORKER_BYTES_PER_PIXEL_DATE = 100
 #: Share of the available memory the default LocalCluster plans to fill with its workers.
 MEMORY_FRACTION = 0.8
-#: Cores per default CPU worker (its torch threads). One worker of 2 threads embedded faster than two
-#: of 1 on 2 cores (512^2 x 73: 55.5k against 49.4k pixel-dates/s) and holds one copy of the model,
-#: the libraries and the heap instead of two (2.0 against 3.3 GiB); docs/embed.md#workers.
+#: Cores per default CPU worker (its torch threads). On 2 cores one worker of 2 threads embedded
+#: 512^2 x 73 as fast as two of 1 or faster (46.9k against 46.3k pixel-dates/s back to back; 55.5k
+#: against 49.4k the night before) and holds one copy of the model, the libraries and the heap instead
+#: of two (1.8 against 3.1 GiB); docs/embed.md, "How many workers".
 CORES_PER_WORKER = 2
 #: Directory (inside the output store) holding one marker file per finished block.
 MARKER_DIR = ".blocks"
