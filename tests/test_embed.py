@@ -305,10 +305,16 @@ def test_default_scheduler_runs_a_single_worker_in_process(cube_path, models, tm
                                                           cluster_workers):
     """The default is a LocalCluster of one worker per 2 cores; where that is one worker, the blocks run in
     this process (no second copy of the model and libraries, no cluster start-up)."""
+    import psutil
+
     import latentcube.embed as embed
+
+    class Roomy:  # this machine's free memory must not decide the worker count here
+        total, available = 64 * 1024**3, 64 * 1024**3
 
     clusters, in_process = [], []
     monkeypatch.setattr(embed.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Roomy())
     monkeypatch.setattr(embed, "_run_distributed", lambda plan, source, todo, scheduler, n_workers, *a: (
         clusters.append((scheduler, n_workers, len(todo)))))
     run_block = embed._run_block
