@@ -46,6 +46,16 @@ def test_usage_errors_exit_2():
     assert proc.returncode == 2 and "Missing argument" in proc.stderr
 
 
+@pytest.mark.parametrize("option", ["--threads", "--workers"])
+def test_embed_refuses_zero_threads_or_workers(tmp_path, option, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["embed", str(tmp_path / "c.zarr"), "--checkpoint", str(tmp_path / "m.pt"), "--out",
+              str(tmp_path / "e.zarr"), option, "0"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"Invalid value for '{option}'" in err and "greater than or equal to 1" in err
+
+
 def test_invalid_cube_fails_validate(tmp_path):
     import numpy as np
     import pandas as pd
