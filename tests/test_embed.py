@@ -300,7 +300,7 @@ def test_default_workers_fit_the_memory():
     assert default_workers(1, 10, per, 64 * gib) == 1
 
 
-@pytest.mark.parametrize("cores, cluster_workers", [(2, None), (3, None), (4, 2), (8, 4)])
+@pytest.mark.parametrize("cores, cluster_workers", [(2, None), (4, 2), (8, 4)])  # 3 cores: default_workers test
 def test_default_scheduler_runs_a_single_worker_in_process(cube_path, models, tmp_path, monkeypatch, cores,
                                                           cluster_workers):
     """The default is a LocalCluster of one worker per 2 cores; where that is one worker, the blocks run in
