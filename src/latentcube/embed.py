@@ -1137,9 +1137,8 @@ def embed_pixels(cube: str | Path | xr.Dataset, checkpoint: str | Path, ys: slic
 def _default_worker_count(plan: _Plan, cpu: int, n_blocks: int, per_worker: int) -> int:
     """Workers of the default LocalCluster: 1 with a GPU, else :func:`default_workers` for this machine."""
     import psutil  # a dependency of distributed
-    import torch
 
-    if plan.device == "cuda" or (plan.device is None and torch.cuda.is_available()):
+    if _device(plan).startswith("cuda"):
         return 1
     return default_workers(cpu, n_blocks, per_worker, psutil.virtual_memory().available)
 
