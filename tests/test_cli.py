@@ -16,16 +16,18 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_synth_then_info(tmp_path):
-    proc = run(["synth", "--out", str(tmp_path / "d")])
+    # Deeper than a terminal is wide: printed paths must stay whole lines (scripts read them).
+    world = tmp_path / ("a_folder_name_of_some_length_" * 3) / "d"
+    proc = run(["synth", "--out", str(world)])
     assert proc.returncode == 0, proc.stderr
     cubes = [line for line in proc.stdout.splitlines() if line.endswith(".zarr")]
-    assert len(cubes) == 9 and all(c.startswith(str(tmp_path)) for c in cubes)
+    assert len(str(world)) > 80 and len(cubes) == 9 and all(c.startswith(str(world) + "/") for c in cubes)
     info = run(["info", cubes[0], "--json"])
     assert info.returncode == 0, info.stderr
     assert '"valid": "yes"' in info.stdout and '"crs": "EPSG:32632"' in info.stdout
     table = run(["info", cubes[0]])
     assert "s2 valid fraction" in table.stdout and "B02 B03 B04" in table.stdout
-    assert (tmp_path / "d" / "fluxnet").is_dir()
+    assert (world / "fluxnet").is_dir()
 
 
 def test_bad_input_prints_one_line_and_exits_nonzero(tmp_path, capsys):
@@ -34,6 +36,10 @@ def test_bad_input_prints_one_line_and_exits_nonzero(tmp_path, capsys):
     assert exc.value.code == 1
     err = capsys.readouterr().err
     assert "CubeError: no such cube" in err and "Traceback" not in err
+    # The message is printed as it is, not read as rich markup ("[red]" would vanish).
+    with pytest.raises(SystemExit):
+        main(["info", str(tmp_path / "[red]missing.zarr")])
+    assert f"{tmp_path / '[red]missing.zarr'}" in capsys.readouterr().err
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from latentcube import __version__
@@ -24,7 +25,9 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
-out = Console()
+# Results on stdout are read by people and by scripts: paths and lines are never wrapped at the
+# terminal width (a wrapped path is a broken path) and never parsed as markup or re-coloured.
+out = Console(soft_wrap=True, highlight=False, markup=False)
 _state = {"debug": False}
 
 
@@ -390,7 +393,7 @@ def gapfill(
     gapfill_embeddings(emb, out_path, freq=None if freq.lower() == "none" else freq, method=method,
                        max_gap_days=max_gap_days, savgol_window_days=savgol_window_days, savgol_order=savgol_order,
                        start=start, end=end, overwrite=overwrite)
-    out.print(str(out_path), soft_wrap=True, highlight=False, markup=False)
+    out.print(str(out_path))
 
 
 @app.command()
@@ -406,7 +409,7 @@ def pca(
     from latentcube.evaluate.maps import pca_figure
 
     path = pca_figure(emb, cube, date, out_path, sample=sample, seed=seed)
-    out.print(str(path), soft_wrap=True, highlight=False, markup=False)
+    out.print(str(path))
 
 
 @app.command()
@@ -425,7 +428,7 @@ def export(
         raise typer.BadParameter(f"--format {fmt!r}: only 'geotiff' is supported")
     chosen = [d.strip() for d in dates.split(",") if d.strip()] if dates else None
     paths = export_geotiff(emb, out_dir, variable=variable, dates=chosen, prefix=prefix)
-    out.print(f"{len(paths)} files in {out_dir}", soft_wrap=True, highlight=False, markup=False)
+    out.print(f"{len(paths)} files in {out_dir}")
 
 
 
@@ -564,7 +567,7 @@ def report(
     from latentcube.report import build_report
 
     for path in build_report(run_dir, title=title):
-        out.print(str(path), soft_wrap=True, highlight=False, markup=False)
+        out.print(str(path))
 
 
 # ------------------------------------------------------------------------------------ entry point
@@ -591,7 +594,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(exc.exit_code)
         if debug:
             raise
-        console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False, soft_wrap=True)
         console.print("(run with --debug for the traceback)", style="dim")
         sys.exit(1)
     sys.exit(0)
