@@ -430,3 +430,47 @@ def test_fused_path_attention_equals_generic_windows(s2_model, fused):
             got = fl.forward_window_queries(tokens, row_days, starts, query_pos)
             assert got.shape == (len(starts), pix, fl.w_out.out_features)
             assert (got - want).abs().max() <= TOL
+
+
+def test_inference_linear_equals_the_eager_layer_and_keeps_autograd():
+    """``blocks.linear``: oneDNN's fused linear (+ exact GELU) in CPU inference, eager ops with autograd."""
+    from latentcube.nn.blocks import linear
+
+    gen = _seed(24)
+    x = torch.randn(6, 5, 32, generator=gen)
+    for layer in (torch.nn.Linear(32, 64), torch.nn.Linear(32, 9, bias=False)):
+        with torch.no_grad():
+            for gelu in (False, True):
+                want = F.linear(x, layer.weight, layer.bias)
+                want = F.gelu(want) if gelu else want
+                got = linear(x, layer, gelu=gelu)
+                assert got.shape == want.shape and (got - want).abs().max() <= 1e-5 * want.abs().max()
+            # a non-contiguous input (a transposed view) gives the same rows
+            xt = x.transpose(0, 1)
+            assert (linear(xt, layer) - F.linear(xt, layer.weight, layer.bias)).abs().max() <= 1e-5
+        y = linear(x, layer, gelu=True)
+        assert y.requires_grad
+        y.sum().backward()
+        assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def test_dense_path_with_onednn_linears_equals_the_eager_ops(fused, monkeypatch):
+    """The dense fused embedding is the same with the fused oneDNN linears (where torch has them) and
+    with plain ``F.linear`` + ``F.gelu``; the fused op is really what inference runs on CPU."""
+    import latentcube.nn.blocks as blocks
+
+    if blocks._ONEDNN_LINEAR is None:
+        pytest.skip("this torch build has no oneDNN linear")
+    gen = _seed(25)
+    t_all, h, w = 14, 9, 8
+    x = {"s1": _scene(gen, t_all, 2, h, w), "s2": _scene(gen, t_all, 10, h, w)}
+    days = _days(gen, t_all)
+    calls = []
+    onednn = blocks._ONEDNN_LINEAR
+    monkeypatch.setattr(blocks, "_ONEDNN_LINEAR", lambda *a: (calls.append(a[-3]), onednn(*a))[1])
+    with torch.inference_mode():
+        fast = fused.encode_scene(x, days)
+        assert "gelu" in calls and "none" in calls  # the FFN's first layer with its GELU, and plain layers
+        monkeypatch.setattr(blocks, "_ONEDNN_LINEAR", None)
+        eager = fused.encode_scene(x, days)
+    assert torch.isfinite(fast).all() and (fast - eager).abs().max() <= 1e-5

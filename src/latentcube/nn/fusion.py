@@ -25,7 +25,7 @@ from .autoencoder import (
     region_bounds,
     region_tiles,
 )
-from .blocks import DayAttentionLayer
+from .blocks import DayAttentionLayer, linear
 from .time_encoding import window_starts
 
 __all__ = ["FusionConfig", "FusionModel", "FusionOutput"]
@@ -126,7 +126,7 @@ class FusionModel(nn.Module):
             raise ValueError(f"expected inputs for sensors {self.sensor_names}, got {sorted(x)}")
 
     def _fuse_tokens(self, latents: Mapping[str, Tensor]) -> Tensor:
-        return torch.cat([self.project[name](latents[name]) for name in self.sensors], dim=-1)
+        return torch.cat([linear(latents[name], self.project[name]) for name in self.sensors], dim=-1)
 
     def sensor_latents(self, x: Mapping[str, Tensor], days: Tensor) -> dict[str, Tensor]:
         self._check_keys(x)
