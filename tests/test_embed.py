@@ -10,6 +10,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+# distributed reads the machine's memory from psutil once, at import, for every later LocalCluster's
+# worker limit. Two tests below patch psutil.virtual_memory (1 GiB, 64 GiB): were distributed first
+# imported under the 1 GiB patch, the LocalCluster tests' workers would get 512 MiB and be killed.
+import distributed.system  # noqa: F401
 import numpy as np
 import pandas as pd
 import pytest
