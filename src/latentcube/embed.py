@@ -29,7 +29,7 @@ import pandas as pd
 import xarray as xr
 
 from latentcube import __version__
-from latentcube.constants import EMBEDDING_DIMS, check_band_order
+from latentcube.constants import DEFAULT_PIXEL_CHUNK, EMBEDDING_DIMS, check_band_order
 from latentcube.cube import CubeError, cube_crs, open_cube, pixel_size_m, set_crs
 from latentcube.heap import release_free_memory
 
@@ -947,7 +947,7 @@ def embed_cube(
     processes: bool = True,
     threads_per_worker: int | None = None,
     tile: int | str | None = "auto",
-    pixel_chunk: int = 256,
+    pixel_chunk: int = DEFAULT_PIXEL_CHUNK,
     overwrite: bool = False,
     on_block: Callable[[int, int], None] | None = None,
 ) -> Path:
@@ -1126,7 +1126,7 @@ def embed_pixels(cube: str | Path | xr.Dataset, checkpoint: str | Path, ys: slic
                          "cube.") from err
     model, meta = load_model(checkpoint)
     plan, names, times = _make_plan(ds, checkpoint, model, meta, sensors=sensors, out=Path("."), dtype="float32",
-                                    quality=False, tile="auto", pixel_chunk=256, device=device,
+                                    quality=False, tile="auto", pixel_chunk=DEFAULT_PIXEL_CHUNK, device=device,
                                     block_px=max(y1 - y0, x1 - x0))
     model, meta = _model(plan)
     emb = embed_block(ds, model, meta, plan, slice(y0, y1), slice(x0, x1))

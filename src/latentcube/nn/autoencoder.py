@@ -14,12 +14,10 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..constants import S1_BANDS, S2_BANDS
+from ..constants import DEFAULT_PIXEL_CHUNK, S1_BANDS, S2_BANDS
 from .blocks import DayAttentionLayer, GlobalCBAM, MultiscaleConv, SpatialReducer, fill_and_mask
 from .time_encoding import DayDifferenceEncoding, window_indices, window_starts
 
-#: Pixels per temporal-layer call in ``encode_scene`` (see its docstring).
-DEFAULT_PIXEL_CHUNK = 256
 #: Default spatial tile of ``encode_scene``: bounds memory (per-date features of a whole 10,000 x 10,000
 #: scene would not fit) at ~11 % halo overhead; ``None`` = one tile.
 DEFAULT_TILE = 256
