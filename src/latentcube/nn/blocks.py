@@ -340,8 +340,8 @@ class DayAttentionLayer(nn.Module):
             dense_a = a.new_zeros(span.shape).scatter_(-2, idx, a)  # a's dtype: fp32 under autocast
             o = dense_a.transpose(-1, -2) @ v[:, :, lo:hi]  # (P, h, R, d)
             o = o + rearrange(rearrange(a, "p h m r -> h r p m") @ vp[:, r0:r1], "h r p d -> p h r d")
-            x_q = rearrange(x[qrow[r0:r1]], "r p (h d) -> r p h d", h=self.n_heads)
-            h_q = torch.add(x_q, rearrange(o, "p h r d -> r p h d"), out=torch.empty_like(x_q))  # no copy of o first
+            h_q = _residual_sum(rearrange(x[qrow[r0:r1]], "r p (h d) -> r p h d", h=self.n_heads),
+                                rearrange(o, "p h r d -> r p h d"))
             outs.append(self._finish_residual(rearrange(h_q, "r p h d -> r p (h d)")))
         return torch.cat(outs, dim=0)
 
@@ -391,10 +391,8 @@ class DayAttentionLayer(nn.Module):
                               "h r p d -> p h r d")
             xs = x[dates]
             x_rows = xs.as_strided((nw, n, *xs.shape[1:]), (xs.stride(0), *xs.stride()))  # row (w, j): date w + j
-            # The residual sum straight from both strided views into a row-major stream: no copies of the
-            # rows' inputs or of the heads' outputs before the add.
-            h = torch.add(rearrange(x_rows, "w j p (h d) -> w j p h d", h=heads),
-                          rearrange(o, "p h (w j) d -> w j p h d", j=n), out=x.new_empty(nw, n, n_pix, heads, o.shape[-1]))
+            h = _residual_sum(rearrange(x_rows, "w j p (h d) -> w j p h d", h=heads),
+                              rearrange(o, "p h (w j) d -> w j p h d", j=n))
             outs.append(self._finish_residual(rearrange(h, "w j p h d -> (w j) p (h d)")))
         return rearrange(torch.cat(outs, dim=0), "(w j) p c -> w j p c", j=n)
 
@@ -426,6 +424,15 @@ class DayAttentionLayer(nn.Module):
         o = torch.cat([(a[t0:t1, ..., None] * v[w0 : w0 + t1 - t0]).sum(1) for t0, t1, w0 in runs])
         o = o + rearrange(rearrange(a, "t m p h -> t h p m") @ vp, "t h p d -> t p h d")
         return self._finish(x_q, rearrange(o, "t p h d -> t p (h d)"))
+
+
+def _residual_sum(x: Tensor, attended: Tensor) -> Tensor:
+    """``x + attended`` written into a new row-major tensor of their shape.
+
+    Both may be strided views (the rows' inputs, the heads' outputs in their attention layout): the add
+    reads them as they are, where rearranging either into the row layout first would copy it.
+    """
+    return torch.add(x, attended, out=x.new_empty(x.shape))
 
 
 def _consecutive_runs(starts: list[int]) -> list[tuple[int, int, int]]:
