@@ -102,6 +102,13 @@ def fused_emb(cube_path, models, tmp_path_factory) -> Path:
                       sensors=("fused", "s1", "s2"), quality=True, scheduler="synchronous", progress=False)
 
 
+@pytest.fixture(scope="module")
+def fused_plain(cube_path, models, tmp_path_factory) -> Path:
+    """The default run (fused only, no quality layer, block 16): its encoders skip invalid targets."""
+    return embed_cube(cube_path, models["fusion"], tmp_path_factory.mktemp("emb") / "plain.zarr", block_px=16,
+                      **FUSED)
+
+
 def _load(path: Path) -> tuple[torch.nn.Module, dict]:
     from latentcube.train import load_model
 
@@ -413,7 +420,7 @@ def test_resume_after_interruption(cube_path, models, fused_emb, tmp_path):
     assert third == []
 
 
-def test_block_written_but_not_marked_is_recomputed(cube_path, models, fused_emb, tmp_path, monkeypatch):
+def test_block_written_but_not_marked_is_recomputed(cube_path, models, fused_plain, tmp_path, monkeypatch):
     """A kill between the region write and the marker leaves the block unmarked: the re-run redoes it."""
     import latentcube.embed as embed_mod
 
@@ -434,7 +441,17 @@ def test_block_written_but_not_marked_is_recomputed(cube_path, models, fused_emb
     redone: list[tuple[int, int]] = []
     embed_cube(cube_path, models["fusion"], out, on_block=lambda iy, ix: redone.append((iy, ix)), **kw)
     assert (0, 2) in redone and (0, 0) not in redone and len(redone) == 7
-    np.testing.assert_array_equal(xr.open_zarr(out)["embedding"].values, _fused_only(fused_emb))
+    np.testing.assert_array_equal(xr.open_zarr(out)["embedding"].values, xr.open_zarr(fused_plain)["embedding"].values)
+
+
+def test_skipping_invalid_targets_equals_computing_them(fused_plain, fused_emb, cube_path):
+    """Without the quality layer the encoders skip targets whose centre pixel is invalid (NaN in the product
+    anyway): the same store as the quality run, which computes every target, up to summation order."""
+    plain, full = xr.open_zarr(fused_plain)["embedding"].values, _fused_only(fused_emb)
+    np.testing.assert_array_equal(np.isnan(plain), np.isnan(full))
+    np.testing.assert_allclose(plain, full, rtol=0, atol=1e-6)
+    cloudy = np.isnan(plain).all(axis=(1, 2, 3))
+    assert cloudy.any() and not cloudy.all()  # the test cube has dates no pixel wants
 
 
 def test_metadata_and_fresh_process_read(fused_emb, models):

@@ -216,6 +216,90 @@ def test_scene_region_equals_the_cropped_full_result(s2_model, fused):
             fused.encode_scene(x, days, region=(slice(0, 8, 2), slice(0, 3)))
 
 
+
+def test_wanted_mask_skips_unwanted_windows_and_keeps_the_wanted_values(s2_model, fused, monkeypatch):
+    """``encode_scene(wanted=...)``: the wanted pixel-dates equal the full result (per-patch equivalent by the
+    tests above), the others are NaN, and the temporal layers skip the windows no pixel of a chunk wants."""
+    from latentcube.nn.blocks import DayAttentionLayer
+
+    gen = _seed(26)
+    t_all, h, w = 30, 9, 8
+    x = {"s1": _scene(gen, t_all, 2, h, w), "s2": _scene(gen, t_all, 10, h, w)}
+    days = _days(gen, t_all)
+    wanted = torch.rand(t_all, h, w, generator=gen) < 0.5
+    wanted[[0, 3, 4, 5, 9, 17, 18, 19, 20, 29]] = False  # dates no pixel wants (cloudy dates), ends included
+    wanted[21, : h // 2] = False  # a date the first chunks do not want, the later ones do
+    calls: dict[str, list[int]] = {"windows": [], "queries": []}
+    fap, fwin = DayAttentionLayer.forward_all_positions, DayAttentionLayer.forward_windows
+
+    def count_fap(self, s, d, n, *, windows=None, **kw):
+        calls["windows"].append(len(windows) if windows is not None else s.shape[0] - n + 1)
+        return fap(self, s, d, n, windows=windows, **kw)
+
+    def count_windows(self, s, d, windows, query_pos, **kw):
+        calls["queries"].append(len(query_pos))
+        return fwin(self, s, d, windows, query_pos, **kw)
+
+    with torch.no_grad():
+        full = {"s2": s2_model.encode_scene(x["s2"], days), "fused": fused.encode_scene(x, days)}
+        monkeypatch.setattr(DayAttentionLayer, "forward_all_positions", count_fap)
+        monkeypatch.setattr(DayAttentionLayer, "forward_windows", count_windows)
+        got = {"s2": s2_model.encode_scene(x["s2"], days, wanted=wanted, pixel_chunk=36),
+               "fused": fused.encode_scene(x, days, wanted=wanted, pixel_chunk=36)}
+    keep = wanted[:, None]
+    for name in ("s2", "fused"):
+        a, b = got[name], full[name]
+        assert a.shape == b.shape
+        assert (a - b).abs()[keep.expand_as(a)].max() <= TOL, name
+        assert torch.isnan(a[~keep.expand_as(a)]).all() and torch.isfinite(a[keep.expand_as(a)]).all(), name
+    # 72 pixels in chunks of 36: the S2 encoder queries the dates some pixel of the chunk wants (date 21
+    # only in the second chunk); the fusion computes their windows (distinct per date except at the
+    # series' ends: dates 0..5 -> window 0, 24..29 -> window 19).
+    chunks = (slice(0, 36), slice(36, 72))
+    want_dates = [[t for t in range(t_all) if wanted[t].flatten()[c].any()] for c in chunks]
+    assert 21 not in want_dates[0] and 21 in want_dates[1]
+    assert calls["queries"] == [len(d) for d in want_dates] and calls["queries"][1] == 20
+    want_windows = [len({min(max(t - 5, 0), t_all - N_DATES) for t in d}) for d in want_dates]
+    assert calls["windows"] == [n for n in want_windows for _ in range(2)]  # s1, s2 per chunk
+    assert want_windows[0] < t_all - N_DATES + 1
+
+
+def test_wanted_mask_of_nothing_and_everything(s2_model, fused):
+    gen = _seed(27)
+    t_all, h, w = 13, 5, 6
+    x = {"s1": _scene(gen, t_all, 2, h, w), "s2": _scene(gen, t_all, 10, h, w)}
+    days = _days(gen, t_all)
+    with torch.no_grad():
+        for model, inputs in ((s2_model, x["s2"]), (fused, x)):
+            assert torch.isnan(model.encode_scene(inputs, days, wanted=torch.zeros(t_all, h, w, dtype=torch.bool))).all()
+            full = model.encode_scene(inputs, days)
+            assert torch.equal(model.encode_scene(inputs, days, wanted=torch.ones(t_all, h, w, dtype=torch.bool)), full)
+            region = (slice(1, 4), slice(2, 6))
+            with pytest.raises(ValueError, match=r"wanted must be a bool mask \(dates, rows, columns\) = \(13, 3, 4\)"):
+                model.encode_scene(inputs, days, region=region, wanted=torch.ones(t_all, h, w, dtype=torch.bool))
+            with pytest.raises(ValueError, match="wanted must be a bool mask"):
+                model.encode_scene(inputs, days, wanted=torch.ones(t_all, h, w))
+
+
+def test_all_positions_of_chosen_windows_equal_those_of_all_windows(s2_model):
+    """``forward_all_positions(windows=...)``: the chosen windows' rows, in order, from blocks with only some
+    of their windows (singletons, runs across a block boundary, whole blocks)."""
+    gen = _seed(28)
+    t_all, n, pix = 40, N_DATES, 4
+    layer = s2_model.encoder.temporal
+    s = torch.randn(t_all, pix, layer.w_in.in_features, generator=gen)
+    days = _days(gen, t_all)
+    with torch.no_grad():
+        full = layer.forward_all_positions(s, days, n, windows_per_block=7)
+        for windows in ([0], [29], [3, 6, 7, 8, 13, 14, 20], list(range(7, 14)), [0, 1, 2, 5, 9, 10, 11, 12, 13, 27, 28, 29]):
+            got = layer.forward_all_positions(s, days, n, windows=windows, windows_per_block=7)
+            assert got.shape == (len(windows), n, pix, layer.w_out.out_features)
+            assert (got - full[windows]).abs().max() <= TOL, windows
+        for bad in ([30], [4, 4], [5, 2], [-1]):
+            with pytest.raises(ValueError, match=r"windows must be increasing starts in \[0, 30\)"):
+                layer.forward_all_positions(s, days, n, windows=bad)
+
+
 # ------------------------------------------------------------------------------------ receptive field
 
 

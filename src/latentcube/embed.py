@@ -623,8 +623,15 @@ def _compute_block(ds: xr.Dataset, model: Any, meta: dict[str, Any], plan: _Plan
     x = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in inputs.items()}
     oy, ox = ys.start - ry.start, xs.start - rx.start
     h, w = ys.stop - ys.start, xs.stop - xs.start
+    centre = inputs[plan.time_var][:, :, oy : oy + h, ox : ox + w]
+    invalid = ~np.isfinite(centre).any(axis=1)  # every band of the centre pixel missing on that date
     # Only the block's own pixels are embedded; the halo is context (no outputs computed for it).
     kw = dict(tile=plan.tile, pixel_chunk=plan.pixel_chunk, region=(slice(oy, oy + h), slice(ox, ox + w)))
+    if not plan.quality:
+        # The product is NaN where the centre pixel is invalid: the encoders skip those targets' windows
+        # wherever a whole pixel chunk is invalid (cloudy dates). The quality layer decodes every date of
+        # a window, invalid ones included, so it needs all of them.
+        kw["wanted"] = torch.from_numpy(~invalid).to(dev)
     # The quality layer decodes the model's own embedding: the fused one, or the autoencoder's sensor's.
     source = "fused" if plan.kind == "fusion" else plan.sensors[0]
     wanted = [*plan.sensors, *([source] if plan.quality and source not in plan.sensors else [])]
@@ -648,8 +655,6 @@ def _compute_block(ds: xr.Dataset, model: Any, meta: dict[str, Any], plan: _Plan
             quality = reconstruction_error(_target_decoders(model, plan), dense[source].float(), days, targets, spans,
                                            n_dates)
         emb = np.concatenate([dense[name].float().cpu().numpy() for name in plan.sensors], axis=1)
-    centre = inputs[plan.time_var][:, :, oy : oy + h, ox : ox + w]
-    invalid = ~np.isfinite(centre).any(axis=1)  # every band of the centre pixel missing on that date
     emb[np.broadcast_to(invalid[:, None], emb.shape)] = np.nan
     return emb.astype("float32", copy=False), quality
 
@@ -685,6 +690,8 @@ def _embed_and_write(plan: _Plan, source: str | _InMemory, iy: int, ix: int, ys:
     model, meta = _model(plan)
     ds = _cube(source)
     emb, quality = _compute_block(ds, model, meta, plan, ys, xs)
+    # The encoders' freed working memory goes back to the system before the write allocates its own.
+    release_free_memory()
     n_time, n_feat = emb.shape[:2]
     region = {"time": slice(0, n_time), "feature": slice(0, n_feat), "y": ys, "x": xs}
     grid = ("time", "y", "x")

@@ -184,6 +184,25 @@ def region_tiles(height: int, width: int, tile: int | None, region: tuple[slice,
         yield y0 + ry0, y1 + ry0, x0 + rx0, x1 + rx0
 
 
+def check_wanted(wanted: Tensor | None, n_total: int, height: int, width: int, device) -> Tensor | None:
+    """``encode_scene``'s ``wanted`` mask as a bool tensor on ``device``, or None; checks its shape."""
+    if wanted is None:
+        return None
+    wanted = torch.as_tensor(wanted, device=device)
+    if wanted.dtype != torch.bool or tuple(wanted.shape) != (n_total, height, width):
+        raise ValueError(f"wanted must be a bool mask (dates, rows, columns) = {(n_total, height, width)} of the "
+                         f"embedded region, got {wanted.dtype} {tuple(wanted.shape)}")
+    return wanted
+
+
+def wanted_targets(tile_wanted: Tensor | None, chunk: slice, n_total: int) -> Tensor | None:
+    """Target dates that some pixel of ``chunk`` wants ((dates, pixels) mask of a tile); None = all of them."""
+    if tile_wanted is None:
+        return None
+    targets = torch.nonzero(tile_wanted[:, chunk].any(dim=1)).flatten()
+    return None if len(targets) == n_total else targets
+
+
 class SensorEncoder(nn.Module):
     """Patch sequence -> latent per date, with a dense scene path computing the same numbers.
 
@@ -260,7 +279,7 @@ class SensorEncoder(nn.Module):
 
     def encode_scene(
         self, x: Tensor, days: Tensor, *, tile: int | None = DEFAULT_TILE, pixel_chunk: int = DEFAULT_PIXEL_CHUNK,
-        region: tuple[slice, slice] | None = None,
+        region: tuple[slice, slice] | None = None, wanted: Tensor | None = None,
     ) -> Tensor:
         """Dense embedding of every pixel-date (of ``region`` only when given: (T_all, latent, h, w)).
 
@@ -269,6 +288,11 @@ class SensorEncoder(nn.Module):
         temporal layer: small enough for its intermediates to stay in cache (~2x faster on CPU than
         whole 64 x 64 scenes), large enough for efficient matmuls. ``region`` (rows, columns slices):
         embed only those pixels, the rest of ``x`` is context (equal to cropping the full result).
+        ``wanted``: optional bool mask (T_all, h, w) of the region's pixel-dates whose embeddings are
+        needed (``embed`` passes the valid centre pixels: the product is NaN elsewhere). The others are
+        returned as NaN, and a target date that no pixel of a pixel chunk wants is not computed for that
+        chunk: on cloudy dates most of the temporal layers' work is skipped. The wanted values are the
+        same numbers as without the mask (up to float summation order).
         """
         n_total, _, height, width = x.shape
         days = days.to(device=x.device, dtype=x.dtype)
@@ -276,17 +300,29 @@ class SensorEncoder(nn.Module):
         query_pos = torch.arange(n_total, device=x.device) - window_starts(n_total, self.config.n_dates, x.device)
         ry0, ry1, rx0, rx1 = region_bounds(region, height, width)
         out = x.new_empty(n_total, self.config.latent_dim, ry1 - ry0, rx1 - rx0)
+        wanted = check_wanted(wanted, n_total, ry1 - ry0, rx1 - rx0, x.device)
         r = self.config.patch_size // 2
         for y0, y1, x0, x1 in region_tiles(height, width, tile, region):
             sub = _tile_with_halo(x, y0, y1, x0, x1, r)
             feats = _crop_feats(self.scene_features(sub), sub.shape[-2], sub.shape[-1], y0, y1, x0, x1, r, height, width)
-            z = torch.cat([self.temporal.forward_windows(feats[:, p0 : p0 + pixel_chunk], days, windows, query_pos)
-                           for p0 in range(0, feats.shape[1], pixel_chunk)], dim=1)
+            tile_wanted = None if wanted is None else wanted[:, y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0].flatten(1)
+            zs = []
+            for p0 in range(0, feats.shape[1], pixel_chunk):
+                chunk = slice(p0, p0 + pixel_chunk)
+                targets = wanted_targets(tile_wanted, chunk, n_total)
+                if targets is None:
+                    zs.append(self.temporal.forward_windows(feats[:, chunk], days, windows, query_pos))
+                    continue
+                z = feats.new_full((n_total, feats[:, chunk].shape[1], self.config.latent_dim), float("nan"))
+                if len(targets):
+                    z[targets] = self.temporal.forward_windows(feats[:, chunk], days, windows[targets], query_pos[targets])
+                zs.append(z)
+            z = torch.cat(zs, dim=1)
             lin = self.scene_linear_code(sub)
             if lin is not None:  # query t's row is date t: its own date's linear code
                 z = z + _crop_feats(lin, sub.shape[-2], sub.shape[-1], y0, y1, x0, x1, r, height, width)
             out[:, :, y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0] = rearrange(z, "t (h w) l -> t l h w", h=y1 - y0)
-        return out
+        return out if wanted is None else out.masked_fill_(~wanted[:, None], float("nan"))
 
     def _check_patches(self, x: Tensor) -> tuple[int, ...]:
         c = self.config
@@ -391,9 +427,9 @@ class SensorAutoencoder(nn.Module):
 
     def encode_scene(
         self, x: Tensor, days: Tensor, *, tile: int | None = DEFAULT_TILE, pixel_chunk: int = DEFAULT_PIXEL_CHUNK,
-        region: tuple[slice, slice] | None = None,
+        region: tuple[slice, slice] | None = None, wanted: Tensor | None = None,
     ) -> Tensor:
-        return self.encoder.encode_scene(x, days, tile=tile, pixel_chunk=pixel_chunk, region=region)
+        return self.encoder.encode_scene(x, days, tile=tile, pixel_chunk=pixel_chunk, region=region, wanted=wanted)
 
     def decode(self, z: Tensor, days: Tensor) -> Tensor:
         return self.decoder(z, days)

@@ -345,7 +345,8 @@ class DayAttentionLayer(nn.Module):
             outs.append(self._finish_residual(rearrange(h_q, "r p h d -> r p (h d)")))
         return torch.cat(outs, dim=0)
 
-    def forward_all_positions(self, s: Tensor, days: Tensor, n: int, *, windows_per_block: int = 12) -> Tensor:
+    def forward_all_positions(self, s: Tensor, days: Tensor, n: int, *, windows: list[int] | None = None,
+                              windows_per_block: int = 12) -> Tensor:
         """Every position of every window of ``n`` consecutive dates: the fused path's per-sensor rows.
 
         s (T, P, d_in) one token per date and pixel, days (T,) -> (T - n + 1, n, P, d_out): entry [w, j]
@@ -354,19 +355,29 @@ class DayAttentionLayer(nn.Module):
         date and a key date give the same logit in every window holding both, so each block of
         ``windows_per_block`` windows computes the logits of all date pairs of its span once and reads
         every window's (n x n) logits as a strided view of them (2 cores: ~25 % less time per call).
+        ``windows`` (increasing window starts): compute only those, -> (len(windows), n, P, d_out).
         """
         n_total, n_pix = s.shape[:2]
         n_windows = n_total - n + 1
+        if windows is None:
+            windows = list(range(n_windows))
+        elif any(not 0 <= w < n_windows for w in windows) or any(b <= a for a, b in zip(windows[:-1], windows[1:], strict=True)):
+            raise ValueError(f"windows must be increasing starts in [0, {n_windows}), got {windows}")
         heads = self.n_heads
         x = linear(s, self.w_in)
         h = self.ln_attn(x)
         q, k, v = (rearrange(linear(h, w), "m p (h d) -> p h m d", h=heads).contiguous()
                    for w in (self.wq, self.wk, self.wv))
         q = q * self.scale
-        outs = []
-        for w0 in range(0, n_windows, windows_per_block):
-            w1 = min(w0 + windows_per_block, n_windows)
-            nw, span, rows = w1 - w0, w1 - w0 + n - 1, (w1 - w0) * n
+        # Residual streams of the computed rows, filled block by block. The layer's tail runs on groups of
+        # at least ``windows_per_block`` windows: with sparse window lists its ops stay large (per-op
+        # overhead), and with all windows its intermediates stay as small as one block's (cache).
+        res = x.new_empty(len(windows), n, n_pix, heads, x.shape[-1] // heads)
+        out = None
+        done = finished = 0
+        for w0, w1, sel in _window_blocks(windows, n_windows, windows_per_block):
+            nw, span, k_sel = w1 - w0, w1 - w0 + n - 1, len(sel)
+            rows = k_sel * n
             dates = slice(w0, w0 + span)  # the block's span: window w0 starts at date w0
             qb, kb, vb = (t[:, :, dates] for t in (q, k, v))
             # Logits of every (query date j, key date i) pair of the span: content and day-difference terms.
@@ -377,24 +388,38 @@ class DayAttentionLayer(nn.Module):
             # Row (window w, position j) reads key dates w + m of query date w + j: a strided view of the pairs.
             _, _, sj, si = logits.stride()
             view = logits.as_strided((n_pix, heads, nw, n, n), (*logits.stride()[:2], sj + si, sj, si))
-            a = rearrange(view, "p h w j m -> p h m (w j)").softmax(dim=2)  # softmax over a non-innermost dim
-            # The weights into a dense (key date of the span) x (row) matrix, by strides again: (w + m, w * n + j).
-            dense = a.new_zeros(n_pix, heads, span, rows)
-            _, _, sk, sr = dense.stride()
-            dense.as_strided((n_pix, heads, n, nw, n), (*dense.stride()[:2], sk, sk + n * sr, sr)).copy_(
-                rearrange(a, "p h m (w j) -> p h m w j", j=n))
-            o = dense.transpose(-1, -2) @ vb  # (P, h, rows, d)
-            # Day-difference value terms of row (w, j): sum_m a * Vpos(d_{w+m} - d_{w+j}), Vpos per date pair.
+            # Vpos per date pair, read the same way: row (w, j), key m -> pair (w + j, w + m).
             _, vj, vi, _ = vp.stride()
             vp_rows = vp.as_strided((heads, nw, n, n, vp.shape[-1]), (vp.stride(0), vj + vi, vj, vi, vp.stride(3)))
-            o = o + rearrange(rearrange(a, "p h m r -> h r p m") @ rearrange(vp_rows, "h w j m d -> h (w j) m d"),
-                              "h r p d -> p h r d")
             xs = x[dates]
             x_rows = xs.as_strided((nw, n, *xs.shape[1:]), (xs.stride(0), *xs.stride()))  # row (w, j): date w + j
-            h = _residual_sum(rearrange(x_rows, "w j p (h d) -> w j p h d", h=heads),
-                              rearrange(o, "p h (w j) d -> w j p h d", j=n))
-            outs.append(self._finish_residual(rearrange(h, "w j p h d -> (w j) p (h d)")))
-        return rearrange(torch.cat(outs, dim=0), "(w j) p c -> w j p c", j=n)
+            if k_sel < nw:  # only some windows of the block: keep their rows
+                pick = torch.tensor(sel, device=x.device)
+                view, vp_rows, x_rows = view[:, :, pick], vp_rows[:, pick], x_rows[pick]
+            a = rearrange(view, "p h w j m -> p h m (w j)").softmax(dim=2)  # softmax over a non-innermost dim
+            # The weights into a dense (key date of the span) x (row) matrix: row (w, j) key m at w + m.
+            dense = a.new_zeros(n_pix, heads, span, rows)
+            if k_sel == nw:  # by strides: (w + m, w * n + j)
+                _, _, sk, sr = dense.stride()
+                dense.as_strided((n_pix, heads, n, nw, n), (*dense.stride()[:2], sk, sk + n * sr, sr)).copy_(
+                    rearrange(a, "p h m (w j) -> p h m w j", j=n))
+            else:
+                key = (pick[None, :, None] + torch.arange(n, device=x.device)[:, None, None]).expand(n, k_sel, n)
+                dense.scatter_(2, key.reshape(1, 1, n, rows).expand(n_pix, heads, n, rows), a)
+            o = dense.transpose(-1, -2) @ vb  # (P, h, rows, d)
+            # Day-difference value terms of row (w, j): sum_m a * Vpos(d_{w+m} - d_{w+j}).
+            o = o + rearrange(rearrange(a, "p h m r -> h r p m") @ rearrange(vp_rows, "h w j m d -> h (w j) m d"),
+                              "h r p d -> p h r d")
+            _residual_sum(rearrange(x_rows, "w j p (h d) -> w j p h d", h=heads),
+                          rearrange(o, "p h (w j) d -> w j p h d", j=n), out=res[done : done + k_sel])
+            done += k_sel
+            if done - finished >= windows_per_block or done == len(windows):
+                z = self._finish_residual(rearrange(res[finished:done], "w j p h d -> (w j) p (h d)"))
+                if out is None:
+                    out = z.new_empty(len(windows), n, n_pix, z.shape[-1])
+                out[finished:done] = z.view(done - finished, n, n_pix, -1)
+                finished = done
+        return out
 
     def forward_window_queries(self, s: Tensor, row_days: Tensor, starts: Tensor, query_pos: Tensor) -> Tensor:
         """One query per target over its own window of token rows: the fused path's fusion layer.
@@ -426,13 +451,26 @@ class DayAttentionLayer(nn.Module):
         return self._finish(x_q, rearrange(o, "t p h d -> t p (h d)"))
 
 
-def _residual_sum(x: Tensor, attended: Tensor) -> Tensor:
-    """``x + attended`` written into a new row-major tensor of their shape.
+def _residual_sum(x: Tensor, attended: Tensor, out: Tensor | None = None) -> Tensor:
+    """``x + attended`` written into ``out`` (default: a new row-major tensor of their shape).
 
     Both may be strided views (the rows' inputs, the heads' outputs in their attention layout): the add
     reads them as they are, where rearranging either into the row layout first would copy it.
     """
-    return torch.add(x, attended, out=x.new_empty(x.shape))
+    return torch.add(x, attended, out=x.new_empty(x.shape) if out is None else out)
+
+
+def _window_blocks(windows: list[int], n_windows: int, per_block: int) -> list[tuple[int, int, list[int]]]:
+    """(w0, w1, selected): blocks [w0, w1) of ``per_block`` consecutive windows out of ``n_windows`` that hold
+    some of the increasing ``windows``, and the positions of those inside the block.
+
+    A block's attention core shares the logits of its date span, so even a block of few wanted windows
+    costs little more than their rows; the grid is the same for every window list (all windows: the
+    blocks 0..per_block-1, per_block..., as without a list)."""
+    blocks: dict[int, list[int]] = {}
+    for w in windows:
+        blocks.setdefault(w // per_block, []).append(w % per_block)
+    return [(b * per_block, min((b + 1) * per_block, n_windows), sel) for b, sel in blocks.items()]
 
 
 def _consecutive_runs(starts: list[int]) -> list[tuple[int, int, int]]:

@@ -22,8 +22,10 @@ from .autoencoder import (
     SensorAutoencoder,
     _crop_feats,
     _tile_with_halo,
+    check_wanted,
     region_bounds,
     region_tiles,
+    wanted_targets,
 )
 from .blocks import DayAttentionLayer, linear
 from .time_encoding import window_starts
@@ -150,12 +152,13 @@ class FusionModel(nn.Module):
 
     def encode_scene(
         self, x: Mapping[str, Tensor], days: Tensor, *, tile: int | None = DEFAULT_TILE, pixel_chunk: int = DEFAULT_PIXEL_CHUNK,
-        region: tuple[slice, slice] | None = None,
+        region: tuple[slice, slice] | None = None, wanted: Tensor | None = None,
     ) -> Tensor:
         """Dense fused embedding; see the class docstring and ``docs/method.md`` for the window convention.
 
-        ``tile``, ``pixel_chunk`` and ``region`` as in ``SensorEncoder.encode_scene`` (results do not
-        depend on the first two; ``region`` embeds only those pixels, the rest is context).
+        ``tile``, ``pixel_chunk``, ``region`` and ``wanted`` as in ``SensorEncoder.encode_scene`` (results
+        do not depend on the first two; ``region`` embeds only those pixels, the rest is context; pixel-dates
+        outside ``wanted`` are NaN and a target date no pixel of a chunk wants skips its window's rows).
         """
         self._check_keys(x)
         first = x[self.sensor_names[0]]
@@ -164,15 +167,12 @@ class FusionModel(nn.Module):
             raise ValueError("all sensors must share the date axis and the spatial grid")
         n, dev = self.n_dates, first.device
         days = days.to(device=dev, dtype=first.dtype)
-        n_windows = n_total - n + 1
-        # Stage 1, per sensor: latents of every position j of every distinct window w (rows w * n + j).
-        row_dates = (torch.arange(n_windows, device=dev)[:, None] + torch.arange(n, device=dev)).flatten()
-        row_days = days[row_dates].view(n_windows, n)
-        # Stage 2: target t reads the n rows of its window start s(t), query at position t - s(t).
+        # Target t reads the n rows of its window start s(t), queried at position t - s(t).
         s = window_starts(n_total, n, dev)
-        fusion_qpos = torch.arange(n_total, device=dev) - s
+        qpos = torch.arange(n_total, device=dev) - s
         ry0, ry1, rx0, rx1 = region_bounds(region, height, width)
         out = first.new_empty(n_total, self.latent_dim, ry1 - ry0, rx1 - rx0)
+        wanted = check_wanted(wanted, n_total, ry1 - ry0, rx1 - rx0, dev)
         r = self.patch_size // 2
         for y0, y1, x0, x1 in region_tiles(height, width, tile, region):
             feats, lins = {}, {}
@@ -184,15 +184,39 @@ class FusionModel(nn.Module):
                 if lin is not None:
                     lins[name] = _crop_feats(lin, sub.shape[-2], sub.shape[-1], y0, y1, x0, x1, r, height, width)
             zs = []
-            for p0 in range(0, (y1 - y0) * (x1 - x0), pixel_chunk):
-                latents = {name: model.encoder.temporal.forward_all_positions(
-                    feats[name][:, p0 : p0 + pixel_chunk], days, n).flatten(0, 1)
-                    for name, model in self.sensors.items()}
-                for name, lin in lins.items():  # each row's linear code is that of its own date
-                    latents[name] = latents[name] + lin[row_dates, p0 : p0 + pixel_chunk]
-                tokens = self._fuse_tokens(latents)
-                zs.append(self.temporal.forward_window_queries(tokens.view(n_windows, n, *tokens.shape[1:]), row_days,
-                                                               s, fusion_qpos))
+            n_pix = (y1 - y0) * (x1 - x0)
+            tile_wanted = None if wanted is None else wanted[:, y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0].flatten(1)
+            for p0 in range(0, n_pix, pixel_chunk):
+                chunk = slice(p0, p0 + pixel_chunk)
+                targets = wanted_targets(tile_wanted, chunk, n_total)
+                if targets is None:  # every target: all windows
+                    zs.append(self._fuse_chunk(feats, lins, chunk, days, None, s, qpos))
+                    continue
+                z = first.new_full((n_total, min(pixel_chunk, n_pix - p0), self.latent_dim), float("nan"))
+                if len(targets):  # only the windows of the wanted targets; each target's index into them
+                    needed = torch.unique(s[targets])
+                    z[targets] = self._fuse_chunk(feats, lins, chunk, days, needed,
+                                                  torch.searchsorted(needed, s[targets]), qpos[targets])
+                zs.append(z)
             out[:, :, y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0] = rearrange(torch.cat(zs, dim=1), "t (h w) l -> t l h w",
                                                                           h=y1 - y0)
-        return out
+        return out if wanted is None else out.masked_fill_(~wanted[:, None], float("nan"))
+
+    def _fuse_chunk(self, feats: dict[str, Tensor], lins: dict[str, Tensor], chunk: slice, days: Tensor,
+                    windows: Tensor | None, starts: Tensor, qpos: Tensor) -> Tensor:
+        """Fused embeddings (N, P, latent) of one pixel chunk for N targets: target i is queried at
+        ``qpos[i]`` in window ``starts[i]`` of ``windows`` (increasing window starts; None = all windows)."""
+        n = self.n_dates
+        if windows is None:
+            windows = torch.arange(days.shape[0] - n + 1, device=days.device)
+        rows = (windows[:, None] + torch.arange(n, device=days.device)).flatten()  # row (w, j): date w + j
+        # Stage 1, per sensor: latents of every position j of every window w (rows w * n + j).
+        wins = None if len(windows) == days.shape[0] - n + 1 else windows.tolist()
+        latents = {name: model.encoder.temporal.forward_all_positions(feats[name][:, chunk], days, n, windows=wins)
+                   .flatten(0, 1) for name, model in self.sensors.items()}
+        for name, lin in lins.items():  # each row's linear code is that of its own date
+            latents[name] = latents[name] + lin[rows, chunk]
+        tokens = self._fuse_tokens(latents)
+        # Stage 2: one query per target over its window's fused token rows.
+        return self.temporal.forward_window_queries(tokens.view(-1, n, *tokens.shape[1:]), days[rows].view(-1, n),
+                                                    starts, qpos)
