@@ -295,6 +295,7 @@ def test_all_positions_of_chosen_windows_equal_those_of_all_windows(s2_model):
             got = layer.forward_all_positions(s, days, n, windows=windows, windows_per_block=7)
             assert got.shape == (len(windows), n, pix, layer.w_out.out_features)
             assert (got - full[windows]).abs().max() <= TOL, windows
+        assert layer.forward_all_positions(s, days, n, windows=[]).shape == (0, n, pix, layer.w_out.out_features)
         for bad in ([30], [4, 4], [5, 2], [-1]):
             with pytest.raises(ValueError, match=r"windows must be increasing starts in \[0, 30\)"):
                 layer.forward_all_positions(s, days, n, windows=bad)

@@ -363,6 +363,8 @@ class DayAttentionLayer(nn.Module):
             windows = list(range(n_windows))
         elif any(not 0 <= w < n_windows for w in windows) or any(b <= a for a, b in zip(windows[:-1], windows[1:], strict=True)):
             raise ValueError(f"windows must be increasing starts in [0, {n_windows}), got {windows}")
+        if not windows:
+            return s.new_empty(0, n, n_pix, self.w_out.out_features)
         heads = self.n_heads
         x = linear(s, self.w_in)
         h = self.ln_attn(x)
