@@ -634,10 +634,10 @@ def _compute_block(ds: xr.Dataset, model: Any, meta: dict[str, Any], plan: _Plan
         kw["wanted"] = torch.from_numpy(~invalid).to(dev)
     # The quality layer decodes the model's own embedding: the fused one, or the autoencoder's sensor's.
     source = "fused" if plan.kind == "fusion" else plan.sensors[0]
-    wanted = [*plan.sensors, *([source] if plan.quality and source not in plan.sensors else [])]
+    to_encode = [*plan.sensors, *([source] if plan.quality and source not in plan.sensors else [])]
     dense = {}
     with torch.inference_mode():
-        for name in wanted:
+        for name in to_encode:
             if plan.kind == "autoencoder":
                 z = model.encode_scene(x[name], days, **kw)
             elif name == "fused":

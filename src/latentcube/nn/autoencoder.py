@@ -203,6 +203,17 @@ def wanted_targets(tile_wanted: Tensor | None, chunk: slice, n_total: int) -> Te
     return None if len(targets) == n_total else targets
 
 
+def targets_or_nan(targets: Tensor | None, shape: tuple[int, int, int], like: Tensor, compute) -> Tensor:
+    """One pixel chunk's outputs ``shape`` = (dates, pixels, features) when only ``targets`` are wanted:
+    ``compute(targets)`` at those dates, NaN at the others; ``compute(None)`` (every date) for None."""
+    if targets is None:
+        return compute(None)
+    z = like.new_full(shape, float("nan"))
+    if len(targets):
+        z[targets] = compute(targets)
+    return z
+
+
 class SensorEncoder(nn.Module):
     """Patch sequence -> latent per date, with a dense scene path computing the same numbers.
 
@@ -308,15 +319,12 @@ class SensorEncoder(nn.Module):
             tile_wanted = None if wanted is None else wanted[:, y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0].flatten(1)
             zs = []
             for p0 in range(0, feats.shape[1], pixel_chunk):
-                chunk = slice(p0, p0 + pixel_chunk)
-                targets = wanted_targets(tile_wanted, chunk, n_total)
-                if targets is None:
-                    zs.append(self.temporal.forward_windows(feats[:, chunk], days, windows, query_pos))
-                    continue
-                z = feats.new_full((n_total, feats[:, chunk].shape[1], self.config.latent_dim), float("nan"))
-                if len(targets):
-                    z[targets] = self.temporal.forward_windows(feats[:, chunk], days, windows[targets], query_pos[targets])
-                zs.append(z)
+                chunk = feats[:, p0 : p0 + pixel_chunk]
+                zs.append(targets_or_nan(
+                    wanted_targets(tile_wanted, slice(p0, p0 + pixel_chunk), n_total),
+                    (n_total, chunk.shape[1], self.config.latent_dim), chunk,
+                    lambda t, chunk=chunk: self.temporal.forward_windows(
+                        chunk, days, windows if t is None else windows[t], query_pos if t is None else query_pos[t])))
             z = torch.cat(zs, dim=1)
             lin = self.scene_linear_code(sub)
             if lin is not None:  # query t's row is date t: its own date's linear code

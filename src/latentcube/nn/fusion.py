@@ -25,6 +25,7 @@ from .autoencoder import (
     check_wanted,
     region_bounds,
     region_tiles,
+    targets_or_nan,
     wanted_targets,
 )
 from .blocks import DayAttentionLayer, linear
@@ -188,16 +189,16 @@ class FusionModel(nn.Module):
             tile_wanted = None if wanted is None else wanted[:, y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0].flatten(1)
             for p0 in range(0, n_pix, pixel_chunk):
                 chunk = slice(p0, p0 + pixel_chunk)
-                targets = wanted_targets(tile_wanted, chunk, n_total)
-                if targets is None:  # every target: all windows
-                    zs.append(self._fuse_chunk(feats, lins, chunk, days, None, s, qpos))
-                    continue
-                z = first.new_full((n_total, min(pixel_chunk, n_pix - p0), self.latent_dim), float("nan"))
-                if len(targets):  # only the windows of the wanted targets; each target's index into them
-                    needed = torch.unique(s[targets])
-                    z[targets] = self._fuse_chunk(feats, lins, chunk, days, needed,
-                                                  torch.searchsorted(needed, s[targets]), qpos[targets])
-                zs.append(z)
+
+                def fuse(targets, chunk=chunk, feats=feats, lins=lins):  # called at once, in this iteration
+                    if targets is None:  # every target: all windows
+                        return self._fuse_chunk(feats, lins, chunk, days, None, s, qpos)
+                    needed = torch.unique(s[targets])  # the wanted targets' windows; each target's index into them
+                    return self._fuse_chunk(feats, lins, chunk, days, needed, torch.searchsorted(needed, s[targets]),
+                                            qpos[targets])
+
+                zs.append(targets_or_nan(wanted_targets(tile_wanted, chunk, n_total),
+                                         (n_total, min(pixel_chunk, n_pix - p0), self.latent_dim), first, fuse))
             out[:, :, y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0] = rearrange(torch.cat(zs, dim=1), "t (h w) l -> t l h w",
                                                                           h=y1 - y0)
         return out if wanted is None else out.masked_fill_(~wanted[:, None], float("nan"))
