@@ -115,8 +115,29 @@ def test_rejection_rules_centre_pixel_and_valid_fraction(tmp_path):
 
 def test_fully_cloudy_cube_gives_a_clear_error(tmp_path):
     path = write_cube(tmp_path / "a.zarr", cloud=(slice(None), slice(None), slice(None), slice(None)))
-    with pytest.raises(CubeError, match="no s2 patch passed the sampling rules"):
+    # 45 dates, 40 px: sequence starts 0 and 17, origins 0/9/18 on both axes -> 18 candidates
+    with pytest.raises(CubeError, match=r"no s2 patch passed the sampling rules in 1 cube\(s\) \(centre valid, "
+                                        r">= 30% valid context\): a.zarr: all 18 candidate patches rejected; 0% of its "
+                                        r"s2 pixel-dates are valid \(0 of 45 dates >= 50 % valid\)\. Fix: "):
         PatchDataset([path])
+
+
+def test_empty_sampling_error_says_what_stopped_each_cube(tmp_path):
+    # clear only on dates 0-4: every 11-frame window is mostly cloud (<= 5 of 11 frames valid < 60 %)
+    mostly = write_cube(tmp_path / "mostly.zarr", cloud=(slice(5, None), slice(None), slice(None), slice(None)))
+    short = write_cube(tmp_path / "short.zarr", n_time=10)
+    with pytest.raises(CubeError) as err:
+        PatchDataset([mostly, short], config=SamplingConfig(min_valid_fraction=0.6))
+    msg = str(err.value)
+    assert "in 2 cube(s)" in msg and ">= 60% valid context" in msg
+    assert "mostly.zarr: all 18 candidate patches rejected; 11% of its s2 pixel-dates are valid (5 of 45 dates" in msg
+    assert "short.zarr has 10 s2 dates, fewer than the 11 frames a sample draws" in msg
+    # a region narrower than one patch (regions normally come from spatial_split, which checks this first)
+    with pytest.raises(CubeError, match=r"mostly.zarr: its 40 x 10 px region is smaller than one 15-px patch"):
+        PatchDataset([mostly], regions=[(slice(None), slice(0, 10))])
+    # a cube that gives samples is not listed when another one fails
+    good = write_cube(tmp_path / "good.zarr")
+    assert len(PatchDataset([good, short])) == 18
 
 
 def test_block_sampler_is_a_permutation_grouped_by_block_and_seeded(tmp_path):

@@ -307,6 +307,32 @@ def test_cli_train_check_prints_split_sizes_without_training(world_dir, tmp_path
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
 
 
+def test_sampled_window_must_be_the_models(world_dir, tmp_path, capsys):
+    from typer.testing import CliRunner
+
+    from latentcube.cli import app, main
+    from latentcube.config import to_dict
+
+    base = stage_config(world_dir, tmp_path / "run", "s1", epochs=1)
+    cfg = replace(base, data=replace(base.data, sampling={**base.data.sampling, "n_frames": 9}))
+    with pytest.raises(ConfigError, match=r"data.sampling draws 9 dates of 15 x 15 px, but the model reads windows "
+                                          r"of 11 dates of 15 x 15 px. Fix: make them equal"):
+        run_training(cfg, test=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before the warm start and training
+    path = tmp_path / "s1.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "s1", "--config", str(path), "--check"])
+    assert exc.value.code == 1
+    assert "ConfigError: data.sampling draws 9 dates of 15 x 15 px, but the model reads windows of 11 dates" in (
+        capsys.readouterr().err)
+    # with the model's window set to match, the same sampling is accepted
+    matched = replace(cfg, model={**cfg.model, "n_dates": 9}, out_dir=str(tmp_path / "run9"))
+    path.write_text(yaml.safe_dump(to_dict(matched)))
+    res = CliRunner().invoke(app, ["train", "s1", "--config", str(path), "--check"])
+    assert res.exit_code == 0, res.output
+
+
 def test_training_refuses_cubes_whose_bands_are_not_the_models(world_dir, tmp_path):
     from latentcube.cube import CubeError, open_cube, save_cube
 

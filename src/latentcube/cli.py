@@ -322,7 +322,9 @@ def train(
         cfg = replace(cfg, out_dir=str(out_dir))
     if check:  # the split sizes a run would see and the band check, without training
         data = CubeDataModule(cfg, normalization_of(cfg))
-        data.check_bands(model_bands(build_task(cfg)[0].model))
+        model = build_task(cfg)[0].model
+        data.check_bands(model_bands(model))
+        data.check_window(model)
         for split, paths in data.split_paths.items():
             ds = data.dataset(split)
             where = "strips of " if data.split_regions is not None else ""

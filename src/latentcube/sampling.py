@@ -251,13 +251,16 @@ class PatchDataset(Dataset):
         self.n_rejected = 0
         self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._open: dict[int, xr.Dataset] = {}
+        self._why_none: list[str] = []  # per cube without a sample: what stopped it (for the error)
         for i, path in enumerate(cubes):
             self._index_cube(i, Path(path), None if regions is None else regions[i])
         if not self.candidates:
             raise CubeError(
                 f"no {variable} patch passed the sampling rules in {len(cubes)} cube(s) "
-                f"(centre valid, >= {config.min_valid_fraction:.0%} valid context). Fix: check the cubes' "
-                "valid fractions (`latentcube info`), or lower min_valid_fraction / seq_len."
+                f"(centre valid, >= {config.min_valid_fraction:.0%} valid context): "
+                + "; ".join(self._why_none)
+                + ". Fix: check the cubes' valid fractions (`latentcube info`), add cubes or dates, or lower "
+                "data.sampling's min_valid_fraction / seq_len."
             )
 
     # -- index ---------------------------------------------------------------------------------
@@ -278,6 +281,7 @@ class PatchDataset(Dataset):
         t0s, y0s, x0s = candidate_origins(len(meta.times), yb - ya, xb - xa, cfg)
         y0s, x0s = y0s + ya, x0s + xa
         seq_len = min(cfg.seq_len, len(meta.times))
+        n_before = len(self.candidates)
         for t0 in t0s:
             for y0 in y0s:
                 for x0 in x0s:
@@ -289,6 +293,22 @@ class PatchDataset(Dataset):
                             break
                     else:
                         self.n_rejected += 1
+        if len(self.candidates) == n_before:
+            self._why_none.append(self._why_no_sample(path, valid[:, ya:yb, xa:xb], len(t0s) * len(y0s) * len(x0s)))
+
+    def _why_no_sample(self, path: Path, valid: np.ndarray, n_candidates: int) -> str:
+        """One clause on why a cube (region) gave no sample: too few dates, too small, or all rejected."""
+        cfg, n_time, (h, w) = self.config, valid.shape[0], valid.shape[1:]
+        if n_time < cfg.n_frames:
+            return (f"{path.name} has {n_time} {self.variable} dates, fewer than the {cfg.n_frames} frames a sample "
+                    "draws (data.sampling.n_frames; fewer frames need a model with model: {n_dates: N} to match)")
+        if min(h, w) < cfg.patch:
+            return f"{path.name}: its {h} x {w} px region is smaller than one {cfg.patch}-px patch"
+        clear_dates = int((valid.mean(axis=(1, 2)) >= 0.5).sum())
+        return (
+            f"{path.name}: all {n_candidates} candidate patches rejected; {valid.mean():.0%} of its "
+            f"{self.variable} pixel-dates are valid ({clear_dates} of {n_time} dates >= 50 % valid)"
+        )
 
     def _extend_meta(self, meta: _CubeMeta, ds: xr.Dataset) -> None:
         """Hook for subclasses that need more per-cube metadata."""

@@ -439,6 +439,21 @@ class CubeDataModule(L.LightningDataModule):
                         f"the cube, or train a model on the cube's bands (model: {{n_bands: N, band_names: [...]}})."
                     ) from err
 
+    def check_window(self, model: SensorAutoencoder | FusionModel) -> None:
+        """The sampled patches must have the model's shape: ``data.sampling`` n_frames and patch equal to
+        the model's n_dates and patch_size; raises ``ConfigError`` naming both and the fix."""
+        n_dates, patch = (model.n_dates, model.patch_size) if isinstance(model, FusionModel) else (
+            model.config.n_dates, model.config.patch_size)
+        s = self.sampling
+        if (s.n_frames, s.patch) != (n_dates, patch):
+            where = ("the stage-1 checkpoints' (set both to them)" if isinstance(model, FusionModel)
+                     else "the model's (set model: {n_dates: N, patch_size: P} to match, or change the sampling)")
+            raise ConfigError(
+                f"data.sampling draws {s.n_frames} dates of {s.patch} x {s.patch} px, but the model reads windows of "
+                f"{n_dates} dates of {patch} x {patch} px. Fix: make them equal: data.sampling: {{n_frames, patch}} "
+                f"and {where}."
+            )
+
     def pixel_size_m(self) -> float | None:
         """The cubes' common pixel edge (m); warns and returns None when they differ by more than 1 %
         (the 15-pixel context would then cover different ground distances in different cubes)."""
@@ -682,6 +697,7 @@ def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool =
     elif data.norm.to_dict() != norm.to_dict() or data.cfg.stage != cfg.stage:
         raise ConfigError("run_training: the data module given was built for another stage or normalisation")
     data.check_bands(model_bands(task.model))
+    data.check_window(task.model)
     pixel_size = data.pixel_size_m()
     patches = {split: len(data.dataset(split)) for split in ("train", "val")}
     rank_zero_info("data: " + ", ".join(f"{split} {n} patches from {len(data.split_paths[split])} cube(s)"
