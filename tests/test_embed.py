@@ -126,31 +126,31 @@ def _reference_inputs(ds: xr.Dataset) -> dict[str, np.ndarray]:
     return {"s2": s2, "s1": norm.normalize_array(s1, list(ds["band_s1"].values), "s1", axis=1)}
 
 
-def _patch(arr: np.ndarray, t: int, y: int, x: int) -> torch.Tensor:
-    """The 11-date, 15 x 15 patch centred on (y, x) with target t at position 5; NaN outside the scene."""
+def _patch(arr: np.ndarray, t: int, y: int, x: int, n: int = N_DATES) -> torch.Tensor:
+    """The n-date (11), 15 x 15 patch centred on (y, x) with target t at position n // 2; NaN outside the scene."""
     padded = np.pad(arr, ((0, 0), (0, 0), (R, R), (R, R)), constant_values=np.nan)
-    return torch.from_numpy(padded[t - CENTRE : t + CENTRE + 1, :, y : y + P, x : x + P].copy())
+    return torch.from_numpy(padded[t - n // 2 : t - n // 2 + n, :, y : y + P, x : x + P].copy())
 
 
 def _days(times: np.ndarray) -> np.ndarray:
     return (pd.DatetimeIndex(times) - pd.DatetimeIndex(times)[0]).total_seconds().values / 86400.0
 
 
-def _reference(model, inputs: dict[str, np.ndarray], times: np.ndarray, which: str) -> np.ndarray:
-    """Per-patch embeddings (len(DATES), len(PIXELS), L) from ``encode_patches`` at position 5."""
+def _reference(model, inputs: dict[str, np.ndarray], times: np.ndarray, which: str, n: int = N_DATES) -> np.ndarray:
+    """Per-patch embeddings (len(DATES), len(PIXELS), L) from ``encode_patches`` at position n // 2 (5)."""
     days = torch.tensor(_days(times), dtype=torch.float32)
     out = []
     with torch.no_grad():
         for t in DATES:
-            d = days[t - CENTRE : t + CENTRE + 1].expand(len(PIXELS), -1)
-            x = {k: torch.stack([_patch(v, t, y, xx) for y, xx in PIXELS]) for k, v in inputs.items()}
+            d = days[t - n // 2 : t - n // 2 + n].expand(len(PIXELS), -1)
+            x = {k: torch.stack([_patch(v, t, y, xx, n) for y, xx in PIXELS]) for k, v in inputs.items()}
             if which == "fused":
                 z = model.encode_patches(x, d)
             elif isinstance(model, FusionModel):
                 z = model.sensors[which].encode_patches(x[which], d)
             else:
                 z = model.encode_patches(x[which], d)
-            out.append(z[:, CENTRE].numpy())
+            out.append(z[:, n // 2].numpy())
     return np.stack(out)
 
 
@@ -225,6 +225,19 @@ def test_autoencoder_embedding_equals_per_patch_encoder(cube_path, models, s2_em
     assert [str(f) for f in emb["feature"].values] == [f"{sensor}_{i}" for i in range(model.latent_dim)]
     ref = _reference(model, {sensor: arr}, times, sensor)
     _compare(_dense_at(emb, list(emb["feature"].values)), ref, _invalid(arr))
+
+
+def test_a_model_of_another_window_length_embeds_with_its_window(cube_path, tmp_path):
+    model = _sensor(replace(s2_config(), n_dates=9), 4)
+    path = save_model(tmp_path / "s2_9.pt", model, normalization=Normalization())
+    out = embed_cube(cube_path, path, tmp_path / "e9.zarr", block_px=24, scheduler="synchronous", progress=False)
+    ds = _cube()
+    arr = Normalization().normalize_array(ds["s2"].values, list(ds["band"].values), "s2")
+    ref = _reference(model, {"s2": arr}, ds["time"].values, "s2", n=9)
+    emb = xr.open_zarr(out)["embedding"]
+    _compare(_dense_at(emb, list(emb["feature"].values)), ref, _invalid(arr))
+    window = xr.open_zarr(out).attrs["latentcube:time"]["window"]
+    assert window.startswith("9 consecutive dates t-4..t+4"), window
 
 
 def test_nan_exactly_where_the_centre_is_invalid(fused_emb):
@@ -476,6 +489,7 @@ def test_metadata_and_fresh_process_read(fused_emb, models):
     assert json.loads(a["band_order"]) == {"s1": ["VV", "VH"], "s2": list(_cube()["band"].values)}
     assert json.loads(a["normalization"]) == Normalization().to_dict()
     assert a["latentcube:time"]["n_dates"] == T2 and a["latentcube:time"]["dimension"] == "time"
+    assert a["latentcube:time"]["window"].startswith("11 consecutive dates t-5..t+5")
     assert a["spatial:transform"] == [10.0, 0.0, 600_000.0, 0.0, -10.0, 5_600_000.0]
 
 

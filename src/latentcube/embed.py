@@ -205,6 +205,7 @@ class _Plan:
     s1_smoothing: int
     quality: bool = False
     quality_sensors: tuple[str, ...] = ()  # sensors whose reconstruction error is written (quality_<s>)
+    n_dates: int = 11  # the model's window length (dates per embedding)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -742,7 +743,8 @@ def _description(ds: xr.Dataset, plan: _Plan, dims: int, times: np.ndarray, crs:
             "n_dates": len(t),
             "first": str(t.min()) if len(t) else None,
             "last": str(t.max()) if len(t) else None,
-            "window": "11 consecutive dates t-5..t+5, shifted inside the series (docs/method.md)",
+            "window": (f"{plan.n_dates} consecutive dates t-{plan.n_dates // 2}..t+{plan.n_dates - 1 - plan.n_dates // 2}"
+                       ", shifted inside the series (docs/method.md)"),
             "invalid": "NaN where every input band of the centre pixel is missing on that date",
         },
     }
@@ -810,7 +812,7 @@ def _create_template(out: Path, ds: xr.Dataset, plan: _Plan, names: list[str], t
             "long_name": f"{s.upper()} reconstruction error of the centre pixel: mean absolute error over bands ({what})",
             "units": units,
             "description": (
-                f"|decoder({'fused' if plan.kind == 'fusion' else s} embeddings of the 11 dates of this date's window) - "
+                f"|decoder({'fused' if plan.kind == 'fusion' else s} embeddings of the {plan.n_dates} dates of this date's window) - "
                 f"input| at the centre pixel and this date, mean over the finite {s.upper()} bands, in {what} "
                 f"(input: {axis_note.get(s, 'the S2 reflectance of this date')}). NaN where that input is missing. "
                 "docs/embed.md#quality-layer"),
@@ -1080,14 +1082,14 @@ def _make_plan(ds: xr.Dataset, checkpoint: Path, model: Any, meta: dict[str, Any
         if set(inputs) - {"s1", "s2"}:
             raise EmbedError(f"fusion over sensors {list(inputs)}: only s1 and s2 cubes are supported.")
         dims = {"fused": model.latent_dim, **{n: m.latent_dim for n, m in model.sensors.items()}}
-        halo = model.patch_size // 2
+        halo, n_dates = model.patch_size // 2, model.n_dates
     else:
         own = model.config.sensor
         if own not in ("s1", "s2"):
             raise EmbedError(f"autoencoder for sensor {own!r}: only s1 and s2 cubes are supported.")
         inputs, time_var, on_s2 = (own,), own, False
         dims = {own: model.latent_dim}
-        halo = model.config.patch_size // 2
+        halo, n_dates = model.config.patch_size // 2, model.config.n_dates
     _check_cube(ds, kind, model, meta, inputs)
     if device == "cuda":
         import torch
@@ -1101,6 +1103,7 @@ def _make_plan(ds: xr.Dataset, checkpoint: Path, model: Any, meta: dict[str, Any
         max_gap_days=_sampling_setting(meta, "max_gap_days", DEFAULT_MAX_GAP_DAYS),
         s1_smoothing=int(_sampling_setting(meta, "s1_smoothing", DEFAULT_S1_SMOOTHING)),
         quality=bool(quality), quality_sensors=tuple(s for s in ("s2", "s1") if s in inputs) if quality else (),
+        n_dates=n_dates,
     )
     times = ds["time" if time_var == "s2" else "time_s1"].values
     if tile == "auto":
