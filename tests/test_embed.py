@@ -779,3 +779,34 @@ def test_cli_embed_quality_and_int8(cube_path, models, tmp_path):
     assert ds["embedding"].dtype == np.float32  # CF-decoded codes; open_embedding applies the scale
     assert set(ds.data_vars) == {"embedding", "embedding_scale", "quality_s2"}
     assert json.loads(ds.attrs["quality"]) == ["s2"] and ds.attrs["geoemb:data_type"] == "int8"
+
+
+def test_cli_info_describes_an_embedding_store(s2_emb, tmp_path, capsys):
+    import shutil
+
+    from latentcube.cli import main
+
+    def info(path):
+        with pytest.raises(SystemExit) as exc:
+            main(["info", str(path), "--json"])
+        assert exc.value.code == 0
+        return json.loads(capsys.readouterr().out)
+
+    got = info(s2_emb)
+    emb = open_embedding(s2_emb).values
+    valid = np.isfinite(emb).all(axis=1).mean(axis=(1, 2))  # independent: per date, over pixels
+    assert got["valid"].startswith("embedding store") and got["model"].startswith("autoencoder (")
+    assert got["features"] == [f"s2_{i}" for i in range(9)] and got["dates"] == T2
+    assert got["first"] == "2020-03-01" and got["axis"] == "Sentinel-2 acquisitions"
+    assert got["stored_as"] == "float32" and got["blocks_written"] == "4 of 4"  # 40 x 40 px in 24-px blocks
+    assert got["valid_fraction_mean"] == pytest.approx(valid.mean(), abs=1e-9)
+    assert got["dates_valid_ge_50pct"] == int((valid >= 0.5).sum())
+    # one block's marker gone: the store says it is incomplete and how to finish it
+    part = shutil.copytree(s2_emb, tmp_path / "part.zarr")
+    next((part / ".blocks").glob("*.done")).unlink()
+    assert info(part)["blocks_written"] == "3 of 4 (incomplete: re-run the same embed command to finish)"
+    # validate (the input-cube check) names what the store is
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", str(s2_emb)])
+    assert exc.value.code == 1
+    assert "this is an embedding store (the output of `latentcube embed`), not an input cube" in capsys.readouterr().err

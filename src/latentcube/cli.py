@@ -75,6 +75,27 @@ def info(
     from latentcube.cube import CubeError, cube_summary, open_cube, validate_cube
 
     ds = open_cube(cube)
+    if "embedding" in ds.data_vars:  # an embedding store (latentcube embed), not an input cube
+        from latentcube.embed import embedding_summary
+
+        summary = {**cube_summary(ds), **embedding_summary(cube)}
+        summary["valid"] = "embedding store (output of `latentcube embed`), not an input cube"
+        if as_json:
+            out.print_json(json.dumps(summary, default=str))
+            return
+        table = Table(title=str(cube), show_header=False)
+        for key in ("valid", "model", "crs", "dims", "pixel_size_m", "bounds", "blocks_written", "stored_as"):
+            if key in summary:
+                table.add_row(key, str(summary[key]))
+        table.add_row("dates", f"{summary['dates']} ({summary['first']} .. {summary['last']}; {summary['axis']})")
+        table.add_row("features", " ".join(summary["features"]))
+        table.add_row("valid fraction", f"mean {summary['valid_fraction_mean']:.3f}; "
+                                        f"{summary['dates_valid_ge_50pct']} dates >= 50 % valid")
+        if summary["value_p1_p50_p99"]:
+            table.add_row("p1/p50/p99", " / ".join(f"{v:.4g}" for v in summary["value_p1_p50_p99"]))
+        table.add_row("variables", ", ".join(summary["variables"]))
+        out.print(table)
+        return
     summary = cube_summary(ds)
     try:
         validate_cube(ds)

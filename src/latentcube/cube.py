@@ -227,6 +227,12 @@ def validate_cube(ds: xr.Dataset, *, require_s1: bool = False) -> xr.Dataset:
     """
     if not isinstance(ds, xr.Dataset):
         raise CubeError(f"expected an xarray.Dataset, got {type(ds).__name__}. Fix: open it with open_cube().")
+    if "s2" not in ds and "embedding" in ds:
+        raise CubeError(
+            "this is an embedding store (the output of `latentcube embed`), not an input cube: it has "
+            f"variables {sorted(ds.data_vars)}. Fix: pass the S1/S2 cube it was made from; `latentcube info` "
+            "describes embedding stores."
+        )
     if "s2" not in ds:
         raise CubeError(
             f"missing 's2': the cube has variables {sorted(ds.data_vars)} but no Sentinel-2 reflectance. "

@@ -892,6 +892,38 @@ def open_embedding(path: str | Path) -> xr.DataArray:
     return out
 
 
+def embedding_summary(path: str | Path) -> dict[str, Any]:
+    """Facts about an embedding store for ``latentcube info``: model, features, dates, blocks written,
+    valid fraction per date (NaN = invalid centre pixel or a block not yet written) and value range."""
+    path = Path(path)
+    emb = open_embedding(path)
+    attrs = xr.open_zarr(path).attrs
+    times = pd.DatetimeIndex(emb["time"].values)
+    valid = np.isfinite(emb).all("feature").mean(("y", "x")).values if len(times) else np.zeros(0)
+    block_px = int(attrs.get("block_px", 0) or 0)
+    n_blocks = len(block_grid(emb.sizes["y"], emb.sizes["x"], block_px)) if block_px > 0 else None
+    step = max(1, int(np.ceil((emb.size / 200_000) ** 0.25)))
+    sample = emb.isel({d: slice(None, None, step) for d in emb.dims}).values.ravel()
+    sample = sample[np.isfinite(sample)]
+    info: dict[str, Any] = {
+        "model": f"{attrs.get('model_kind', '?')} ({attrs.get('checkpoint', '?')})",
+        "features": [str(f) for f in emb["feature"].values],
+        "dates": len(times),
+        "first": str(times.min().date()) if len(times) else None,
+        "last": str(times.max().date()) if len(times) else None,
+        "axis": attrs.get("latentcube:time", {}).get("axis"),
+        "stored_as": emb.attrs.get("stored_as", str(xr.open_zarr(path)["embedding"].dtype)),
+        "valid_fraction_mean": float(valid.mean()) if valid.size else 0.0,
+        "dates_valid_ge_50pct": int((valid >= 0.5).sum()),
+        "value_p1_p50_p99": [float(v) for v in np.percentile(sample, [1, 50, 99])] if sample.size else None,
+    }
+    if n_blocks is not None:
+        done = len(list((path / MARKER_DIR).glob("*.done"))) if (path / MARKER_DIR).is_dir() else 0
+        info["blocks_written"] = f"{done} of {n_blocks}" + ("" if done >= n_blocks else
+                                                             " (incomplete: re-run the same embed command to finish)")
+    return info
+
+
 def _prepare_store(out: Path, ds: xr.Dataset, plan: _Plan, names: list[str], times: np.ndarray, block_px: int,
                    meta: dict[str, Any], signature: dict[str, Any], overwrite: bool) -> None:
     sig_path = out / MARKER_DIR / TEMPLATE_FILE
