@@ -92,6 +92,30 @@ def test_s1_in_decibels_is_rejected():
         validate_cube(ds)
 
 
+@pytest.mark.parametrize("sensor", ["s2", "s1"])
+def test_nodata_stored_as_zero_in_every_band_is_refused_or_warned(sensor):
+    ds = make_cube(n_time=10, ny=20, nx=20)  # 4,000 pixel-dates, all sampled
+    band_dim = "band" if sensor == "s2" else "band_s1"
+    zero = xr.zeros_like(ds[sensor].isel({band_dim: 0}), dtype=bool)
+    zero[:, :2, :] = True  # 2 of 20 rows = 10 % of the pixel-dates
+    bad = ds.assign({sensor: ds[sensor].where(~zero, 0.0)})
+    with pytest.raises(CubeError, match=rf"10.0% of the sampled {sensor} pixel-dates are 0 in every band: nodata "
+                                        rf"stored as 0, not NaN. Fix: .*ds\['{sensor}'\].where"):
+        validate_cube(bad)
+    fixed = bad.assign({sensor: bad[sensor].where((bad[sensor] != 0).any(band_dim))})  # the fix the message gives
+    assert validate_cube(fixed) is fixed
+    assert int(np.isnan(fixed[sensor]).all(band_dim).sum()) == int(zero.sum())
+    four = xr.zeros_like(zero)
+    four[0, 0, :4] = True  # 4 pixel-dates: below the refusal share (0.5 %), a warning
+    few = ds.assign({sensor: ds[sensor].where(~four, 0.0)})
+    with pytest.warns(UserWarning, match=rf"4 sampled {sensor} pixel-dates \({4 / zero.size:.2%}\) are 0 in every band"):
+        validate_cube(few)
+    # one band at 0 is a real (dark) value, not nodata
+    one = ds.copy()
+    one[sensor] = ds[sensor].where(~(zero & (ds[band_dim] == ds[band_dim][0])), 0.0)
+    validate_cube(one)
+
+
 def test_duplicate_dates_are_rejected():
     ds = make_cube()
     times = ds["time"].values.copy()

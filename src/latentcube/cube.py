@@ -160,6 +160,33 @@ def _sample(da: xr.DataArray, target: int = _SAMPLE_TARGET) -> np.ndarray:
     return np.asarray(sub.values, dtype="float64").ravel()
 
 
+#: Share of sampled pixel-dates with every band exactly 0 above which a cube is refused (below: a warning).
+ZERO_PIXEL_ERROR_FRACTION = 0.005
+
+
+def _check_zero_pixels(da: xr.DataArray, name: str) -> None:
+    """Pixel-dates whose every band is exactly 0 are nodata in disguise (no real reflectance or backscatter
+    is 0 in all bands): they would train as real dark pixels. Refuse a cube with many, warn on a few."""
+    band_dim = da.dims[1]
+    other = [d for d in da.dims if d != band_dim]
+    step = max(1, int(np.ceil((da.size / da.sizes[band_dim] / (_SAMPLE_TARGET // 10)) ** (1 / len(other)))))
+    sub = np.asarray(da.isel({d: slice(None, None, step) for d in other}).values)
+    zero = (sub == 0).all(axis=1)
+    n = int(zero.sum())
+    if not n:
+        return
+    share = n / zero.size
+    fix = (f"Fix: mask the nodata value as NaN, e.g. ds['{name}'] = ds['{name}'].where((ds['{name}'] != 0)"
+           f".any('{band_dim}')) (importers do this with --{name}-nodata 0).")
+    if share >= ZERO_PIXEL_ERROR_FRACTION:
+        raise CubeError(f"{share:.1%} of the sampled {name} pixel-dates are 0 in every band: nodata stored as 0, "
+                        f"not NaN. {fix}")
+    import warnings
+
+    warnings.warn(f"{n} sampled {name} pixel-dates ({share:.2%}) are 0 in every band, probably nodata. {fix}",
+                  stacklevel=3)
+
+
 def _check_dims(ds: xr.Dataset, name: str, expected: tuple[str, ...]) -> None:
     dims = tuple(ds[name].dims)
     if dims == expected:
@@ -271,6 +298,7 @@ def validate_cube(ds: xr.Dataset, *, require_s1: bool = False) -> xr.Dataset:
                 f"s2 looks like unscaled digital numbers (99th percentile {p99:.0f}), not reflectance 0-1. "
                 "Fix: divide by 10000 (after adding the -1000 offset for processing baseline >= 04.00)."
             )
+        _check_zero_pixels(s2, "s2")
         if float(np.percentile(valid, 1)) < -0.2:
             raise CubeError(
                 "s2 has many reflectances below -0.2. Fix: mask nodata/saturated pixels as NaN and check the "
@@ -295,6 +323,8 @@ def validate_cube(ds: xr.Dataset, *, require_s1: bool = False) -> xr.Dataset:
                 f"s1 looks like decibels (median {np.median(s1):.1f}, {np.mean(s1 < 0):.0%} negative); the data "
                 "model stores linear power. Fix: ds['s1'] = 10 ** (ds['s1'] / 10)."
             )
+        if s1.size:
+            _check_zero_pixels(ds["s1"], "s1")
     elif require_s1:
         raise CubeError("missing 's1': this step needs Sentinel-1. Fix: fetch or import S1 (VV, VH) into the cube.")
 
