@@ -28,6 +28,7 @@ random, seeded weights unless ``--checkpoint`` is given: throughput does not dep
     python benchmarks/bench_embed.py                          # 1024 and 512 (issue 7 targets)
     python benchmarks/bench_embed.py --sizes 256 128 --out /tmp/bench_embed.json
     python benchmarks/bench_embed.py --sizes 256 --quality    # with the quality layer
+    python benchmarks/bench_embed.py --sizes 256 --blank-dates 0.5   # half the S2 dates wholly NaN
 
 Targets (issue 7, 2 CPU cores): >= 50,000 pixel-dates/s end to end and peak RSS <= 2 GiB.
 """
@@ -53,8 +54,12 @@ BASE_SCENE_PX = 128
 # ------------------------------------------------------------------------------------------ inputs
 
 
-def build_cube(size: int, path: Path, year: int = 2019, seed: int = 0) -> Path:
-    """A ``size`` x ``size`` cube tiled from one 128-px synthetic scene (lazy Dask tiling, chunked write)."""
+def build_cube(size: int, path: Path, year: int = 2019, seed: int = 0, blank_dates: float = 0.0) -> Path:
+    """A ``size`` x ``size`` cube tiled from one 128-px synthetic scene (lazy Dask tiling, chunked write).
+
+    ``blank_dates``: share of the S2 dates (seeded choice) set to NaN everywhere, as in masked real exports
+    that keep wholly cloudy acquisitions (16 of the 19 dates of the openEO sample in ../shared/data).
+    """
     import dask.array as da
     import numpy as np
     import xarray as xr
@@ -66,6 +71,10 @@ def build_cube(size: int, path: Path, year: int = 2019, seed: int = 0) -> Path:
         return path
     world = make_world(seed, n_scenes=1, n_towers=0, scene_size=BASE_SCENE_PX, scene_years=(year,))
     base = next(iter(world.cubes.values()))
+    if blank_dates:
+        n_time = base.sizes["time"]
+        gone = np.random.default_rng(seed).choice(n_time, round(blank_dates * n_time), replace=False)
+        base["s2"] = base["s2"].where(~base["time"].isin(base["time"].values[gone]))
     reps = -(-size // BASE_SCENE_PX)
 
     def tiled(var: xr.DataArray) -> xr.DataArray:
@@ -206,7 +215,8 @@ def _child(args: argparse.Namespace) -> None:
 
 
 def run_one(size: int, args: argparse.Namespace, model: Path) -> dict:
-    cube = build_cube(size, args.workdir / f"cube_{size}.zarr")
+    name = f"cube_{size}" + (f"_blank{args.blank_dates:g}" if args.blank_dates else "")
+    cube = build_cube(size, args.workdir / f"{name}.zarr", blank_dates=args.blank_dates)
     emb = args.workdir / f"emb_{size}.zarr"
     cmd = [sys.executable, os.path.abspath(__file__), "--_child", "--cube", str(cube), "--checkpoint", str(model),
            "--emb", str(emb), "--block-px", str(args.block_px), "--dtype", args.dtype]
@@ -261,6 +271,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 512], help="cube edges in pixels (default 1024 512)")
     ap.add_argument("--quality", action="store_true", help="also write the quality layer")
+    ap.add_argument("--blank-dates", type=float, default=0.0,
+                    help="share of S2 dates with no data at all (wholly cloudy dates kept by masked exports)")
     ap.add_argument("--out", type=Path, help="write the results (and settings) to this JSON file")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/latentcube-bench-embed"),
                     help="cubes (cached), model and outputs")
@@ -286,7 +298,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = [run_one(size, args, model) for size in args.sizes]
 
     print(f"embed_cube end to end: {platform.node()}, {os.cpu_count()} CPUs, block {args.block_px}, dtype {args.dtype}, "
-          f"quality {'on' if args.quality else 'off'}, model {'random weights' if args.checkpoint is None else model}")
+          f"quality {'on' if args.quality else 'off'}, blank S2 dates {args.blank_dates:.0%}, model {'random weights' if args.checkpoint is None else model}")
     header = f"{'size':>6} {'dates':>5} {'pixel-dates':>12} {'seconds':>8} {'px-d/s':>9} {'CPU s':>8} {'px-d/CPU-s':>10} " \
              f"{'peak RSS GiB':>12} {'max proc GiB':>12} {'valid':>6}"
     print(header)

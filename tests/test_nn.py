@@ -487,6 +487,34 @@ def test_scene_features_in_date_chunks_equal_one_call(s2_model, monkeypatch):
     assert (chunked - whole).abs().max() <= 1e-6
 
 
+def test_dates_without_data_in_a_tile_go_through_the_spatial_stage_once(s2_model):
+    """Dates with no valid value in a tile (and its halo) share one spatial pass; the embeddings stay those
+    of the per-patch encoder, also where a date is blank in some tiles only."""
+    gen = _seed(24)
+    t_all, h, w = 13, 30, 30
+    x, days = _scene(gen, t_all, 10, h, w, nan_fraction=0.05), _days(gen, t_all)  # date 2 wholly invalid
+    x[7] = float("nan")
+    x[5, :, :, :15] = float("nan")  # blank in the tiles whose halo ends left of column 15
+    seen = []
+    hook = s2_model.encoder.spatial.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            whole = s2_model.encode_scene(x, days, tile=None)
+            assert sum(seen) == (t_all - 2) + 1  # 11 dates with data + one blank pass for dates 2 and 7
+            seen.clear()
+            tiled = s2_model.encode_scene(x, days, tile=6)  # tiles of columns 0-5 see date 5 as blank
+            assert sum(seen) == 20 * 12 + 5 * 11  # 5 x 5 tiles; date 5 blank in the 5 of columns 0-5
+            pixels = [(0, 0), (4, 3), (h // 2, 5), (h - 1, 2), (h // 2, w // 2), (h - 1, w - 1)]
+            for t in (4, 5, 6, 7, 8):
+                s = _start(t, t_all)
+                z = s2_model.encode_patches(_patches(x, t, pixels), days[s : s + N_DATES].expand(len(pixels), -1))
+                ref = torch.stack([whole[t, :, y, x_] for y, x_ in pixels])
+                assert (z[:, t - s] - ref).abs().max().item() <= TOL, f"date {t}"
+    finally:
+        hook.remove()
+    assert (tiled - whole).abs().max() <= TOL
+
+
 def test_fused_path_attention_equals_generic_windows(s2_model, fused):
     """The fused dense path's two attention forms equal ``forward_windows`` on the same rows: every
     position of every window (several blocks of windows, the last one short), and one query per target

@@ -282,10 +282,23 @@ class SensorEncoder(nn.Module):
         r = self.config.patch_size // 2
         # Padding with NaN *before* filling makes out-of-scene context exactly "invalid" (0 + mask 0).
         padded = nn.functional.pad(x - self.config.value_offset, (r, r, r, r), value=float("nan"))
-        # Every op of the spatial stage acts on one date at a time, so date chunks give the same numbers.
+        # Every op of the spatial stage acts on one date at a time, so date chunks give the same numbers,
+        # and every date without any data in the tile (wholly cloudy, outside the swath: most dates of
+        # many masked real exports) has the same input (all zeros, mask 0), hence the same features: they
+        # are computed once for all of them.
+        blank = ~torch.isfinite(padded).flatten(1).any(dim=1)
         step = max(1, SPATIAL_CHUNK_PIXEL_DATES // (padded.shape[-2] * padded.shape[-1]))
-        y = torch.cat([self.spatial(fill_and_mask(padded[t0 : t0 + step], dim=1))
-                       for t0 in range(0, padded.shape[0], step)])
+        if not bool(blank.any()):
+            y = torch.cat([self.spatial(fill_and_mask(padded[t0 : t0 + step], dim=1))
+                           for t0 in range(0, padded.shape[0], step)])
+            return rearrange(y, "t d h w -> t (h w) d")
+        blank_feats = self.spatial(fill_and_mask(torch.full_like(padded[:1], float("nan")), dim=1))
+        y = blank_feats.new_empty(padded.shape[0], *blank_feats.shape[1:])
+        y[blank] = blank_feats
+        data_dates = torch.nonzero(~blank).flatten()
+        for t0 in range(0, len(data_dates), step):
+            dates = data_dates[t0 : t0 + step]
+            y[dates] = self.spatial(fill_and_mask(padded[dates], dim=1))
         return rearrange(y, "t d h w -> t (h w) d")
 
     def encode_scene(
