@@ -512,8 +512,13 @@ def test_clear_errors(cube_path, models, tmp_path):
         embed_cube(tmp_path / "nope.zarr", models["s2"], tmp_path / "o.zarr", progress=False)
     ds = _cube()
     swapped = ds.assign_coords(band=[*ds["band"].values[:8], "B12", "B11"])
-    with pytest.raises(EmbedError, match="wrong order"):
+    with pytest.raises(EmbedError, match=r"wrong order.*Fix: ds = ds.sel\(band=\[.*'B11', 'B12'\]\) and save"):
         embed_cube(swapped, models["s2"], tmp_path / "o.zarr", scheduler="synchronous", progress=False)
+    # A cube without some of the model's bands: selecting cannot fix it, so the message says so.
+    with pytest.raises(EmbedError, match=r"missing \['B05', 'B06', 'B07', 'B8A', 'B11', 'B12'\].*Fix: the cube lacks .*"
+                                         r"band_names: \['B02', 'B03', 'B04', 'B08'\]"):
+        embed_cube(ds.sel(band=["B02", "B03", "B04", "B08"]), models["s2"], tmp_path / "o.zarr", scheduler="synchronous",
+                   progress=False)
     with pytest.raises(CubeError, match="no 's1'.*fusion model needs"):
         embed_cube(ds.drop_vars(["s1", "time_s1", "band_s1"]), models["fusion"], tmp_path / "o.zarr",
                    scheduler="synchronous", progress=False)

@@ -347,9 +347,11 @@ def test_training_refuses_cubes_whose_bands_are_not_the_models(world_dir, tmp_pa
                        data=replace(base.data, cubes=(str(path),), splits=None, spatial_split={"val": 0.4}))
 
     with pytest.raises(CubeError, match=r"s2 bands of four.zarr vs the model mismatch: missing \['B05', 'B06', 'B07', "
-                                        r"'B8A', 'B11', 'B12'\].*Fix: select them in this order"):
+                                        r"'B8A', 'B11', 'B12'\].*Fix: the cube lacks \['B05', .*'B12'\]: fetch or "
+                                        r"import them .* \(model: \{n_bands: 4, band_names: \['B02', 'B03', 'B04', 'B08'\]\}\)"):
         run_training(cfg_for(four), test=False)
-    with pytest.raises(CubeError, match=r"s2 bands of swapped.zarr vs the model are in the wrong order"):
+    with pytest.raises(CubeError, match=r"s2 bands of swapped.zarr vs the model are in the wrong order.*Fix: ds = "
+                                        r"ds.sel\(band=\['B02', 'B03', .*'B12'\]\) and save the cube"):
         run_training(cfg_for(swapped), test=False)
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
     # Cubes at two pixel sizes: a warning, and the model records none.

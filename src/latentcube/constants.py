@@ -78,3 +78,14 @@ def check_band_order(actual: Sequence[str], expected: Sequence[str], *, what: st
             f"expected exactly {expected}"
         )
     raise ValueError(f"{what} are in the wrong order: got {actual}, expected {expected}")
+
+
+def band_order_fix(actual: Sequence[str], expected: Sequence[str], *, dim: str = "band") -> str:
+    """The fix for a ``check_band_order`` failure: select and reorder when the cube has every band the model
+    needs; otherwise (selecting would fail) get the missing bands, or train a model on the cube's own."""
+    actual, expected = [str(b) for b in actual], [str(b) for b in expected]
+    missing = [b for b in expected if b not in actual]
+    if missing:
+        return (f"the cube lacks {missing}: fetch or import them into the cube, or train a model on the cube's "
+                f"bands (model: {{n_bands: {len(actual)}, band_names: {actual}}})")
+    return f"ds = ds.sel({dim}={expected}) and save the cube (extra bands dropped, order the model's)"

@@ -29,7 +29,7 @@ import pandas as pd
 import xarray as xr
 
 from latentcube import __version__
-from latentcube.constants import DEFAULT_PIXEL_CHUNK, EMBEDDING_DIMS, check_band_order
+from latentcube.constants import DEFAULT_PIXEL_CHUNK, EMBEDDING_DIMS, band_order_fix, check_band_order
 from latentcube.cube import CubeError, cube_crs, open_cube, pixel_size_m, set_crs
 from latentcube.heap import release_free_memory
 
@@ -256,7 +256,7 @@ def _check_cube(ds: xr.Dataset, kind: str, model: Any, meta: dict[str, Any], inp
         try:
             check_band_order(actual, expected, what=f"{sensor} bands of the cube vs the model")
         except ValueError as err:
-            raise EmbedError(f"{err}. Fix: ds = ds.sel({band_dims[sensor]}={list(expected)}) (all the model's bands are needed).") from err
+            raise EmbedError(f"{err}. Fix: {band_order_fix(actual, expected, dim=band_dims[sensor])}.") from err
     trained, here = meta.get("pixel_size_m"), pixel_size_m(ds)
     if trained and here and abs(here - trained) > 0.01 * trained:
         p = model.patch_size if kind == "fusion" else model.config.patch_size

@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from latentcube.config import ConfigError, from_dict, load_yaml, to_dict
-from latentcube.constants import check_band_order
+from latentcube.constants import band_order_fix, check_band_order
 from latentcube.cube import CubeError, open_cube, pixel_size_m
 from latentcube.heap import grow_heap_in_large_steps
 from latentcube.losses import (
@@ -431,13 +431,11 @@ class CubeDataModule(L.LightningDataModule):
             for sensor, expected in bands.items():
                 if sensor not in ds or not expected:
                     continue  # the datasets say which cube lacks a sensor, with the fix
+                actual = ds[band_dims[sensor]].values
                 try:
-                    check_band_order(ds[band_dims[sensor]].values, expected, what=f"{sensor} bands of {path.name} vs the model")
+                    check_band_order(actual, expected, what=f"{sensor} bands of {path.name} vs the model")
                 except ValueError as err:
-                    raise CubeError(
-                        f"{err}. Fix: select them in this order (ds.sel({band_dims[sensor]}={list(expected)})) and save "
-                        f"the cube, or train a model on the cube's bands (model: {{n_bands: N, band_names: [...]}})."
-                    ) from err
+                    raise CubeError(f"{err}. Fix: {band_order_fix(actual, expected, dim=band_dims[sensor])}.") from err
 
     def check_window(self, model: SensorAutoencoder | FusionModel) -> None:
         """The sampled patches must have the model's shape: ``data.sampling`` n_frames and patch equal to
