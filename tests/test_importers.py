@@ -179,13 +179,15 @@ def test_openeo_optical_cube():
 
 
 def _nc(path: Path, *, tdim="t", names=("red", "nir"), dates=("2021-03-01", "2021-03-06", "2021-03-11"),
-        with_crs=True, res=10.0, n=4, value_fn=None) -> Path:
-    y = 5_600_000.0 - res * (np.arange(n) + 0.5)
+        with_crs=True, res=10.0, n=4, value_fn=None, south_up=False, shift_y=0.0) -> Path:
+    """A small NetCDF export, north-up (row 0 = north) unless ``south_up``: the same pixels, rows reversed."""
+    y = 5_600_000.0 - res * (np.arange(n) + 0.5) + shift_y
     x = 400_000.0 + res * (np.arange(n) + 0.5)
     data = {}
     for i, name in enumerate(names):
         arr = np.full((len(dates), n, n), 1000 + 100 * i, dtype="uint16") if value_fn is None else value_fn(i, len(dates), n)
-        data[name] = ((tdim, "y", "x"), arr, {"grid_mapping": "crs"} if with_crs else {})
+        data[name] = ((tdim, "y", "x"), arr[:, ::-1] if south_up else arr, {"grid_mapping": "crs"} if with_crs else {})
+    y = y[::-1] if south_up else y
     ds = xr.Dataset(data, coords={tdim: pd.to_datetime(list(dates)), "y": y, "x": x})
     if with_crs:
         from pyproj import CRS
@@ -299,6 +301,52 @@ def test_10m_and_20m_files_and_s1_db(tmp_path):
     out = save_cube(ds, tmp_path / "cube.zarr")
     back = open_cube(out, validate=True)
     np.testing.assert_array_equal(back["s2"].values, ds["s2"].values)
+
+
+def test_south_up_files_are_imported_north_up_with_the_same_values(tmp_path):
+    """NetCDF exports with y ascending (rows south to north) give the cube of the north-up file: the 10 m
+    grid reordered exactly, a 20 m band resampled as from the north-up file."""
+    def field(i, nt, n):  # distinct DN per pixel, date and band
+        return (1000 + 100 * i + 10 * np.arange(nt)[:, None, None] + np.arange(n * n).reshape(n, n)).astype("uint16")
+
+    cubes = {}
+    for flip in (False, True):
+        d = tmp_path / ("south" if flip else "north")
+        d.mkdir()
+        p10 = _nc(d / "s2_10m.nc", names=("B04", "B08"), value_fn=field, south_up=flip)
+        p20 = _nc(d / "s2_20m.nc", names=("B11",), n=2, res=20.0, value_fn=field, south_up=flip)
+        cubes[flip] = import_cube([p10, p20], s2_scale=1e-4)
+    north, south = cubes[False], cubes[True]
+    assert (np.diff(south["y"].values) < 0).all() and (np.diff(south["x"].values) > 0).all()
+    np.testing.assert_array_equal(south["y"].values, north["y"].values)
+    np.testing.assert_array_equal(south["s2"].values, north["s2"].values)
+    # Row 0 is the north row: the 10 m file's first row (DN 1000 + column) on the first date.
+    np.testing.assert_allclose(north["s2"].sel(band="B04").values[0, 0], (1000 + np.arange(4)) * 1e-4, rtol=1e-6)
+
+
+def test_a_file_shifted_by_half_a_pixel_is_resampled_not_taken_as_the_same_grid(tmp_path):
+    """5 m at a UTM northing of 5.6e6 is within numpy's default relative tolerance; the grids still differ."""
+    def ramp(i, nt, n):  # DN rising by 100 per row, north to south
+        return np.broadcast_to(1000 + 100 * np.arange(n, dtype="uint16")[:, None], (nt, n, n)).copy()
+
+    ref = _nc(tmp_path / "b04.nc", names=("B04",))
+    shifted = _nc(tmp_path / "b08.nc", names=("B08",), value_fn=ramp, shift_y=-5.0)  # centres 5 m south
+    b08 = import_cube([ref, shifted], s2_scale=1e-4)["s2"].sel(band="B08").values[0, :, 0]
+    # Target centres sit half-way between the shifted file's: 0.1 clamped at the north edge, then means.
+    np.testing.assert_allclose(b08, [0.1, 0.105, 0.115, 0.125], rtol=1e-6)
+
+
+def test_cubes_that_are_not_north_up_are_refused_with_the_fix():
+    from latentcube.cube import CubeError
+    from latentcube.synthetic import make_world
+
+    ds = next(iter(make_world(0, n_scenes=1, n_towers=0, scene_size=32, scene_years=(2019,)).cubes.values()))
+    with pytest.raises(CubeError, match=r"'y' increases \(the rows run south to north\); the data model is north-up.*"
+                                        r"Fix: ds = ds.isel\(y=slice\(None, None, -1\)\)"):
+        validate_cube(ds.isel(y=slice(None, None, -1)))
+    with pytest.raises(CubeError, match=r"'x' decreases \(the columns run east to west\).*ds.isel\(x=slice"):
+        validate_cube(ds.isel(x=slice(None, None, -1)))
+    validate_cube(ds.isel(y=slice(None, None, -1)).isel(y=slice(None, None, -1)))  # fixed as the message says
 
 
 def test_geotiff_stack_per_date(tmp_path):

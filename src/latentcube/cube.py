@@ -238,6 +238,16 @@ def _check_grid(ds: xr.Dataset) -> None:
                 f"irregular pixel spacing along '{dim}' (steps from {steps.min():g} to {steps.max():g} m). "
                 "Fix: resample onto a regular grid (e.g. odc.geo xr_reproject or rioxarray reproject)."
             )
+        # North-up like GeoTIFFs and STAC loads. The encoders' convolutions are not mirror-invariant, so a
+        # flipped cube would give (slightly) different embeddings from the same ground.
+        wrong = steps[0] > 0 if dim == "y" else steps[0] < 0
+        if wrong:
+            order, flip = ("south to north", "y") if dim == "y" else ("east to west", "x")
+            raise CubeError(
+                f"'{dim}' {'increases' if dim == 'y' else 'decreases'} (the {'rows' if dim == 'y' else 'columns'} run "
+                f"{order}); the data model is north-up (y decreasing, x increasing), as the models were trained. "
+                f"Fix: ds = ds.isel({flip}=slice(None, None, -1)) (`latentcube import` does this itself)."
+            )
     crs = cube_crs(ds)
     if not crs.is_projected:
         raise CubeError(

@@ -421,10 +421,24 @@ def _pad_edge(da: xr.DataArray, dim: str) -> xr.DataArray:
     return xr.concat([first, da, last], dim=dim)
 
 
+def _same_or_reversed(source: np.ndarray, target: np.ndarray) -> slice | None:
+    """The slice putting ``source`` coordinates in ``target``'s order when they are the same grid in the
+    same or reversed order (a south-up file onto its own north-up grid), else None."""
+    if source.shape != target.shape:
+        return None
+    # Absolute tolerance of a thousandth of a pixel: numpy's default rtol would accept shifts of ~50 m at
+    # UTM northings (a half-pixel-shifted file taken as the same grid).
+    atol = 1e-3 * abs(float(target[1] - target[0])) if target.size > 1 else 1e-6
+    if np.allclose(source, target, rtol=0.0, atol=atol):
+        return slice(None)
+    return slice(None, None, -1) if np.allclose(source[::-1], target, rtol=0.0, atol=atol) else None
+
+
 def _to_grid_same_crs(da: xr.DataArray, x: np.ndarray, y: np.ndarray, method: str) -> xr.DataArray:
     sx, sy = da["x"].values, da["y"].values
-    if sx.shape == x.shape and sy.shape == y.shape and np.allclose(sx, x) and np.allclose(sy, y):
-        return da.assign_coords(x=x, y=y)
+    order_x, order_y = _same_or_reversed(sx, x), _same_or_reversed(sy, y)
+    if order_x is not None and order_y is not None:  # the same pixels: reorder exactly, no resampling
+        return da.isel(x=order_x, y=order_y).assign_coords(x=x, y=y)
     if method == "nearest":
         # Half a source pixel of tolerance: targets outside the source footprint get nodata.
         tol_x, tol_y = abs(_edges(sx)[2]) / 2 * (1 + 1e-9), abs(_edges(sy)[2]) / 2 * (1 + 1e-9)
@@ -664,7 +678,8 @@ def import_cube(
         )
     # Target grid: the finest S2 grid (first file among equals), in that file's CRS.
     ref = min(s2_src, key=lambda s: _resolution(s.ds))
-    x, y, dst_crs = ref.ds["x"].values, ref.ds["y"].values, ref.crs
+    # North-up (the data model's orientation) whatever the file's: NetCDF exports often store y ascending.
+    x, y, dst_crs = np.sort(ref.ds["x"].values), np.sort(ref.ds["y"].values)[::-1], ref.crs
 
     on_grid = []
     for src in s2_src:
