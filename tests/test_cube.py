@@ -184,6 +184,19 @@ def test_require_s1():
         validate_cube(make_cube(s1=False), require_s1=True)
 
 
+def test_require_s2_false_accepts_an_s1_only_cube_and_still_checks_it():
+    s1_only = make_cube().drop_vars(["s2", "band", "time", "s2_scl"])
+    with pytest.raises(CubeError, match="missing 's2'"):
+        validate_cube(s1_only)
+    assert validate_cube(s1_only, require_s2=False) is s1_only
+    with pytest.raises(CubeError, match="s1 looks like decibels"):
+        validate_cube(s1_only.assign(s1=10 * np.log10(s1_only["s1"])), require_s2=False)
+    with pytest.raises(CubeError, match=r"'x' decreases"):
+        validate_cube(s1_only.isel(x=slice(None, None, -1)), require_s2=False)
+    with pytest.raises(CubeError, match="missing 's2'"):  # neither sensor: nothing to accept
+        validate_cube(s1_only.drop_vars(["s1"]), require_s2=False)
+
+
 @pytest.mark.parametrize("suffix", [".zarr", ".nc"])
 def test_save_open_round_trip_is_lazy_and_exact(tmp_path, suffix):
     ds = make_cube()

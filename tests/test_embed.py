@@ -292,6 +292,15 @@ def test_embed_pixels_equals_the_cube_embedding(cube_path, models, fused_emb, s2
                                rtol=0, atol=1e-6)
     with pytest.raises(EmbedError, match="non-empty step-1 slices"):
         embed_pixels(cube_path, models["s2"], slice(5, 5), slice(0, 2))
+    # The data model is checked where the pixels read it (region and 7-px context), not across the cube:
+    # nodata stored as 0 in the far corner refuses the whole cube and the pixels next to it only.
+    zeros = _cube()
+    zeros["s2"][:, :, -10:, -10:] = 0.0
+    with pytest.raises(CubeError, match="s2 pixel-dates are 0 in every band"):
+        embed_pixels(zeros, models["s2"], slice(H - 12, H - 11), slice(W - 12, W - 11))
+    got = embed_pixels(zeros, models["s2"], slice(4, 7), slice(10, 12))
+    np.testing.assert_allclose(got.values, xr.open_zarr(s2_emb)["embedding"].isel(y=slice(4, 7), x=slice(10, 12)).values,
+                               rtol=0, atol=1e-6)
 
 
 def test_warns_when_the_cube_has_another_pixel_size_than_the_training_data(cube_path, models, tmp_path):
@@ -512,8 +521,21 @@ def test_clear_errors(cube_path, models, tmp_path):
         embed_cube(tmp_path / "nope.zarr", models["s2"], tmp_path / "o.zarr", progress=False)
     ds = _cube()
     swapped = ds.assign_coords(band=[*ds["band"].values[:8], "B12", "B11"])
-    with pytest.raises(EmbedError, match=r"wrong order.*Fix: ds = ds.sel\(band=\[.*'B11', 'B12'\]\) and save"):
+    with pytest.raises(CubeError, match=r"out of the canonical order. Fix: ds = ds.sel\(band=\[.*'B11', 'B12'\]\)"):
         embed_cube(swapped, models["s2"], tmp_path / "o.zarr", scheduler="synchronous", progress=False)
+    # The data model is checked before any block: these would otherwise embed into meaningless numbers.
+    with pytest.raises(CubeError, match=r"s2 looks like unscaled digital numbers .* Fix: divide by 10000"):
+        embed_cube(ds.assign(s2=ds["s2"] * 10000), models["s2"], tmp_path / "o.zarr", scheduler="synchronous",
+                   progress=False)
+    with pytest.raises(CubeError, match=r"dates in 'time' are not sorted. Fix: ds = ds.sortby\('time'\)"):
+        embed_cube(ds.isel(time=[1, 0, *range(2, ds.sizes["time"])]), models["s2"], tmp_path / "o.zarr",
+                   scheduler="synchronous", progress=False)
+    with pytest.raises(CubeError, match=r"'y' increases .* Fix: ds = ds.isel\(y=slice\(None, None, -1\)\)"):
+        embed_cube(ds.isel(y=slice(None, None, -1)), models["s2"], tmp_path / "o.zarr", scheduler="synchronous",
+                   progress=False)
+    with pytest.raises(CubeError, match=r"the cube is 1 x 1 px: the embedding's grid needs at least 2 pixels"):
+        embed_cube(ds.isel(y=[0], x=[0]), models["s2"], tmp_path / "o.zarr", scheduler="synchronous", progress=False)
+    assert not (tmp_path / "o.zarr").exists()  # refused before the store is created
     # A cube without some of the model's bands: selecting cannot fix it, so the message says so.
     with pytest.raises(EmbedError, match=r"missing \['B05', 'B06', 'B07', 'B8A', 'B11', 'B12'\].*Fix: the cube lacks .*"
                                          r"band_names: \['B02', 'B03', 'B04', 'B08'\]"):

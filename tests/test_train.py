@@ -350,9 +350,12 @@ def test_training_refuses_cubes_whose_bands_are_not_the_models(world_dir, tmp_pa
                                         r"'B8A', 'B11', 'B12'\].*Fix: the cube lacks \['B05', .*'B12'\]: fetch or "
                                         r"import them .* \(model: \{n_bands: 4, band_names: \['B02', 'B03', 'B04', 'B08'\]\}\)"):
         run_training(cfg_for(four), test=False)
-    with pytest.raises(CubeError, match=r"s2 bands of swapped.zarr vs the model are in the wrong order.*Fix: ds = "
-                                        r"ds.sel\(band=\['B02', 'B03', .*'B12'\]\) and save the cube"):
+    with pytest.raises(CubeError, match=r"training cube .*swapped.zarr: S2 bands \['B03', 'B02', .*out of the canonical "
+                                        r"order. Fix: ds = ds.sel\(band=\['B02', 'B03', .*'B12'\]\)"):
         run_training(cfg_for(swapped), test=False)
+    dn = save_cube(ds.assign(s2=ds["s2"] * 10000), tmp_path / "dn.zarr")  # reflectance left as digital numbers
+    with pytest.raises(CubeError, match=r"training cube .*dn.zarr: s2 looks like unscaled digital numbers"):
+        run_training(cfg_for(dn), test=False)
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
     # Cubes at two pixel sizes: a warning, and the model records none.
     coarse = ds.assign_coords(x=ds.x.values[0] + 2 * (ds.x.values - ds.x.values[0]),

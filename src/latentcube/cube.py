@@ -256,8 +256,11 @@ def _check_grid(ds: xr.Dataset) -> None:
         )
 
 
-def validate_cube(ds: xr.Dataset, *, require_s1: bool = False) -> xr.Dataset:
+def validate_cube(ds: xr.Dataset, *, require_s1: bool = False, require_s2: bool = True) -> xr.Dataset:
     """Check ``ds`` against the data model and return it unchanged; raise :class:`CubeError` otherwise.
+
+    ``require_s2=False`` accepts a cube without ``s2`` (what an S1-only step reads); everything present is
+    still checked.
 
     Range checks (DN vs reflectance, dB vs linear) read a strided subsample, so validating a lazy cube
     reads a small fraction of it; only a cube whose subsample has no valid S2 value is read in full.
@@ -271,10 +274,21 @@ def validate_cube(ds: xr.Dataset, *, require_s1: bool = False) -> xr.Dataset:
             "describes embedding stores."
         )
     if "s2" not in ds:
-        raise CubeError(
-            f"missing 's2': the cube has variables {sorted(ds.data_vars)} but no Sentinel-2 reflectance. "
-            "Fix: add s2 (time, band, y, x) or import your files with `latentcube import`."
-        )
+        if require_s2 or "s1" not in ds:
+            raise CubeError(
+                f"missing 's2': the cube has variables {sorted(ds.data_vars)} but no Sentinel-2 reflectance. "
+                "Fix: add s2 (time, band, y, x) or import your files with `latentcube import`."
+            )
+        _check_grid(ds)
+    else:
+        _check_s2(ds)
+    _check_s1(ds, require_s1)
+    if "s2_scl" in ds and tuple(ds["s2_scl"].dims) != ("time", "y", "x"):
+        raise CubeError(f"'s2_scl' has dimensions {ds['s2_scl'].dims}; expected ('time', 'y', 'x').")
+    return ds
+
+
+def _check_s2(ds: xr.Dataset) -> None:
     _check_dims(ds, "s2", S2_DIMS)
     s2 = ds["s2"]
     bands = [str(b) for b in ds["band"].values] if "band" in ds.coords else []
@@ -315,6 +329,8 @@ def validate_cube(ds: xr.Dataset, *, require_s1: bool = False) -> xr.Dataset:
                 "baseline-04.00 offset (reflectance = (DN - 1000) / 10000)."
             )
 
+
+def _check_s1(ds: xr.Dataset, require_s1: bool) -> None:
     if "s1" in ds:
         _check_dims(ds, "s1", S1_DIMS)
         _check_times(ds, "time_s1")
@@ -337,10 +353,6 @@ def validate_cube(ds: xr.Dataset, *, require_s1: bool = False) -> xr.Dataset:
             _check_zero_pixels(ds["s1"], "s1")
     elif require_s1:
         raise CubeError("missing 's1': this step needs Sentinel-1. Fix: fetch or import S1 (VV, VH) into the cube.")
-
-    if "s2_scl" in ds and tuple(ds["s2_scl"].dims) != ("time", "y", "x"):
-        raise CubeError(f"'s2_scl' has dimensions {ds['s2_scl'].dims}; expected ('time', 'y', 'x').")
-    return ds
 
 
 # --------------------------------------------------------------------------------------------- I/O

@@ -30,7 +30,7 @@ import xarray as xr
 
 from latentcube import __version__
 from latentcube.constants import DEFAULT_PIXEL_CHUNK, EMBEDDING_DIMS, band_order_fix, check_band_order
-from latentcube.cube import CubeError, cube_crs, open_cube, pixel_size_m, set_crs
+from latentcube.cube import CubeError, cube_crs, open_cube, pixel_size_m, set_crs, validate_cube
 from latentcube.heap import release_free_memory
 
 __all__ = [
@@ -1055,6 +1055,12 @@ def embed_cube(
     else:
         ds = open_cube(cube)
         source = source_name = str(Path(cube).resolve())
+    # The data model first (units, dates, grid, nodata): a cube of digital numbers, dB or unsorted dates
+    # would embed without an error into meaningless numbers. Which sensors must be present, _check_cube says.
+    validate_cube(ds, require_s2=False)
+    if ds.sizes["y"] < 2 or ds.sizes["x"] < 2:
+        raise CubeError(f"the cube is {ds.sizes['y']} x {ds.sizes['x']} px: the embedding's grid needs at least 2 "
+                        "pixels along y and x. Fix: embed a larger area (patches see 7 pixels around each pixel).")
     model, meta = load_model(checkpoint)
     out = Path(out)
     plan, names, times = _make_plan(ds, checkpoint, model, meta, sensors=sensors, out=out, dtype=dtype, quality=quality,
@@ -1167,6 +1173,11 @@ def embed_pixels(cube: str | Path | xr.Dataset, checkpoint: str | Path, ys: slic
         raise EmbedError(f"rows {ys} / columns {xs}: use non-empty step-1 slices inside the {height} x {width} "
                          "cube.") from err
     model, meta = load_model(checkpoint)
+    # The data model on the part read (the region and its context), not the whole cube: sites of a large
+    # cube are embedded one by one.
+    halo = (model.patch_size if meta["kind"] == "fusion" else model.config.patch_size) // 2
+    validate_cube(ds.isel(y=slice(max(y0 - halo, 0), y1 + halo), x=slice(max(x0 - halo, 0), x1 + halo)),
+                  require_s2=False)
     plan, names, times = _make_plan(ds, checkpoint, model, meta, sensors=sensors, out=Path("."), dtype="float32",
                                     quality=False, tile="auto", pixel_chunk=DEFAULT_PIXEL_CHUNK, device=device,
                                     block_px=max(y1 - y0, x1 - x0))

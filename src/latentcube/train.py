@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from latentcube.config import ConfigError, from_dict, load_yaml, to_dict
 from latentcube.constants import band_order_fix, check_band_order
-from latentcube.cube import CubeError, open_cube, pixel_size_m
+from latentcube.cube import CubeError, open_cube, pixel_size_m, validate_cube
 from latentcube.heap import grow_heap_in_large_steps
 from latentcube.losses import (
     FusionLoss,
@@ -392,6 +392,11 @@ class CubeDataModule(L.LightningDataModule):
         # Opened once (lazily) for the split, band and pixel-size checks; the datasets open their own.
         self.cubes: dict[Path, xr.Dataset] = {p: open_cube(p) for p in paths}
         stage = cfg.stage
+        for path, ds in self.cubes.items():  # units, dates, grid, nodata: wrong ones would train silently
+            try:
+                validate_cube(ds, require_s1=stage != "s2", require_s2=stage != "s1")
+            except CubeError as err:
+                raise CubeError(f"training cube {path}: {err}") from err
         self.sampling = from_dict(SamplingConfig, {**to_dict(SamplingConfig.paper(stage)), **cfg.data.sampling},
                                   where="data.sampling")
         # Per split, one (rows, columns) region per cube of split_paths; None = whole cubes (cube-level splits).
