@@ -774,6 +774,18 @@ def test_int8_within_documented_error(cube_path, models, s2_emb, tmp_path):
     bound = np.broadcast_to(scale[:, None], full.shape)[ok]
     assert (err <= bound * (0.5 + 1e-5)).all()  # the documented bound: scale / 2 (+ float32 rounding)
     assert err.max() > 0.3 * bound[err.argmax()]  # and it is a real rounding, not an exact copy
+    # Gap-filling writes a new float32 store: it must not describe itself as int8, nor as unfinished blocks.
+    from latentcube.embed import embedding_summary
+    from latentcube.gapfill import gapfill_embeddings
+
+    assert embedding_summary(out)["stored_as"] == "int8 x embedding_scale"
+    filled = tmp_path / "filled.zarr"
+    gapfill_embeddings(out, out=filled, freq="5D", progress=False)
+    info = embedding_summary(filled)
+    assert info["stored_as"] == "float32" and "blocks_written" not in info
+    stored = xr.open_zarr(filled)
+    assert stored.attrs["geoemb:data_type"] == "float32" and "block_px" not in stored.attrs
+    assert stored["embedding"].dtype == np.float32
 
 
 def test_quantize_int8_hand_computed():

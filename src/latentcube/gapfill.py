@@ -437,7 +437,7 @@ def gapfill_embeddings(
     out_vars: dict[str, xr.DataArray] = {}
     for name in names:
         filled = fill(ds[name], "values")
-        filled.attrs = dict(ds[name].attrs)
+        filled.attrs = {k: v for k, v in ds[name].attrs.items() if k != "stored_as"}  # written as float32
         out_vars[name] = filled
     # The flag follows the embedding's validity (all features of a pixel-date are valid or all NaN).
     valid = ds["embedding"].notnull().any("feature").astype("float32").where(lambda v: v > 0)
@@ -452,7 +452,10 @@ def gapfill_embeddings(
     coords = {k: v for k, v in ds.coords.items() if "time" not in v.dims and k != "spatial_ref"}
     result = xr.Dataset({**out_vars, **keep}, coords={**coords, "time": axis_values})
     result = set_crs(result, crs)
-    attrs = dict(ds.attrs)
+    # A new store: float32 whatever the input's storage type, written whole (no embed blocks to resume).
+    attrs = {k: v for k, v in ds.attrs.items() if k != "block_px"}
+    if "geoemb:data_type" in attrs:
+        attrs["geoemb:data_type"] = "float32"
     description = {
         "method": method,
         "freq": freq,
