@@ -113,6 +113,12 @@ def test_config_rejects_inconsistent_receptive_field():
         s2_config(ca_pools=(2, 1, 1))
     with pytest.raises(ValueError, match="band_names"):
         s2_config(n_bands=4)
+    with pytest.raises(ValueError, match=r"band_names \['B04', 'B03', 'B02', 'B08'\] must follow the cubes' band order: "
+                                         r"use \['B02', 'B03', 'B04', 'B08'\]"):
+        s2_config(n_bands=4, band_names=("B04", "B03", "B02", "B08"))
+    with pytest.raises(ValueError, match=r"use \['VV', 'VH'\]"):
+        s1_config(band_names=("VH", "VV"))
+    assert s2_config(n_bands=4, band_names=("B02", "B03", "B04", "B08")).band_names == ("B02", "B03", "B04", "B08")
     # Another patch size works once the blocks are made consistent with it.
     cfg = s2_config(patch_size=9, multiscale_kernels=(1, 3), conv_kernels=(3, 3), sa_kernels=(3, 1, 1))
     assert cfg.receptive_field == 9

@@ -102,6 +102,12 @@ class AutoencoderConfig:
             raise ValueError("n_bands and latent_dim must be positive")
         if self.band_names and len(self.band_names) != self.n_bands:
             raise ValueError(f"{len(self.band_names)} band_names given for n_bands={self.n_bands}")
+        canonical = {"s2": S2_BANDS, "s1": S1_BANDS}.get(self.sensor, ())
+        names = [str(b) for b in self.band_names]
+        if names and set(names) <= set(canonical) and names != [b for b in canonical if b in names]:
+            # Cubes hold bands in this order (latentcube.cube), so a model in another can read no valid cube.
+            raise ValueError(f"band_names {names} must follow the cubes' band order: use "
+                             f"{[b for b in canonical if b in names]}")
         if self.patch_size % 2 == 0 or self.n_dates < 1:
             raise ValueError(f"patch_size must be odd (a centre pixel), got {self.patch_size}")
         sizes = (*self.multiscale_kernels, *self.conv_kernels, *self.ca_pools, *self.sa_kernels)
