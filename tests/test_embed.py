@@ -21,7 +21,7 @@ import torch
 import xarray as xr
 
 from latentcube.cube import CubeError, new_cube, save_cube
-from latentcube.embed import EmbedError, block_grid, embed_cube, open_embedding, quantize_int8
+from latentcube.embed import EmbedError, block_grid, embed_cube, embed_pixels, open_embedding, quantize_int8
 from latentcube.nn import FusionConfig, FusionModel, SensorAutoencoder, s1_config, s2_config
 from latentcube.preprocess import Normalization, match_s1_to_s2, smooth_s1
 from latentcube.train import save_model
@@ -277,8 +277,6 @@ def test_block_size_does_not_change_the_result(cube_path, models, fused_emb, tmp
 
 def test_embed_pixels_equals_the_cube_embedding(cube_path, models, fused_emb, s2_emb):
     """A few pixels embedded on their own (context from the cube around them) equal the whole-cube store."""
-    from latentcube.embed import embed_pixels
-
     ref = xr.open_zarr(fused_emb)["embedding"]
     for ys, xs in [(slice(9, 14), slice(3, 6)), (slice(0, 2), slice(W - 3, W))]:  # interior, and a corner
         got = embed_pixels(cube_path, models["fusion"], ys, xs, sensors=("fused", "s1", "s2"))
@@ -604,6 +602,22 @@ def test_gpu_matches_cpu(cube_path, models, fused_emb, tmp_path):
                      device="cuda", scheduler="synchronous", progress=False)
     np.testing.assert_allclose(xr.open_zarr(out)["embedding"].values, xr.open_zarr(fused_emb)["embedding"].values,
                                rtol=0, atol=1e-5)
+
+
+def test_a_model_of_fewer_bands_reads_its_own_from_a_fuller_cube(cube_path, tmp_path):
+    """A 4-band model on the 10-band cube: the same store as on the cube reduced to those 4 bands (quality
+    layer included), with no reduced copy needed."""
+    four = ("B02", "B03", "B04", "B08")
+    model = save_model(tmp_path / "four.pt", _sensor(s2_config(n_bands=4, band_names=four), 5),
+                       normalization=Normalization())
+    kw = dict(block_px=24, quality=True, scheduler="synchronous", progress=False)
+    full = xr.open_zarr(embed_cube(cube_path, model, tmp_path / "full.zarr", **kw))
+    reduced = xr.open_zarr(embed_cube(_cube().sel(band=list(four)), model, tmp_path / "reduced.zarr", **kw))
+    for name in ("embedding", "quality_s2"):
+        np.testing.assert_array_equal(full[name].values, reduced[name].values)
+    assert np.isfinite(full["embedding"].values).any()
+    np.testing.assert_allclose(embed_pixels(cube_path, model, slice(3, 6), slice(30, 33)).values,
+                               reduced["embedding"].isel(y=slice(3, 6), x=slice(30, 33)).values, rtol=0, atol=1e-6)
 
 
 def test_in_memory_dataset_matches_path(models, s2_emb, tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time as _time
@@ -48,6 +49,8 @@ __all__ = [
     "reconstruction_error",
     "worker_memory_estimate",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Default spatial block edge in pixels: the unit of parallelism, of resumption and of the Zarr chunks.
 #: Memory per block grows with dates x block_px^2 (docs/embed.md), not with the cube size.
@@ -206,6 +209,8 @@ class _Plan:
     quality: bool = False
     quality_sensors: tuple[str, ...] = ()  # sensors whose reconstruction error is written (quality_<s>)
     n_dates: int = 11  # the model's window length (dates per embedding)
+    # (sensor, the model's bands) where the cube has more bands than the model reads: selected per block
+    band_selection: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def file_sha256(path: str | Path) -> str:
@@ -242,9 +247,12 @@ def _resolve_sensors(kind: str, model: Any, sensors: str | Sequence[str] | None)
     return wanted
 
 
-def _check_cube(ds: xr.Dataset, kind: str, model: Any, meta: dict[str, Any], inputs: tuple[str, ...]) -> None:
-    """Band order, S1 presence and series length, with the fix in every message."""
+def _check_cube(ds: xr.Dataset, kind: str, model: Any, meta: dict[str, Any],
+                inputs: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Band order, S1 presence and series length, with the fix in every message. Returns the band
+    selections to apply: (sensor, the model's bands) where the cube holds them all and more."""
     band_dims = {"s2": "band", "s1": "band_s1"}
+    selection = []
     for sensor in inputs:
         if sensor not in ds:
             what = "a fusion model needs Sentinel-1 and Sentinel-2" if kind == "fusion" else f"this {sensor} model needs it"
@@ -253,6 +261,13 @@ def _check_cube(ds: xr.Dataset, kind: str, model: Any, meta: dict[str, Any], inp
         if expected is None:
             raise EmbedError(f"the model file records no band order for {sensor!r}; re-export it with latentcube.nn.model_file.save_model.")
         actual = [str(b) for b in ds[band_dims[sensor]].values]
+        if actual != list(expected) and [b for b in actual if b in expected] == list(expected):
+            # A model of fewer bands (e.g. 4 of the 10) reads its own from a fuller cube: selecting by name is
+            # exact, and writing a reduced copy of the cube first would only cost the user disk and time.
+            log.info("%s: the model reads %s; the cube's other bands %s are not used", sensor, list(expected),
+                     [b for b in actual if b not in expected])
+            selection.append((sensor, tuple(expected)))
+            continue
         try:
             check_band_order(actual, expected, what=f"{sensor} bands of the cube vs the model")
         except ValueError as err:
@@ -272,6 +287,7 @@ def _check_cube(ds: xr.Dataset, kind: str, model: Any, meta: dict[str, Any], inp
             f"the cube has {ds.sizes[time_dim]} dates on '{time_dim}'; the encoder's windows need at least {n_dates}. "
             "Fix: embed a longer period."
         )
+    return tuple(selection)
 
 
 # --------------------------------------------------------------------------------- worker side
@@ -612,6 +628,9 @@ def _compute_block(ds: xr.Dataset, model: Any, meta: dict[str, Any], plan: _Plan
                    xs: slice) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(embeddings (T, F, h, w), {sensor: quality (T, h, w)}) of one block; see ``embed_block``."""
     import torch
+
+    for sensor, bands in plan.band_selection:  # the model's bands of a fuller cube (lazy: only they are read)
+        ds = ds.sel({{"s2": "band", "s1": "band_s1"}[sensor]: list(bands)})
 
     height, width = ds.sizes["y"], ds.sizes["x"]
     r = plan.halo
@@ -1128,7 +1147,7 @@ def _make_plan(ds: xr.Dataset, checkpoint: Path, model: Any, meta: dict[str, Any
         inputs, time_var, on_s2 = (own,), own, False
         dims = {own: model.latent_dim}
         halo, n_dates = model.config.patch_size // 2, model.config.n_dates
-    _check_cube(ds, kind, model, meta, inputs)
+    band_selection = _check_cube(ds, kind, model, meta, inputs)
     if device == "cuda":
         import torch
 
@@ -1141,6 +1160,7 @@ def _make_plan(ds: xr.Dataset, checkpoint: Path, model: Any, meta: dict[str, Any
         max_gap_days=_sampling_setting(meta, "max_gap_days", DEFAULT_MAX_GAP_DAYS),
         s1_smoothing=int(_sampling_setting(meta, "s1_smoothing", DEFAULT_S1_SMOOTHING)),
         quality=bool(quality), quality_sensors=tuple(s for s in ("s2", "s1") if s in inputs) if quality else (),
+        band_selection=band_selection,
         n_dates=n_dates,
     )
     times = ds["time" if time_var == "s2" else "time_s1"].values
