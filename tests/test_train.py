@@ -371,6 +371,12 @@ def test_training_refuses_cubes_whose_bands_are_not_the_models(world_dir, tmp_pa
     # The fix the message names: a model on the cube's own bands trains.
     result = run_training(cfg_for(four, n_bands=4, band_names=["B02", "B03", "B04", "B08"]), test=False)
     assert load_model(result["model"])[1]["band_order"]["s2"] == ["B02", "B03", "B04", "B08"]
+    # The same model on the full 10-band cube reads its 4 bands by name: the same weights as on the reduced cube.
+    full = replace(cfg_for(world_dir / "scene_000.zarr", n_bands=4, band_names=["B02", "B03", "B04", "B08"]),
+                   out_dir=str(tmp_path / "run_full"))
+    on_full = run_training(full, test=False)
+    a, b = load_model(result["model"])[0].state_dict(), load_model(on_full["model"])[0].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resuming_with_another_config_is_refused(world_dir, tmp_path):

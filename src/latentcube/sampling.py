@@ -223,6 +223,8 @@ class PatchDataset(Dataset):
         regions: per cube, ``(rows, columns)`` slices (pixels) that every patch of that cube lies inside,
             or ``None`` for the whole cube (default: whole cubes). The strided origin grid starts at the
             region's corner. :func:`spatial_split` gives disjoint regions for train/val/test.
+        bands: optional ``{sensor: band names}`` read from each cube (a model of fewer bands than the
+            cubes hold); default: all of a cube's bands.
     """
 
     def __init__(
@@ -235,6 +237,7 @@ class PatchDataset(Dataset):
         transform: Any = None,
         redraw: bool = True,
         regions: Sequence[tuple[slice, slice] | None] | None = None,
+        bands: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         if variable not in ("s2", "s1"):
             raise ValueError(f"variable must be 's2' or 's1', got {variable!r}")
@@ -244,6 +247,7 @@ class PatchDataset(Dataset):
             raise ValueError(f"{len(regions)} regions given for {len(cubes)} cubes; give one per cube (None = whole cube)")
         self.variable, self.config, self.seed = variable, config, int(seed)
         self.transform, self.redraw = transform, redraw
+        self.bands = {sensor: [str(b) for b in names] for sensor, names in (bands or {}).items()}
         self.time_dim = "time" if variable == "s2" else "time_s1"
         self.epoch = 0
         self.meta: list[_CubeMeta] = []
@@ -322,6 +326,9 @@ class PatchDataset(Dataset):
 
     def _open_cube(self, path: Path) -> xr.Dataset:
         ds = open_cube(path)
+        for sensor, names in self.bands.items():  # only the model's bands are read (lazy selection by name)
+            if sensor in ds:
+                ds = ds.sel({{"s2": "band", "s1": "band_s1"}[sensor]: names})
         # Smooth only when items carry S1: for S2 alone, building the rolling-mean graph is wasted.
         if "s1" in self._item_variables().values() and "s1" in ds and self.config.s1_smoothing > 1:
             ds = smooth_s1(ds, window=self.config.s1_smoothing)  # lazy; per orbit direction when recorded

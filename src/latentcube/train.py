@@ -424,6 +424,7 @@ class CubeDataModule(L.LightningDataModule):
                 raise ConfigError(f"split {needed!r} has no cubes. Fix: list cubes for it in data.splits or the plan, "
                                   "or hold out part of each cube with data.spatial_split {val: 0.2}")
         self.datasets: dict[str, PatchDataset] = {}
+        self.band_selection: dict[str, tuple[str, ...]] = {}  # per sensor, the model's bands (check_bands)
 
     def check_bands(self, bands: Mapping[str, Sequence[str]]) -> None:
         """Every cube's band order for each sensor read (``{"s2": (...), "s1": (...)}``) must be the model's.
@@ -432,15 +433,23 @@ class CubeDataModule(L.LightningDataModule):
         would otherwise fail deep inside the model, or silently train on the wrong bands.
         """
         band_dims = {"s2": "band", "s1": "band_s1"}
+        selection = {}
         for path, ds in self.cubes.items():
             for sensor, expected in bands.items():
                 if sensor not in ds or not expected:
                     continue  # the datasets say which cube lacks a sensor, with the fix
-                actual = ds[band_dims[sensor]].values
+                actual = [str(b) for b in ds[band_dims[sensor]].values]
+                if actual != list(expected) and [b for b in actual if b in expected] == list(expected):
+                    # All the model's bands, maybe more: the datasets read the model's by name (as embed does).
+                    selection[sensor] = tuple(expected)
+                    continue
                 try:
                     check_band_order(actual, expected, what=f"{sensor} bands of {path.name} vs the model")
                 except ValueError as err:
                     raise CubeError(f"{err}. Fix: {band_order_fix(actual, expected, dim=band_dims[sensor])}.") from err
+        if selection != self.band_selection:
+            self.band_selection = selection
+            self.datasets.clear()  # built before the check: rebuild them on the selected bands
 
     def check_window(self, model: SensorAutoencoder | FusionModel) -> None:
         """The sampled patches must have the model's shape: ``data.sampling`` n_frames and patch equal to
@@ -477,7 +486,7 @@ class CubeDataModule(L.LightningDataModule):
         if split not in self.datasets:
             cls = FusionPatchDataset if self.cfg.stage == "fusion" else PatchDataset
             kwargs = dict(config=self.sampling, seed=self.cfg.seed + {"train": 0, "val": 1, "test": 2}[split],
-                          transform=self._transform, redraw=split == "train")
+                          transform=self._transform, redraw=split == "train", bands=self.band_selection)
             if cls is PatchDataset:
                 kwargs["variable"] = self.cfg.stage
             if self.split_regions is not None:
