@@ -184,6 +184,46 @@ def test_require_s1():
         validate_cube(make_cube(s1=False), require_s1=True)
 
 
+def test_validating_a_lazy_cube_reads_a_few_chunk_windows_not_the_whole_cube():
+    """A stride over every chunk would read a tile-size cube whole; the sample reads at most 4 x 4 spatial
+    chunks (x the time chunks), and still catches what it checks."""
+    import dask.array as da
+
+    from latentcube.cube import SAMPLE_CHUNKS_PER_AXIS
+
+    class Counting:  # an array-like that records the chunks dask reads from it
+        def __init__(self, values):
+            self.values, self.shape, self.dtype, self.ndim, self.reads = values, values.shape, values.dtype, values.ndim, []
+
+        def __getitem__(self, key):
+            self.reads.append(key)
+            return self.values[key]
+
+    ref = make_cube(n_time=4, ny=8 * 16, nx=8 * 16, s1=False)
+    for scale, error in ((1.0, None), (10_000.0, "unscaled digital numbers")):
+        src = Counting(ref["s2"].values * np.float32(scale))
+        lazy = ref.assign(s2=(ref["s2"].dims, da.from_array(src, chunks=(4, 10, 16, 16), asarray=False)))
+        if error:
+            with pytest.raises(CubeError, match=error):
+                validate_cube(lazy)
+        else:
+            validate_cube(lazy)
+        chunks = {(k[2].start, k[3].start) for k in src.reads}
+        assert 0 < len(chunks) <= SAMPLE_CHUNKS_PER_AXIS**2 < 8 * 8  # of the 64 spatial chunks
+
+
+def test_a_saved_cube_with_lazy_coordinates_validates(tmp_path):
+    """Zarr opens non-index coordinates (orbit_state along time_s1) as Dask arrays chunked apart from the data."""
+    n_s1 = 70  # more than a storage chunk of dates (64): the data is split along time_s1, the coordinate not
+    s2 = make_cube(n_time=4, ny=6, nx=7, s1=False)
+    s1 = np.random.default_rng(1).gamma(4.4, 0.05 / 4.4, (n_s1, 2, 6, 7)).astype("float32")
+    ds = new_cube(s2=s2["s2"].values, time=s2["time"].values, y=s2["y"].values, x=s2["x"].values, crs="EPSG:32632",
+                  s1=s1, time_s1=pd.date_range("2020-01-02", periods=n_s1, freq="6D"))
+    ds = ds.assign_coords(orbit_state=("time_s1", ["ascending", "descending"] * (n_s1 // 2)))
+    lazy = open_cube(save_cube(ds, tmp_path / "orbits.zarr"))
+    assert validate_cube(lazy) is lazy
+
+
 def test_require_s2_false_accepts_an_s1_only_cube_and_still_checks_it():
     s1_only = make_cube().drop_vars(["s2", "band", "time", "s2_scl"])
     with pytest.raises(CubeError, match="missing 's2'"):

@@ -153,8 +153,32 @@ def new_cube(
 # ------------------------------------------------------------------------------------- validation
 
 
+#: Spatial storage chunks per axis that the validation sample of a lazy (Dask) cube reads: a stride over
+#: every chunk would read the whole cube (a tile-year of S2 is ~350 GB); evenly spaced chunk windows keep
+#: validating it to a few GB.
+SAMPLE_CHUNKS_PER_AXIS = 4
+
+
+def _chunk_windows(da: xr.DataArray) -> xr.DataArray:
+    """``da`` restricted to at most ``SAMPLE_CHUNKS_PER_AXIS`` evenly spaced storage chunks along y and x
+    when it is Dask-backed with more; unchanged otherwise (in memory, a stride costs nothing)."""
+    chunks = da.chunks  # of the data only (DataArray.chunksizes also checks coordinates, e.g. orbit_state)
+    if chunks is None:
+        return da
+    picks = {}
+    for dim in ("y", "x"):
+        sizes = chunks[da.dims.index(dim)] if dim in da.dims else ()
+        if len(sizes) <= SAMPLE_CHUNKS_PER_AXIS:
+            continue
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        chosen = np.unique(np.linspace(0, len(sizes) - 1, SAMPLE_CHUNKS_PER_AXIS).round().astype(int))
+        picks[dim] = np.concatenate([np.arange(starts[i], starts[i] + sizes[i]) for i in chosen])
+    return da.isel(picks) if picks else da
+
+
 def _sample(da: xr.DataArray, target: int = _SAMPLE_TARGET) -> np.ndarray:
-    """A strided subsample of ``da``'s values (cheap on lazy arrays), flattened to float64."""
+    """A strided subsample of ``da``'s values (of a few chunk windows on lazy arrays), flattened to float64."""
+    da = _chunk_windows(da)
     step = max(1, int(np.ceil((da.size / max(target, 1)) ** (1 / max(da.ndim, 1)))))
     sub = da.isel({d: slice(None, None, step) for d in da.dims})
     return np.asarray(sub.values, dtype="float64").ravel()
@@ -167,6 +191,7 @@ ZERO_PIXEL_ERROR_FRACTION = 0.005
 def _check_zero_pixels(da: xr.DataArray, name: str) -> None:
     """Pixel-dates whose every band is exactly 0 are nodata in disguise (no real reflectance or backscatter
     is 0 in all bands): they would train as real dark pixels. Refuse a cube with many, warn on a few."""
+    da = _chunk_windows(da)
     band_dim = da.dims[1]
     other = [d for d in da.dims if d != band_dim]
     step = max(1, int(np.ceil((da.size / da.sizes[band_dim] / (_SAMPLE_TARGET // 10)) ** (1 / len(other)))))
@@ -262,8 +287,9 @@ def validate_cube(ds: xr.Dataset, *, require_s1: bool = False, require_s2: bool 
     ``require_s2=False`` accepts a cube without ``s2`` (what an S1-only step reads); everything present is
     still checked.
 
-    Range checks (DN vs reflectance, dB vs linear) read a strided subsample, so validating a lazy cube
-    reads a small fraction of it; only a cube whose subsample has no valid S2 value is read in full.
+    Range checks (DN vs reflectance, dB vs linear, nodata as 0) read a strided subsample of at most
+    ``SAMPLE_CHUNKS_PER_AXIS``² spatial storage chunks, so validating a large lazy cube reads a small part of
+    it; only a cube whose subsample has no valid S2 value is read in full.
     """
     if not isinstance(ds, xr.Dataset):
         raise CubeError(f"expected an xarray.Dataset, got {type(ds).__name__}. Fix: open it with open_cube().")
