@@ -80,12 +80,25 @@ def check_band_order(actual: Sequence[str], expected: Sequence[str], *, what: st
     raise ValueError(f"{what} are in the wrong order: got {actual}, expected {expected}")
 
 
-def band_order_fix(actual: Sequence[str], expected: Sequence[str], *, dim: str = "band") -> str:
-    """The fix for a ``check_band_order`` failure: select and reorder when the cube has every band the model
-    needs; otherwise (selecting would fail) get the missing bands, or train a model on the cube's own."""
+def model_band_selection(actual: Sequence[str], expected: Sequence[str], *, what: str,
+                         dim: str = "band") -> tuple[str, ...] | None:
+    """How a cube's bands ``actual`` feed a model of bands ``expected`` (cube -> model, in embed and train).
+
+    None when they are the same; ``expected`` when the cube holds all of them in that order among others
+    (the model's are then read by name: exact, and no reduced copy of the cube is needed). Otherwise raises
+    ``ValueError`` naming the difference and the fix: the missing bands (selecting would fail), or a selection.
+    """
     actual, expected = [str(b) for b in actual], [str(b) for b in expected]
-    missing = [b for b in expected if b not in actual]
-    if missing:
-        return (f"the cube lacks {missing}: fetch or import them into the cube, or train a model on the cube's "
-                f"bands (model: {{n_bands: {len(actual)}, band_names: {actual}}})")
-    return f"ds = ds.sel({dim}={expected}) and save the cube (extra bands dropped, order the model's)"
+    try:
+        check_band_order(actual, expected, what=what)
+    except ValueError as err:
+        if [b for b in actual if b in expected] == expected:
+            return tuple(expected)
+        missing = [b for b in expected if b not in actual]
+        if missing:
+            fix = (f"the cube lacks {missing}: fetch or import them into the cube, or train a model on the cube's "
+                   f"bands (model: {{n_bands: {len(actual)}, band_names: {actual}}})")
+        else:
+            fix = f"ds = ds.sel({dim}={expected}) and save the cube (extra bands dropped, order the model's)"
+        raise ValueError(f"{err}. Fix: {fix}.") from None
+    return None

@@ -30,7 +30,7 @@ import pandas as pd
 import xarray as xr
 
 from latentcube import __version__
-from latentcube.constants import DEFAULT_PIXEL_CHUNK, EMBEDDING_DIMS, band_order_fix, check_band_order
+from latentcube.constants import DEFAULT_PIXEL_CHUNK, EMBEDDING_DIMS, model_band_selection
 from latentcube.cube import CubeError, cube_crs, open_cube, pixel_size_m, set_crs, validate_cube
 from latentcube.heap import release_free_memory
 
@@ -261,17 +261,15 @@ def _check_cube(ds: xr.Dataset, kind: str, model: Any, meta: dict[str, Any],
         if expected is None:
             raise EmbedError(f"the model file records no band order for {sensor!r}; re-export it with latentcube.nn.model_file.save_model.")
         actual = [str(b) for b in ds[band_dims[sensor]].values]
-        if actual != list(expected) and [b for b in actual if b in expected] == list(expected):
-            # A model of fewer bands (e.g. 4 of the 10) reads its own from a fuller cube: selecting by name is
-            # exact, and writing a reduced copy of the cube first would only cost the user disk and time.
-            log.info("%s: the model reads %s; the cube's other bands %s are not used", sensor, list(expected),
-                     [b for b in actual if b not in expected])
-            selection.append((sensor, tuple(expected)))
-            continue
         try:
-            check_band_order(actual, expected, what=f"{sensor} bands of the cube vs the model")
+            chosen = model_band_selection(actual, expected, what=f"{sensor} bands of the cube vs the model",
+                                          dim=band_dims[sensor])
         except ValueError as err:
-            raise EmbedError(f"{err}. Fix: {band_order_fix(actual, expected, dim=band_dims[sensor])}.") from err
+            raise EmbedError(str(err)) from err
+        if chosen is not None:  # a model of fewer bands (e.g. 4 of the 10) reads its own from a fuller cube
+            log.info("%s: the model reads %s; the cube's other bands %s are not used", sensor, list(chosen),
+                     [b for b in actual if b not in chosen])
+            selection.append((sensor, chosen))
     trained, here = meta.get("pixel_size_m"), pixel_size_m(ds)
     if trained and here and abs(here - trained) > 0.01 * trained:
         p = model.patch_size if kind == "fusion" else model.config.patch_size

@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from latentcube.config import ConfigError, from_dict, load_yaml, to_dict
-from latentcube.constants import band_order_fix, check_band_order
+from latentcube.constants import model_band_selection
 from latentcube.cube import CubeError, open_cube, pixel_size_m, validate_cube
 from latentcube.heap import grow_heap_in_large_steps
 from latentcube.losses import (
@@ -438,15 +438,13 @@ class CubeDataModule(L.LightningDataModule):
             for sensor, expected in bands.items():
                 if sensor not in ds or not expected:
                     continue  # the datasets say which cube lacks a sensor, with the fix
-                actual = [str(b) for b in ds[band_dims[sensor]].values]
-                if actual != list(expected) and [b for b in actual if b in expected] == list(expected):
-                    # All the model's bands, maybe more: the datasets read the model's by name (as embed does).
-                    selection[sensor] = tuple(expected)
-                    continue
                 try:
-                    check_band_order(actual, expected, what=f"{sensor} bands of {path.name} vs the model")
+                    chosen = model_band_selection(ds[band_dims[sensor]].values, expected, dim=band_dims[sensor],
+                                                  what=f"{sensor} bands of {path.name} vs the model")
                 except ValueError as err:
-                    raise CubeError(f"{err}. Fix: {band_order_fix(actual, expected, dim=band_dims[sensor])}.") from err
+                    raise CubeError(str(err)) from err
+                if chosen is not None:  # all the model's bands and more: the datasets read the model's by name
+                    selection[sensor] = chosen
         if selection != self.band_selection:
             self.band_selection = selection
             self.datasets.clear()  # built before the check: rebuild them on the selected bands
