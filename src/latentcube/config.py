@@ -14,12 +14,14 @@ from typing import Any, TypeVar
 
 import yaml
 
+from latentcube.errors import LatentcubeError
+
 __all__ = ["ConfigError", "from_dict", "load_yaml", "to_dict"]
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(LatentcubeError, ValueError):
     """A configuration file or mapping does not match its dataclass."""
 
 

@@ -26,6 +26,7 @@ from pyproj import CRS
 
 from latentcube import __version__
 from latentcube.constants import S1_BANDS, S1_DIMS, S2_BANDS, S2_DIMS
+from latentcube.errors import LatentcubeError
 
 __all__ = [
     "CubeError",
@@ -43,7 +44,7 @@ __all__ = [
 _SAMPLE_TARGET = 2_000_000
 
 
-class CubeError(ValueError):
+class CubeError(LatentcubeError, ValueError):
     """A cube does not follow the data model; the message names the problem and the fix."""
 
 

@@ -32,6 +32,7 @@ import xarray as xr
 from latentcube import __version__
 from latentcube.constants import DEFAULT_PIXEL_CHUNK, EMBEDDING_DIMS, model_band_selection
 from latentcube.cube import CubeError, cube_crs, open_cube, pixel_size_m, set_crs, validate_cube
+from latentcube.errors import LatentcubeError
 from latentcube.heap import release_free_memory
 
 __all__ = [
@@ -101,7 +102,7 @@ QUALITY_CHUNK = 2048
 NORMALIZE_CHUNK_VALUES = 2_000_000
 
 
-class EmbedError(ValueError):
+class EmbedError(LatentcubeError, ValueError):
     """The cube, the model file or the options cannot produce an embedding cube; the message says why."""
 
 

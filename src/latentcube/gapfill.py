@@ -36,6 +36,7 @@ import xarray as xr
 from latentcube import __version__
 from latentcube.constants import EMBEDDING_DIMS
 from latentcube.cube import cube_crs, set_crs
+from latentcube.errors import LatentcubeError
 
 __all__ = ["EmbeddingCubeError", "GapFillError", "as_embedding", "fill_series", "gapfill_embeddings", "match_dates"]
 
@@ -50,7 +51,7 @@ ROW_BATCH_VALUES = 1 << 19
 MAX_TIME_CHUNK = 64
 
 
-class EmbeddingCubeError(ValueError):
+class EmbeddingCubeError(LatentcubeError, ValueError):
     """An embedding cube, variable or date that cannot be used as asked (reading, maps, export, gap
     filling); the message says why and how to fix it."""
 

@@ -31,6 +31,7 @@ import xarray as xr
 
 from latentcube.cube import open_cube
 from latentcube.embed import file_sha256
+from latentcube.errors import LatentcubeError
 
 __all__ = [
     "BASELINE_METHODS",
@@ -78,7 +79,7 @@ LANDCOVER_TO_VEG = {"needleleaf_forest": "ENF", "broadleaf_forest": "DBF", "gras
 CACHE_VERSION = 1
 
 
-class GPPError(ValueError):
+class GPPError(LatentcubeError, ValueError):
     """The GPP evaluation cannot run as asked; the message says what is wrong and how to fix it."""
 
 

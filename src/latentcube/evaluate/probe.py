@@ -42,6 +42,7 @@ import xarray as xr
 
 from latentcube.constants import LANDCOVER_CLASSES
 from latentcube.cube import CubeError, open_cube
+from latentcube.errors import LatentcubeError
 
 __all__ = [
     "CLASSIFIERS",
@@ -66,7 +67,7 @@ METRICS: tuple[str, ...] = ("balanced_accuracy", "macro_f1", "accuracy")
 DEFAULT_SEASON: tuple[int, int] = (4, 9)
 
 
-class ProbeError(ValueError):
+class ProbeError(LatentcubeError, ValueError):
     """The embedding, the cube or the options cannot give a probe; the message says why and how to fix it."""
 
 

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from latentcube.config import to_dict
+from latentcube.errors import LatentcubeError
 from latentcube.evaluate.reconstruction import collect
 from latentcube.train import (
     CubeDataModule,
@@ -46,7 +47,7 @@ from latentcube.train import (
 __all__ = ["SweepError", "alpha_pairs", "evaluate_run", "parse_floats", "run_sweep", "write_sweep_report"]
 
 
-class SweepError(ValueError):
+class SweepError(LatentcubeError, ValueError):
     """The sweep's options cannot work; the message says why and how to fix it."""
 
 

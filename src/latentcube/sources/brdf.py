@@ -35,6 +35,7 @@ import pystac
 import xarray as xr
 
 from latentcube.cube import CubeError, cube_crs
+from latentcube.errors import LatentcubeError
 
 __all__ = ["NBAR_BAND_FALLBACK", "NbarUnavailableError", "apply_nbar", "c_factor_for_date"]
 
@@ -45,7 +46,7 @@ NBAR_BAND_FALLBACK: dict[str, str] = {"B8A": "B08"}
 ANGLE_ASSET = "granule-metadata"
 
 
-class NbarUnavailableError(RuntimeError):
+class NbarUnavailableError(LatentcubeError, RuntimeError):
     """NBAR cannot be computed (extra not installed, angle metadata missing); the message says why."""
 
 

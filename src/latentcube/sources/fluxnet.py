@@ -34,6 +34,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from latentcube.errors import LatentcubeError
+
 __all__ = [
     "COLUMN_PRESETS",
     "FluxnetError",
@@ -73,7 +75,7 @@ COLUMN_PRESETS: dict[str, dict[str, str]] = {
 GOOD_QC_FLAGS: tuple[int, ...] = (0, 1)
 
 
-class FluxnetError(ValueError):
+class FluxnetError(LatentcubeError, ValueError):
     """A FLUXNET file cannot be read as asked; the message names the problem and the fix."""
 
 

@@ -24,6 +24,7 @@ import xarray as xr
 
 from latentcube.constants import SCL_CLASSES, SCL_MASKED_DEFAULT
 from latentcube.cube import CubeError
+from latentcube.errors import LatentcubeError
 
 __all__ = [
     "CLOUDSEN12_L2A_BANDS",
@@ -46,7 +47,7 @@ CLOUDSEN12_L2A_BANDS: tuple[str, ...] = (
 )
 
 
-class MaskModelError(RuntimeError):
+class MaskModelError(LatentcubeError, RuntimeError):
     """A model-based mask cannot run (weights or package missing); the message says how to fix it."""
 
 

@@ -32,6 +32,7 @@ import xarray as xr
 from pyproj import CRS, Transformer
 
 from latentcube.constants import LANDCOVER_CLASSES
+from latentcube.errors import LatentcubeError
 
 __all__ = [
     "ESA_CCI_CLASSES",
@@ -94,7 +95,7 @@ PLAN_COLUMNS: tuple[str, ...] = (
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
-class SiteError(ValueError):
+class SiteError(LatentcubeError, ValueError):
     """A site plan cannot be made or read as asked; the message names the problem and the fix."""
 
 
