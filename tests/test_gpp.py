@@ -299,7 +299,7 @@ def world_dir(tmp_path_factory) -> Path:
 
 
 def test_synthetic_fluxnet_files_go_through_read_fluxnet(world_dir):
-    from latentcube.evaluate.gpp import _fluxnet_file
+    from latentcube.evaluate.gpp.sites import _fluxnet_file
     from latentcube.sources.fluxnet import read_fluxnet
 
     towers = pd.read_csv(world_dir / "towers.csv")
