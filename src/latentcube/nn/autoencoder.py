@@ -23,8 +23,7 @@ from .time_encoding import DayDifferenceEncoding, window_indices, window_starts
 DEFAULT_TILE = 256
 #: Pixel-dates per call of the spatial stage in ``scene_features``: dates go through the convolutions
 #: a few at a time, so their activations (~100 channels per pixel-date) stay ~30 MB instead of growing
-#: with the number of dates. Measured (64-px tile with halo, 73 dates, 2 cores): 2.1 s for all dates
-#: in one call against 1.1 s in calls of 4-8 dates, and ~1 GB less peak memory.
+#: with the number of dates; faster and far smaller than one call (benchmarks/RESULTS.md).
 SPATIAL_CHUNK_PIXEL_DATES = 1 << 15
 
 __all__ = [
@@ -315,8 +314,8 @@ class SensorEncoder(nn.Module):
 
         ``tile`` bounds memory by computing square spatial tiles (each with a 7-pixel halo of real
         context, so results do not depend on it). ``pixel_chunk`` pixels at a time go through the
-        temporal layer: small enough for its intermediates to stay in cache (~2x faster on CPU than
-        whole 64 x 64 scenes), large enough for efficient matmuls. ``region`` (rows, columns slices):
+        temporal layer: small enough for its intermediates to stay in cache (faster on CPU than whole
+        scenes, benchmarks/RESULTS.md), large enough for efficient matmuls. ``region`` (rows, columns slices):
         embed only those pixels, the rest of ``x`` is context (equal to cropping the full result).
         ``wanted``: optional bool mask (T_all, h, w) of the region's pixel-dates whose embeddings are
         needed (``embed`` passes the valid centre pixels: the product is NaN elsewhere). The others are
