@@ -29,15 +29,14 @@ __all__ = ["top_basis", "weighted_date_pca", "pca_warm_start", "fusion_warm_star
 def top_basis(a: Tensor, k: int) -> Tensor:
     """The top-``k`` right singular vectors of ``a`` (rows = samples), as columns ``(features, k)``.
 
-    Through the eigenvectors of the smaller Gram matrix instead of an SVD of ``a``: on 2 cores, float64,
-    3,000 x 24,750 (the S2 patch baseline) 13 s instead of 163 s, 33,000 x 2,250 10 s instead of 28 s.
+    Through the eigenvectors of the smaller Gram matrix instead of an SVD of ``a``: several times faster
+    for the baselines' tall and wide patch matrices (benchmarks/RESULTS.md).
     Directions with a zero singular value are dropped (they carry nothing to reconstruct).
     """
     tall = a.shape[0] >= a.shape[1]
     gram = (a.T @ a if tall else a @ a.T).cpu().numpy()
     n = gram.shape[0]
-    # Only the top k eigenpairs: LAPACK's MRRR solver (?syevr) with an index range is ~3x faster than
-    # torch.linalg.eigh's full decomposition at n = 2,000-3,000 (1.4-2.1 s against 4.0-6.2 s, float64).
+    # Only the top k eigenpairs (LAPACK ?syevr with an index range): ~3x faster than a full eigh (benchmarks/RESULTS.md).
     evals, vecs = scipy.linalg.eigh(gram, subset_by_index=[n - min(k, n), n - 1], driver="evr", check_finite=False)
     evals = torch.from_numpy(evals[::-1].copy()).to(a)
     vecs = torch.from_numpy(vecs[:, ::-1].copy()).to(a)
