@@ -46,8 +46,8 @@ def linear(x: Tensor, layer: nn.Linear, gelu: bool = False) -> Tensor:
     Inference on CPU in float32 runs oneDNN's fused linear, which adds the bias and applies the GELU
     inside the matrix product. Eager ``F.linear`` first copies the bias into the output and GELU then
     reads and writes it again; at this model's widths (32-64 features per row) those extra passes over
-    memory, not the products, bound the dense path. 2 cores, per call: 33,792 rows 32 -> 64 + GELU
-    6.7 -> 3.3 ms; 177,408 rows 32 -> 32 8.2 -> 4.5 ms. With autograd (training), under autocast, on
+    memory, not the products, bound the dense path (about half the time per call, benchmarks/RESULTS.md).
+    With autograd (training), under autocast, on
     other devices and dtypes, or without oneDNN in the torch build, the eager ops run.
     """
     if (_ONEDNN_LINEAR is not None and x.device.type == "cpu" and x.dtype == torch.float32
@@ -176,8 +176,7 @@ class SpatialReducer(nn.Module):
         self.skip = nn.Conv2d(in_ch, widths[-1], 1) if centre_skip else None
 
     def forward(self, x: Tensor) -> Tensor:
-        # Channels-last makes oneDNN's convolutions ~2x faster on CPU here (measured on both the
-        # scene and the patch path); the values are the same, only the memory layout differs.
+        # Channels-last: oneDNN's convolutions run faster on CPU (benchmarks/RESULTS.md); same values, other layout.
         x = x.contiguous(memory_format=torch.channels_last)
         inp = x
         for block in self.blocks:
@@ -327,8 +326,7 @@ class DayAttentionLayer(nn.Module):
                 q = rearrange(linear(h[qrow[r0:r1]], self.wq), "r p (h d) -> p h r d", h=self.n_heads) * self.scale
             else:
                 q = q_all[:, :, qrow[r0:r1]]
-            # Logits are laid out (P, h, window position, row): softmax over a non-innermost dim of 11
-            # is ~4x faster on CPU than over an innermost dim of 11.
+            # Logits laid out (P, h, window position, row): softmax over a short non-innermost dim is faster on CPU.
             # Content logits k_i . q_u for every (date in span, query row), then each row's window.
             span = k[:, :, lo:hi] @ q.transpose(-1, -2)  # (P, h, S, R)
             idx = win.T.expand(*span.shape[:2], *win.T.shape)  # (P, h, n, R)
