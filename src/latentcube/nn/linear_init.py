@@ -36,7 +36,7 @@ def top_basis(a: Tensor, k: int) -> Tensor:
     tall = a.shape[0] >= a.shape[1]
     gram = (a.T @ a if tall else a @ a.T).cpu().numpy()
     n = gram.shape[0]
-    # Only the top k eigenpairs (LAPACK ?syevr with an index range): ~3x faster than a full eigh (benchmarks/RESULTS.md).
+    # Only the top k eigenpairs (?syevr, index range): ~3x faster than a full eigh (benchmarks/RESULTS.md).
     evals, vecs = scipy.linalg.eigh(gram, subset_by_index=[n - min(k, n), n - 1], driver="evr", check_finite=False)
     evals = torch.from_numpy(evals[::-1].copy()).to(a)
     vecs = torch.from_numpy(vecs[:, ::-1].copy()).to(a)
