@@ -176,7 +176,7 @@ class SpatialReducer(nn.Module):
         self.skip = nn.Conv2d(in_ch, widths[-1], 1) if centre_skip else None
 
     def forward(self, x: Tensor) -> Tensor:
-        # Channels-last: oneDNN's convolutions run faster on CPU (benchmarks/RESULTS.md); same values, other layout.
+        # Channels-last: oneDNN's convolutions are faster on CPU (benchmarks/RESULTS.md); same values.
         x = x.contiguous(memory_format=torch.channels_last)
         inp = x
         for block in self.blocks:
@@ -326,7 +326,7 @@ class DayAttentionLayer(nn.Module):
                 q = rearrange(linear(h[qrow[r0:r1]], self.wq), "r p (h d) -> p h r d", h=self.n_heads) * self.scale
             else:
                 q = q_all[:, :, qrow[r0:r1]]
-            # Logits laid out (P, h, window position, row): softmax over a short non-innermost dim is faster on CPU.
+            # Logits (P, h, window position, row): softmax over a short non-innermost dim is faster on CPU.
             # Content logits k_i . q_u for every (date in span, query row), then each row's window.
             span = k[:, :, lo:hi] @ q.transpose(-1, -2)  # (P, h, S, R)
             idx = win.T.expand(*span.shape[:2], *win.T.shape)  # (P, h, n, R)
