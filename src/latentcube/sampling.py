@@ -273,7 +273,8 @@ class PatchDataset(Dataset):
         return np.isfinite(var).all(var.dims[1]).values  # (time, y, x) bool, computed chunk-wise
 
     def _index_cube(self, i: int, path: Path, region: tuple[slice, slice] | None = None) -> None:
-        ds = self._open[i] = self._open_cube(path)  # kept: reopening (S1 smoothing graph) is slow, benchmarks/RESULTS.md
+        # Kept for reading: reopening a cube (its S1 smoothing graph) is slow (benchmarks/RESULTS.md).
+        ds = self._open[i] = self._open_cube(path)
         if self.variable not in ds:
             raise CubeError(f"{path} has no '{self.variable}' variable. Fix: fetch/import it or drop this cube.")
         meta = _CubeMeta(path, ds[self.time_dim].values, ds.sizes["y"], ds.sizes["x"])
