@@ -3,8 +3,8 @@
 ``save_model`` writes architecture arguments, weights, normalisation, band order, the dates convention,
 the training config and the package version into one ``torch.save`` file that ``torch.load(...,
 weights_only=True)`` reads; ``load_model`` rebuilds the model from it. Kept apart from ``latentcube.train``
-so that inference (``embed``, GPP, ``model-info``) does not import Lightning: ~6 s and ~175 MB per process
-on 2 cores, which every Dask worker of ``latentcube embed`` paid.
+so that inference (``embed``, GPP, ``model-info``) does not import Lightning, whose import costs every
+process that loads a model seconds and memory (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
