@@ -53,7 +53,7 @@ def grow_heap_in_large_steps(pad_bytes: int = TRAINING_HEAP_PAD) -> bool:
 
     Training allocates and frees the same few-MB activations every step. With glibc's defaults the heap
     top is trimmed and regrown all the time, and the page faults cost ~20 % of a CPU training step
-    (``benchmarks/bench_training.py`` on 2 cores: 55 -> 68 samples/s). Only address space is reserved:
+    (benchmarks/RESULTS.md). Only address space is reserved:
     untouched pages are never resident. No-op (False) without glibc.
     """
     return _mallopt(_M_TOP_PAD, pad_bytes)
@@ -63,9 +63,9 @@ def reuse_large_blocks(threshold_bytes: int = INFERENCE_MMAP_THRESHOLD) -> bool:
     """Serve allocations below ``threshold_bytes`` from the heap and keep freed memory for reuse.
 
     For embedding: the dense encoder's temporal stage works on ~20 MB tensors (693 window-date rows x
-    256 pixels x 32 features) that glibc otherwise maps afresh at every allocation. Measured on 2 cores
-    (full-size fusion model, one 64 x 64 x 73 tile): ~670,000 minor page faults -> 0, 9.6 s -> 8.0 s, at
-    about the same peak memory (freed memory stays resident for the next tile, up to ``threshold_bytes``).
+    256 pixels x 32 features) that glibc otherwise maps afresh at every allocation, paying a page fault
+    per 4 KiB page (benchmarks/RESULTS.md). Freed memory stays resident for the next tile, up to
+    ``threshold_bytes``.
     Tensors over 64 MB made by threads other than the main one still use ``mmap`` (glibc's per-thread
     arenas cannot hold them; ``MALLOC_ARENA_MAX=1`` puts every thread on the main heap). True when both
     settings took effect.
@@ -77,9 +77,9 @@ def reuse_large_blocks(threshold_bytes: int = INFERENCE_MMAP_THRESHOLD) -> bool:
 def release_free_memory() -> bool:
     """Give the heap's free pages back to the system (``malloc_trim(0)``); True when some were released.
 
-    Called between embedding blocks: ``reuse_large_blocks`` keeps freed memory for the next tile, and a
-    4-block run in one process peaked 0.37 GiB above a 1-block run (2.03 against 1.66 GiB; 1.90 GiB with
-    this call). Refaulting one block's working set costs ~0.1 s against ~1 min of computing it.
+    Called between embedding blocks: ``reuse_large_blocks`` keeps freed memory for the next tile, which
+    would otherwise raise a many-block run's peak; refaulting a block's working set is cheap against
+    computing it (benchmarks/RESULTS.md).
     """
     libc = _libc()
     return bool(libc is not None and libc.malloc_trim(0))
