@@ -56,8 +56,8 @@ LANDCOVER_CLASSES: dict[int, str] = {
 
 #: Pixels per temporal-layer call in ``encode_scene`` (latentcube.nn; defined here so that ``embed`` knows
 #: it without importing torch). 128 rather than 256: the fused path's fusion layer holds every window row
-#: of a chunk (693 x pixels x 32 at 73 dates) several times; on a 120 x 120 x 73 region (2 cores) 128
-#: peaked ~130 MB lower (811-846 against 957-976 MiB) at the same speed (23.9-25.8 against 25.4-25.8 s).
+#: of a chunk (693 x pixels x 32 at 73 dates) several times; 128 peaks ~130 MB lower at the same speed
+#: (benchmarks/RESULTS.md).
 DEFAULT_PIXEL_CHUNK = 128
 
 
