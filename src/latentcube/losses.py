@@ -289,9 +289,8 @@ def masked_ssim(
 
     g = _gaussian_1d(win_size, sigma, x.device)
     stack = torch.cat([m, x, y, x * x, y * y, x * y], dim=1)  # (N, 6, H, W); m is 0/1 so m*x*x = x*x here
-    # The separable Gaussian as two products with banded matrices, not two depthwise conv2d: on CPU,
-    # oneDNN's depthwise convolution of a training batch's (7040, 6, 15, 15) stack is slow; masked_ssim
-    # forward and backward took 87 -> 62 ms, bench_training.py 4-9 % more samples/s. Same sums (<= 4e-7).
+    # The separable Gaussian as two banded-matrix products, not depthwise conv2d: oneDNN's depthwise
+    # convolution of a batch's (7040, 6, 15, 15) stack is slow on CPU (benchmarks/RESULTS.md). Same sums.
     # float32 even under autocast (bf16 training on a GPU): the variances below are differences of
     # local second moments, which bf16's 8-bit mantissa would swamp (SSIM 0.9766 against 0.9781).
     with torch.autocast(device_type=x.device.type, enabled=False):
