@@ -997,8 +997,8 @@ def make_world(
         # index 1000 + j: tower streams independent of the number of scenes
         jobs.append((f"tower_{site}", site, (cfg, 1000 + j, f"tower_{site}", years, cfg.tower_size, origins[j], veg, site,
                                        keep_truth)))
-    # Cubes are independent: threads overlap the NumPy/SciPy work that releases the GIL (12 s -> 8 s for
-    # the default world on 2 cores); the result does not depend on the order they finish in.
+    # Cubes are independent: threads overlap the NumPy/SciPy work that releases the GIL (benchmarks/RESULTS.md);
+    # the result does not depend on the order they finish in.
     with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1) or 1) as pool:
         built = list(pool.map(lambda job: _build(*job[2]), jobs))
     cubes: dict[str, xr.Dataset] = {}
