@@ -9,19 +9,19 @@ from __future__ import annotations
 import base64
 import functools
 import http.server
+import io
 import json
 import shutil
 import struct
 import subprocess
+import sys
 import threading
 from html.parser import HTMLParser
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pytest
+from matplotlib.figure import Figure
+from matplotlib.image import imread
 
 from latentcube import __version__
 from latentcube.cli import main
@@ -32,10 +32,9 @@ CONFIG_YAML = "stage: s1\nseed: 0\noptim:\n  lr: 0.002\nnote: a <tag> & more\n"
 
 
 def _png(path: Path, size_in: tuple[float, float], dpi: int) -> Path:
-    fig, ax = plt.subplots(figsize=size_in, dpi=dpi)
-    ax.plot([0, 1, 2], [1, 0, 2])
+    fig = Figure(figsize=size_in, dpi=dpi)
+    fig.subplots().plot([0, 1, 2], [1, 0, 2])
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -253,6 +252,85 @@ def test_cli_report(run_dir, tmp_path, capsys):
     assert "ValueError: nothing to report in" in err and "latentcube demo --out" in err and "Traceback" not in err
 
 
+def _assert_every_figure_renders(html_path: Path, md_path: Path, expected: dict[str, Path]) -> None:
+    """No "Figure missing" in either file; every <img> decodes as a PNG equal to its file; every Markdown
+    image link resolves from the report's folder."""
+    raw, md = html_path.read_text(encoding="utf-8"), md_path.read_text(encoding="utf-8")
+    assert "Figure missing" not in raw and "Figure missing" not in md
+    doc = _parse(html_path)
+    assert [img["alt"] for img in doc.imgs] == list(expected)
+    for img in doc.imgs:
+        data = base64.b64decode(img["src"].split(",", 1)[1])
+        assert data == expected[img["alt"]].read_bytes()
+        pixels = imread(io.BytesIO(data), format="png")
+        assert pixels.ndim == 3 and pixels.shape[:2] == _png_size(expected[img["alt"]])[::-1]
+    links = [ln.split("](", 1)[1][:-1] for ln in md.splitlines() if ln.startswith("![")]
+    assert len(links) == len(expected) and all((md_path.parent / rel).is_file() for rel in links)
+
+
+def test_relative_run_dir_from_another_cwd_and_after_a_move(tmp_path, monkeypatch, capsys):
+    """Steps given a relative run directory (``make demo`` passes ``--out demo-output``) store figure
+    paths relative to it, so the report renders from any working directory and after a move."""
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    run = Path("out")
+    (run / "evaluation" / "probe").mkdir(parents=True)
+    colour = _png(run / "s2_true_colour.png", (2, 2), 40)
+    probe = _png(run / "evaluation" / "probe" / "probe.png", (3, 2), 40)  # as the probe step writes it
+    write_section(run, "data", order=10, title="Data", figures=[(colour, "true colour")])
+    write_section(run, "probe", order=70, title="Probe", figures=[(probe, "probe"), ("s2_true_colour.png", "again")])
+    stored = [f["path"] for name in ("010_data", "070_probe")
+              for f in json.loads((run / "sections" / f"{name}.json").read_text())["figures"]]
+    assert stored == ["s2_true_colour.png", "evaluation/probe/probe.png", "s2_true_colour.png"]
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    html_path, md_path = build_report(Path("../work/out"))
+    absolute = tmp_path / "work" / "out"
+    _assert_every_figure_renders(html_path, md_path, {"true colour": absolute / "s2_true_colour.png",
+                                                      "probe": absolute / "evaluation" / "probe" / "probe.png",
+                                                      "again": absolute / "s2_true_colour.png"})
+
+    shutil.move(absolute, tmp_path / "moved")
+    with pytest.raises(SystemExit) as ok:
+        main(["report", "../moved"])
+    assert ok.value.code == 0, capsys.readouterr().err
+    moved = tmp_path / "moved"
+    _assert_every_figure_renders(moved / "report.html", moved / "report.md",
+                                 {"true colour": moved / "s2_true_colour.png",
+                                  "probe": moved / "evaluation" / "probe" / "probe.png",
+                                  "again": moved / "s2_true_colour.png"})
+
+
+def test_figure_outside_the_run_dir_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("run").mkdir()
+    with pytest.raises(ValueError, match=r"figure \.\./other/x\.png is outside the run directory run\. Fix: write"):
+        write_section("run", "s", order=1, title="T", figures=[("../other/x.png", "c")])
+    with pytest.raises(ValueError, match="outside the run directory"):
+        write_section("run", "s", order=1, title="T", figures=[(tmp_path / "x.png", "c")])
+
+
+@pytest.mark.slow
+def test_demo_report_with_relative_out_from_another_cwd(demo_no_train, tmp_path):
+    """``latentcube demo --out demo-output`` run outside the repository: every figure in both files,
+    also in Chromium, and again after the run directory is moved and re-reported."""
+    figures = {"s2 true colour": "s2_true_colour.png", "class timeseries": "class_timeseries.png"}
+    run = tmp_path / "copy" / "demo-output"
+    shutil.copytree(demo_no_train.out, run)
+    _assert_every_figure_renders(run / "report.html", run / "report.md", {k: run / v for k, v in figures.items()})
+    moved = tmp_path / "moved" / "demo-output"
+    shutil.move(run, moved)
+    proc = subprocess.run([sys.executable, "-m", "latentcube.cli", "report", "demo-output"], cwd=moved.parent,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    _assert_every_figure_renders(moved / "report.html", moved / "report.md", {k: moved / v for k, v in figures.items()})
+    res = _open_in_chromium(moved / "report.html", tmp_path)
+    assert [i["alt"] for i in res["images"]] == list(figures) and res["missing"] == 0
+    for img in res["images"]:
+        assert img["complete"] and (img["w"], img["h"]) == _png_size(moved / figures[img["alt"]]), img
+
+
 # ------------------------------------------------------------------------------------------ browser
 
 _CHECKER = """<!DOCTYPE html>
@@ -317,22 +395,27 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_report_renders_in_chromium(run_dir, tmp_path):
+def _open_in_chromium(report: Path, scratch: Path) -> dict:
+    """What headless Chromium shows of ``report`` (a report.html): the checker page's JSON result.
+
+    The checker page and the report are served over same-origin http (not file://) so the checker may
+    look into the report's iframe; skips where no Chromium is installed.
+    """
     browser = _chromium()
     if browser is None:
         pytest.skip("no Chromium on PATH (chromium, chromium-browser, google-chrome): apt-get install chromium")
-    build_report(run_dir, title="Browser check")
-    (tmp_path / "check.html").write_text(_CHECKER, encoding="utf-8")
-    # Same-origin http (not file://) so the checker page may look into the report's iframe.
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(_QuietHandler, directory=str(tmp_path)))
+    root = report.parent.parent
+    rel = f"{report.parent.name}/{report.name}"
+    checker_name = "check_report_page.html"
+    (root / checker_name).write_text(_CHECKER.replace("run/report.html", rel), encoding="utf-8")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/check.html"
+        url = f"http://127.0.0.1:{server.server_address[1]}/{checker_name}"
         cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", url]
+               f"--user-data-dir={scratch / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", url]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
         except subprocess.TimeoutExpired as err:
@@ -340,12 +423,18 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+        (root / checker_name).unlink()
     assert proc.returncode == 0, proc.stderr[-2000:]
     checker = _Doc()
     checker.feed(proc.stdout)
     result = "".join(checker.text_of.get("pre", []))
     assert result.startswith("{"), f"checker page did not finish: {result!r}; stderr: {proc.stderr[-2000:]}"
-    res = json.loads(result)
+    return json.loads(result)
+
+
+def test_report_renders_in_chromium(run_dir, tmp_path):
+    build_report(run_dir, title="Browser check")
+    res = _open_in_chromium(run_dir / "report.html", tmp_path)
     assert res["title"] == "Browser check"
     # Every figure decoded at its file's pixel size and laid out with a visible width.
     expected = {"a map": run_dir / "figs" / "map.png", "Training curves: s1": run_dir / "training_curves_s1.png",
@@ -355,7 +444,7 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
         assert img["complete"] and img["w"] > 0 and img["shown"] > 0, img
         assert (img["w"], img["h"]) == _png_size(expected[img["alt"]]), img
         # Mean colour of the drawn pixels against the file decoded by matplotlib (0..255 per channel).
-        reference = plt.imread(expected[img["alt"]]).reshape(-1, 4).mean(axis=0) * 255
+        reference = imread(expected[img["alt"]]).reshape(-1, 4).mean(axis=0) * 255
         assert img["mean_rgba"] == pytest.approx(list(reference), abs=1.0), img
     assert [t["caption"] for t in res["tables"]] == ["cubes", "per site", "wall-clock seconds"]
     assert res["tables"][1]["cells"][2] == ["<b>XS|GR1</b>", "–", "–", "12"]

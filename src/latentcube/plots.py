@@ -5,13 +5,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import xarray as xr
+from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry to leave behind
 
 from latentcube.constants import LANDCOVER_CLASSES
 
@@ -47,14 +44,14 @@ def save_true_colour(ds: xr.Dataset, path: str | Path, *, time_index: int | None
     """Write a true-colour PNG of one date (default: the clearest) and return its path."""
     t = clearest_date(ds) if time_index is None else time_index
     date = pd.Timestamp(ds["time"].values[t]).date()
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
+    fig = Figure(figsize=(5, 5), dpi=110)
+    ax = fig.subplots()
     ax.imshow(true_colour_rgb(ds, t), interpolation="nearest")
     ax.set_title(f"{title} Sentinel-2 true colour {date}".strip())
     ax.set_axis_off()
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -92,7 +89,8 @@ def plot_class_timeseries(ds: xr.Dataset, path: str | Path, *, layer: str = "lan
     """Two panels: mean NDVI per class over S2 dates and mean VV (dB) per class over S1 dates."""
     series = class_timeseries(ds, layer=layer)
     n = len(series)
-    fig, axes = plt.subplots(n, 1, figsize=(9, 3.2 * n), dpi=110, sharex=True, squeeze=False)
+    fig = Figure(figsize=(9, 3.2 * n), dpi=110)
+    axes = fig.subplots(n, 1, sharex=True, squeeze=False)
     for ax, (name, df) in zip(axes[:, 0], series.items(), strict=True):
         for col in df.columns:
             s = df[col].dropna()
@@ -104,5 +102,4 @@ def plot_class_timeseries(ds: xr.Dataset, path: str | Path, *, layer: str = "lan
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
-    plt.close(fig)
     return path

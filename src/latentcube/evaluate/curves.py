@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry to leave behind
 
 __all__ = ["plot_training", "read_metrics"]
 
@@ -40,7 +37,8 @@ def plot_training(run_dir: str | Path, out: str | Path | None = None) -> Path:
             panels.append((title, keys))
     if not panels:
         raise ValueError(f"no loss parts found in {run_dir}/metrics.csv (columns: {list(df.columns)[:10]})")
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), dpi=110, squeeze=False)
+    fig = Figure(figsize=(10, 6.5), dpi=110)
+    axes = fig.subplots(2, 2, squeeze=False)
     for ax, (title, keys) in zip(axes.flat, panels, strict=False):
         for key in keys:
             for split, style in (("train", "-"), ("val", "--")):
@@ -57,5 +55,4 @@ def plot_training(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.suptitle(f"Training curves: {Path(run_dir).name}")
     fig.tight_layout()
     fig.savefig(out)
-    plt.close(fig)
     return out

@@ -245,10 +245,7 @@ def pca_figure(
         gain: true-colour brightness factor (reflectance x gain, clipped to 1; invalid pixels white).
     Returns ``out_png`` as a Path.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
 
     from latentcube.plots import true_colour_rgb
 
@@ -268,7 +265,8 @@ def pca_figure(
     tc = true_colour_rgb(s2, ts2, gain=gain)
     ev = fit.explained_variance_ratio
     h, w = rgb.shape[:2]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5.4 * h / w + 0.4), dpi=110)
+    fig = Figure(figsize=(10, 5.4 * h / w + 0.4), dpi=110)
+    axes = fig.subplots(1, 2)
     axes[0].imshow(tc, interpolation="nearest")
     axes[0].set_title(f"Sentinel-2 true colour {day.date()}")
     axes[1].imshow(rgb, interpolation="nearest")
@@ -281,5 +279,4 @@ def pca_figure(
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png)
-    plt.close(fig)
     return out_png

@@ -60,20 +60,16 @@ def write_section(
 ) -> Path:
     """Write one report section to ``run_dir/sections/<order>_<name>.json`` (replacing an older one).
 
-    ``figures`` are (path, caption) pairs; absolute paths inside ``run_dir`` are stored relative to it.
+    ``figures`` are (path, caption) pairs, stored relative to ``run_dir`` so the report renders from any
+    working directory and after the run directory is moved. A path is read as Python's ``open`` would
+    (absolute, or relative to the working directory, e.g. ``Path(run_dir) / "fig.png"`` with a relative
+    ``run_dir``); a relative path that does not point inside ``run_dir`` that way is taken as relative
+    to ``run_dir`` itself (e.g. ``"figs/map.png"``).
     """
     run_dir = Path(run_dir)
     if not name or not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"section name must be alphanumeric with - or _, got {name!r}")
-    figs = []
-    for path, caption in figures:
-        p = Path(path)
-        if p.is_absolute():
-            try:
-                p = p.resolve().relative_to(run_dir.resolve())
-            except ValueError as err:
-                raise ValueError(f"figure {path} is outside the run directory {run_dir}") from err
-        figs.append({"path": p.as_posix(), "caption": caption})
+    figs = [{"path": _relative_to_run(run_dir, path), "caption": caption} for path, caption in figures]
     doc = {"name": name, "order": int(order), "title": title, "text": list(text), "tables": list(tables),
            "figures": figs, "data": dict(data or {})}
     folder = run_dir / SECTIONS_DIR
@@ -84,6 +80,23 @@ def write_section(
     path = folder / f"{int(order):03d}_{name}.json"
     path.write_text(json.dumps(_clean(doc), indent=1) + "\n", encoding="utf-8")
     return path
+
+
+def _relative_to_run(run_dir: Path, path: str | Path) -> str:
+    """``path`` relative to ``run_dir`` (POSIX form); see :func:`write_section` for the rule."""
+    p, root = Path(path), run_dir.resolve()
+    try:
+        return p.resolve().relative_to(root).as_posix()  # resolve() reads a relative path from the cwd
+    except ValueError:
+        if p.is_absolute():
+            raise ValueError(f"figure {path} is outside the run directory {run_dir}. "
+                             "Fix: write figures inside the run directory.") from None
+    inside = (root / p).resolve()
+    try:
+        return inside.relative_to(root).as_posix()
+    except ValueError:
+        raise ValueError(f"figure {path} is outside the run directory {run_dir}. "
+                         "Fix: write figures inside the run directory.") from None
 
 
 def read_sections(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -261,15 +261,13 @@ def run_sweep(
 
 
 def _figure(table: pd.DataFrame, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
 
     labels = [f"{s:g}/{t:g}" for s, t in zip(table["alpha_s"], table["alpha_t"], strict=True)]
     xs = np.arange(len(table))
     probes = [c for c in table.columns if c.startswith("probe_")]
-    fig, axes = plt.subplots(1, 2 if probes else 1, figsize=(9 if probes else 4.5, 3.4), dpi=110, squeeze=False)
+    fig = Figure(figsize=(9 if probes else 4.5, 3.4), dpi=110)
+    axes = fig.subplots(1, 2 if probes else 1, squeeze=False)
     ax = axes[0, 0]
     ax.plot(xs, table["center_mae"], "o-", label="centre MAE")
     ax.plot(xs, table["context_mae_ref"], "s-", label="context MAE (reference weights)")
@@ -290,7 +288,6 @@ def _figure(table: pd.DataFrame, path: Path) -> Path:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
