@@ -54,6 +54,7 @@ def _root(
 def synth(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the world's cubes and FLUXNET files.")],
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives identical data.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the world's cubes if OUT already has them.")] = False,
 ) -> None:
     """Simulate the synthetic world (S1/S2 cubes + flux towers) and write it to OUT."""
     from latentcube.synthetic import make_world, write_world
@@ -61,7 +62,7 @@ def synth(
     with console.status("simulating the synthetic world"):
         world = make_world(seed=seed)
     with console.status(f"writing {len(world.cubes)} cubes to {out_dir}"):
-        write_world(world, out_dir)
+        write_world(world, out_dir, overwrite=overwrite)
     for name in world.cubes:
         out.print(str(out_dir / f"{name}.zarr"))
 
@@ -173,11 +174,14 @@ def import_(
     scl_mask: Annotated[str, typer.Option(help="SCL classes to mask, comma separated.")] = "3,8,9,10",
     no_scl_mask: Annotated[bool, typer.Option("--no-scl-mask", help="Keep cloudy pixels.")] = False,
     duplicates: Annotated[str, typer.Option(help="Same-date files: error | first | mean.")] = "error",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing cube at --out (never other files).")] = False,
 ) -> None:
     """Import your own S2/S1 exports (openEO/CDSE, GEE/WorldCereal, NetCDF/Zarr/GeoTIFF) into a cube."""
-    from latentcube.cube import save_cube
+    from latentcube.cube import is_cube_store, save_cube
+    from latentcube.files import check_output_path
     from latentcube.sources.importers import import_cube, parse_band_map, parse_layers
 
+    check_output_path(out_path, overwrite=overwrite, is_ours=is_cube_store, what="cube")  # before the slow import
     with console.status("importing"):
         ds = import_cube(
             s2, s1 or None, preset=preset, band_map=parse_band_map(band_map), s2_scale=s2_scale, s2_offset=s2_offset,
@@ -187,7 +191,7 @@ def import_(
             duplicates=duplicates,
         )
     with console.status(f"writing {out_path}"):
-        save_cube(ds, out_path)
+        save_cube(ds, out_path, overwrite=overwrite)
     out.print(f"{out_path}: {ds.sizes['time']} S2 dates, {ds.sizes.get('time_s1', 0)} S1 dates, {ds.sizes['y']}x{ds.sizes['x']} px")
 
 
@@ -233,7 +237,7 @@ def fetch(
     cloudsen12_weights: Annotated[Path | None, typer.Option(help="Local CloudSEN12 TorchScript weights.")] = None,
     nbar: Annotated[bool, typer.Option(help="Nadir BRDF adjustment (needs latentcube[nbar]).")] = False,
     no_s1: Annotated[bool, typer.Option("--no-s1", help="Sentinel-2 only.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Redo finished cubes of a plan.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing cube at --out; with --plan: redo finished cubes.")] = False,
     keep_going: Annotated[bool, typer.Option(help="With --plan: skip sites that fail.")] = False,
 ) -> None:
     """Fetch Sentinel-2 L2A + Sentinel-1 RTC from the Planetary Computer onto one 10 m grid."""
@@ -253,9 +257,13 @@ def fetch(
         return
     if start is None or end is None:
         raise typer.BadParameter("give --start and --end (or --plan)")
+    from latentcube.cube import is_cube_store
+    from latentcube.files import check_output_path
+
+    check_output_path(out_path, overwrite=overwrite, is_ours=is_cube_store, what="cube")  # before the download
     ds = fetch_cube(center=center, edge_m=edge_m, bbox=bbox, start=start, end=end, crs=crs, **kw)
     with console.status(f"downloading and writing {out_path}"):
-        save_cube(ds, out_path)
+        save_cube(ds, out_path, overwrite=overwrite)
     out.print(f"{out_path}: {ds.sizes['time']} S2 dates, {ds.sizes.get('time_s1', 0)} S1 dates")
 
 

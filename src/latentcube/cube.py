@@ -15,6 +15,9 @@ Convention (docs/data-model.md):
 from __future__ import annotations
 
 import datetime as _dt
+import os
+import shutil
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,8 +32,12 @@ from latentcube.constants import S1_BANDS, S1_DIMS, S2_BANDS, S2_DIMS
 from latentcube.errors import LatentcubeError
 
 __all__ = [
+    "S1_PHYSICAL_RANGE",
+    "S2_PHYSICAL_RANGE",
     "CubeError",
     "cube_crs",
+    "impossible_values",
+    "is_cube_store",
     "cube_summary",
     "new_cube",
     "open_cube",
@@ -39,6 +46,28 @@ __all__ = [
     "set_crs",
     "validate_cube",
 ]
+
+#: S2 surface reflectance a sensor can report: L2A bottom-of-atmosphere reflectance of any natural surface
+#: (fresh snow, bright cloud tops ~1.0-1.6) stays below 2.0, and atmospheric-correction undershoot of dark
+#: water stays above -0.5 (the L2A DN offset reaches -0.1). Outside: fill values (65535 -> 6.55, 1e30),
+#: saturation or corruption, never a measurement. Values equal to a bound are kept.
+S2_PHYSICAL_RANGE: tuple[float, float] = (-0.5, 2.0)
+
+#: S1 backscatter in linear power a sensor can report: 0 up to 10^4 (+40 dB), above the brightest point
+#: targets (corner reflectors, ships, urban double bounce reach ~+30 dB in a 10 m pixel). Negative power
+#: is impossible; exactly 0 (and the dB of it) is NaN after normalisation anyway.
+S1_PHYSICAL_RANGE: tuple[float, float] = (0.0, 1.0e4)
+
+
+
+def impossible_values(values: np.ndarray, sensor: str) -> np.ndarray:
+    """Boolean mask of the values of ``values`` (S2 reflectance or S1 linear power) no sensor can measure:
+    infinite or outside :data:`S2_PHYSICAL_RANGE` / :data:`S1_PHYSICAL_RANGE`. NaN (clouds, nodata) is not
+    impossible, just missing."""
+    lo, hi = S2_PHYSICAL_RANGE if sensor == "s2" else S1_PHYSICAL_RANGE
+    with np.errstate(invalid="ignore"):
+        return (values < lo) | (values > hi)  # NaN compares False; +-inf falls outside
+
 
 #: Values sampled per variable for the cheap range checks of :func:`validate_cube`.
 _SAMPLE_TARGET = 2_000_000
@@ -213,6 +242,32 @@ def _check_zero_pixels(da: xr.DataArray, name: str) -> None:
                   stacklevel=3)
 
 
+#: Largest S2 L2A digital number (uint16): values far above it are fill values, not unscaled reflectance.
+_MAX_DN = 65535.0
+
+
+def _share_impossible(sample: np.ndarray, sensor: str) -> str:
+    bad = impossible_values(sample, sensor)
+    return f"{np.count_nonzero(bad):,} ({np.mean(bad):.2%})"
+
+
+def _check_impossible(sample: np.ndarray, sensor: str) -> None:
+    """Warn about sampled values no sensor can measure. Every read masks them (Normalization), so they
+    do not stop a run, but they mean a fill value was not masked or the data is corrupt."""
+    n = int(np.count_nonzero(impossible_values(sample, sensor)))
+    if not n:
+        return
+    import warnings
+
+    lo, hi = S2_PHYSICAL_RANGE if sensor == "s2" else S1_PHYSICAL_RANGE
+    warnings.warn(
+        f"{_share_impossible(sample, sensor)} of the sampled {sensor} values are infinite or outside the "
+        f"physical range [{lo:g}, {hi:g}]; embed and train read their pixel-dates as NaN (like clouds). "
+        f"Fix: mask the fill value on import (--{sensor}-nodata VALUE) or re-create the cube.",
+        stacklevel=4,
+    )
+
+
 def _check_dims(ds: xr.Dataset, name: str, expected: tuple[str, ...]) -> None:
     dims = tuple(ds[name].dims)
     if dims == expected:
@@ -256,6 +311,14 @@ def _check_grid(ds: xr.Dataset) -> None:
         if dim not in ds.coords:
             raise CubeError(f"no '{dim}' coordinate. Fix: assign pixel-centre coordinates in metres.")
         coord = np.asarray(ds[dim].values, dtype="float64")
+        bad = ~np.isfinite(coord)
+        if bad.any():
+            raise CubeError(
+                f"coordinate '{dim}' has {int(bad.sum())} NaN or infinite value(s) (first at index "
+                f"{int(np.argmax(bad))} of {coord.size}): every pixel needs its centre in metres. Fix: rebuild "
+                f"'{dim}' from the grid's origin and pixel size, e.g. ds = ds.assign_coords({dim}=x0 + step * "
+                f"np.arange(ds.sizes['{dim}'])), or re-import the files."
+            )
         if coord.size < 2:
             continue
         steps = np.diff(coord)
@@ -344,7 +407,14 @@ def _check_s2(ds: xr.Dataset) -> None:
         )
     if valid.size:
         p99 = float(np.percentile(valid, 99))
-        if p99 > 2.0:
+        if p99 > S2_PHYSICAL_RANGE[1] and np.median(valid[valid > S2_PHYSICAL_RANGE[1]]) > _MAX_DN:
+            raise CubeError(
+                f"s2 holds impossible reflectances (99th percentile {p99:.3g}; {_share_impossible(sample, 's2')} of "
+                "the sampled values are infinite or outside the physical range "
+                f"{list(S2_PHYSICAL_RANGE)}): a fill value stored as data, not digital numbers. Fix: mask it as NaN "
+                "on import (--s2-nodata VALUE), or ds['s2'] = ds['s2'].where(abs(ds['s2']) <= 2)."
+            )
+        if p99 > S2_PHYSICAL_RANGE[1]:
             raise CubeError(
                 f"s2 looks like unscaled digital numbers (99th percentile {p99:.0f}), not reflectance 0-1. "
                 "Fix: divide by 10000 (after adding the -1000 offset for processing baseline >= 04.00)."
@@ -355,6 +425,7 @@ def _check_s2(ds: xr.Dataset) -> None:
                 "s2 has many reflectances below -0.2. Fix: mask nodata/saturated pixels as NaN and check the "
                 "baseline-04.00 offset (reflectance = (DN - 1000) / 10000)."
             )
+    _check_impossible(sample, "s2")  # after the checks that name a better fix (digital numbers, offset)
 
 
 def _check_s1(ds: xr.Dataset, require_s1: bool) -> None:
@@ -369,7 +440,7 @@ def _check_s1(ds: xr.Dataset, require_s1: bool) -> None:
             )
         if ds["s1"].dtype != np.float32:
             raise CubeError(f"'s1' is {ds['s1'].dtype}, the data model stores float32. Fix: .astype('float32').")
-        s1 = _sample(ds["s1"])
+        s1_all = s1 = _sample(ds["s1"])
         s1 = s1[np.isfinite(s1)]
         if s1.size and (np.mean(s1 < 0) > 0.01 or np.median(s1) < 0):
             raise CubeError(
@@ -378,6 +449,7 @@ def _check_s1(ds: xr.Dataset, require_s1: bool) -> None:
             )
         if s1.size:
             _check_zero_pixels(ds["s1"], "s1")
+        _check_impossible(s1_all, "s1")
     elif require_s1:
         raise CubeError("missing 's1': this step needs Sentinel-1. Fix: fetch or import S1 (VV, VH) into the cube.")
 
@@ -389,6 +461,81 @@ def _is_zarr(path: Path) -> bool:
     return path.suffix == ".zarr" or (path.is_dir() and any((path / m).exists() for m in (".zgroup", "zarr.json")))
 
 
+_NOT_A_CUBE_FIX = ("Fix: pass a cube written by latentcube (`latentcube import`, `fetch` or `synth` make one: a *.zarr "
+                   "folder or a *.nc file), or import your own files with `latentcube import`.")
+
+#: First bytes of the files xarray reads as NetCDF: NetCDF-3 classic/64-bit/CDF-5 and HDF5 (NetCDF-4).
+_NETCDF_MAGIC = (b"CDF\x01", b"CDF\x02", b"CDF\x05", b"\x89HDF\r\n\x1a\n")
+
+
+def _check_is_store(path: Path) -> None:
+    """A clear error for a path that cannot be a cube (an ordinary folder, an empty or foreign file),
+    before xarray's generic advice to install IO backends."""
+    if path.is_dir():
+        if any((path / m).exists() for m in (".zgroup", "zarr.json")):
+            return
+        entries = sorted(p.name for p in path.iterdir())
+        if not entries:
+            raise CubeError(f"{path} is an empty folder, not a cube. {_NOT_A_CUBE_FIX}")
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise CubeError(f"{path} is a folder but not a Zarr cube (no .zgroup or zarr.json; it holds {shown}). "
+                        f"{_NOT_A_CUBE_FIX}")
+    size = path.stat().st_size
+    if size == 0:
+        raise CubeError(f"{path} is an empty file (0 bytes), not a cube: an interrupted write? {_NOT_A_CUBE_FIX}")
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    if not any(head.startswith(m) for m in _NETCDF_MAGIC):
+        raise CubeError(f"{path} is not a NetCDF file (it starts with {head[:4]!r}), so not a cube. {_NOT_A_CUBE_FIX}")
+
+
+def _root_attrs(store: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        if (store / ".zmetadata").is_file():
+            return json.loads((store / ".zmetadata").read_text(encoding="utf-8"))["metadata"].get(".zattrs", {})
+        if (store / ".zattrs").is_file():
+            return json.loads((store / ".zattrs").read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError):
+        pass
+    return {}
+
+
+def _check_store_chunks(store: Path) -> None:
+    """Refuse a store with empty, truncated or (in cubes that record writing every chunk) missing chunk
+    files before anything is decompressed: they would read as NaN silently or crash the interpreter."""
+    from latentcube.chunks import chunk_problems
+
+    complete = bool(_root_attrs(store).get(ALL_CHUNKS_ATTR))
+    problems = chunk_problems(store)
+    missing = [p for p in problems if p.kind == "missing"]
+    broken = [p for p in problems if p.kind != "missing"]
+    fix = ("Fix: re-create the cube (re-run the `latentcube import`, `fetch` or `synth` that made it, with "
+           "--overwrite) or restore the file from a backup; the values of that chunk are lost.")
+    if broken:
+        p = broken[0]
+        more = f" ({len(broken) - 1} more bad chunk files)" if len(broken) > 1 else ""
+        raise CubeError(f"corrupt cube {store}: variable '{p.variable}', chunk file {p.path} {p.detail}{more}. {fix}")
+    if missing and complete:
+        p = missing[0]
+        n_var = sum(q.variable == p.variable for q in missing)
+        more = f" ({len(missing) - 1} more missing chunk files)" if len(missing) > 1 else ""
+        raise CubeError(f"incomplete cube {store}: variable '{p.variable}', chunk file {p.path} is missing "
+                        f"({n_var} chunk file(s) of '{p.variable}' missing{more}); its values would read as NaN. {fix}")
+    data = [p for p in missing if p.variable in ("s2", "s1", "s2_scl")]
+    if data:
+        import warnings
+
+        warnings.warn(
+            f"{store}: {len(data)} chunk files of {sorted({p.variable for p in data})} are absent (first: {data[0].path}); "
+            "they read as NaN. This cube does not record that every chunk was written (older writers skip "
+            "all-NaN chunks), so they may be cloud-only chunks. Fix: if they should hold data, re-create the "
+            "cube; saving it again with latentcube records complete chunks.",
+            stacklevel=3,
+        )
+
+
 def open_cube(path: str | Path, *, chunks: Mapping[str, int] | str | None = None, validate: bool = False) -> xr.Dataset:
     """Open a cube lazily (Dask) from Zarr (directory or ``*.zarr``) or NetCDF (``*.nc``).
 
@@ -398,6 +545,9 @@ def open_cube(path: str | Path, *, chunks: Mapping[str, int] | str | None = None
     path = Path(path)
     if not path.exists():
         raise CubeError(f"no such cube: {path}. Fix: check the path (cubes are *.zarr directories or *.nc files).")
+    _check_is_store(path)
+    if path.is_dir():
+        _check_store_chunks(path)
     chunks = {} if chunks is None else chunks
     try:
         if _is_zarr(path):
@@ -406,6 +556,7 @@ def open_cube(path: str | Path, *, chunks: Mapping[str, int] | str | None = None
             ds = xr.open_dataset(path, chunks=chunks, decode_coords="all")
     except Exception as err:
         raise CubeError(f"cannot read {path} as Zarr or NetCDF: {err}") from err
+    ds.attrs.pop(ALL_CHUNKS_ATTR, None)  # a fact about this store, not the data: a copy written elsewhere sets its own
     # decode_coords moves grid_mapping to encoding; restore the attribute for downstream writers.
     for name in ds.data_vars:
         gm = ds[name].encoding.get("grid_mapping")
@@ -428,15 +579,47 @@ def _storage_chunks(ds: xr.Dataset, name: str, spatial: int = 256, temporal: int
     return tuple(sizes)
 
 
+def is_cube_store(path: str | Path) -> bool:
+    """Whether ``path`` is a latentcube output (a cube or an embedding store: Zarr or NetCDF whose
+    attributes record ``latentcube_version``), i.e. something ``--overwrite`` may replace."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            for meta in (".zmetadata", ".zattrs"):
+                if (path / meta).is_file():
+                    text = (path / meta).read_text(encoding="utf-8")
+                    return '"latentcube_version"' in text
+            return False
+        if path.is_file() and path.stat().st_size > 0:
+            with xr.open_dataset(path) as ds:
+                return "latentcube_version" in ds.attrs
+    except Exception:  # unreadable: not something we wrote, so never ours to delete
+        return False
+    return False
+
+
+#: Root attribute of cubes written by :func:`save_cube`: every chunk file was written (empty ones too),
+#: so a chunk file that is missing later was lost, not skipped.
+ALL_CHUNKS_ATTR = "latentcube_all_chunks_written"
+
+
 def save_cube(ds: xr.Dataset, path: str | Path, *, overwrite: bool = True) -> Path:
     """Write a cube to Zarr (``*.zarr`` or any other name) or NetCDF (``*.nc``); returns the path.
 
+    An existing latentcube cube at ``path`` is replaced only with ``overwrite`` (the default, for library
+    use; the CLI's default is to refuse); anything else at ``path`` (a folder of other files, another
+    file) is never touched: :class:`~latentcube.files.OutputExistsError`. The cube is written under a
+    temporary name beside ``path`` and renamed into place when complete, so a failed write leaves any old
+    cube as it was.
+
     Attributes record the package version. Encodings inherited from the source files are dropped so
-    that storage chunks follow :func:`_storage_chunks`.
+    that storage chunks follow :func:`_storage_chunks`. Zarr stores get every chunk file, all-NaN ones
+    too, so that :func:`open_cube` can tell a lost chunk file from a skipped one.
     """
+    from latentcube.files import atomic_path, check_output_path
+
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise CubeError(f"{path} exists. Fix: choose another path or pass overwrite=True.")
+    replace = check_output_path(path, overwrite=overwrite, is_ours=is_cube_store, what="cube")
     out = ds.copy()
     out.attrs["latentcube_version"] = __version__
     for name in out.variables:
@@ -448,16 +631,30 @@ def save_cube(ds: xr.Dataset, path: str | Path, *, overwrite: bool = True) -> Pa
             for name in out.data_vars
             if out[name].ndim >= 2
         }
-        out.to_netcdf(path, engine="netcdf4", encoding=encoding)
-    else:
-        encoding = {name: {"chunks": _storage_chunks(out, name)} for name in out.data_vars if out[name].ndim >= 2}
-        # Align dask chunks with storage chunks so each task writes whole Zarr chunks (memory stays bounded).
-        for name in out.data_vars:
-            if out[name].chunks is not None and out[name].ndim >= 2:
-                out[name] = out[name].chunk(dict(zip(out[name].dims, _storage_chunks(out, name), strict=True)))
+        with atomic_path(path) as tmp:
+            out.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
+        return path
+    out.attrs[ALL_CHUNKS_ATTR] = 1
+    encoding = {name: {"chunks": _storage_chunks(out, name)} for name in out.data_vars if out[name].ndim >= 2}
+    # Align dask chunks with storage chunks so each task writes whole Zarr chunks (memory stays bounded).
+    for name in out.data_vars:
+        if out[name].chunks is not None and out[name].ndim >= 2:
+            out[name] = out[name].chunk(dict(zip(out[name].dims, _storage_chunks(out, name), strict=True)))
+    tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
         # Zarr v2 format: string coordinates (band names) have no stable v3 dtype yet, and GDAL and older
         # readers still expect v2 with consolidated metadata.
-        out.to_zarr(path, mode="w", encoding=encoding, consolidated=True, zarr_format=2)
+        out.to_zarr(tmp, mode="w-", encoding=encoding, consolidated=True, zarr_format=2, write_empty_chunks=True)
+        if replace or path.exists():  # an old cube (or an empty folder) moves aside until the new one is in place
+            aside = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, aside)
+            os.replace(tmp, path)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -4,7 +4,10 @@
 * :func:`smooth_s1`: the paper's three-frame rolling mean of the S1 series in linear scale (per orbit
   direction when the cube has both);
 * :class:`Normalization`: the invertible 0-1 scaling of S2 reflectance and S1 backscatter, storable in
-  cube attributes and model checkpoints so reconstructions can be reported in physical units;
+  cube attributes and model checkpoints so reconstructions can be reported in physical units; every
+  pixel-date with a value no sensor can measure (infinite, or outside
+  :data:`~latentcube.cube.S2_PHYSICAL_RANGE` / :data:`~latentcube.cube.S1_PHYSICAL_RANGE`) becomes NaN like
+  a cloud, counted and logged;
 * :func:`match_s1_to_s2`: S1 on the S2 time axis (nearest acquisition within a maximum gap), used to
   build the aligned radar-optical pairs of the fusion stage (§III-C).
 
@@ -14,6 +17,7 @@ None of these functions modifies its input.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,6 +27,7 @@ import pandas as pd
 import xarray as xr
 
 from latentcube.constants import S2_BANDS
+from latentcube.cube import S1_PHYSICAL_RANGE, S2_PHYSICAL_RANGE, impossible_values
 
 __all__ = [
     "DEFAULT_S1_BOUNDS_DB",
@@ -44,6 +49,8 @@ DEFAULT_S2_BOUNDS: dict[str, tuple[float, float]] = {b: (0.0, 1.0) for b in S2_B
 #: (water and radar shadow reach lower, urban double bounce higher; those values fall slightly outside
 #: 0-1 unless ``clip``). Refit on your data with :func:`fit_normalization`.
 DEFAULT_S1_BOUNDS_DB: dict[str, tuple[float, float]] = {"VV": (-25.0, 0.0), "VH": (-32.0, -5.0)}
+
+_log = logging.getLogger(__name__)
 
 #: Attribute key under which a normalised cube records its :class:`Normalization` (JSON).
 ATTR_KEY = "latentcube_normalization"
@@ -119,11 +126,20 @@ class Normalization:
     S2: ``(reflectance - lo) / (hi - lo)``. S1: ``(dB - lo) / (hi - lo)`` with dB = 10·log10(linear)
     (linear <= 0 -> NaN). ``clip`` clamps normalised values to [0, 1]; then only values inside the bounds
     round-trip exactly, so it is off by default.
+
+    Values no sensor can measure (infinite, or outside :data:`~latentcube.cube.S2_PHYSICAL_RANGE` /
+    :data:`~latentcube.cube.S1_PHYSICAL_RANGE`: fill values, corruption) become NaN, so every block that
+    embed and train read treats them like clouds: a 1e30 would otherwise flow through the convolutions
+    and turn every embedding it reaches NaN. One such band makes its whole pixel-date NaN. ``masked``
+    counts those pixel-dates per sensor; the first time a sensor has any, a warning is logged with the
+    count.
     """
 
     s2: Mapping[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_S2_BOUNDS))
     s1_db: Mapping[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_S1_BOUNDS_DB))
     clip: bool = False
+    masked: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+    """Pixel-dates with impossible values set to NaN so far by this object, per sensor (not stored)."""
 
     def __post_init__(self) -> None:
         for what, table in (("s2", self.s2), ("s1_db", self.s1_db)):
@@ -149,11 +165,30 @@ class Normalization:
         lo, hi = self._bounds(bands, sensor)
         shape = [1] * np.ndim(values)
         shape[axis] = len(bands)
+        # one impossible band spoils its pixel-date: all its bands become NaN, as a cloud does
+        bad = impossible_values(values, sensor).any(axis=axis, keepdims=True)
         v = linear_to_db(values) if sensor == "s1" else np.asarray(values, dtype="float64")
         out = (v - lo.reshape(shape)) / (hi - lo).reshape(shape)
         if self.clip:
             out = np.clip(out, 0.0, 1.0)
+        n = int(np.count_nonzero(bad))
+        if n:
+            out[np.broadcast_to(bad, out.shape)] = np.nan
+            self._count_masked(sensor, n, bad.size)
         return out.astype("float32")
+
+    def _count_masked(self, sensor: str, n: int, size: int) -> None:
+        first = not self.masked.get(sensor)
+        self.masked[sensor] = self.masked.get(sensor, 0) + n
+        lo, hi = S2_PHYSICAL_RANGE if sensor == "s2" else S1_PHYSICAL_RANGE
+        # WARNING once per sensor and object (train reads thousands of patches), the rest at DEBUG.
+        _log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "%s: %d of %d pixel-dates read have values that are infinite or outside the physical range "
+            "[%g, %g] (fill values or corrupt data); they were set to NaN like clouds (%d so far). Fix: mask the fill value on import "
+            "(--%s-nodata VALUE) or re-create the cube; `latentcube validate` counts them.",
+            sensor, n, size, lo, hi, self.masked[sensor], sensor,
+        )
 
     def denormalize_array(self, values: np.ndarray, bands: Sequence[str], sensor: Literal["s2", "s1"], *, axis: int = 1) -> np.ndarray:
         """Inverse of :meth:`normalize_array` (S1 returned in linear power)."""
@@ -181,7 +216,7 @@ class Normalization:
                 da = ds[var]
                 lo, hi = self._bounds_da(da, band_dim, sensor)
                 v = linear_to_db(da) if sensor == "s1" else da
-                n = (v - lo) / (hi - lo)
+                n = ((v - lo) / (hi - lo)).where(~impossible_values(da, sensor).any(band_dim))
                 if self.clip:
                     n = n.clip(0.0, 1.0)
                 out[var] = n.transpose(*da.dims).astype("float32").assign_attrs(da.attrs, units="normalised 0-1")
