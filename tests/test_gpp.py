@@ -276,8 +276,13 @@ def test_fit_regressor_is_seeded_and_learns():
     y[:, :3] = np.nan  # masked targets are ignored
     cfg = GPPConfig(window_days=20, d_model=16, n_heads=2, ffn_dim=16, n_layers=2, max_epochs=25, patience=25, lr=5e-3,
                     batch_size=8)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
     m1, info = fit_regressor(x[:48], y[:48], x[48:], y[48:], cfg)
+    assert torch.equal(torch.random.get_rng_state(), state)  # seeded without resetting the caller's generator
     m2, _ = fit_regressor(x[:48], y[:48], x[48:], y[48:], cfg)
+    assert float(m1.target_scale) == pytest.approx(info["target_scale"])  # a buffer: saved with state_dict
+    assert "target_scale" in m1.state_dict()
     p1 = predict_daily(m1, x[48], 20, 10)
     np.testing.assert_array_equal(p1, predict_daily(m2, x[48], 20, 10))
     base = np.nanmean(np.abs(y[48:] - np.nanmean(y[:48])))
@@ -359,9 +364,20 @@ def test_evaluate_gpp_end_to_end(world_dir, tiny_fusion, tmp_path):
     assert any("per-date embeddings NRMSE" in t for t in section["text"])
     assert len(list((folder / "cache").glob("*.zarr"))) == 2
     # Two worker processes (all protocols' fits in one batch, with the window sweep) give the serial run's
-    # numbers up to float summation order (one torch thread per worker).
-    par = evaluate_gpp(world_dir / "towers.csv", tmp_path / "par", checkpoint=tiny_fusion, cubes=world_dir,
-                       fluxnet=world_dir / "fluxnet", config=replace(cfg, n_jobs=2, sweep_windows=(40, 60)))
+    # numbers up to float summation order (one torch thread per worker). The caller's thread count and
+    # matplotlib backend are what they were (the workers set their own threads; figures use no pyplot).
+    import matplotlib
+
+    backend, threads = matplotlib.get_backend(), torch.get_num_threads()
+    matplotlib.use("pdf")
+    torch.set_num_threads(3)
+    try:
+        par = evaluate_gpp(world_dir / "towers.csv", tmp_path / "par", checkpoint=tiny_fusion, cubes=world_dir,
+                           fluxnet=world_dir / "fluxnet", config=replace(cfg, n_jobs=2, sweep_windows=(40, 60)))
+        assert matplotlib.get_backend() == "pdf" and torch.get_num_threads() == 3
+    finally:
+        matplotlib.use(backend)
+        torch.set_num_threads(threads)
     for p in ("year", "loso"):
         for m in ("embedding", "bands", "ndvi", "annual_embedding", "climatology"):
             want = doc["protocols"][p]["scores"][m]["overall"]

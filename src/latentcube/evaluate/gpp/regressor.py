@@ -9,44 +9,41 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from latentcube.evaluate.gpp.config import GPPConfig, GPPError
 from latentcube.evaluate.gpp.series import doy_index, make_windows, window_starts
 from latentcube.evaluate.gpp.sites import SiteData
 
-# ------------------------------------------------------------------------------------- regressor
-
 
 def _device(cfg: GPPConfig) -> str:
-    import torch
-
     return cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _regressor(n_features: int, window_days: int, cfg: GPPConfig):
+class GPPTransformer(nn.Module):
     """Linear input layer (patch_days x features -> d_model) + learned positions, ``n_layers`` Transformer
-    encoder blocks, a linear regression head giving patch_days daily values per token."""
-    import torch
-    from torch import nn
+    encoder blocks, a linear regression head giving patch_days daily values per token.
 
-    class GPPTransformer(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.p = cfg.patch_days
-            self.inp = nn.Linear(n_features * cfg.patch_days, cfg.d_model)
-            self.pos = nn.Parameter(torch.randn(1, window_days // cfg.patch_days, cfg.d_model) * 0.02)
-            layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, cfg.ffn_dim, cfg.dropout, batch_first=True,
-                                               norm_first=True)
-            self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
-            self.norm = nn.LayerNorm(cfg.d_model)
-            self.head = nn.Linear(cfg.d_model, cfg.patch_days)
+    ``target_scale`` (a buffer, so it travels with ``state_dict`` and ``.to()``) is the SD the targets were
+    divided by in training: :func:`predict_daily` multiplies the outputs by it."""
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, F) -> (B, L)
-            b, n, f = x.shape
-            z = self.inp(x.reshape(b, n // self.p, self.p * f)) + self.pos
-            return self.head(self.norm(self.encoder(z))).reshape(b, n)
+    def __init__(self, n_features: int, window_days: int, cfg: GPPConfig) -> None:
+        super().__init__()
+        self.p = cfg.patch_days
+        self.inp = nn.Linear(n_features * cfg.patch_days, cfg.d_model)
+        self.pos = nn.Parameter(torch.randn(1, window_days // cfg.patch_days, cfg.d_model) * 0.02)
+        layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, cfg.ffn_dim, cfg.dropout, batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.patch_days)
+        self.register_buffer("target_scale", torch.ones(()))
 
-    return GPPTransformer()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, F) -> (B, L), in units of target_scale
+        b, n, f = x.shape
+        z = self.inp(x.reshape(b, n // self.p, self.p * f)) + self.pos
+        return self.head(self.norm(self.encoder(z))).reshape(b, n)
 
 
 @dataclass
@@ -103,23 +100,29 @@ def _window_set(x: Mapping[str, np.ndarray], y: Mapping[str, np.ndarray], masks:
 
 
 def fit_regressor(x_fit: np.ndarray, y_fit: np.ndarray, x_es: np.ndarray, y_es: np.ndarray, cfg: GPPConfig,
-                  window_days: int | None = None) -> tuple[Any, dict[str, Any]]:
+                  window_days: int | None = None) -> tuple[GPPTransformer, dict[str, Any]]:
     """Train the Transformer regressor with MAE on the finite targets of ``y_fit`` ``(N, L)``; early stop
     on the MAE of ``y_es`` (restores the best epoch). Inputs ``(N, L, F)`` float32 without NaN.
 
     Returns (model in eval mode on its device, info with epochs, best early-stopping MAE in g C m⁻² d⁻¹,
     target scale and seconds). Seeded (``cfg.seed``): the same data and config give the same model.
     """
-    import torch
-
     t0 = _time.perf_counter()
     if len(x_fit) == 0:
         raise GPPError("no training window has enough target days. Fix: more sites/years, or a lower min_target_days.")
-    length = window_days or x_fit.shape[1]
     dev = _device(cfg)
-    torch.manual_seed(cfg.seed)
+    # Seeded without touching the caller's random state: fork_rng restores the global generators on return.
+    with torch.random.fork_rng(devices=[torch.device(dev)] if dev.startswith("cuda") else []):
+        torch.manual_seed(cfg.seed)
+        model, info = _train(x_fit, y_fit, x_es, y_es, cfg, window_days or x_fit.shape[1], dev)
+    info["seconds"] = _time.perf_counter() - t0
+    return model, info
+
+
+def _train(x_fit: np.ndarray, y_fit: np.ndarray, x_es: np.ndarray, y_es: np.ndarray, cfg: GPPConfig, length: int,
+           dev: str) -> tuple[GPPTransformer, dict[str, Any]]:
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = _regressor(x_fit.shape[2], length, cfg).to(dev)
+    model = GPPTransformer(x_fit.shape[2], length, cfg).to(dev)
     scale = float(np.nanstd(y_fit)) or 1.0  # targets in units of their SD: one learning rate fits all sites
     xf = torch.from_numpy(np.array(x_fit, dtype="float32")).to(dev)  # a copy: joblib may pass read-only memmaps
     yf = torch.from_numpy(y_fit / scale).to(dev)
@@ -159,16 +162,15 @@ def fit_regressor(x_fit: np.ndarray, y_fit: np.ndarray, x_es: np.ndarray, y_es: 
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    model.target_scale = scale
+    model.target_scale.fill_(scale)
     return model, {"epochs": epoch, "best_epoch": best_epoch, "es_mae": best if np.isfinite(best) else None,
-                   "target_scale": scale, "n_fit_windows": len(x_fit), "n_es_windows": len(x_es),
-                   "seconds": _time.perf_counter() - t0}
+                   "target_scale": scale, "n_fit_windows": len(x_fit), "n_es_windows": len(x_es)}
 
 
 def predict_daily(model: Any, x: np.ndarray, length: int, stride: int) -> np.ndarray:
     """Daily predictions ``(n_days,)`` of one site: every window (stride + end-aligned) predicts all its
-    days, and each day's value is the mean over the windows covering it (NaN if the site is too short)."""
-    import torch
+    days, and each day's value is the mean over the windows covering it (NaN if the site is too short).
+    Outputs are multiplied by the model's ``target_scale`` buffer when it has one."""
 
     starts = window_starts(len(x), length, stride)
     out = np.full(len(x), np.nan)
@@ -178,7 +180,7 @@ def predict_daily(model: Any, x: np.ndarray, length: int, stride: int) -> np.nda
     xw = torch.from_numpy(make_windows(x, starts, length).astype("float32")).to(dev)
     with torch.no_grad():
         pred = torch.cat([model(xw[i : i + 256]) for i in range(0, len(xw), 256)]).cpu().numpy().astype("float64")
-    pred *= getattr(model, "target_scale", 1.0)
+    pred *= float(getattr(model, "target_scale", 1.0))
     sums, counts = np.zeros(len(x)), np.zeros(len(x))
     for s, p in zip(starts, pred, strict=True):
         sums[s : s + length] += p

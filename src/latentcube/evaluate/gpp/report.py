@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from latentcube.evaluate.gpp.config import METHOD_LABELS, PROTOCOL_LABELS, GPPConfig
 from latentcube.evaluate.gpp.sites import SiteData
@@ -17,13 +18,9 @@ from latentcube.evaluate.gpp.sites import SiteData
 def _plot_series(data: Mapping[str, SiteData], preds: Mapping[str, Mapping[str, np.ndarray]], scores: Mapping[str, Any],
                  protocol: str, path: Path) -> Path:
     """Observed vs predicted daily GPP per site (the paper's Fig. 7) on the scored days' period."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sites = list(data)
-    fig, axes = plt.subplots(len(sites), 1, figsize=(11, 2.1 * len(sites)), squeeze=False)
+    fig = Figure(figsize=(11, 2.1 * len(sites)))
+    axes = fig.subplots(len(sites), 1, squeeze=False)
     styles = {"embedding": dict(color="tab:blue", lw=1.3), "ndvi": dict(color="tab:green", lw=0.9, alpha=0.8),
               "climatology": dict(color="tab:red", lw=0.9, ls="--")}
     for ax, s in zip(axes[:, 0], sites, strict=True):
@@ -45,18 +42,13 @@ def _plot_series(data: Mapping[str, SiteData], preds: Mapping[str, Mapping[str, 
     fig.suptitle(f"Daily GPP, observed vs predicted ({PROTOCOL_LABELS[protocol]})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def _plot_bars(results: Mapping[str, Any], methods: Sequence[str], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     protos = list(results)
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig = Figure(figsize=(7, 3))
+    ax = fig.subplots()
     width = 0.8 / len(protos)
     for i, p in enumerate(protos):
         vals = [results[p]["scores"][m]["overall"]["nrmse"] for m in methods]
@@ -67,7 +59,6 @@ def _plot_bars(results: Mapping[str, Any], methods: Sequence[str], path: Path) -
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import xarray as xr
 
 from latentcube.cube import open_cube
-from latentcube.embed import file_sha256
+from latentcube.embed import file_sha256, open_embedding
 from latentcube.evaluate.gpp.config import CACHE_VERSION, LANDCOVER_TO_VEG, GPPConfig, GPPError
 from latentcube.evaluate.gpp.series import crop_window, footprint_weights, site_mean, to_daily
 
@@ -40,7 +40,7 @@ def embed_site(cube: xr.Dataset, row: int, col: int, checkpoint: str | Path, *, 
         if (cache / "gpp_site.json").exists():
             try:
                 if json.loads((cache / "gpp_site.json").read_text()) == key:
-                    return xr.open_zarr(cache)["embedding"].load()
+                    return open_embedding(cache).load()
             except (OSError, ValueError):
                 pass
     from latentcube.embed import embed_pixels  # imports torch/Lightning: only when something must be embedded
