@@ -191,3 +191,87 @@ def test_normalize_is_lazy_on_dask_cubes():
     vv = out["s1"].sel(band_s1="VV").values[:, 0, 0]
     np.testing.assert_allclose(vv[:2], [1.0, 0.6], atol=1e-6)
     assert np.isnan(vv[2])
+
+
+# ------------------------------------------------------------------------ impossible values (issue 27)
+
+
+def test_impossible_values_become_nan_per_pixel_date_counted_and_logged_once(caplog):
+    rng = np.random.default_rng(1)
+    clean = (rng.random((4, len(S2_BANDS), 3, 3)) * 0.5).astype("float32")
+    bad = clean.copy()
+    bad[0, 2, 0, 0] = 1e30  # one band spoils its pixel-date
+    bad[1, :, 1, 1] = np.inf
+    bad[2, 5, 2, 2] = -np.inf
+    bad[3, 0, 0, 1] = 2.5  # above the physical bound 2.0
+    bad[3, 1, 0, 2] = 2.0  # on the bound: kept
+    bad[3, 1, 1, 0] = np.nan  # a cloud is missing, not impossible: not counted
+    norm = Normalization()
+    with caplog.at_level("DEBUG", logger="latentcube.preprocess"):
+        out = norm.normalize_array(bad, list(S2_BANDS), "s2")
+        norm.normalize_array(bad, list(S2_BANDS), "s2")
+    spoiled = np.zeros((4, 1, 3, 3), bool)
+    spoiled[0, 0, 0, 0] = spoiled[1, 0, 1, 1] = spoiled[2, 0, 2, 2] = spoiled[3, 0, 0, 1] = True
+    assert np.isnan(out).sum() == 4 * len(S2_BANDS) + 1  # four pixel-dates, every band, and the cloud
+    assert np.isnan(out[np.broadcast_to(spoiled, out.shape)]).all()
+    expected = Normalization().normalize_array(np.where(spoiled, np.nan, bad), list(S2_BANDS), "s2")
+    np.testing.assert_array_equal(out, expected)  # everything else exactly as before
+    assert out[3, 1, 0, 2] == pytest.approx(2.0)
+    assert norm.masked == {"s2": 8}
+    levels = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert levels[0][0] == "WARNING" and "4 of 36 pixel-dates" in levels[0][1] and "Fix:" in levels[0][1]
+    assert levels[1][0] == "DEBUG" and "(8 so far)" in levels[1][1]
+    assert Normalization() == norm and "masked" not in norm.to_dict()  # a tally, not a setting
+
+
+def test_impossible_backscatter_becomes_nan_in_arrays_and_lazy_cubes():
+    ds = cube(ny=2, nx=2)
+    s1 = ds["s1"].values.copy()
+    s1[0, 0, 0, 0] = 1e30  # VV beyond +40 dB
+    s1[1, 1, 1, 1] = -0.01  # negative power
+    s1[2, :, 0, 1] = 5e3  # bright but possible (+37 dB): kept
+    norm = Normalization()
+    out = norm.normalize_array(s1, ["VV", "VH"], "s1")
+    assert np.isnan(out[0, :, 0, 0]).all() and np.isnan(out[1, :, 1, 1]).all()
+    assert np.isfinite(out[2, :, 0, 1]).all() and np.isfinite(out[0, :, 1, 1]).all()
+    assert norm.masked == {"s1": 2}
+    lazy = Normalization().normalize(ds.assign(s1=(ds["s1"].dims, s1)).chunk({"time_s1": 1}))
+    np.testing.assert_allclose(lazy["s1"].values, out, rtol=1e-6)  # same NaN layout (the xarray path is float32)
+
+
+@pytest.mark.slow  # two embeddings of a 32 x 32 px cube (~25 s on 2 cores)
+def test_an_extreme_patch_does_not_spread_nan_in_the_embedding(tmp_path, one_torch_thread):
+    """Patches of 1e30 and +inf (4 x 4 px x 4 dates each) embed exactly as the same pixel-dates set NaN:
+    no other pixel or date loses its embedding (they used to turn ~1,100 pixel-dates NaN)."""
+    from dataclasses import replace
+
+    import torch
+
+    from latentcube.cube import save_cube
+    from latentcube.embed import embed_cube
+    from latentcube.nn import SensorAutoencoder, s2_config
+    from latentcube.train import save_model
+
+    torch.manual_seed(0)
+    small = dict(widths=(8, 12, 16), multiscale_branch_ch=4, d_model=16, n_heads=2, ffn_dim=16, decoder_d_model=16,
+                 decoder_ffn_dim=16, decoder_widths=(16, 8, 8), decoder_branch_ch=4)
+    model = save_model(tmp_path / "s2.pt", SensorAutoencoder(replace(s2_config(), **small)).eval(),
+                       normalization=Normalization())
+    rng = np.random.default_rng(0)
+    nt, n = 16, 32  # the patches stay under 1 % of the values: more would be refused, not masked
+    s2 = (rng.random((nt, len(S2_BANDS), n, n)) * 0.4 + 0.02).astype("float32")
+    huge = (slice(5, 9), slice(None), slice(2, 6), slice(2, 6))  # 4 dates x 4 x 4 px, every band
+    inf = (slice(3, 7), slice(None), slice(15, 19), slice(15, 19))  # across the 16-px block edges
+
+    def embed(name: str, huge_value: float, inf_value: float) -> np.ndarray:
+        values = s2.copy()
+        values[huge], values[inf] = huge_value, inf_value
+        ds = new_cube(s2=values, time=pd.date_range("2021-04-01", periods=nt, freq="5D"),
+                      y=5_000_000.0 - 10 * np.arange(n), x=500_000.0 + 10 * np.arange(n), crs="EPSG:32632")
+        store = embed_cube(save_cube(ds, tmp_path / f"{name}.zarr"), model, tmp_path / f"{name}-emb.zarr",
+                           block_px=16, scheduler="synchronous", progress=False)
+        return xr.open_zarr(store)["embedding"].transpose("time", "feature", "y", "x").values
+
+    reference = embed("nan", np.nan, np.nan)
+    assert np.isnan(reference).any(axis=1).sum() == 2 * 4 * 4 * 4  # only the patches' own pixel-dates
+    np.testing.assert_array_equal(embed("bad", 1e30, np.inf), reference)
