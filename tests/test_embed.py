@@ -338,7 +338,7 @@ def test_default_scheduler_runs_a_single_worker_in_process(cube_path, models, tm
     this process (no second copy of the model and libraries, no cluster start-up)."""
     import psutil
 
-    import latentcube.embed as embed
+    import latentcube.embed._api as embed
 
     class Roomy:  # this machine's free memory must not decide the worker count here
         total, available = 64 * 1024**3, 64 * 1024**3
@@ -387,7 +387,7 @@ def test_local_cluster_workers_use_one_malloc_arena():
     (latentcube.heap.reuse_large_blocks), not from per-thread arenas that map them afresh."""
     import os
 
-    from latentcube.embed import _client
+    from latentcube.embed._schedule import _client
 
     client, cluster, _ = _client(None, 1, 1, True)
     try:
@@ -442,7 +442,7 @@ def test_resume_after_interruption(cube_path, models, fused_emb, tmp_path):
 
 def test_block_written_but_not_marked_is_recomputed(cube_path, models, fused_plain, tmp_path, monkeypatch):
     """A kill between the region write and the marker leaves the block unmarked: the re-run redoes it."""
-    import latentcube.embed as embed_mod
+    import latentcube.embed._store as embed_mod
 
     out = tmp_path / "half.zarr"
     kw = dict(block_px=16, **FUSED)
@@ -740,7 +740,7 @@ def test_quality_with_one_window_equals_per_patch_forward(cube_path, models, tmp
 def test_quality_falls_back_to_the_public_decoder(models):
     """A decoder whose forward differs from what the fast path mirrors: detected when built, with a warning,
     and the public decode is used (the values still equal the public decoder's)."""
-    from latentcube.embed import _TargetDecoder
+    from latentcube.embed._quality import _TargetDecoder
 
     model, _ = _load(models["s2"])
     real = model.decoder

@@ -1,0 +1,306 @@
+"""The embedding store format: Zarr template and metadata, block markers, int8 codes, and the reader."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from latentcube import __version__
+from latentcube.constants import EMBEDDING_DIMS
+from latentcube.cube import cube_crs, set_crs
+from latentcube.embed._plan import EmbedError, _Plan, block_grid
+
+#: Largest number of dates in one storage chunk (as for cubes: serves map and time-series reads).
+MAX_TIME_CHUNK = 64
+
+#: Directory (inside the output store) holding one marker file per finished block.
+MARKER_DIR = ".blocks"
+#: Run signature written after the template; its presence means the template is complete.
+TEMPLATE_FILE = "template.json"
+#: geoemb Zarr convention (geo-embeddings/embeddings-zarr-convention v1), whose attributes we write.
+GEOEMB_CONVENTION = {
+    "schema_url": "https://raw.githubusercontent.com/geo-embeddings/embeddings-zarr-convention/refs/tags/v1/schema.json",
+    "spec_url": "https://github.com/geo-embeddings/embeddings-zarr-convention/blob/v1/README.md",
+    "uuid": "61c12cc5-0e28-4056-999a-480cf3fb7e4c",
+    "name": "geoemb:",
+    "description": "Geoembeddings convention for geospatial embedding arrays with model provenance",
+}
+SOURCE_DATA = {
+    "s1": "https://sentinel.esa.int/web/sentinel/missions/sentinel-1",
+    "s2": "https://sentinel.esa.int/web/sentinel/missions/sentinel-2",
+}
+
+#: int8 storage: the code of an invalid pixel-date (values use -127..127, symmetric around 0).
+INT8_INVALID = -128
+
+def _marker(out: Path, iy: int, ix: int) -> Path:
+    return out / MARKER_DIR / f"{iy}_{ix}.done"
+
+
+def _write_marker(out: Path, iy: int, ix: int, info: dict[str, Any]) -> None:
+    """Write the block's marker atomically: a reader sees no file or the complete file, never a part."""
+    path = _marker(out, iy, ix)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+
+def quantize_int8(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 codes and per pixel-date scales of embeddings ``(T, F, h, w)`` (NaN = invalid).
+
+    ``scale = max_f |e| / 127`` (float32, (T, h, w)) and ``q = round(e / scale)`` in -127..127, so
+    ``q * scale`` is within ``scale / 2`` of ``e`` (plus float32 rounding of the product, < 1e-5 scale).
+    Invalid pixel-dates get ``q = INT8_INVALID`` (-128) and scale NaN; an all-zero embedding gets
+    scale 0 and q 0 (decoded exactly).
+    """
+    e = emb.astype("float64")
+    invalid = ~np.isfinite(e).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        scale = (np.nanmax(np.abs(np.where(invalid[:, None], 0.0, e)), axis=1) / 127.0).astype("float32")
+    safe = np.where(scale > 0, scale, 1.0).astype("float64")[:, None]  # divide by the *stored* float32 scale
+    q = np.clip(np.rint(np.where(invalid[:, None], 0.0, e) / safe), -127, 127).astype("int8")
+    q[np.broadcast_to(invalid[:, None], q.shape)] = INT8_INVALID
+    scale[invalid] = np.nan
+    return q, scale
+
+
+
+# --------------------------------------------------------------------------------- driver side
+
+
+def _description(ds: xr.Dataset, plan: _Plan, dims: int, times: np.ndarray, crs: Any) -> dict[str, Any]:
+    """geoemb convention attributes (pixel embeddings), extended with the time axis."""
+    x, y = ds["x"].values, ds["y"].values
+    dx, dy = float(x[1] - x[0]), float(y[1] - y[0])
+    t = pd.DatetimeIndex(times)
+    return {
+        "zarr_conventions": [GEOEMB_CONVENTION],
+        "geoemb:type": "pixel",
+        "geoemb:dimensions": dims,
+        "geoemb:model": f"latentcube {plan.kind} model, sha256:{plan.sha256}",
+        "geoemb:source_data": [SOURCE_DATA[s] for s in ("s1", "s2") if s in plan.inputs],
+        "geoemb:data_type": plan.dtype,
+        "geoemb:gsd": abs(dx),
+        "geoemb:build_version": __version__,
+        "proj:code": crs.to_string(),
+        "spatial:dimensions": ["y", "x"],
+        "spatial:transform": [dx, 0.0, float(x[0] - dx / 2), 0.0, dy, float(y[0] - dy / 2)],
+        "spatial:shape": [int(ds.sizes["y"]), int(ds.sizes["x"])],
+        "spatial:registration": "pixel",
+        # Our extension: one embedding per pixel *and date*; the convention has no time axis yet.
+        "latentcube:time": {
+            "dimension": "time",
+            "dimension_order": list(EMBEDDING_DIMS),
+            "axis": "Sentinel-1 acquisitions" if plan.time_var == "s1" and not plan.on_s2_dates
+            else "Sentinel-2 acquisitions",
+            "n_dates": len(t),
+            "first": str(t.min()) if len(t) else None,
+            "last": str(t.max()) if len(t) else None,
+            "window": (f"{plan.n_dates} consecutive dates t-{plan.n_dates // 2}..t+{plan.n_dates - 1 - plan.n_dates // 2}"
+                       ", shifted inside the series (docs/method.md)"),
+            "invalid": "NaN where every input band of the centre pixel is missing on that date",
+        },
+    }
+
+
+def _signature(plan: _Plan, shape: tuple[int, ...], block_px: int, source: str) -> dict[str, Any]:
+    """What must match for a re-run to resume into an existing store."""
+    keep = ("sha256", "kind", "sensors", "time_var", "on_s2_dates", "dtype", "max_gap_days", "s1_smoothing", "quality")
+    return {**{k: v for k, v in asdict(plan).items() if k in keep}, "sensors": list(plan.sensors),
+            "shape": list(shape), "block_px": block_px, "cube": source}
+
+
+def _create_template(out: Path, ds: xr.Dataset, plan: _Plan, names: list[str], times: np.ndarray, block_px: int,
+                     meta: dict[str, Any], signature: dict[str, Any]) -> None:
+    """Write the empty store (metadata and coordinates; chunks stay unwritten = NaN) and, last, the signature."""
+    import dask.array as da
+
+    n_time, n_feat = len(times), len(names)
+    height, width = ds.sizes["y"], ds.sizes["x"]
+    chunks = (min(n_time, MAX_TIME_CHUNK), n_feat, min(block_px, height), min(block_px, width))
+    grid_chunks = (chunks[0], *chunks[2:])
+    int8 = plan.dtype == "int8"
+    fill = INT8_INVALID if int8 else np.nan
+    grid = ("time", "y", "x")
+
+    def empty(shape: tuple[int, ...], dtype: str, value: float, chunking: tuple[int, ...]):
+        return da.full(shape, value, dtype=dtype, chunks=chunking)
+
+    variables = {"embedding": (EMBEDDING_DIMS, empty((n_time, n_feat, height, width), plan.dtype, fill, chunks))}
+    encoding = {"embedding": {"chunks": chunks, "dtype": plan.dtype, "_FillValue": fill}}
+    extra = (["embedding_scale"] if int8 else []) + [f"quality_{s}" for s in plan.quality_sensors]
+    for name in extra:
+        variables[name] = (grid, empty((n_time, height, width), "float32", np.nan, grid_chunks))
+        encoding[name] = {"chunks": grid_chunks, "dtype": "float32", "_FillValue": np.nan}
+    tmpl = xr.Dataset(
+        variables,
+        coords={"time": np.asarray(times, dtype="datetime64[ns]"), "feature": names, "y": ds["y"].values,
+                "x": ds["x"].values},
+    )
+    crs = cube_crs(ds)
+    tmpl = set_crs(tmpl, crs)
+    tmpl["embedding"].attrs.update({
+        "long_name": f"latentcube {'/'.join(plan.sensors)} embedding per pixel and date",
+        "units": "1",
+        "grid_mapping": "spatial_ref",
+    })
+    if int8:
+        tmpl["embedding"].attrs.update({
+            "long_name": f"latentcube {'/'.join(plan.sensors)} embedding per pixel and date, int8 codes",
+            "scale_variable": "embedding_scale",
+            "decoding": "embedding * embedding_scale (latentcube.embed.open_embedding); -128 = invalid",
+        })
+        tmpl["embedding_scale"].attrs.update({
+            "long_name": "int8 scale per pixel and date: max over features of |embedding| / 127",
+            "units": "1",
+            "error_bound": "|decoded - float32 embedding| <= embedding_scale / 2 per value",
+            "grid_mapping": "spatial_ref",
+        })
+    physical = {"s2": ("1", "reflectance"), "s1": ("dB", "backscatter in dB")}
+    axis_note = {"s1": "the S1 acquisition matched to this S2 date (smoothed), as the model saw it"
+                 if plan.on_s2_dates else "the smoothed S1 acquisition of this date"}
+    for s in plan.quality_sensors:
+        units, what = physical[s]
+        tmpl[f"quality_{s}"].attrs.update({
+            "long_name": f"{s.upper()} reconstruction error of the centre pixel: mean absolute error over bands ({what})",
+            "units": units,
+            "description": (
+                f"|decoder({'fused' if plan.kind == 'fusion' else s} embeddings of the {plan.n_dates} dates of this date's window) - "
+                f"input| at the centre pixel and this date, mean over the finite {s.upper()} bands, in {what} "
+                f"(input: {axis_note.get(s, 'the S2 reflectance of this date')}). NaN where that input is missing. "
+                "docs/embed.md#quality-layer"),
+            "grid_mapping": "spatial_ref",
+        })
+    tmpl.attrs.update(_description(ds, plan, n_feat, times, crs))
+    tmpl.attrs.update({
+        "latentcube_version": __version__,
+        "conventions": "latentcube embedding cube v1 (docs/embed.md)",
+        "created": pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"),
+        "checkpoint": plan.checkpoint,
+        "checkpoint_sha256": plan.sha256,
+        "model_kind": plan.kind,
+        "model_config": json.dumps(meta.get("model_args"), default=str),
+        "training_config": json.dumps(meta.get("config"), default=str),
+        "checkpoint_version": str(meta.get("latentcube_version")),
+        "normalization": json.dumps(meta["normalization"]),
+        "band_order": json.dumps(meta["band_order"]),
+        "feature_names": json.dumps(names),
+        "sensors": json.dumps(list(plan.sensors)),
+        "preprocessing": json.dumps({
+            "s1_smoothing_frames": plan.s1_smoothing if "s1" in plan.inputs else None,
+            "s1_max_gap_days": plan.max_gap_days if plan.on_s2_dates else None,
+            "halo_px": plan.halo,
+        }),
+        "quality": json.dumps(list(plan.quality_sensors)),
+        "block_px": block_px,
+        "source_cube": signature["cube"],
+    })
+    if out.exists():
+        shutil.rmtree(out)
+    tmpl.to_zarr(out, mode="w", compute=False, zarr_format=2, consolidated=True, encoding=encoding)
+    (out / MARKER_DIR).mkdir(exist_ok=True)
+    tmp = out / MARKER_DIR / f".{TEMPLATE_FILE}.tmp"
+    tmp.write_text(json.dumps(signature, indent=1), encoding="utf-8")
+    os.replace(tmp, out / MARKER_DIR / TEMPLATE_FILE)
+
+
+def _is_embedding_store(out: Path) -> bool:
+    """True for a store this module created (possibly incomplete): only those may be deleted."""
+    try:
+        attrs = json.loads((out / ".zattrs").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return str(attrs.get("conventions", "")).startswith("latentcube embedding cube")
+
+
+def open_embedding(path: str | Path) -> xr.DataArray:
+    """The embeddings of a store written by :func:`embed_cube`, as float32, whatever the storage type.
+
+    Returns ``embedding`` ``(time, feature, y, x)`` float32, lazy (Dask), with the store's coordinates
+    (CRS in ``spatial_ref``) and the variable's attributes; NaN where invalid. float32 stores are
+    returned as stored, float16 ones cast (exactly) to float32, and int8 ones decoded as
+    ``code x embedding_scale`` (error <= scale / 2 against the float32 embedding). Other variables
+    (``quality_s2``...) are in ``xr.open_zarr(path)``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such embedding store: {path}. Fix: pass the --out of `latentcube embed`.")
+    ds = xr.open_zarr(path, decode_coords="all")
+    if "embedding" not in ds:
+        raise EmbedError(f"{path} has no 'embedding' variable: it is not an embedding store (variables: {list(ds.data_vars)}).")
+    emb = ds["embedding"]
+    attrs = dict(emb.attrs)
+    if "embedding_scale" in ds:
+        # CF decoding has already turned the int8 codes into float32 with NaN for INT8_INVALID (_FillValue).
+        out = emb.astype("float32") * ds["embedding_scale"].astype("float32")
+        for key in ("scale_variable", "decoding"):
+            attrs.pop(key, None)
+        attrs["long_name"] = str(attrs.get("long_name", "")).replace(", int8 codes", "")
+        attrs["stored_as"] = "int8 x embedding_scale"
+    else:
+        out = emb.astype("float32")
+    out = out.transpose(*EMBEDDING_DIMS).astype("float32")
+    out.name = "embedding"
+    out.attrs = attrs
+    return out
+
+
+def embedding_summary(path: str | Path) -> dict[str, Any]:
+    """Facts about an embedding store for ``latentcube info``: model, features, dates, blocks written,
+    valid fraction per date (NaN = invalid centre pixel or a block not yet written) and value range."""
+    path = Path(path)
+    emb = open_embedding(path)
+    attrs = xr.open_zarr(path).attrs
+    times = pd.DatetimeIndex(emb["time"].values)
+    valid = np.isfinite(emb).all("feature").mean(("y", "x")).values if len(times) else np.zeros(0)
+    block_px = int(attrs.get("block_px", 0) or 0)
+    n_blocks = len(block_grid(emb.sizes["y"], emb.sizes["x"], block_px)) if block_px > 0 else None
+    step = max(1, int(np.ceil((emb.size / 200_000) ** 0.25)))
+    sample = emb.isel({d: slice(None, None, step) for d in emb.dims}).values.ravel()
+    sample = sample[np.isfinite(sample)]
+    info: dict[str, Any] = {
+        "model": f"{attrs.get('model_kind', '?')} ({attrs.get('checkpoint', '?')})",
+        "features": [str(f) for f in emb["feature"].values],
+        "dates": len(times),
+        "first": str(times.min().date()) if len(times) else None,
+        "last": str(times.max().date()) if len(times) else None,
+        "axis": attrs.get("latentcube:time", {}).get("axis"),
+        "stored_as": emb.attrs.get("stored_as", str(xr.open_zarr(path)["embedding"].dtype)),
+        "valid_fraction_mean": float(valid.mean()) if valid.size else 0.0,
+        "dates_valid_ge_50pct": int((valid >= 0.5).sum()),
+        "value_p1_p50_p99": [float(v) for v in np.percentile(sample, [1, 50, 99])] if sample.size else None,
+    }
+    if n_blocks is not None:
+        done = len(list((path / MARKER_DIR).glob("*.done"))) if (path / MARKER_DIR).is_dir() else 0
+        info["blocks_written"] = f"{done} of {n_blocks}" + ("" if done >= n_blocks else
+                                                             " (incomplete: re-run the same embed command to finish)")
+    return info
+
+
+def _prepare_store(out: Path, ds: xr.Dataset, plan: _Plan, names: list[str], times: np.ndarray, block_px: int,
+                   meta: dict[str, Any], signature: dict[str, Any], overwrite: bool) -> None:
+    sig_path = out / MARKER_DIR / TEMPLATE_FILE
+    if out.exists():
+        if not out.is_dir() or (any(out.iterdir()) and not _is_embedding_store(out)):
+            # Never delete what we did not write (e.g. the input cube passed as the output by mistake).
+            raise EmbedError(f"{out} exists and is not a latentcube embedding store. Fix: choose another output path.")
+        if sig_path.exists() and not overwrite:
+            existing = json.loads(sig_path.read_text(encoding="utf-8"))
+            if existing == signature:
+                return  # resume
+            diff = sorted(k for k in set(existing) | set(signature) if existing.get(k) != signature.get(k))
+            raise EmbedError(
+                f"{out} holds an embedding run with other settings ({', '.join(diff)} differ), so it cannot be "
+                "resumed. Fix: choose another output path, or pass overwrite=True (--overwrite) to start again."
+            )
+    # No signature = the template was never completed (or overwrite): start from scratch.
+    _create_template(out, ds, plan, names, times, block_px, meta, signature)
