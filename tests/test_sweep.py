@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,10 +15,11 @@ import torch
 import yaml
 
 from latentcube.config import to_dict
+from latentcube.demo import demo_config_dir
 from latentcube.evaluate.sweep import SweepError, alpha_pairs, parse_floats, run_sweep
 from latentcube.train import load_train_config
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo" / "s2.yaml"
+CONFIG = demo_config_dir() / "s2.yaml"
 SMALL = {"widths": [8, 12, 16], "multiscale_branch_ch": 4, "d_model": 16, "n_heads": 2, "ffn_dim": 16,
          "decoder_d_model": 16, "decoder_ffn_dim": 16, "decoder_widths": [16, 8, 8], "decoder_branch_ch": 4}
 

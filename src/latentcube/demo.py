@@ -5,9 +5,13 @@ Each stage of the pipeline adds its step here; the CLI only calls :func:`run_dem
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +47,7 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, log: Callable[[str], None] =
         out_dir: output directory (created); cubes go to ``out_dir/world``.
         seed: seed of the synthetic world.
         log: called with a one-line message as each step starts (the CLI shows them).
-        train: also train the three stages with ``configs/demo`` and score them against PCA baselines.
+        train: also train the three stages with the demo configs (:func:`demo_config_dir`) and score them against PCA baselines.
         epochs: override the demo configs' epoch count (tests use 1).
     """
     from latentcube.synthetic import make_world, write_world
@@ -81,9 +85,10 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, log: Callable[[str], None] =
 
     recon: dict[str, Any] = {}
     if train:
-        recon = _train_stages(out_dir, log, timings, figures, epochs=epochs)
-        _recon_section(out_dir, recon)
-        _products_and_evaluation(out_dir, world, log, timings)
+        with _quiet_lightning():
+            recon = _train_stages(out_dir, log, timings, figures, epochs=epochs)
+            _recon_section(out_dir, recon)
+            _products_and_evaluation(out_dir, world, log, timings)
 
     _timings_section(out_dir, timings)
     report = _build_report(out_dir)
@@ -99,20 +104,43 @@ def _build_report(out_dir: Path) -> Path:
 
 
 def demo_config_dir() -> Path:
-    """``configs/demo`` of the source tree (the package is installed editable by ``make``)."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "configs" / "demo"
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("configs/demo not found: run the demo from a source checkout (make demo)")
+    """The demo's stage configs, shipped inside the package (``latentcube/configs/demo/*.yaml``).
+
+    Read from the installed package, so ``latentcube demo`` works from any folder and any install
+    (``pip install .``, a wheel, editable). Relative paths in them are relative to the demo's ``--out``.
+    """
+    # Package data installs as plain files (no zip-safe install), so the Traversable is a real folder.
+    folder = Path(str(resources.files("latentcube") / "configs" / "demo"))
+    if not (folder / "s2.yaml").is_file():
+        raise FileNotFoundError(f"the demo configs are missing from the installed package ({folder}). "
+                                "Fix: reinstall latentcube (pip install --force-reinstall latentcube).")
+    return folder
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's start-up banners, tips and two known warnings hidden for the demo, restored afterwards.
+
+    The demo prints its own progress; the caller's logging levels and warning filters are as they were
+    once the demo returns.
+    """
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*was configured so 100%.*")
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
 
 
 def _train_stages(out_dir: Path, log: Callable[[str], None], timings: dict[str, float], figures: list[Path],
                   *, epochs: int | None = None) -> dict[str, Any]:
     """Train S1, S2 and fusion with the demo configs; score each against the PCA baselines."""
-    import logging
-    import warnings
     from dataclasses import replace
 
     from latentcube.evaluate.curves import plot_training
@@ -126,11 +154,6 @@ def _train_stages(out_dir: Path, log: Callable[[str], None], timings: dict[str, 
         run_training,
     )
 
-    # The demo prints its own progress; Lightning's start-up banners and tips are noise here.
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*was configured so 100%.*")
     results: dict[str, Any] = {}
     latent = {"s1": 2, "s2": 9, "fusion": 7}
     for stage in ("s1", "s2", "fusion"):
@@ -158,8 +181,6 @@ def _train_stages(out_dir: Path, log: Callable[[str], None], timings: dict[str, 
 
 def _timed(timings: dict[str, float], name: str, log: Callable[[str], None], message: str):
     """Context manager: log ``message``, then record the step's wall time under ``name``."""
-    from contextlib import contextmanager
-
     @contextmanager
     def step():
         log(message)
