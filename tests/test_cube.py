@@ -275,3 +275,210 @@ def test_summary_reports_dates_valid_fraction_and_ranges():
     assert info["pixel_size_m"] == (10.0, 10.0)
     lo, mid, hi = info["s2"]["value_p1_p50_p99"]
     assert 0 <= lo < mid < hi <= 0.4
+
+
+# ------------------------------------------------------------------- writing over paths (issue 27)
+
+
+def test_save_cube_never_deletes_a_folder_that_is_not_a_cube(tmp_path):
+    from latentcube.files import OutputExistsError
+
+    thesis = tmp_path / "thesis"
+    (thesis / "figures").mkdir(parents=True)
+    (thesis / "thesis.tex").write_text("chapter 1")
+    for overwrite in (False, True):
+        with pytest.raises(OutputExistsError, match=r"is not a latentcube cube; refusing to delete it\. Fix:"):
+            save_cube(make_cube(), thesis, overwrite=overwrite)
+    assert (thesis / "thesis.tex").read_text() == "chapter 1" and (thesis / "figures").is_dir()
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".nc"])
+def test_save_cube_replaces_a_cube_only_with_overwrite(tmp_path, suffix):
+    from latentcube.files import OutputExistsError
+
+    path = save_cube(make_cube(seed=1), tmp_path / f"c{suffix}")
+    with pytest.raises(OutputExistsError, match=r"cube .* exists\. Fix: pass --overwrite"):
+        save_cube(make_cube(seed=2), path, overwrite=False)
+    np.testing.assert_array_equal(open_cube(path)["s2"].values, make_cube(seed=1)["s2"].values)
+    save_cube(make_cube(seed=2), path, overwrite=True)
+    np.testing.assert_array_equal(open_cube(path)["s2"].values, make_cube(seed=2)["s2"].values)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"c{suffix}"]
+
+
+def test_cli_import_refuses_a_folder_of_other_files_and_keeps_them(tmp_path):
+    from latentcube.cli import main
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exc:
+        main(["import", "--out", str(tmp_path / "out"), "--s2", str(tmp_path / "missing.nc")])
+    assert exc.value.code == 1
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+# ------------------------------------------------------------------- corrupt stores (issue 27)
+
+
+def _chunk(path, var="s2"):
+    files = sorted(p for p in (path / var).iterdir() if not p.name.startswith("."))
+    return files[0]
+
+
+def test_every_chunk_is_written_and_a_deleted_one_is_named(tmp_path):
+    ds = make_cube()
+    ds["s1"][:] = np.nan  # all-NaN: zarr would skip writing this chunk
+    path = save_cube(ds, tmp_path / "c.zarr")
+    assert open_cube(path)["s1"].isnull().all()
+    _chunk(path, "s1").unlink()
+    with pytest.raises(CubeError, match=r"incomplete cube .*variable 's1', chunk file .*s1/0\.0\.0\.0 is missing.*"
+                                        r"read as NaN\. Fix: re-create the cube"):
+        open_cube(path)
+
+
+def test_an_empty_chunk_file_is_named(tmp_path):
+    path = save_cube(make_cube(), tmp_path / "c.zarr")
+    _chunk(path).write_bytes(b"")
+    with pytest.raises(CubeError, match=r"corrupt cube .*variable 's2', chunk file .*s2/0\.0\.0\.0 is empty \(0 bytes\)\. "
+                                        r"Fix: re-create"):
+        open_cube(path)
+
+
+@pytest.mark.parametrize("verb", ["validate", "info"])
+def test_a_truncated_chunk_is_an_error_not_a_crash(tmp_path, verb):
+    """Blosc trusts its header: half a chunk file used to kill the interpreter (exit 139, nothing printed).
+    Run as the user does, in a subprocess, so a crash fails this test rather than pytest."""
+    path = save_cube(make_cube(), tmp_path / "c.zarr")
+    chunk = _chunk(path)
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[: len(data) // 2])
+    proc = subprocess.run([sys.executable, "-m", "latentcube.cli", verb, "c.zarr"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 1, proc.stderr
+    assert f"variable 's2', chunk file c.zarr/s2/0.0.0.0 is {len(data) // 2:,} bytes but its Blosc header announces" in err
+    assert "Fix: re-create the cube" in err and "Traceback" not in err
+
+
+def test_stores_without_the_complete_chunks_record_warn_about_absent_data_chunks(tmp_path):
+    import json
+
+    path = save_cube(make_cube(), tmp_path / "c.zarr")
+    meta = json.loads((path / ".zmetadata").read_text())
+    meta["metadata"][".zattrs"].pop("latentcube_all_chunks_written")
+    (path / ".zmetadata").write_text(json.dumps(meta))
+    _chunk(path).unlink()
+    with pytest.warns(UserWarning, match=r"1 chunk files of \['s2'\] are absent .*they read as NaN"):
+        ds = open_cube(path)
+    assert ds["s2"].isnull().all()
+
+
+def test_chunk_problems_lists_each_problem(tmp_path):
+    from latentcube.chunks import chunk_problems
+
+    path = save_cube(make_cube(), tmp_path / "c.zarr")
+    assert chunk_problems(path) == []
+    _chunk(path, "s1").unlink()
+    _chunk(path, "s2_scl").write_bytes(b"\x02\x01")
+    found = {(p.variable, p.kind) for p in chunk_problems(path)}
+    assert found == {("s1", "missing"), ("s2_scl", "truncated")}
+
+
+# ------------------------------------------------------------------- not a cube, bad values (issue 27)
+
+
+def test_folders_and_files_that_are_not_cubes(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("x")
+    (tmp_path / "zero.nc").write_bytes(b"")
+    (tmp_path / "text.nc").write_text("hello")
+    for name, match in [("empty", r"is an empty folder, not a cube\. Fix:"),
+                        ("docs", r"is a folder but not a Zarr cube \(no \.zgroup or zarr\.json; it holds a\.txt\)\. Fix:"),
+                        ("zero.nc", r"is an empty file \(0 bytes\), not a cube.*Fix:"),
+                        ("text.nc", r"is not a NetCDF file \(it starts with b'hell'\), so not a cube\. Fix:")]:
+        with pytest.raises(CubeError, match=match):
+            open_cube(tmp_path / name)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_coordinates_are_named_not_irregular_spacing(bad):
+    ds = make_cube(s1=False)
+    x = ds["x"].values.copy()
+    x[3] = bad
+    with pytest.raises(CubeError, match=r"coordinate 'x' has 1 NaN or infinite value\(s\) \(first at index 3 of 7\).*Fix:"):
+        validate_cube(ds.assign_coords(x=x))
+
+
+def test_impossible_reflectance_is_a_fill_value_not_digital_numbers():
+    ds = make_cube(s1=False)
+    s2 = ds["s2"].values.copy()
+    s2[:, :, :2] = 1e30  # a third of the cube
+    with pytest.raises(CubeError, match=r"impossible reflectances.*a fill value stored as data, not digital numbers\. "
+                                        r"Fix: mask it as NaN on import \(--s2-nodata VALUE\)"):
+        validate_cube(ds.assign(s2=(ds["s2"].dims, s2)))
+    s2 = ds["s2"].values.copy()
+    s2[1, :, 2, 3] = np.inf  # one pixel-date: read as NaN, reported
+    with pytest.warns(UserWarning, match=r"10 \(0\.6\d%\) of the sampled s2 values are infinite.*as NaN"):
+        validate_cube(ds.assign(s2=(ds["s2"].dims, s2)))
+    with pytest.raises(CubeError, match="divide by 10000"):  # digital numbers keep their own fix
+        validate_cube(ds.assign(s2=ds["s2"] * 10000))
+
+
+# ------------------------------------------------------------------------- S1 coverage (issue 27)
+
+
+def _coverage_cube(**kw):
+    ds = make_cube(n_time=6, s1=False)
+    t = pd.DatetimeIndex(ds["time"].values)
+    s1 = np.full((6, 2, ds.sizes["y"], ds.sizes["x"]), 0.05, "float32")
+    return new_cube(s2=ds["s2"].values, time=t, y=ds["y"].values, x=ds["x"].values, crs="EPSG:32632",
+                    s1=kw.get("s1", s1), time_s1=kw.get("time_s1", t + pd.Timedelta("1D")))
+
+
+def test_s1_coverage_counts_dates_and_pixels():
+    from latentcube.cube import s1_coverage
+
+    assert s1_coverage(_coverage_cube()) == (cov := s1_coverage(_coverage_cube())) and cov.date_share == 1.0
+    assert cov.pixel_share == 1.0
+    t = pd.DatetimeIndex(_coverage_cube()["time"].values)
+    # S1 of the next year (dates that never meet S2's); S1 7 days after each S2 date: 5 of 6 meet a later S1 2 days off
+    assert s1_coverage(_coverage_cube(time_s1=t + pd.Timedelta("365D"))).dates_covered == 0
+    assert s1_coverage(_coverage_cube(time_s1=t + pd.Timedelta("7D"))).dates_covered == 5
+    s1 = np.full((6, 2, 6, 7), 0.05, "float32")
+    s1[:4] = np.nan  # a lost S1 chunk of the first four dates: 2 of 6 S2 dates keep S1
+    assert s1_coverage(_coverage_cube(s1=s1)).dates_covered == 2
+    s1 = np.full((6, 2, 6, 7), 0.05, "float32")
+    s1[..., :5] = np.nan  # S1 over 2 of 7 columns only (another grid)
+    assert s1_coverage(_coverage_cube(s1=s1)).pixel_share == pytest.approx(2 / 7, abs=0.03)
+
+
+def test_check_s1_coverage_errors_on_none_warns_on_little_unless_allowed():
+    from latentcube.cube import check_s1_coverage
+
+    t = pd.DatetimeIndex(_coverage_cube()["time"].values)
+    never = _coverage_cube(time_s1=t + pd.Timedelta("400D"))
+    with pytest.raises(CubeError, match=r"fuses Sentinel-1 with Sentinel-2, but S1 covers 0 of 6 S2 dates.*"
+                                        r"Fix: .*--allow-missing-s1"):
+        check_s1_coverage(never)
+    with pytest.warns(UserWarning, match="S1 absent as allowed"):
+        assert check_s1_coverage(never, allow_missing=True).dates_covered == 0
+    with pytest.raises(CubeError, match=r"the cube has no 's1'"):
+        check_s1_coverage(make_cube(s1=False))
+    s1 = np.full((6, 2, 6, 7), 0.05, "float32")
+    s1[:4] = np.nan
+    with pytest.warns(UserWarning, match=r"S1 covers 2 of 6 S2 dates \(33%"):
+        check_s1_coverage(_coverage_cube(s1=s1))
+
+
+def test_cli_validate_refuses_s1_that_meets_no_s2_date_unless_allowed(tmp_path, capsys):
+    from latentcube.cli import main
+
+    t = pd.DatetimeIndex(_coverage_cube()["time"].values)
+    save_cube(_coverage_cube(time_s1=t + pd.Timedelta("400D")), tmp_path / "c.zarr")
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", str(tmp_path / "c.zarr")])
+    assert exc.value.code == 1 and "S1 covers 0 of 6 S2 dates" in " ".join(capsys.readouterr().err.split())
+    with pytest.raises(SystemExit) as exc, pytest.warns(UserWarning, match="S1 absent as allowed"):
+        main(["validate", str(tmp_path / "c.zarr"), "--allow-missing-s1"])
+    assert exc.value.code == 0 and "valid" in capsys.readouterr().out

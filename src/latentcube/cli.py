@@ -123,11 +123,16 @@ def info(
 
 
 @app.command()
-def validate(cube: Annotated[Path, typer.Argument(help="A cube (*.zarr or *.nc).")]) -> None:
+def validate(
+    cube: Annotated[Path, typer.Argument(help="A cube (*.zarr or *.nc).")],
+    allow_missing_s1: Annotated[bool, typer.Option("--allow-missing-s1", help="Accept S1 that covers none of the S2 dates or pixels.")] = False,
+) -> None:
     """Check a cube against the data model; exit 1 with the problem and the fix if it is invalid."""
-    from latentcube.cube import open_cube, validate_cube
+    from latentcube.cube import check_s1_coverage, open_cube, validate_cube
 
-    validate_cube(open_cube(cube))
+    ds = validate_cube(open_cube(cube))
+    if "s1" in ds:  # a cube with S1 is meant for fusion: S1 that meets no S2 date or pixel is an error
+        check_s1_coverage(ds, allow_missing=allow_missing_s1, what="fusion")
     out.print(f"{cube}: valid")
 
 
