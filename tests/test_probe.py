@@ -305,7 +305,7 @@ def _train_s2(cubes: list[Path], splits: dict | None, out: Path, *, steps: int, 
               sampling: dict | None = None, val_batches: int = 1, spatial_split: dict | None = None) -> Path:
     from latentcube.train import load_train_config, run_training
 
-    base = load_train_config(Path(__file__).resolve().parents[1] / "configs" / "demo" / "s2.yaml")
+    base = load_train_config(Path(__file__).resolve().parents[1] / "src" / "latentcube" / "configs" / "demo" / "s2.yaml")
     cfg = replace(
         base, out_dir=str(out), model={**base.model, **(model or {})},
         data=replace(base.data, cubes=tuple(str(c) for c in cubes), splits=splits, spatial_split=spatial_split,

@@ -76,7 +76,7 @@ def test_unknown_config_keys_are_rejected(tmp_path):
         load_train_config(path)
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/**/*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted([*Path(__file__).parents[1].glob("configs/**/*.yaml"), *Path(__file__).parents[1].glob("src/latentcube/configs/**/*.yaml")]), ids=lambda p: p.name)
 def test_shipped_configs_parse(path):
     cfg = load_train_config(path)
     assert cfg.stage in ("s1", "s2", "fusion")
@@ -100,7 +100,7 @@ def test_stage1_losses_decrease_and_model_files_are_self_describing(stage1):
         days = torch.arange(11.0).repeat(2, 1) * 6
         with torch.no_grad():
             assert model.encode_patches(x, days).shape == (2, 11, 2 if stage == "s1" else 9)
-    assert (stage1["s2"].parent / "tensorboard").is_dir()
+    assert not (stage1["s2"].parent / "tensorboard").exists()  # CSV only unless trainer.tensorboard is set
 
 
 @pytest.mark.slow

@@ -51,6 +51,7 @@ from latentcube.nn import (
 from latentcube.nn.linear_init import fusion_warm_start, pca_warm_start
 from latentcube.nn.model_file import build_model, load_model, save_model  # re-exported (__all__)
 from latentcube.preprocess import Normalization
+from latentcube.process_state import restored_process_state
 from latentcube.sampling import (
     BlockShuffleSampler,
     FusionPatchDataset,
@@ -69,6 +70,7 @@ __all__ = [
     "TrainConfig",
     "TrainerConfig",
     "build_model",
+    "check_data",
     "load_model",
     "load_train_config",
     "model_bands",
@@ -147,6 +149,9 @@ class TrainerConfig:
     limit_val_batches: float = 1.0
     log_every_n_steps: int = 10
     enable_progress_bar: bool = True
+    tensorboard: bool = False
+    """Also write TensorBoard logs to ``out_dir/tensorboard`` (needs ``pip install latentcube[tensorboard]``);
+    ``metrics.csv`` is always written."""
 
 
 @dataclass(frozen=True)
@@ -680,16 +685,53 @@ def _check_resumable(out: Path, cfg: TrainConfig) -> None:
         )
 
 
+def check_data(cfg: TrainConfig, *, base_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+    """What a run of ``cfg`` would train on, without training (``latentcube train --check``).
+
+    Runs the band and window checks of :func:`run_training` (same errors) and returns, per split,
+    ``{"patches": n, "cubes": n, "rejected": candidates rejected, "strips": True when the splits are
+    strips of the same cubes (data.spatial_split)}``.
+    """
+    data = CubeDataModule(cfg, normalization_of(cfg), base_dir=base_dir)
+    model = build_task(cfg, base_dir=base_dir)[0].model
+    data.check_bands(model_bands(model))
+    data.check_window(model)
+    summary = {}
+    for split, paths in data.split_paths.items():
+        ds = data.dataset(split)
+        summary[split] = {"patches": len(ds), "cubes": len(paths), "rejected": ds.n_rejected,
+                          "strips": data.split_regions is not None}
+    return summary
+
+
+def _tensorboard(out: Path, tcfg: TrainerConfig) -> list[TensorBoardLogger]:
+    """TensorBoard's logger when the config asks for it (an optional dependency)."""
+    if not tcfg.tensorboard:
+        return []
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+        raise ConfigError("trainer.tensorboard is true but TensorBoard is not installed. "
+                          "Fix: pip install 'latentcube[tensorboard]', or set trainer.tensorboard: false.")
+    return [TensorBoardLogger(out, name="tensorboard", version="")]
+
+
 def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool = True,
                  data: CubeDataModule | None = None) -> dict[str, Any]:
     """Train one stage; resume from ``out_dir/checkpoints/last.ckpt`` when present.
 
-    Writes ``out_dir/metrics.csv`` (per-epoch loss parts), TensorBoard logs, ``model.pt`` (best
+    Writes ``out_dir/metrics.csv`` (per-epoch loss parts), TensorBoard logs with ``trainer.tensorboard``, ``model.pt`` (best
     validation ``optim.monitor``), ``config.yaml`` and ``test_metrics.json``. Returns a summary dict.
     ``data``: a ``CubeDataModule`` of this ``cfg`` to train on (default: a new one), so a caller can
     go on using its indexed datasets afterwards (the demo scores on them); it must use the stage's
     normalisation.
+    The caller's torch threads, TF32/determinism flags, random state and warning filters are restored on return.
     """
+    with restored_process_state():
+        return _run_training(cfg, base_dir=base_dir, test=test, data=data)
+
+
+def _run_training(cfg: TrainConfig, *, base_dir: Path | None, test: bool, data: CubeDataModule | None) -> dict[str, Any]:
     import yaml
 
     grow_heap_in_large_steps()
@@ -736,7 +778,7 @@ def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool =
         limit_train_batches=tcfg.limit_train_batches,
         limit_val_batches=tcfg.limit_val_batches,
         log_every_n_steps=tcfg.log_every_n_steps,
-        logger=[CSVLogger(out, name="", version=""), TensorBoardLogger(out, name="tensorboard", version="")],
+        logger=[CSVLogger(out, name="", version=""), *_tensorboard(out, tcfg)],
         callbacks=[checkpoint, latest, LearningRateMonitor(logging_interval="epoch")],
         deterministic=not torch.cuda.is_available() or "warn",
         enable_progress_bar=tcfg.enable_progress_bar,
