@@ -737,27 +737,29 @@ def test_quality_with_one_window_equals_per_patch_forward(cube_path, models, tmp
     assert len(diffs) > 120 and max(diffs) < 1e-4, max(diffs)
 
 
-def test_quality_falls_back_to_the_public_decoder(models):
-    """A decoder whose forward differs from what the fast path mirrors: detected when built, with a warning,
-    and the public decode is used (the values still equal the public decoder's)."""
-    from latentcube.embed._quality import _TargetDecoder
-
-    model, _ = _load(models["s2"])
-    real = model.decoder
-
-    class Shifted(type(real)):
-        def forward(self, z, days):
-            return super().forward(z, days) + 0.25
-
-    odd = Shifted(real.config).eval()
-    odd.load_state_dict(real.state_dict())
-    with pytest.warns(RuntimeWarning, match="public decode"):
-        dec = _TargetDecoder(odd, odd)
-    assert not dec.fast and _TargetDecoder(real, real).fast
-    zw, dw = torch.randn(3, N_DATES, 9), torch.arange(3 * N_DATES, dtype=torch.float32).view(3, N_DATES) * 5
-    rows, qpos = torch.tensor([0, 1, 2, 2]), torch.tensor([0, 5, 10, 3])
+@pytest.mark.parametrize("linear_paths", [True, False])
+def test_decode_centre_equals_decode_at_the_target_date(linear_paths):
+    """``SensorDecoder.decode_centre`` (the quality layer's cheap path) equals the public ``decode``'s centre
+    pixel: at the centre date by default, at any (sequence, date) pair asked, with the decoder's own and
+    with the folded inference blocks. Tolerance: float32 summation order."""
+    model = _sensor(s2_config(linear_paths=linear_paths), 6)
+    dec = model.decoder
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(5, N_DATES, 9, generator=gen)
+    days = torch.cumsum(torch.rand(5, N_DATES, generator=gen) * 12, 1)
+    rows, dates = torch.tensor([0, 1, 2, 2, 4, 3]), torch.tensor([0, 5, 10, 3, 7, 5])
     with torch.no_grad():
-        np.testing.assert_allclose(dec(zw, dw, rows, qpos).numpy(), odd(zw, dw)[rows, qpos, :, R, R].numpy(), rtol=1e-6)
+        full = model.decode(z, days)  # (5, 11, C, 15, 15)
+        np.testing.assert_allclose(dec.decode_centre(z, days).numpy(), full[:, CENTRE, :, R, R].numpy(), rtol=1e-5,
+                                   atol=1e-6)
+        want = full[rows, dates, :, R, R].numpy()
+        assert np.abs(want).max() > 0.1  # a decoder that responds (default init, not near-zero output layers)
+        np.testing.assert_allclose(dec.decode_centre(z, days, rows, dates).numpy(), want, rtol=1e-5, atol=1e-6)
+        blocks = dec.inference_blocks()
+        assert any(isinstance(m, torch.nn.Conv2d) for m in blocks[0].modules())  # folded: no transposed conv
+        assert not any(isinstance(m, torch.nn.ConvTranspose2d) for b in blocks for m in b.modules())
+        np.testing.assert_allclose(dec.decode_centre(z, days, rows, dates, blocks=blocks).numpy(), want, rtol=1e-4,
+                                   atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------- int8

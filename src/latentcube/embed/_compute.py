@@ -16,7 +16,7 @@ from latentcube.constants import EMBEDDING_DIMS
 from latentcube.cube import open_cube
 from latentcube.embed import _store
 from latentcube.embed._plan import _device, _Plan
-from latentcube.embed._quality import _band_spans, _target_decoders, reconstruction_error
+from latentcube.embed._quality import _band_spans, _centre_decoders, reconstruction_error
 from latentcube.heap import release_free_memory
 
 #: Values normalised per call while preprocessing a block (bounds its float64 temporaries to ~16 MB).
@@ -180,7 +180,7 @@ def _compute_block(ds: xr.Dataset, model: Any, meta: dict[str, Any], plan: _Plan
             targets = {s: x[s][:, :, oy : oy + h, ox : ox + w] for s in plan.quality_sensors}
             # Unmasked embeddings: a window's invalid dates still carry the model's embedding from context,
             # exactly what the per-patch forward feeds its decoder (the stored cube has NaN there).
-            quality = reconstruction_error(_target_decoders(model, plan), dense[source].float(), days, targets, spans,
+            quality = reconstruction_error(_centre_decoders(model, plan), dense[source].float(), days, targets, spans,
                                            n_dates)
         emb = np.concatenate([dense[name].float().cpu().numpy() for name in plan.sensors], axis=1)
     emb[np.broadcast_to(invalid[:, None], emb.shape)] = np.nan
