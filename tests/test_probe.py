@@ -1,6 +1,7 @@
-"""Land-cover probe (latentcube.evaluate.probe): features against hand computation, scores against a
-scikit-learn reference on the same blocked folds, date choice, rare classes, errors, outputs and CLI;
-then the probe on the real WorldCereal chip and the issue-7 acceptance check on the synthetic world."""
+"""Probe (latentcube.evaluate.probe): features against hand computation, the PCA code against
+scikit-learn's PCA, seasonal medians against a hand-computed case, scores against a scikit-learn
+reference on the same blocked folds, seeds, date choice, rare classes, errors, outputs and CLI; then
+the probe on the real WorldCereal chip and the issue-7 acceptance check on the synthetic world."""
 
 from __future__ import annotations
 
@@ -18,14 +19,22 @@ import xarray as xr
 
 from latentcube.cube import new_cube, save_cube
 from latentcube.evaluate.probe import (
+    DEFAULT_FEATURE_SETS,
     FEATURE_SETS,
     ProbeError,
+    aggregate,
+    equal_windows,
     make_classifier,
+    parse_windows,
     probe_features,
     ratios,
     run_probe,
     spatial_blocks,
+    window_members,
 )
+
+#: The one-date, series and annual-mean sets of the embedding and the raw bands.
+CLASSIC = ("embedding_date", "embedding_series", "embedding_mean", "raw_date", "raw_mean")
 
 H = W = 24
 BLOCK = 4
@@ -99,7 +108,7 @@ def test_spatial_blocks_hand_computed():
 
 
 def test_features_match_hand_computation(cube, emb):
-    d = probe_features(emb, cube, block_px=BLOCK, max_pixels=None)
+    d = probe_features(emb, cube, block_px=BLOCK, max_pixels=None, feature_sets=CLASSIC)
     # Default date: the clearest in April-September = June (January is clearer but out of season).
     assert d.date == T2[JUNE] and d.raw_date == T2[JUNE] and d.s1_date == T1[JUNE]
     assert d.year == 2021 and d.n_period_dates == 12
@@ -129,7 +138,106 @@ def test_features_match_hand_computation(cube, emb):
     assert not valid.all()  # the fill was exercised
     s2_valid = np.isfinite(s2).all(1)
     np.testing.assert_allclose(d.X["raw_mean"][i, :10], s2[s2_valid].mean(0), rtol=1e-5)
-    np.testing.assert_allclose(d.X["raw_mean"][i, 10:], 10 * np.log10(s1.mean(0)), rtol=1e-5)
+    # S1 on the embedding's dates (each S1 acquisition is the one day-later match of one S2 date), in dB
+    np.testing.assert_allclose(d.X["raw_mean"][i, 10:], (10 * np.log10(s1)).mean(0), rtol=1e-5)
+
+
+def test_seasonal_medians_hand_computed_with_nans_and_an_all_nan_window():
+    times = pd.DatetimeIndex(["2021-01-01", "2021-02-01", "2021-05-01", "2021-06-01", "2021-09-01", "2021-12-31"])
+    # Thirds of Jan 1 .. Dec 31 (364 days): [Jan 1, May 2.3), [May 2.3, Aug 31.7), [Aug 31.7, Dec 31]
+    wins = equal_windows(times, 3)
+    members = window_members(times, wins)
+    assert [m.tolist() for m in members] == [[0, 1, 2], [3], [4, 5]]
+    nan = np.nan
+    # (T=6, F=2, n=2); pixel 1 has no valid date in the second window (date 3 is NaN)
+    series = np.array([
+        [[1.0, 10.0], [5.0, 50.0]],
+        [[nan, 20.0], [nan, 60.0]],
+        [[3.0, 40.0], [7.0, nan]],
+        [[4.0, nan], [8.0, 70.0]],
+        [[nan, nan], [9.0, 80.0]],
+        [[6.0, 30.0], [nan, 90.0]],
+    ], dtype="float32").transpose(0, 2, 1)  # written [t, pixel, f], used (T, F, n)
+    got = aggregate(series, "seasonal", members=members)
+    # window-major features (w0 f0, w0 f1, w1 f0, w1 f1, w2 f0, w2 f1); by hand:
+    # pixel 0: w0 f0 median(1, 3) = 2, w0 f1 median(10, 20, 40) = 20; w1 f0 = 4, w1 f1 all NaN -> the pixel's
+    #   median of f1 over all dates median(10, 20, 40, 30) = 25; w2 f0 = 6, w2 f1 = 30
+    # pixel 1: w0 f0 median(5, 7) = 6, w0 f1 median(50, 60) = 55; w1 = (8, 70); w2 f0 = 9, w2 f1 median(80, 90) = 85
+    expected = np.array([[2, 20, 4, 25, 6, 30], [6, 55, 8, 70, 9, 85]], dtype="float32")
+    np.testing.assert_array_equal(got, expected)
+    # the mean, series and one-date protocols on the same series
+    np.testing.assert_allclose(aggregate(series, "mean"), [[3.5, 25.0], [7.25, 70.0]])
+    np.testing.assert_allclose(aggregate(series, "date", date_index=2), [[3.0, 40.0], [7.0, nan]])
+    filled = aggregate(series, "series")
+    assert filled.shape == (2, 12) and filled[0, 2] == 3.5 and filled[1, 5] == 70.0  # date 1 f0, date 2 f1 filled
+    # a pixel with no valid date at all stays NaN (the probe drops it)
+    assert np.isnan(aggregate(np.full((6, 2, 1), np.nan, "float32"), "seasonal", members=members)).all()
+    # user windows: inclusive day ends; errors name the fix
+    assert [m.tolist() for m in window_members(times, parse_windows(["2021-01-01:2021-02-01", ("2021-05-01", "2021-12-31")]))] \
+        == [[0, 1], [2, 3, 4, 5]]
+    with pytest.raises(ProbeError, match="ends before it starts"):
+        parse_windows(["2021-06-01:2021-01-01"])
+    with pytest.raises(ProbeError, match="unknown protocol 'median'"):
+        aggregate(series, "median")
+
+
+def test_seasonal_features_in_the_probe(cube, emb):
+    d = probe_features(emb, cube, block_px=BLOCK, max_pixels=None, feature_sets=("embedding_seasonal", "raw_seasonal"))
+    # monthly dates Jan 15 .. Dec 15 in thirds of 334 days: Jan-Apr, May-Aug, Sep-Dec
+    assert [n for _, _, n in d.windows] == [4, 4, 4]
+    assert d.X["embedding_seasonal"].shape[1] == 3 * 3 and d.X["raw_seasonal"].shape[1] == 3 * 12
+    i = int(np.flatnonzero((d.rows == 7) & (d.cols == 11))[0])
+    e = emb["embedding"].values[4:8, :3, 7, 11]  # May-August
+    np.testing.assert_allclose(d.X["embedding_seasonal"][i, 3:6], np.nanmedian(e, axis=0), rtol=1e-6)
+    s1 = cube["s1"].values[8:, :, 7, 11]  # S1 of Sep, Nov, Dec (no October acquisition): the third window
+    np.testing.assert_allclose(d.X["raw_seasonal"][i, 34:36], np.median(10 * np.log10(s1), axis=0), rtol=1e-5)
+
+
+def _smoothed_s1_on_s2_dates(cube: xr.Dataset) -> np.ndarray:
+    """S1 as the models see it, by hand: 3-frame centred rolling mean in linear power (pandas), the
+    acquisition one day after each S2 date (none in October), (T2, 2, H, W)."""
+    s1 = cube["s1"].values.astype("float64")
+    flat = s1.reshape(len(T1), -1)
+    smooth = pd.DataFrame(flat).rolling(3, center=True, min_periods=1).mean().to_numpy().reshape(s1.shape)
+    out = np.full((len(T2), *s1.shape[1:]), np.nan)
+    j = 0
+    for t in range(len(T2)):
+        if T2[t].month != 10:
+            out[t] = smooth[j]
+            j += 1
+    return out
+
+
+def test_pca_code_equals_scikit_learn_pca(cube, emb):
+    from sklearn.decomposition import PCA
+
+    d = probe_features(emb, cube, block_px=BLOCK, max_pixels=None, feature_sets=("pca_date", "pca_mean"))
+    # Reference: the fused model's inputs by hand (S2 reflectance; S1 smoothed, matched, dB normalised with the
+    # default bounds VV -25..0, VH -32..-5 dB), every clear pixel-date of the cube, scikit-learn PCA-3.
+    s1_db = 10 * np.log10(_smoothed_s1_on_s2_dates(cube))
+    s1_norm = np.stack([(s1_db[:, 0] + 25) / 25, (s1_db[:, 1] + 32) / 27], axis=1)
+    x = np.concatenate([cube["s2"].values.astype("float64"), s1_norm], axis=1)  # (T, 12, H, W)
+    rows = x.transpose(0, 2, 3, 1).reshape(-1, 12)
+    clear = np.isfinite(rows).all(1)
+    ref = PCA(n_components=3).fit(rows[clear])
+    assert d.pca["k"] == 3 and d.pca["n_fit_pixel_dates"] == int(clear.sum())
+    np.testing.assert_allclose(d.pca["explained_variance_ratio"], ref.explained_variance_ratio_, rtol=1e-4)
+    i = int(np.flatnonzero((d.rows == 7) & (d.cols == 11))[0])
+    expected = ref.transform(x[JUNE, :, 7, 11][None])[0]
+    np.testing.assert_allclose(d.X["pca_date"][i], expected, rtol=1e-4, atol=1e-5)
+    codes = np.array([ref.transform(x[t, :, 7, 11][None])[0] if np.isfinite(x[t, :, 7, 11]).all() else [np.nan] * 3
+                      for t in range(len(T2))])
+    assert np.isnan(codes[9]).all()  # October: no S1 within 6 days, no code
+    np.testing.assert_allclose(d.X["pca_mean"][i], np.nanmean(codes, axis=0), rtol=1e-4, atol=1e-5)
+    # Fitted on the training strip of a spatial split only: a different fit, same pixels probed.
+    strip = probe_features(emb, cube, block_px=BLOCK, max_pixels=None, feature_sets=("pca_date",),
+                           pca_spatial_split={"val": 0.5})
+    west = x[:, :, :, :12].transpose(0, 2, 3, 1).reshape(-1, 12)
+    assert strip.pca["n_fit_pixel_dates"] == int(np.isfinite(west).all(1).sum())
+    assert "training strip" in strip.pca["fit"]
+    # The S2 group: PCA of the 10 S2 bands only, k = 1 (one s2 feature in this store)
+    s2 = probe_features(emb, cube, block_px=BLOCK, feature_sets=("pca_date", "raw_date"), embedding_features="s2")
+    assert s2.pca["k"] == 1 and s2.pca["bands"] == [str(b) for b in cube["band"].values] and len(s2.raw_bands) == 10
 
 
 def test_int8_embedding_stores_are_decoded(cube, emb, tmp_path):
@@ -205,6 +313,39 @@ def test_input_errors(cube, emb, tmp_path):
         run_probe(emb, cube, feature_sets=["ndvi"])
     with pytest.raises(ProbeError, match="unknown classifier 'svm'"):
         make_classifier("svm")
+    with pytest.raises(ProbeError, match=r"no embedding given for seeds \[2\]"):
+        run_probe({0: emb, 1: emb}, cube, seeds=(0, 2))
+    with pytest.raises(ProbeError, match="holds no embedding store and no folder seed0/"):
+        run_probe(tmp_path, cube, seeds=(0,))
+    with pytest.raises(ProbeError, match="hold no embedding date"):
+        probe_features(emb, cube, windows=["2030-01-01:2030-02-01"], feature_sets=("embedding_seasonal",))
+
+
+def test_seeded_probe_is_reproducible_and_aggregates_over_seeds(cube, emb):
+    kw = {"block_px": BLOCK, "folds": 3, "classifiers": ("logreg",),
+          "feature_sets": ("embedding_seasonal", "raw_seasonal", "pca_seasonal")}
+    a = run_probe(emb, cube, seeds=(0, 1), **kw)
+    pd.testing.assert_frame_equal(a, run_probe(emb, cube, seeds=(0, 1), **kw))  # same seeds, same table
+    assert (a["spread"] == "seeds").all() and a.attrs["probe"]["seeds"] == [0, 1]
+    assert a.attrs["probe"]["seeds_over"].startswith("cross-validation")
+    ba = ("balanced_accuracy",)
+
+    def single(e, s):
+        return run_probe(e, cube, seed=s, **kw).set_index(["features", "metric"])["mean"]
+
+    one = {s: single(emb, s) for s in (0, 1)}
+    rows = a.set_index(["features", "metric"])
+    for fs in kw["feature_sets"]:
+        per = rows.loc[(fs, *ba), "per_seed"]
+        assert per == [one[0][(fs, *ba)], one[1][(fs, *ba)]]  # each seed = a one-seed run with that seed
+        assert rows.loc[(fs, *ba), "mean"] == pytest.approx(np.mean(per))
+        assert rows.loc[(fs, *ba), "std"] == pytest.approx(np.std(per, ddof=1))
+    # One model per seed: model s is probed with the folds of seed s; the raw rows do not depend on the model.
+    other = _embedding(cube, seed=5, informative=True)
+    m = run_probe({0: emb, 1: other}, cube, seeds=(0, 1), **kw).set_index(["features", "metric"])
+    assert m.loc[("embedding_seasonal", *ba), "per_seed"] == [one[0][("embedding_seasonal", *ba)],
+                                                             single(other, 1)[("embedding_seasonal", *ba)]]
+    assert m.loc[("raw_seasonal", *ba), "per_seed"] == rows.loc[("raw_seasonal", *ba), "per_seed"]
 
 
 # -------------------------------------------------------------------------------------- scores
@@ -215,9 +356,10 @@ def test_scores_equal_a_sklearn_reference_on_the_same_blocked_folds(cube, emb):
     from sklearn.model_selection import StratifiedGroupKFold
 
     table = run_probe(emb, cube, block_px=BLOCK, folds=4, seed=2)
-    assert len(table) == len(FEATURE_SETS) * 2 * 3
-    assert list(table.columns) == ["features", "classifier", "metric", "mean", "std", "folds", "n_features",
-                                   "n_pixels", "n_classes", "date"]
+    assert len(table) == len(DEFAULT_FEATURE_SETS) * 2 * 3 and len(FEATURE_SETS) == 12
+    assert list(table.columns) == ["features", "classifier", "metric", "mean", "std", "spread", "per_seed", "folds",
+                                   "n_features", "n_pixels", "n_classes", "date"]
+    assert (table["spread"] == "folds").all()
     # Reference: the same pixels, blocks and folds, built here with scikit-learn directly.
     d = probe_features(emb, cube, block_px=BLOCK, seed=2)
     groups = (d.rows // BLOCK) * (W // BLOCK) + d.cols // BLOCK
@@ -259,7 +401,7 @@ def test_run_dir_outputs_and_report_section(cube, emb, tmp_path):
     sec = json.loads((tmp_path / "sections" / "070_probe.json").read_text())
     assert sec["order"] == 70 and sec["title"] == "Land-cover probe"
     assert sec["figures"] == [{"path": "evaluation/probe/probe.png", "caption": sec["figures"][0]["caption"]}]
-    assert len(sec["tables"][0]["rows"]) == len(FEATURE_SETS)
+    assert len(sec["tables"][0]["rows"]) == len(DEFAULT_FEATURE_SETS)
     assert "knn" in sec["data"]["ratios"]
 
 
@@ -278,6 +420,35 @@ def test_cli_probe(cube, emb, tmp_path):
     assert doc["settings"]["date"] == "2021-07-15" and doc["settings"]["folds"] == 3
     res = CliRunner().invoke(app, ["evaluate", "probe", str(tmp_path / "e.zarr"), "--cube", str(cube_path), "--labels", "x"])
     assert res.exit_code != 0 and "no label layer 'x'" in str(res.exception)  # a coordinate is no label layer
+
+
+def test_cli_probe_protocols_windows_pca_and_seeds(cube, emb, tmp_path, monkeypatch):
+    """The new options as a user runs them: relative paths from the run folder, one store per seed."""
+    from typer.testing import CliRunner
+
+    from latentcube.cli import app
+
+    save_cube(cube, tmp_path / "c.zarr")
+    for s in (0, 1):
+        emb.to_zarr(tmp_path / f"e{s}.zarr", zarr_format=2)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, [
+        "evaluate", "probe", "e{seed}.zarr", "--cube", "c.zarr", "--block-px", "4", "--folds", "3",
+        "--protocols", "seasonal,series", "--windows", "2021-01-01:2021-06-30,2021-07-01:2021-12-31",
+        "--classifiers", "logreg", "--pca-fit", "c.zarr", "--pca-holdout", "0.3", "--seeds", "0,1", "--out", "run"])
+    assert res.exit_code == 0, res.output
+    assert "mean ± sd over 2 seeds" in res.output and "raw_series" in res.output
+    doc = json.loads((tmp_path / "run" / "evaluation" / "probe" / "probe.json").read_text())
+    assert [r["features"] for r in doc["results"] if r["metric"] == "balanced_accuracy"] == [
+        "embedding_seasonal", "raw_seasonal", "pca_seasonal", "embedding_series", "raw_series", "pca_series"]
+    assert doc["settings"]["windows"] == [{"start": "2021-01-01", "end": "2021-06-30", "dates": 6},
+                                          {"start": "2021-07-01", "end": "2021-12-31", "dates": 6}]
+    assert doc["settings"]["seeds"] == [0, 1] and doc["settings"]["seeds_over"].startswith("models")
+    assert doc["settings"]["pca"]["fit"] == "c.zarr, training strip of {'val': 0.3}"
+    n = {r["features"]: r["n_features"] for r in doc["results"]}
+    assert n["raw_seasonal"] == 2 * 12 and n["pca_series"] == 12 * 3 and n["embedding_seasonal"] == 2 * 3
+    res = CliRunner().invoke(app, ["evaluate", "probe", "e0.zarr", "--cube", "c.zarr", "--protocols", "weekly"])
+    assert res.exit_code != 0 and "unknown feature sets ['embedding_weekly'" in str(res.exception)
 
 
 # ---------------------------------------------------------------------------- trained models

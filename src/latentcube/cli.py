@@ -491,8 +491,12 @@ def evaluate_gpp_(
     train_years: Annotated[str, typer.Option("--train-years", help="Year split: training years, comma-separated.")] = "2017,2018,2019",
     test_years: Annotated[str, typer.Option("--test-years", help="Year split: test years, comma-separated.")] = "2020",
     protocols: Annotated[str, typer.Option(help="Comma-separated: year,loso.")] = "year,loso",
-    methods: Annotated[str, typer.Option(help="Comma-separated: embedding,bands,ndvi,annual_embedding,climatology.")] =
-        "embedding,bands,ndvi,annual_embedding,climatology",
+    methods: Annotated[str | None, typer.Option(help="Comma-separated: embedding,bands,ndvi,annual_embedding,climatology and, "
+        "with --meteo, meteo,embedding_meteo,bands_meteo,ndvi_meteo (default: all that apply).")] = None,
+    meteo: Annotated[str | None, typer.Option("--meteo", help="Daily drivers from the tower files beside the inputs, "
+        "e.g. sw_in,ta,vpd (adds meteo only and <input> + meteo).")] = None,
+    flux_columns: Annotated[str | None, typer.Option("--flux-columns", help="Tower-file column names: a preset "
+        "(fluxnet2015, eth, reddyproc) and/or key=column items, e.g. eth,ta=TA_T1_47_1.")] = None,
     sweep: Annotated[str | None, typer.Option("--sweep", help="Also score these window lengths (year split), e.g. 60,75,90,105,120.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the regressors and the early-stopping split.")] = 0,
     device: Annotated[str | None, typer.Option(help="cuda | cpu (default: cuda when available).")] = None,
@@ -508,7 +512,8 @@ def evaluate_gpp_(
 
     cfg = GPPConfig(radius_px=radius, weights=weights, window_days=window, stride_days=stride, max_gap_days=max_gap,
                     train_years=ints(train_years), test_years=ints(test_years), protocols=names(protocols),
-                    methods=names(methods), sweep_windows=ints(sweep) if sweep else (), seed=seed, device=device)
+                    methods=names(methods) if methods else None, meteo=names(meteo) if meteo else (),
+                    flux_columns=flux_columns, sweep_windows=ints(sweep) if sweep else (), seed=seed, device=device)
     doc = evaluate_gpp(sites, out_dir, checkpoint=checkpoint, cubes=cubes, fluxnet=fluxnet, config=cfg,
                        log=lambda m: console.print(m, highlight=False))
     table = Table(title="GPP NRMSE (RMSE / observed range), all sites")
@@ -526,7 +531,7 @@ def evaluate_gpp_(
 # evaluate probe: below this line
 @evaluate_app.command("probe")
 def evaluate_probe(
-    embedding: Annotated[Path, typer.Argument(help="Embedding cube (Zarr from `latentcube embed`).")],
+    embedding: Annotated[Path, typer.Argument(help="Embedding cube (Zarr from `latentcube embed`); with --seeds also a path with {seed} or a folder of seed<N>/ runs.")],
     cube: Annotated[Path, typer.Option("--cube", help="The cube the embedding was computed from (raw bands, label layer).")],
     labels: Annotated[str, typer.Option("--labels", help="(y, x) integer label layer of the cube; 0 = unlabelled.")] = "landcover",
     date: Annotated[str | None, typer.Option("--date", help="Probe date YYYY-MM-DD (default: clearest growing-season date).")] = None,
@@ -534,16 +539,31 @@ def evaluate_probe(
     block_px: Annotated[int, typer.Option("--block-px", help="Edge of the cross-validation blocks in pixels.")] = 16,
     folds: Annotated[int, typer.Option("--folds", help="Blocked cross-validation folds.")] = 5,
     features: Annotated[str | None, typer.Option("--features", help="Embedding feature group: fused, s1, s2 (default: the first).")] = None,
+    protocols: Annotated[str, typer.Option("--protocols", help="Temporal protocols, comma separated: date, seasonal, series, mean.")] = "date,seasonal,mean",
+    sources: Annotated[str, typer.Option("--sources", help="Feature sources, comma separated: embedding, raw, pca.")] = "embedding,raw,pca",
+    windows: Annotated[str, typer.Option("--windows", help="Seasonal windows: a number of equal windows over the probe year, or START:END,START:END...")] = "3",
+    classifiers: Annotated[str, typer.Option("--classifiers", help="Comma separated: logreg, knn.")] = "logreg,knn",
+    pca_fit: Annotated[Path | None, typer.Option("--pca-fit", help="Cube the PCA code is fitted on (the training cube; default --cube).")] = None,
+    pca_holdout: Annotated[float | None, typer.Option("--pca-holdout", help="Fit the PCA on the training strip only: the share held out as data.spatial_split {val: F}.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the folds and the pixel subset.")] = 0,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Repeat over seeds, e.g. 0,1,2: mean ± sd over models per seed or over CV shuffles.")] = None,
 ) -> None:
-    """Land-cover probe: logistic regression and k-NN on embeddings vs raw bands, spatially blocked CV."""
-    from latentcube.evaluate.probe import ratios, run_probe
+    """Probe: logistic regression and k-NN on embeddings vs raw bands vs a PCA code, spatially blocked CV."""
+    from latentcube.evaluate.probe import parse_seeds, ratios, run_probe
 
-    table = run_probe(embedding, cube, labels=labels, date=date, block_px=block_px, folds=folds, seed=seed,
-                      embedding_features=features, run_dir=out_dir)
+    def items(text: str) -> list[str]:
+        return [t.strip() for t in text.split(",") if t.strip()]
+
+    sets = [f"{s}_{p}" for p in items(protocols) for s in items(sources)]
+    win: int | list[str] = int(windows) if windows.strip().isdigit() else items(windows)
+    table = run_probe(str(embedding) if "{seed}" in str(embedding) else embedding, cube, labels=labels, date=date,
+                      block_px=block_px, folds=folds, seed=seed, seeds=parse_seeds(seeds), feature_sets=sets,
+                      classifiers=items(classifiers), windows=win, embedding_features=features, pca_fit=pca_fit,
+                      pca_spatial_split={"val": pca_holdout} if pca_holdout else None, run_dir=out_dir)
     s = table.attrs["probe"]
-    grid = Table(title=f"land-cover probe `{labels}`, {s['date']}: {s['n_pixels']} pixels, {len(s['classes'])} classes, "
-                       f"{s['folds']} blocked folds")
+    over = f"{len(s['seeds'])} seeds" if s.get("seeds_over") else "folds"
+    grid = Table(title=f"probe `{labels}`, one date {s['date']}: {s['n_pixels']} pixels, {len(s['classes'])} classes, "
+                       f"{s['folds']} blocked folds, mean ± sd over {over}")
     for col in ("features", "classifier", "n feat.", "balanced accuracy", "macro F1"):
         grid.add_column(col)
     wide = table.pivot_table(index=["features", "classifier"], columns="metric", values=["mean", "std"], sort=False)
