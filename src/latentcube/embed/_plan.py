@@ -29,16 +29,14 @@ TILE_PIXEL_DATES = 800_000
 
 #: Peak memory of one CPU worker process, modelled as a fixed part (torch, the model, Dask, the encoder's
 #: tile at ``tile="auto"``, allocator retention) plus bytes per pixel-date of the block with its halo
-#: (inputs, their reads and the outputs). Fitted just above the measured largest processes of
-#: ``bench_embed.py`` (docs/embed.md#memory): block 256 x 73 dates 1.43 GiB, block 128 1.06-1.11 GiB.
+#: (inputs, their reads and the outputs). Fitted just above the largest worker processes measured by
+#: ``bench_embed.py`` (benchmarks/RESULTS.md).
 WORKER_BASE_BYTES = 1024**3
 WORKER_BYTES_PER_PIXEL_DATE = 100
 #: Share of the available memory the default LocalCluster plans to fill with its workers.
 MEMORY_FRACTION = 0.8
-#: Cores per default CPU worker (its torch threads). On 2 cores one worker of 2 threads embedded
-#: 512^2 x 73 as fast as two of 1 or faster (46.9k against 46.3k pixel-dates/s back to back; 55.5k
-#: against 49.4k the night before) and holds one copy of the model, the libraries and the heap instead
-#: of two (1.8 against 3.1 GiB); docs/embed.md, "How many workers".
+#: Cores per default CPU worker (its torch threads): one 2-thread process is as fast as two 1-thread ones
+#: and holds one copy of torch, the model and the heap instead of two (benchmarks/RESULTS.md).
 CORES_PER_WORKER = 2
 
 #: Training defaults used when a checkpoint records no sampling config (latentcube.sampling.SamplingConfig).
@@ -75,7 +73,7 @@ def block_grid(height: int, width: int, block_px: int) -> list[tuple[int, int, s
 def auto_tile(n_dates: int, block_px: int, halo: int = 7) -> int:
     """Spatial tile for ``encode_scene``: the encoder's spatial stage runs all dates of a tile at once on
     a (tile + 4 * halo)^2 map, so its memory grows with dates x (tile + 4 halo)^2; keep that near
-    ``TILE_PIXEL_DATES`` (measured ~1 GB peak at 30 dates and tile 128 with the default models)."""
+    ``TILE_PIXEL_DATES`` (peak memory per tile size: benchmarks/RESULTS.md)."""
     side = int(np.sqrt(TILE_PIXEL_DATES / max(n_dates, 1))) - 4 * halo
     return int(min(max(32, side // 16 * 16), block_px + 2 * halo))
 
@@ -92,8 +90,8 @@ def default_workers(cpu: int, n_blocks: int, per_worker_bytes: int, available_by
     default worker in the calling process.
 
     Also sets how Dask's memory limit is shared: each worker's limit is the machine's memory over the
-    workers, and a worker above 95 % of it is restarted by its nanny. One per core on 16 GB and 8 cores
-    gave 2 GB each, less than one 256-px block needed then (~2.3 GiB): every block was killed and retried.
+    workers, and a worker above 95 % of it is restarted by its nanny: too many workers would have every
+    block killed and retried (CHANGELOG.md, 0.1.0).
     """
     by_memory = int(MEMORY_FRACTION * available_bytes // max(per_worker_bytes, 1))
     return max(1, min(cpu // CORES_PER_WORKER, n_blocks, by_memory))
