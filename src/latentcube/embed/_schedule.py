@@ -21,13 +21,13 @@ def _client(scheduler: Any, n_workers: int, threads: int, processes: bool):
 
         # Distributed's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in worker processes to hand freed memory
         # back to the OS. An explicit trim threshold also freezes glibc's mmap threshold at 128 KiB, so
-        # every encoder intermediate is a fresh mmap with page faults on first touch: measured 2x slower
-        # than in-process on 2 cores (docs/embed.md). The worker's memory is bounded by the block anyway;
+        # every encoder intermediate is a fresh mmap with page faults on first touch: about half the speed
+        # (benchmarks/RESULTS.md). The worker's memory is bounded by the block anyway;
         # keep the nanny's thread-count variables and leave the trim threshold to the worker's
         # reuse_large_blocks(). MALLOC_ARENA_MAX=1: blocks run on a worker *thread*, whose own glibc arena
         # cannot keep tensors over 64 MB and trims the rest away; with one arena they come from the heap
-        # that reuse_large_blocks() keeps (2 workers, 256^2 x 73: 29.3k -> 31-37k pixel-dates/s, 2.9 -> 2.5
-        # GiB). Each worker runs one task thread, so a single arena costs no lock contention.
+        # that reuse_large_blocks() keeps: faster and smaller (benchmarks/RESULTS.md). Each worker runs one
+        # task thread, so a single arena costs no lock contention.
         environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
                    if k != "MALLOC_TRIM_THRESHOLD_"}
         environ["MALLOC_ARENA_MAX"] = 1
