@@ -69,7 +69,7 @@ def _cross_validate(data: ProbeData, splits: list, feature_sets: Sequence[str], 
     """Per (features, classifier, metric), the per-fold values."""
     out: dict[tuple[str, str, str], list[float]] = {}
     # One BLAS thread: these fits are small, and a multi-threaded BLAS on a busy machine made logistic
-    # regression ~7x slower (3.7 s vs 0.5 s per fold, 13k pixels x 9 features, 2 cores).
+    # regression several times slower (benchmarks/RESULTS.md).
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):
