@@ -415,7 +415,7 @@ def test_impossible_reflectance_is_a_fill_value_not_digital_numbers():
     s2 = ds["s2"].values.copy()
     s2[:, :, :2] = 1e30  # a third of the cube
     with pytest.raises(CubeError, match=r"impossible reflectances.*a fill value stored as data, not digital numbers\. "
-                                        r"Fix: mask it as NaN on import \(--s2-nodata VALUE\)"):
+                                        r"Fix: mask it as NaN on import \(--s2-nodata"):
         validate_cube(ds.assign(s2=(ds["s2"].dims, s2)))
     s2 = ds["s2"].values.copy()
     s2[1, :, 2, 3] = np.inf  # one pixel-date: read as NaN, reported

@@ -462,3 +462,42 @@ def test_cli_parsers():
         "landcover": ("out/labels.nc", "LC"), "mask": "mask.tif", "w": "C:\\data\\x.tif"}
     with pytest.raises(CubeError, match="expected NAME=PATH"):
         parse_layers(["labels.nc"])
+
+
+def test_openeo_preset_reads_65535_and_the_files_fill_value_as_nodata(tmp_path):
+    """A monthly openEO composite fills empty months with 65535: reflectance 6.55 used to pass through and
+    the cube was refused with a wrong fix ("divide by 10000")."""
+    months = pd.date_range("2023-01-01", periods=4, freq="MS")
+    rng = np.random.default_rng(0)
+    dn = rng.integers(200, 4000, (4, 5, 6)).astype("uint16")
+    b04, b08 = dn.copy(), dn + 1000
+    b04[1] = b08[1] = 65535  # a month without any acquisition
+    b04[0, 0, 0] = 0  # openEO's other nodata value
+    b08[2, 3, 4] = 60000  # declared as _FillValue by the file
+    y = 5_600_000.0 - 10 * (np.arange(5) + 0.5)
+    x = 400_000.0 + 10 * (np.arange(6) + 0.5)
+    src = xr.Dataset({"S2-L2A-B04": (("t", "y", "x"), b04, {"grid_mapping": "crs"}),
+                      "S2-L2A-B08": (("t", "y", "x"), b08, {"grid_mapping": "crs"})},
+                     coords={"t": months, "y": y, "x": x})
+    from pyproj import CRS
+
+    src["crs"] = xr.DataArray(np.int32(0), attrs={"crs_wkt": CRS.from_epsg(32631).to_wkt()})
+    path = tmp_path / "openeo_monthly.nc"
+    src.to_netcdf(path, encoding={"S2-L2A-B08": {"_FillValue": 60000}, "S2-L2A-B04": {"_FillValue": None}})
+    ds = validate_cube(import_cube(path, preset="openeo"))
+    s2 = ds["s2"].values
+    assert np.isnan(s2[1]).all()  # the filled month
+    assert np.isnan(s2[0, 0, 0, 0]) and np.isfinite(s2[0, 1, 0, 0])  # 0 in B04 only: that band
+    assert np.isnan(s2[2, 1, 3, 4]) and s2[2, 0, 3, 4] == pytest.approx(dn[2, 3, 4] * 1e-4, rel=1e-6)
+    ok = np.ones(dn.shape, bool)
+    ok[1] = False
+    ok[2, 3, 4] = False
+    np.testing.assert_allclose(s2[:, 1][ok], (dn + 1000)[ok] * 1e-4, rtol=1e-6)
+    assert np.nanmax(s2) < 1.0
+    # the user's own nodata adds to the file's: 60000 stays nodata
+    user = import_cube(path, preset="openeo", s2_nodata=[0, 65535])
+    assert np.isnan(user["s2"].values[2, 1, 3, 4]) and np.isnan(user["s2"].values[1]).all()
+    # without 65535 the filled month is refused as a fill value, not as digital numbers
+    with pytest.raises(CubeError, match=r"impossible reflectances .*most often 6\.5535.*a fill value stored as data, "
+                                        r"not digital numbers\. Fix: .*--s2-nodata"):
+        import_cube(path, preset="openeo", s2_nodata=[0])

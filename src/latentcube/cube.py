@@ -31,6 +31,7 @@ from pyproj import CRS
 from latentcube import __version__
 from latentcube.constants import S1_BANDS, S1_DIMS, S2_BANDS, S2_DIMS
 from latentcube.errors import LatentcubeError
+from latentcube.timeutils import nearest_index
 
 __all__ = [
     "S1_PHYSICAL_RANGE",
@@ -248,6 +249,9 @@ def _check_zero_pixels(da: xr.DataArray, name: str) -> None:
 
 #: Largest S2 L2A digital number (uint16): values far above it are fill values, not unscaled reflectance.
 _MAX_DN = 65535.0
+#: Values above 2 with a median in this range are the uint16 fill scaled to reflectance (65535 x 1e-4 =
+#: 6.5535, 6.4535 with the -0.1 offset), not digital numbers (those have a median of hundreds to thousands).
+_FILL_SCALED = (6.0, 7.0)
 
 
 def _share_impossible(sample: np.ndarray, sensor: str) -> str:
@@ -411,12 +415,18 @@ def _check_s2(ds: xr.Dataset) -> None:
         )
     if valid.size:
         p99 = float(np.percentile(valid, 99))
-        if p99 > S2_PHYSICAL_RANGE[1] and np.median(valid[valid > S2_PHYSICAL_RANGE[1]]) > _MAX_DN:
+        big = valid[valid > S2_PHYSICAL_RANGE[1]]
+        # Digital numbers of real reflectance stay far below 60000 (bright snow ~20000); above it are fill values
+        # (65535, or 6.5535 once scaled by 1e-4) and absurd magnitudes (1e30).
+        fill = big.size and (_FILL_SCALED[0] < np.median(big) < _FILL_SCALED[1] or np.median(big) > _MAX_DN)
+        if p99 > S2_PHYSICAL_RANGE[1] and fill:
+            values, counts = np.unique(big, return_counts=True)
             raise CubeError(
-                f"s2 holds impossible reflectances (99th percentile {p99:.3g}; {_share_impossible(sample, 's2')} of "
-                "the sampled values are infinite or outside the physical range "
+                f"s2 holds impossible reflectances (99th percentile {p99:.3g}, most often {values[counts.argmax()]:.6g}; "
+                f"{_share_impossible(sample, 's2')} of the sampled values are infinite or outside the physical range "
                 f"{list(S2_PHYSICAL_RANGE)}): a fill value stored as data, not digital numbers. Fix: mask it as NaN "
-                "on import (--s2-nodata VALUE), or ds['s2'] = ds['s2'].where(abs(ds['s2']) <= 2)."
+                "on import (--s2-nodata with the value the file stores, e.g. 65535 for 6.5535), or "
+                "ds['s2'] = ds['s2'].where(abs(ds['s2']) <= 2)."
             )
         if p99 > S2_PHYSICAL_RANGE[1]:
             raise CubeError(
@@ -496,10 +506,8 @@ def s1_coverage(ds: xr.Dataset, *, max_gap_days: float = 6.0) -> S1Coverage:
 
     s1_ok = np.isfinite(np.asarray(pixels(ds["s1"]).values)).any(axis=1)  # (time_s1, y, x)
     s2_ok = np.isfinite(np.asarray(pixels(ds["s2"]).values)).all(axis=1).any(axis=0)  # (y, x)
-    t2 = pd.DatetimeIndex(ds["time"].values).asi8 / 86400e9
-    t1 = pd.DatetimeIndex(ds["time_s1"].values).asi8 / 86400e9
-    nearest = np.abs(t1[None, :] - t2[:, None]).argmin(axis=1)  # first of equally near: the earlier
-    within = np.abs(t1[nearest] - t2) <= max_gap_days + 1e-9
+    idx = nearest_index(ds["time_s1"].values, ds["time"].values, max_gap_days)
+    within, nearest = idx >= 0, np.maximum(idx, 0)
     dates = int(np.sum(within & s1_ok.any(axis=(1, 2))[nearest]))
     share = float(s1_ok.any(axis=0)[s2_ok].mean()) if s2_ok.any() else 0.0
     return S1Coverage(n2, dates, share)

@@ -64,6 +64,8 @@ TIME_DIM_NAMES: tuple[str, ...] = ("time", "t", "timestamp", "date", "dates", "t
 #: DN = 10^((dB + 83) / 20), i.e. dB = 20·log10(DN) − 83; DN 0 and 65535 are nodata.
 OPENEO_S1_DB_OFFSET = 83.0
 OPENEO_S1_NODATA: tuple[int, ...] = (0, 65535)
+#: openEO/CDSE Sentinel-2 uint16 DN: 0 (no acquisition) and 65535 (the uint16 fill of composites) are nodata.
+OPENEO_S2_NODATA: tuple[int, ...] = (0, 65535)
 
 _TARGETS = frozenset(S2_BANDS) | frozenset(S1_BANDS) | {"SCL"}
 
@@ -91,9 +93,10 @@ class ImportSettings:
 #: Presets for known export layouts (provenance: /work/shared/data/README.md and the exporters' code).
 PRESETS: dict[str, ImportSettings] = {
     # openEO (CDSE) NetCDF exports: dimension 't', variables 'S2-L2A-B04', 'S2-L2A-SCL', 'S1-SIGMA0-VV';
-    # S2 uint16 DN × 1e-4 with 0 = nodata; S1 uint16 dB = 20·log10(DN) − 83, DN 0/65535 nodata.
+    # S2 uint16 DN × 1e-4 with 0 and 65535 = nodata (monthly composites fill empty months with 65535);
+    # S1 uint16 dB = 20·log10(DN) − 83, DN 0/65535 nodata. The file's _FillValue/nodata count too.
     "openeo": ImportSettings(
-        s2_scale=1e-4, s2_offset=0.0, s2_nodata=(0,), s1_encoding="openeo_uint16", s1_nodata=OPENEO_S1_NODATA
+        s2_scale=1e-4, s2_offset=0.0, s2_nodata=OPENEO_S2_NODATA, s1_encoding="openeo_uint16", s1_nodata=OPENEO_S1_NODATA
     ),
     # WorldCereal / Google Earth Engine extractions: dimension 'timestamp', B02.. uint16 × 1e-4, 0 nodata;
     # S1 GRD 'VV'/'VH' int32 × 1e-4 = sigma0 in dB, 0 nodata.
@@ -288,9 +291,9 @@ def _as_unsigned(raw: np.ndarray, attrs: Mapping[str, Any]) -> np.ndarray:
 
 
 def _nodata_values(attrs: Mapping[str, Any], explicit: tuple[float, ...] | None) -> tuple[float, ...]:
-    if explicit is not None:
-        return tuple(explicit)
-    vals = []
+    """The given nodata values and the file's own (``_FillValue``, ``missing_value``, ``nodata``): a value
+    the file declares as fill is never a measurement, whatever else is given."""
+    vals = list(explicit or ())
     for key in ("_FillValue", "missing_value", "nodata"):
         if key in attrs:
             vals.extend(np.atleast_1d(attrs[key]).tolist())
@@ -310,6 +313,8 @@ def _decode(var: xr.DataArray, *, kind: str, settings: ImportSettings) -> xr.Dat
     else:
         scale, offset, nod = settings.s1_scale, settings.s1_offset, settings.s1_nodata
     nodata = _nodata_values(var.attrs, nod)
+    if np.issubdtype(raw.dtype, np.unsignedinteger):  # a signed fill of _Unsigned storage (-1) means 65535
+        nodata = tuple(v + 2 ** (8 * raw.dtype.itemsize) if v < 0 else v for v in nodata)
     invalid = np.isin(raw, nodata) if nodata else np.zeros(raw.shape, bool)
     values = raw.astype("float64")
     if kind == "s1" and settings.s1_encoding == "openeo_uint16":
@@ -626,7 +631,7 @@ def import_cube(
             explicit arguments override the preset.
         band_map: source variable -> ``B02``..``B12``, ``SCL``, ``VV``, ``VH`` (applies to all files).
         s2_scale, s2_offset: reflectance = DN × scale + offset (default: file attributes, else 1 and 0).
-        s2_nodata, s1_nodata: raw values meaning nodata (default: the file's ``_FillValue``).
+        s2_nodata, s1_nodata: raw values meaning nodata, besides the file's ``_FillValue``/``nodata``.
         s1_encoding: ``"linear"`` power, ``"db"`` (after scale/offset) or ``"openeo_uint16"``
             (dB = 20·log10(DN) − 83). Default ``"linear"`` unless the preset says otherwise.
         time_dim: the time dimension name (default: autodetect ``time``/``t``/``timestamp``/...).
