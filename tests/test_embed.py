@@ -620,12 +620,44 @@ def test_a_model_of_fewer_bands_reads_its_own_from_a_fuller_cube(cube_path, tmp_
                                reduced["embedding"].isel(y=slice(3, 6), x=slice(30, 33)).values, rtol=0, atol=1e-6)
 
 
-def test_in_memory_dataset_matches_path(models, s2_emb, tmp_path):
+def test_in_memory_dataset_matches_path_and_leaves_the_process_as_found(models, s2_emb, tmp_path):
+    """The default scheduler runs a one-block cube in this process with 1 torch thread: afterwards the
+    caller's thread count, matplotlib backend, malloc settings and the module caches are as before."""
+    import matplotlib
+
+    from latentcube import heap
+    from latentcube.embed import _compute
+
     ds = _cube()
-    out = embed_cube(ds, models["s2"], tmp_path / "mem.zarr", block_px=40, scheduler="synchronous", progress=False)
+    backend, malloc = matplotlib.get_backend(), heap.heap_settings()
+    torch.set_num_threads(2)  # the caller's choice (the module fixture restores its own afterwards)
+    try:
+        out = embed_cube(ds, models["s2"], tmp_path / "mem.zarr", block_px=40, threads_per_worker=1, progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert matplotlib.get_backend() == backend and heap.heap_settings() == malloc
+    assert _compute._MODELS == {} and _compute._CUBES == {}
     np.testing.assert_allclose(xr.open_zarr(out)["embedding"].values, xr.open_zarr(s2_emb)["embedding"].values,
                                rtol=0, atol=1e-6)
     np.testing.assert_array_equal(ds["s2"].values, _cube()["s2"].values)  # preprocessing never writes into the input
+
+
+def test_call_scope_restores_threads_tf32_malloc_and_caches():
+    """What a block may change in the process that runs it (GPU runs turn TF32 off) is undone on return."""
+    from latentcube import heap
+    from latentcube.embed import _compute
+
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    malloc = heap.heap_settings()
+    with _compute.call_scope():
+        torch.set_num_threads(3)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = not tf32[0]
+        heap.reuse_large_blocks()
+        _compute._MODELS["k"] = ("model", {})
+    assert torch.get_num_threads() == 1 and (torch.backends.cudnn.allow_tf32,
+                                             torch.backends.cuda.matmul.allow_tf32) == tf32
+    assert heap.heap_settings() == malloc and _compute._MODELS == {}
 
 
 # ------------------------------------------------------------------------------------ quality layer

@@ -6,19 +6,25 @@ fresh ``mmap`` pages on every allocation, and the heap top is trimmed and regrow
 new tensor then pays one page fault per 4 KiB page. PyTorch's CPU performance guide suggests
 jemalloc/tcmalloc via ``LD_PRELOAD`` for the same reason; ``mallopt`` does it from inside the process,
 with no extra dependency and nothing to set before the interpreter starts (a Dask worker calls it for
-itself). Settings are process-wide and idempotent; without glibc they are skipped.
+itself). Settings are process-wide and idempotent; without glibc they are skipped. A library call that
+applies them in the caller's process does so inside :func:`heap_settings_restored`, which puts back what
+was there before on return.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
+from collections.abc import Iterator
 
 __all__ = [
     "TRAINING_HEAP_PAD",
     "INFERENCE_MMAP_THRESHOLD",
     "grow_heap_in_large_steps",
+    "heap_settings",
+    "heap_settings_restored",
     "reuse_large_blocks",
     "release_free_memory",
 ]
@@ -31,6 +37,10 @@ INFERENCE_MMAP_THRESHOLD = 1 << 30
 
 # malloc.h parameter numbers
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+#: glibc's values of those parameters in a process that never set them (malloc/malloc.c DEFAULT_*).
+_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_TOP_PAD: 128 * 1024, _M_MMAP_THRESHOLD: 128 * 1024}
+# What this module has set in this process (glibc has no getter): parameter -> value.
+_SET: dict[int, int] = {}
 
 
 @functools.lru_cache(maxsize=1)
@@ -45,7 +55,30 @@ def _libc() -> ctypes.CDLL | None:
 
 def _mallopt(param: int, value: int) -> bool:
     libc = _libc()
-    return bool(libc is not None and libc.mallopt(param, int(value)))
+    ok = bool(libc is not None and libc.mallopt(param, int(value)))
+    if ok:
+        _SET[param] = int(value)
+    return ok
+
+
+def heap_settings() -> dict[int, int]:
+    """The malloc parameters this module has set in this process (``mallopt`` number -> value)."""
+    return dict(_SET)
+
+
+@contextlib.contextmanager
+def heap_settings_restored() -> Iterator[None]:
+    """Undo, on exit, the settings of this module made inside the block: each parameter changed goes back
+    to its value before, or to glibc's default where it was never set (glibc then keeps that value fixed
+    instead of adapting its mmap threshold, the one difference from an untouched process)."""
+    before = dict(_SET)
+    try:
+        yield
+    finally:
+        for param in [p for p, v in _SET.items() if before.get(p) != v]:
+            _mallopt(param, before.get(param, _GLIBC_DEFAULTS[param]))
+            if param not in before:
+                _SET.pop(param, None)
 
 
 def grow_heap_in_large_steps(pad_bytes: int = TRAINING_HEAP_PAD) -> bool:

@@ -12,7 +12,7 @@ import xarray as xr
 
 from latentcube.constants import DEFAULT_PIXEL_CHUNK, EMBEDDING_DIMS
 from latentcube.cube import CubeError, open_cube, validate_cube
-from latentcube.embed._compute import _InMemory, _model, _run_block, embed_block
+from latentcube.embed._compute import _InMemory, _model, _run_block, call_scope, embed_block
 from latentcube.embed._plan import (
     DEFAULT_BLOCK_PX,
     DTYPES,
@@ -81,8 +81,8 @@ def embed_cube(
         device: ``"cuda"``/``"cpu"``; default: CUDA when the worker has it.
         processes: LocalCluster with worker processes (default) or threads.
         threads_per_worker: torch threads per worker (default: ``cpu_count // n_workers`` on a LocalCluster,
-            torch's default elsewhere; in this process it sets this process's torch threads, and with
-            ``scheduler="synchronous"`` the caller's setting is kept).
+            torch's default elsewhere; blocks run in this process use it for the call and the caller's
+            setting is back on return; with ``scheduler="synchronous"`` the caller's setting is used).
         tile, pixel_chunk: passed to ``encode_scene`` (bound its memory; results do not depend on them).
             ``tile="auto"`` (:func:`auto_tile`) keeps the encoder's spatial stage near ``TILE_PIXEL_DATES``
             pixel-dates (measured ~1 GB peak for the default models at 70 dates, block 256).
@@ -149,14 +149,17 @@ def embed_cube(
     if in_process and scheduler is None and threads_per_worker:
         plan = replace(plan, torch_threads=threads_per_worker)
     try:
-        if not todo:
-            pass
-        elif in_process:
-            for iy, ix, ys, xs in todo:
-                _run_block(plan, source, iy, ix, ys, xs)
-                done(iy, ix)
-        else:
-            _run_distributed(plan, source, todo, scheduler, n_workers, processes, cpu, done, threads_per_worker)
+        # Threads, TF32, malloc settings and caches of blocks run in this process (in-process, or a
+        # LocalCluster of threads) are undone on return: the caller's process is left as found.
+        with call_scope():
+            if not todo:
+                pass
+            elif in_process:
+                for iy, ix, ys, xs in todo:
+                    _run_block(plan, source, iy, ix, ys, xs)
+                    done(iy, ix)
+            else:
+                _run_distributed(plan, source, todo, scheduler, n_workers, processes, cpu, done, threads_per_worker)
     finally:
         if bar is not None:
             bar.close()
@@ -196,7 +199,8 @@ def embed_pixels(cube: str | Path | xr.Dataset, checkpoint: str | Path, ys: slic
     plan, names, times = _make_plan(ds, checkpoint, model, meta, sensors=sensors, out=Path("."), dtype="float32",
                                     quality=False, tile="auto", pixel_chunk=DEFAULT_PIXEL_CHUNK, device=device,
                                     block_px=max(y1 - y0, x1 - x0))
-    model, meta = _model(plan)
-    emb = embed_block(ds, model, meta, plan, slice(y0, y1), slice(x0, x1))
+    with call_scope():
+        model, meta = _model(plan)
+        emb = embed_block(ds, model, meta, plan, slice(y0, y1), slice(x0, x1))
     return xr.DataArray(emb, dims=EMBEDDING_DIMS, name="embedding",
                         coords={"time": times, "feature": names, "y": ds["y"].values[y0:y1], "x": ds["x"].values[x0:x1]})

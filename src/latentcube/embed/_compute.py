@@ -3,8 +3,10 @@ training does, the dense encoders, and the write of its region and marker."""
 
 from __future__ import annotations
 
+import contextlib
 import time as _time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +19,15 @@ from latentcube.cube import open_cube
 from latentcube.embed import _store
 from latentcube.embed._plan import _device, _Plan
 from latentcube.embed._quality import _band_spans, _centre_decoders, reconstruction_error
-from latentcube.heap import release_free_memory
+from latentcube.heap import heap_settings_restored, release_free_memory, reuse_large_blocks
 
 #: Values normalised per call while preprocessing a block (bounds its float64 temporaries to ~16 MB).
 NORMALIZE_CHUNK_VALUES = 2_000_000
 
 # --------------------------------------------------------------------------------- worker side
 
+# One model and one cube per process, kept between the blocks a worker runs; a new run's key replaces
+# them, and ``call_scope`` empties them when a call that used this process returns.
 _MODELS: dict[tuple[str, str, str], tuple[Any, dict[str, Any]]] = {}
 _CUBES: dict[str, xr.Dataset] = {}
 
@@ -35,14 +39,33 @@ class _InMemory:
         self.ds = ds
 
 
+@contextlib.contextmanager
+def call_scope() -> Iterator[None]:
+    """Run an embedding call in this process and leave it as found: torch's thread count, the TF32 flags,
+    the malloc settings (``latentcube.heap``) and the caches of models and cubes are those of before on
+    exit. Worker processes of a cluster keep them for their next block (they are the run's own)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        with heap_settings_restored():
+            yield
+    finally:
+        _MODELS.clear()
+        _CUBES.clear()
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 def _model(plan: _Plan) -> tuple[Any, dict[str, Any]]:
     """The model, loaded once per worker process and device (keyed by the file's hash)."""
     import torch
 
-    from latentcube.heap import reuse_large_blocks
     from latentcube.nn.model_file import load_model
 
-    reuse_large_blocks()  # in this (worker) process: ~1.3x faster dense encoding (latentcube.heap)
+    reuse_large_blocks()  # ~1.3x faster dense encoding (latentcube.heap); undone by call_scope in the caller
     if plan.torch_threads:
         torch.set_num_threads(plan.torch_threads)
     key = (plan.checkpoint, plan.sha256, _device(plan))
@@ -51,6 +74,7 @@ def _model(plan: _Plan) -> tuple[Any, dict[str, Any]]:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     if key not in _MODELS:
+        _MODELS.clear()  # bounded: the previous run's model is not kept beside this one
         model, meta = load_model(plan.checkpoint, map_location=key[2])
         _MODELS[key] = (model.to(key[2]).eval(), meta)
     return _MODELS[key]
@@ -60,6 +84,7 @@ def _cube(source: str | _InMemory) -> xr.Dataset:
     if isinstance(source, _InMemory):
         return source.ds
     if source not in _CUBES:
+        _CUBES.clear()
         _CUBES[source] = open_cube(source)
     return _CUBES[source]
 
