@@ -37,6 +37,7 @@ from latentcube import __version__
 from latentcube.constants import EMBEDDING_DIMS
 from latentcube.cube import cube_crs, set_crs
 from latentcube.errors import LatentcubeError
+from latentcube.timeutils import day_numbers
 
 __all__ = ["EmbeddingCubeError", "GapFillError", "as_embedding", "fill_series", "gapfill_embeddings", "match_dates"]
 
@@ -116,11 +117,6 @@ def as_embedding(
             "(int8 stores need latentcube.embed.open_embedding, which this installation lacks)."
         )
     return ds
-
-
-def _day_numbers(times: Any) -> np.ndarray:
-    """Calendar days (int64 days since 1970-01-01) of datetime values; acquisition times floored to the day."""
-    return pd.DatetimeIndex(times).floor("D").values.astype("datetime64[D]").astype("int64")
 
 
 def match_dates(times: Any, dates: Sequence[Any], *, what: str = "the embedding cube") -> list[int]:
@@ -413,7 +409,7 @@ def gapfill_embeddings(
     axis = _target_axis(times, freq, start, end)
     if len(axis) == 0:
         raise GapFillError(f"no target dates between start={start} and end={end}. Fix: widen the range.")
-    obs_days, target_days = _day_numbers(times), _day_numbers(axis)
+    obs_days, target_days = day_numbers(times), day_numbers(axis)
     axis_values = axis.values.astype("datetime64[ns]")  # freq=None keeps the input times of day
 
     names = _fill_vars(ds)

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
 from latentcube.constants import S2_BANDS
 from latentcube.cube import S1_PHYSICAL_RANGE, S2_PHYSICAL_RANGE, impossible_values
+from latentcube.timeutils import db_to_linear, linear_to_db, nearest_index
 
 __all__ = [
     "DEFAULT_S1_BOUNDS_DB",
@@ -59,21 +59,7 @@ ATTR_KEY = "latentcube_normalization"
 # ------------------------------------------------------------------------------------------ dB
 
 
-def db_to_linear(x: Any) -> Any:
-    """10^(dB/10); NaN stays NaN. Works on scalars, NumPy arrays and xarray objects."""
-    return 10.0 ** (x / 10.0) if isinstance(x, xr.DataArray | xr.Dataset) else 10.0 ** (np.asarray(x, dtype="float64") / 10.0)
-
-
-def linear_to_db(x: Any) -> Any:
-    """10·log10(linear); values <= 0 (not a power) and NaN give NaN, without warnings."""
-    if isinstance(x, xr.DataArray | xr.Dataset):
-        # where() first: log10 of NaN is silent, of 0 or negatives it would warn (stays lazy on Dask)
-        return 10.0 * np.log10(x.where(x > 0))
-    a = np.asarray(x, dtype="float64")
-    out = np.full(a.shape, np.nan)
-    pos = a > 0
-    out[pos] = 10.0 * np.log10(a[pos])
-    return out if out.ndim else float(out)
+# db_to_linear and linear_to_db live in latentcube.timeutils (one definition); imported above.
 
 
 # ----------------------------------------------------------------------------------- smoothing
@@ -300,16 +286,14 @@ def match_s1_to_s2(ds: xr.Dataset, *, max_gap_days: float = 6.0) -> xr.DataArray
     """
     if "s1" not in ds:
         raise ValueError("match_s1_to_s2: the cube has no 's1'. Fix: fetch or import Sentinel-1 first.")
-    t2 = pd.DatetimeIndex(ds["time"].values).asi8.astype("float64")
-    t1 = pd.DatetimeIndex(ds["time_s1"].values).asi8.astype("float64")
+    t2 = ds["time"].values.astype("datetime64[ns]").astype("int64").astype("float64")
+    t1 = ds["time_s1"].values.astype("datetime64[ns]").astype("int64").astype("float64")
     if t1.size == 0:
         raise ValueError("match_s1_to_s2: 's1' has no acquisitions.")
-    day_ns = 86400e9
-    diff = (t1[None, :] - t2[:, None]) / day_ns  # (n2, n1), S1 minus S2 in days
-    order = np.argsort(t1, kind="stable")  # argmin returns the first minimum: earliest among ties
-    idx = order[np.argmin(np.abs(diff[:, order]), axis=1)]
-    gap = diff[np.arange(t2.size), idx]
-    ok = np.abs(gap) <= max_gap_days + 1e-9
+    idx = nearest_index(ds["time_s1"].values, ds["time"].values, max_gap_days)
+    ok = idx >= 0
+    idx = np.where(ok, idx, 0)
+    gap = (t1[idx] - t2) / 86400e9  # S1 minus S2 in days
     picked = ds["s1"].isel(time_s1=xr.DataArray(idx, dims="time"))
     # drop the per-acquisition coordinates (time_s1, orbit_state) that isel carried onto 'time'
     picked = picked.drop_vars([c for c in picked.coords if c not in ("band_s1", "y", "x", "spatial_ref")])

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset, Sampler
 
 from latentcube.cube import CubeError, open_cube
 from latentcube.preprocess import smooth_s1
+from latentcube.timeutils import days_since, nearest_index
 
 __all__ = [
     "BlockShuffleSampler",
@@ -178,21 +179,9 @@ def spatial_split(
 
 
 def nearest_s1_index(s2_times: Sequence[Any], s1_times: Sequence[Any], max_gap_days: float) -> np.ndarray:
-    """For each S2 date, the index of the nearest S1 date within ``max_gap_days``, else −1."""
-    s2 = pd.DatetimeIndex(s2_times).values.astype("datetime64[s]").astype("int64")
-    s1 = pd.DatetimeIndex(s1_times).values.astype("datetime64[s]").astype("int64")
-    if s1.size == 0:
-        return np.full(s2.shape, -1)
-    pos = np.clip(np.searchsorted(s1, s2), 1, max(len(s1) - 1, 1))
-    left, right = s1[pos - 1], s1[np.minimum(pos, len(s1) - 1)]
-    best = np.where(np.abs(s2 - left) <= np.abs(right - s2), pos - 1, np.minimum(pos, len(s1) - 1))
-    gap_days = np.abs(s1[best] - s2) / 86400.0
-    return np.where(gap_days <= max_gap_days, best, -1)
-
-
-def _days(times: np.ndarray) -> np.ndarray:
-    """Float days since 1970 (float64; callers subtract a reference before casting to float32)."""
-    return pd.DatetimeIndex(times).values.astype("datetime64[s]").astype("int64") / 86400.0
+    """For each S2 date, the index of the nearest S1 date within ``max_gap_days``, else −1
+    (:func:`latentcube.timeutils.nearest_index`)."""
+    return nearest_index(s1_times, s2_times, max_gap_days)
 
 
 @dataclass
@@ -408,7 +397,7 @@ class PatchDataset(Dataset):
         key = self.block_key(index)
         frames = self.frames_for(index)
         block = self._block(key)
-        days = _days(self.meta[c.cube].times[frames])
+        days = days_since(self.meta[c.cube].times[frames])  # float64; a reference is subtracted before float32
         item = {name: torch.from_numpy(np.ascontiguousarray(self._cut(block[var], frames, key, c)))
                 for name, var in self._item_variables().items()}
         item["days"] = torch.from_numpy((days - days[0]).astype("float32"))
