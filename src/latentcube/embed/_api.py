@@ -70,8 +70,8 @@ def embed_cube(
             Off by default: it costs ~10x the embedding itself on CPU (docs/embed.md#quality-layer).
         scheduler: ``None`` = a new ``distributed.LocalCluster`` (closed at the end), or this process when
             the default is a single worker (a GPU, fewer than 4 cores, little memory) or only one block
-            is left to compute (a cluster would add a process and its start-up: 75 s against 57 s for
-            the demo's 128 x 128 x 74 scene); a scheduler address ``"tcp://host:8786"`` or a
+            is left to compute (a cluster would only add a process and its start-up, benchmarks/RESULTS.md);
+            a scheduler address ``"tcp://host:8786"`` or a
             ``distributed.Client``; ``"synchronous"`` = in this process, one block after another.
         n_workers: LocalCluster workers (default: 1 with a GPU, else one per ``CORES_PER_WORKER`` (2) CPU
             cores, at most one per block and no more than :func:`worker_memory_estimate` lets fit in 80 %
@@ -85,7 +85,7 @@ def embed_cube(
             setting is back on return; with ``scheduler="synchronous"`` the caller's setting is used).
         tile, pixel_chunk: passed to ``encode_scene`` (bound its memory; results do not depend on them).
             ``tile="auto"`` (:func:`auto_tile`) keeps the encoder's spatial stage near ``TILE_PIXEL_DATES``
-            pixel-dates (measured ~1 GB peak for the default models at 70 dates, block 256).
+            pixel-dates (peak memory per tile: benchmarks/RESULTS.md).
         overwrite: delete an existing ``out`` and start again (otherwise a compatible store is resumed
             and an incompatible one is an error).
         on_block: called in this process as ``on_block(iy, ix)`` after each block computed by this
@@ -144,7 +144,7 @@ def embed_cube(
     if scheduler is None and n_workers is None and len(todo) > 1:
         n_workers = _default_worker_count(plan, cpu, len(todo), per_worker)
         # A one-worker cluster computes nothing this process cannot, and adds a process holding its own
-        # model and libraries (plus the cluster's start-up: 75 s against 57 s for the demo's scene).
+        # model and libraries, plus the cluster's start-up (benchmarks/RESULTS.md).
         in_process = n_workers == 1
     if in_process and scheduler is None and threads_per_worker:
         plan = replace(plan, torch_threads=threads_per_worker)
