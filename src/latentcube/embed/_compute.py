@@ -65,7 +65,7 @@ def _model(plan: _Plan) -> tuple[Any, dict[str, Any]]:
 
     from latentcube.nn.model_file import load_model
 
-    reuse_large_blocks()  # ~1.3x faster dense encoding (latentcube.heap); undone by call_scope in the caller
+    reuse_large_blocks()  # tensors reuse heap memory, not page-faulted mmaps (latentcube.heap); call_scope undoes it
     if plan.torch_threads:
         torch.set_num_threads(plan.torch_threads)
     key = (plan.checkpoint, plan.sha256, _device(plan))
