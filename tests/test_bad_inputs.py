@@ -99,6 +99,87 @@ def saved(tmp: Path, ds=None, name: str = "cube.zarr") -> Path:
     return save_cube(tiny_cube() if ds is None else ds, tmp / name)
 
 
+def folder_of_files(tmp: Path) -> Path:
+    """A user's folder: a file and a sub-folder (what `import --out` used to empty)."""
+    (tmp / "thesis" / "figures").mkdir(parents=True)
+    (tmp / "thesis" / "thesis.tex").write_text("chapter 1")
+    return tmp / "thesis"
+
+
+def file(tmp: Path, name: str, content: bytes = b"") -> Path:
+    (tmp / name).write_bytes(content)
+    return tmp / name
+
+
+def first_chunk(store: Path, var: str = "s2") -> Path:
+    return min(p for p in (store / var).iterdir() if not p.name.startswith("."))
+
+
+def broken_chunk(tmp: Path, how: str) -> Path:
+    """A saved cube whose first s2 chunk file is deleted, emptied or cut in half."""
+    store = saved(tmp)
+    chunk = first_chunk(store)
+    data = chunk.read_bytes()
+    if how == "deleted":
+        chunk.unlink()
+    else:
+        chunk.write_bytes(b"" if how == "empty" else data[: len(data) // 2])
+    return store
+
+
+def with_values(ds, var: str, where: tuple, value: float):
+    values = ds[var].values.copy()
+    values[where] = value
+    return ds.assign({var: (ds[var].dims, values)})
+
+
+def with_coord(ds, dim: str, i: int, value: float):
+    c = ds[dim].values.copy()
+    c[i] = value
+    return ds.assign_coords({dim: c})
+
+
+def s1_shifted(days: int):
+    ds = tiny_cube(s1=True)
+    return ds.assign_coords(time_s1=ds["time_s1"].values + np.timedelta64(days, "D"))
+
+
+def config(tmp: Path, **sections: dict) -> Path:
+    """A training config (stage s2) with the given sections, e.g. data={"batch_size": 0}."""
+    import yaml
+
+    path = tmp / "train.yaml"
+    path.write_text(yaml.safe_dump({"stage": "s2", "out_dir": "run", **sections}))
+    return path
+
+
+def load_config(tmp: Path, **sections: dict) -> object:
+    from latentcube.train import load_train_config
+
+    return load_train_config(config(tmp, **sections))
+
+
+def openeo_month_of_fill(tmp: Path) -> Path:
+    """An openEO monthly S2 composite (uint16 DN) whose second month is all 65535."""
+    import xarray as xr
+    from pyproj import CRS
+
+    dn = np.full((3, 4, 4), 1200, "uint16")
+    dn[1] = 65535
+    src = xr.Dataset({b: (("t", "y", "x"), dn, {"grid_mapping": "crs"}) for b in ("S2-L2A-B04", "S2-L2A-B08")},
+                     coords={"t": pd.date_range("2023-01-01", periods=3, freq="MS"),
+                             "y": 5e6 - 10 * np.arange(4.0), "x": 4e5 + 10 * np.arange(4.0)})
+    src["crs"] = xr.DataArray(np.int32(0), attrs={"crs_wkt": CRS.from_epsg(32631).to_wkt()})
+    src.to_netcdf(tmp / "monthly.nc")
+    return tmp / "monthly.nc"
+
+
+def import_openeo(tmp: Path, *nodata: float) -> object:
+    from latentcube.sources.importers import import_cube
+
+    return import_cube(openeo_month_of_fill(tmp), preset="openeo", **({"s2_nodata": list(nodata)} if nodata else {}))
+
+
 # --------------------------------------------------------------------------------------- the table
 
 CASES: list[Row] = [
@@ -109,6 +190,38 @@ CASES: list[Row] = [
     row("cube: S1 in dB", lambda t: validate_cube(tiny_cube(s1=True).assign(s1=lambda d: 10 * np.log10(d.s1))),
         r"looks like decibels.*Fix: ds\['s1'\] = 10 \*\* \(ds\['s1'\] / 10\)"),
     row("cli: validate a missing cube", lambda t: cli("validate", t / "nope.zarr"), r"CubeError: no such cube"),
+    # ---- writing over paths (defect 2)
+    row("import --out: a folder of other files", lambda t: cli("import", "--out", folder_of_files(t), "--s2", openeo_month_of_fill(t), "--preset", "openeo"), r"thesis exists and is not a latentcube cube; refusing to delete it"),
+    row("import --out: a file", lambda t: cli("import", "--out", file(t, "notes.txt", b"mine"), "--s2", openeo_month_of_fill(t), "--preset", "openeo"), r"notes\.txt exists and is not a latentcube cube"),
+    row("import --out: an existing cube without --overwrite", lambda t: cli("import", "--out", saved(t), "--s2", openeo_month_of_fill(t), "--preset", "openeo"), r"cube .*cube\.zarr exists\. Fix: pass --overwrite"),
+    row("save_cube: an existing cube, overwrite=False", lambda t: save_cube(tiny_cube(), saved(t), overwrite=False), r"cube .*cube\.zarr exists\. Fix: pass --overwrite"),
+    row("save_cube: a folder of other files, even with overwrite", lambda t: save_cube(tiny_cube(), folder_of_files(t), overwrite=True), r"refusing to delete it\. Fix: choose an empty or new --out"),
+    # ---- not a cube (defect 9)
+    row("cube: an empty folder", lambda t: open_cube((t / "e.zarr").mkdir() or t / "e.zarr"), r"is an empty folder, not a cube\. Fix:"),
+    row("cube: a folder of other files", lambda t: cli("info", folder_of_files(t)), r"is a folder but not a Zarr cube \(no \.zgroup or zarr\.json; it holds figures, thesis\.tex\)"),
+    row("cube: an empty file", lambda t: cli("validate", file(t, "cube.nc")), r"is an empty file \(0 bytes\), not a cube"),
+    row("cube: a text file", lambda t: open_cube(file(t, "cube.nc", b"hello")), r"is not a NetCDF file"),
+    row("cube: NaN in x", lambda t: validate_cube(with_coord(tiny_cube(), "x", 2, np.nan)), r"coordinate 'x' has 1 NaN or infinite value\(s\) \(first at index 2 of 8\)"),
+    row("cube: inf in y", lambda t: validate_cube(with_coord(tiny_cube(), "y", 0, np.inf)), r"coordinate 'y' has 1 NaN or infinite value"),
+    # ---- impossible values (defects 3, 9, 10)
+    row("cube: 1e30 reflectance over most of the cube", lambda t: validate_cube(with_values(tiny_cube(), "s2", (slice(None), slice(None), slice(0, 6)), 1e30)), r"impossible reflectances.*a fill value stored as data, not digital numbers"),
+    row("cube: +inf on one pixel-date (read as NaN)", lambda t: warns(lambda: validate_cube(with_values(tiny_cube(), "s2", (0, slice(None), 0, 0), np.inf))), r"of the sampled s2 values are infinite or outside the physical range \[-0\.5, 2\]; embed and train read their pixel-dates as NaN"),
+    row("cube: S1 1e30 on one pixel-date (read as NaN)", lambda t: warns(lambda: validate_cube(with_values(tiny_cube(s1=True), "s1", (0, slice(None), 0, 0), 1e30))), r"sampled s1 values are infinite or outside the physical range \[0, 10000\]"),
+    row("import: openEO month of 65535 without the preset's nodata", lambda t: import_openeo(t, 0), r"most often 6\.5535.*not digital numbers\. Fix: .*--s2-nodata"),
+    # ---- corrupt chunks (defect 4)
+    row("cube: a deleted chunk file", lambda t: open_cube(broken_chunk(t, "deleted")), r"variable 's2', chunk file .*s2/0\.0\.0\.0 is missing .*read as NaN"),
+    row("cube: an empty chunk file", lambda t: cli("validate", broken_chunk(t, "empty")), r"variable 's2', chunk file .*s2/0\.0\.0\.0 is empty \(0 bytes\)"),
+    row("cube: a truncated chunk file", lambda t: open_cube(broken_chunk(t, "truncated")), r"variable 's2', chunk file .*s2/0\.0\.0\.0 is [0-9,]+ bytes but its Blosc header announces"),
+    # ---- S1 coverage (defect 6)
+    row("validate: S1 dates never meet S2's", lambda t: cli("validate", saved(t, s1_shifted(400))), r"S1 covers 0 of 6 S2 dates.*Fix: .*--allow-missing-s1"),
+    row("validate: S1 over a quarter of the pixels", lambda t: warns(lambda: cli("validate", saved(t, tiny_cube(s1=True).pipe(lambda d: d.assign(s1=d.s1.where(d.x < d.x[2])))))), r"S1 covers 6 of 6 S2 dates \(100%.*and 25% of the sampled S2 pixels"),
+    # ---- training configs (defect 9)
+    row("config: batch size 0", lambda t: load_config(t, data={"batch_size": 0}), r"train\.yaml\.data\.batch_size = 0 is out of range\. Fix: set batch_size to a value >= 1"),
+    row("config: negative workers", lambda t: load_config(t, data={"num_workers": -2}), r"data\.num_workers = -2 is out of range"),
+    row("config: 0 epochs", lambda t: load_config(t, trainer={"max_epochs": 0}), r"trainer\.max_epochs = 0 is out of range"),
+    row("config: learning rate 10", lambda t: load_config(t, optim={"lr": 10}), r"optim\.lr = 10\.0 is out of range\. Fix: set lr to a value > 0 and <= 1"),
+    row("config: learning rate NaN", lambda t: load_config(t, optim={"lr": float("nan")}), r"optim\.lr = nan is out of range"),
+    row("cli: train --max-epochs 0", lambda t: cli("train", "s2", "--config", config(t), "--max-epochs", "0"), r"max_epochs = 0 is out of range"),
 ]
 
 

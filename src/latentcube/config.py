@@ -1,11 +1,15 @@
 """YAML <-> frozen dataclasses, strictly: unknown keys are errors that name the key and the allowed ones.
 
-Used for training configs (``configs/*.yaml``) and for rebuilding models from checkpoints.
+Used for training configs (``configs/*.yaml``) and for rebuilding models from checkpoints. Dataclasses
+declare the valid range of their numbers with :func:`check_ranges` in ``__post_init__``, so a batch size
+of 0 or a NaN learning rate is refused when the config is read (naming the key, the file and the range),
+not after minutes of indexing data.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -16,13 +20,70 @@ import yaml
 
 from latentcube.errors import LatentcubeError
 
-__all__ = ["ConfigError", "from_dict", "load_yaml", "to_dict"]
+__all__ = ["ConfigError", "ConfigRangeError", "Range", "check_ranges", "from_dict", "load_yaml", "to_dict"]
 
 T = TypeVar("T")
 
 
 class ConfigError(LatentcubeError, ValueError):
     """A configuration file or mapping does not match its dataclass."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Valid values of a number: ``lo``/``hi`` bounds (None: unbounded), open with ``lo_open``/``hi_open``,
+    plus single values allowed outside them (``also``, e.g. -1 for "no limit"). NaN and infinity are never
+    in range."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    also: tuple[float, ...] = ()
+
+    def __contains__(self, value: float) -> bool:
+        if value in self.also:
+            return True
+        if not math.isfinite(value):
+            return False
+        above = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
+        below = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+        return above and below
+
+    def __str__(self) -> str:
+        def num(v: float) -> str:
+            return f"{int(v):,}" if float(v).is_integer() else f"{v:g}"
+
+        parts = []
+        if self.lo is not None:
+            parts.append(f"{'>' if self.lo_open else '>='} {num(self.lo)}")
+        if self.hi is not None:
+            parts.append(f"{'<' if self.hi_open else '<='} {num(self.hi)}")
+        text = " and ".join(parts) or "finite"
+        return text + "".join(f" (or {num(a)})" for a in self.also)
+
+
+class ConfigRangeError(ConfigError):
+    """A value outside its :class:`Range`; :func:`from_dict` adds where it came from."""
+
+    def __init__(self, name: str, value: Any, valid: Range) -> None:
+        self.name, self.value, self.valid = name, value, valid
+        super().__init__(self.text(name))
+
+    def text(self, key: str) -> str:
+        return (f"{key} = {self.value!r} is out of range. Fix: set {self.name} to a value {self.valid} "
+                "(in the config file, or the command-line option that overrides it).")
+
+
+def check_ranges(obj: Any, **ranges: Range) -> None:
+    """Raise :class:`ConfigError` when a numeric field of dataclass ``obj`` lies outside its :class:`Range`
+    (call it from ``__post_init__``). Booleans and None are left alone (None means "default")."""
+    for name, valid in ranges.items():
+        value = getattr(obj, name)
+        if value is None or isinstance(value, bool):
+            continue
+        if not isinstance(value, int | float) or value not in valid:
+            raise ConfigRangeError(name, value, valid)
 
 
 def to_dict(obj: Any) -> Any:
@@ -99,6 +160,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "con
     kwargs = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
+    except ConfigRangeError as err:
+        raise ConfigError(err.text(f"{where}.{err.name}")) from None
     except TypeError as err:
         raise ConfigError(f"{where}: {err}") from err
 

@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from latentcube.config import ConfigError, from_dict, load_yaml, to_dict
+from latentcube.config import ConfigError, Range, check_ranges, from_dict, load_yaml, to_dict
 from latentcube.constants import model_band_selection
 from latentcube.cube import CubeError, open_cube, pixel_size_m, validate_cube
 from latentcube.heap import grow_heap_in_large_steps
@@ -110,6 +110,9 @@ class DataConfig:
     sampling: dict[str, Any] = field(default_factory=dict)
     """Overrides of the paper's sampling scheme for the stage (``SamplingConfig`` fields)."""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, batch_size=Range(1, 65536), num_workers=Range(0, 256))
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -132,6 +135,11 @@ class OptimConfig:
     ~0.1 with ``warm_start: pca``: the paths then start near their optimum and full-size steps only add
     noise (docs/training.md)."""
 
+    def __post_init__(self) -> None:
+        check_ranges(self, lr=Range(0, 1, lo_open=True), weight_decay=Range(0, 1), warmup_steps=Range(0),
+                     warmup_start_factor=Range(0, 1, lo_open=True), plateau_factor=Range(0, 1, True, True),
+                     plateau_patience=Range(0), min_lr=Range(0, 1), grad_clip=Range(0), linear_lr_factor=Range(0))
+
 
 @dataclass(frozen=True)
 class TrainerConfig:
@@ -152,6 +160,10 @@ class TrainerConfig:
     tensorboard: bool = False
     """Also write TensorBoard logs to ``out_dir/tensorboard`` (needs ``pip install latentcube[tensorboard]``);
     ``metrics.csv`` is always written."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, max_epochs=Range(1, 1_000_000), max_steps=Range(1, also=(-1,)), num_nodes=Range(1),
+                     limit_train_batches=Range(0, lo_open=True), limit_val_batches=Range(0), log_every_n_steps=Range(1))
 
 
 @dataclass(frozen=True)
@@ -179,6 +191,9 @@ class TrainConfig:
     the sensor latents. Off by default: it wins on the reconstruction objective but gives more
     spectrum-like embeddings (docs/training.md)."""
     warm_start_patches: int = 2000
+
+    def __post_init__(self) -> None:
+        check_ranges(self, seed=Range(0, 2**32 - 1), warm_start_patches=Range(1))
 
 
 def load_train_config(path: str | Path, **overrides: Any) -> TrainConfig:
