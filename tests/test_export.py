@@ -76,7 +76,7 @@ def test_selected_dates_single_band_variable_and_errors(tmp_path):
         export_geotiff(path, tmp_path / "x", variable="ndvi")
     with pytest.raises(EmbeddingCubeError, match="dtype='int16'"):
         export_geotiff(path, tmp_path / "x", dtype="int16")
-    with pytest.raises(FileNotFoundError, match="no such embedding cube"):
+    with pytest.raises(FileNotFoundError, match="no such embedding store"):
         export_geotiff(tmp_path / "nope.zarr", tmp_path / "x")
 
 

@@ -197,9 +197,9 @@ def test_start_end_and_errors(tmp_path):
         gapfill_embeddings(ds, freq="five days")
     with pytest.raises(GapFillError, match="finer than a day"):
         gapfill_embeddings(ds, freq="6h")
-    with pytest.raises(FileNotFoundError, match="no such embedding cube"):
+    with pytest.raises(FileNotFoundError, match="no such embedding store"):
         gapfill_embeddings(tmp_path / "missing.zarr")
-    with pytest.raises(EmbeddingCubeError, match="not an embedding cube: no 'embedding'"):
+    with pytest.raises(EmbeddingCubeError, match="not an embedding store: the Dataset has no 'embedding' variable"):
         gapfill_embeddings(ds.rename(embedding="s2"))
     gapfill_embeddings(ds, tmp_path / "f.zarr", progress=False)
     with pytest.raises(GapFillError, match="exists"):

@@ -34,9 +34,8 @@ import pandas as pd
 import xarray as xr
 
 from latentcube import __version__
-from latentcube.constants import EMBEDDING_DIMS
 from latentcube.cube import cube_crs, set_crs
-from latentcube.errors import LatentcubeError
+from latentcube.embed import EmbeddingCubeError, open_embedding
 from latentcube.timeutils import day_numbers
 
 __all__ = ["EmbeddingCubeError", "GapFillError", "as_embedding", "fill_series", "gapfill_embeddings", "match_dates"]
@@ -52,11 +51,6 @@ ROW_BATCH_VALUES = 1 << 19
 MAX_TIME_CHUNK = 64
 
 
-class EmbeddingCubeError(LatentcubeError, ValueError):
-    """An embedding cube, variable or date that cannot be used as asked (reading, maps, export, gap
-    filling); the message says why and how to fix it."""
-
-
 class GapFillError(EmbeddingCubeError):
     """The input or the options cannot be gap-filled; the message says why and how to fix it."""
 
@@ -64,59 +58,13 @@ class GapFillError(EmbeddingCubeError):
 # --------------------------------------------------------------------------------------- opening
 
 
-def as_embedding(
-    emb: str | Path | xr.Dataset | xr.DataArray, *, variable: str = "embedding", chunks: dict[str, int] | None = None
-) -> xr.Dataset:
-    """An embedding cube as a (lazy) Dataset with float ``variable`` ``(time, feature, y, x)``.
-
-    ``emb`` is a Zarr path (opened with ``xarray.open_zarr``, Dask chunks ``chunks`` or the storage
-    chunks; an int8 ``embedding`` stored with ``embedding_scale`` is decoded to float32 by
-    ``latentcube.embed.open_embedding`` and the scale dropped), a Dataset or a DataArray (named
-    ``variable`` in the result). Raises ``FileNotFoundError`` for a missing path and :class:`EmbeddingCubeError`
-    when the store holds no such variable or it has other dimensions.
+def as_embedding(emb: str | Path | xr.Dataset | xr.DataArray, *, chunks: dict[str, int] | None = None) -> xr.Dataset:
+    """An embedding cube as a (lazy) Dataset with float ``embedding`` ``(time, feature, y, x)``: the store's
+    reader :func:`latentcube.embed.open_embedding` with ``as_dataset=True`` (int8 stores decoded, other
+    variables kept; a DataArray is taken as the embedding). Raises ``FileNotFoundError`` for a missing path
+    and :class:`EmbeddingCubeError` when it is not an embedding cube.
     """
-    if isinstance(emb, xr.DataArray):
-        ds = emb.to_dataset(name=variable)
-    elif isinstance(emb, xr.Dataset):
-        ds = emb
-    else:
-        path = Path(emb)
-        if not path.exists():
-            raise FileNotFoundError(f"no such embedding cube: {path}. Fix: pass the Zarr store written by `latentcube embed`.")
-        try:
-            # Reading straight into the wanted chunks: no rechunk step holding whole storage chunks.
-            ds = xr.open_zarr(path, decode_coords="all", chunks=chunks or {})
-        except Exception as err:
-            raise EmbeddingCubeError(f"cannot read {path} as a Zarr embedding cube: {err}") from err
-        if "embedding_scale" in ds and "embedding" in ds.data_vars:
-            try:
-                from latentcube.embed import open_embedding  # the storage format's own decoder
-            except ImportError as err:
-                raise EmbeddingCubeError(f"{path} stores int8 embeddings; this installation cannot decode them.") from err
-            decoded = open_embedding(path)
-            if isinstance(decoded, xr.Dataset):
-                decoded = decoded["embedding"]
-            if chunks:
-                decoded = decoded.chunk({k: v for k, v in chunks.items() if k in decoded.dims})
-            ds = ds.drop_vars("embedding_scale").assign(embedding=decoded)
-        for name in ds.data_vars:  # decode_coords moves grid_mapping to encoding; keep it visible
-            gm = ds[name].encoding.get("grid_mapping")
-            if gm and "grid_mapping" not in ds[name].attrs:
-                ds[name].attrs["grid_mapping"] = gm
-    if variable not in ds.data_vars:
-        raise EmbeddingCubeError(
-            f"not an embedding cube: no {variable!r} variable (has {sorted(map(str, ds.data_vars))}). "
-            "Fix: pass the output of `latentcube embed` (a cube of S2 reflectance is embedded first)."
-        )
-    da = ds[variable]
-    if da.dims[0] != "time" or da.dims[-2:] != ("y", "x"):
-        raise EmbeddingCubeError(f"{variable!r} has dimensions {da.dims}; expected {EMBEDDING_DIMS} (time first, y and x last).")
-    if not np.issubdtype(da.dtype, np.floating):
-        raise EmbeddingCubeError(
-            f"{variable!r} is stored as {da.dtype}: decode it to float first "
-            "(int8 stores need latentcube.embed.open_embedding, which this installation lacks)."
-        )
-    return ds
+    return open_embedding(emb, chunks=chunks, as_dataset=True)
 
 
 def match_dates(times: Any, dates: Sequence[Any], *, what: str = "the embedding cube") -> list[int]:

@@ -17,6 +17,7 @@ from latentcube.embed._api import embed_cube, embed_pixels
 from latentcube.embed._compute import embed_block
 from latentcube.embed._plan import (
     DEFAULT_BLOCK_PX,
+    DTYPES,
     EmbedError,
     auto_tile,
     block_grid,
@@ -26,11 +27,20 @@ from latentcube.embed._plan import (
     worker_memory_estimate,
 )
 from latentcube.embed._quality import reconstruction_error
-from latentcube.embed._store import embedding_summary, open_embedding, quantize_int8
+from latentcube.embed._store import (
+    INT8_INVALID,
+    EmbeddingCubeError,
+    embedding_summary,
+    open_embedding,
+    quantize_int8,
+)
 
 __all__ = [
     "DEFAULT_BLOCK_PX",
+    "DTYPES",
+    "INT8_INVALID",
     "EmbedError",
+    "EmbeddingCubeError",
     "auto_tile",
     "block_grid",
     "default_workers",

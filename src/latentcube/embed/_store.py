@@ -222,36 +222,73 @@ def _is_embedding_store(out: Path) -> bool:
     return str(attrs.get("conventions", "")).startswith("latentcube embedding cube")
 
 
-def open_embedding(path: str | Path) -> xr.DataArray:
-    """The embeddings of a store written by :func:`embed_cube`, as float32, whatever the storage type.
+class EmbeddingCubeError(EmbedError):
+    """An embedding cube, variable or date that cannot be used as asked (reading, maps, export, gap
+    filling); the message says why and how to fix it."""
 
-    Returns ``embedding`` ``(time, feature, y, x)`` float32, lazy (Dask), with the store's coordinates
-    (CRS in ``spatial_ref``) and the variable's attributes; NaN where invalid. float32 stores are
-    returned as stored, float16 ones cast (exactly) to float32, and int8 ones decoded as
-    ``code x embedding_scale`` (error <= scale / 2 against the float32 embedding). Other variables
-    (``quality_s2``...) are in ``xr.open_zarr(path)``.
+
+def open_embedding(
+    emb: str | Path | xr.Dataset | xr.DataArray, *, chunks: dict[str, int] | None = None, as_dataset: bool = False
+) -> xr.DataArray | xr.Dataset:
+    """The embeddings of a store written by :func:`embed_cube` (or of a Dataset/DataArray holding one) as float.
+
+    The one reader of embedding stores (gap filling, probes, maps, export use it). Returns ``embedding``
+    ``(time, feature, y, x)``, lazy (Dask; a store is read in ``chunks`` as ``xarray.open_zarr`` reads,
+    default the storage chunks), with the store's coordinates (CRS in ``spatial_ref``) and the variable's attributes; NaN where
+    invalid. A store's float32 embedding is returned as stored, float16 cast (exactly) to float32, and int8
+    decoded as ``code x embedding_scale`` (error <= scale / 2 against the float32 embedding); an
+    in-memory float embedding keeps its type. ``as_dataset=True`` returns the whole Dataset with that
+    ``embedding`` (``embedding_scale`` dropped) and the other variables (``quality_s2``, ``filled``...).
+    Raises ``FileNotFoundError`` for a missing path and :class:`EmbeddingCubeError` for no ``embedding``
+    variable or other dimensions.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such embedding store: {path}. Fix: pass the --out of `latentcube embed`.")
-    ds = xr.open_zarr(path, decode_coords="all")
-    if "embedding" not in ds:
-        raise EmbedError(f"{path} has no 'embedding' variable: it is not an embedding store (variables: {list(ds.data_vars)}).")
-    emb = ds["embedding"]
-    attrs = dict(emb.attrs)
+    if isinstance(emb, xr.DataArray):
+        ds, what = emb.to_dataset(name="embedding"), "the DataArray"
+    elif isinstance(emb, xr.Dataset):
+        ds, what = emb, "the Dataset"
+    else:
+        path = Path(emb)
+        if not path.exists():
+            raise FileNotFoundError(f"no such embedding store: {path}. Fix: pass the --out of `latentcube embed`.")
+        try:
+            ds = xr.open_zarr(path, decode_coords="all", chunks=chunks or {})
+        except Exception as err:
+            raise EmbeddingCubeError(f"cannot read {path} as a Zarr embedding store: {err}. Fix: pass the --out of "
+                                     "`latentcube embed`.") from err
+        what = str(path)
+        for name in ds.data_vars:  # decode_coords moves grid_mapping to encoding; keep it visible
+            gm = ds[name].encoding.get("grid_mapping")
+            if gm and "grid_mapping" not in ds[name].attrs:
+                ds[name].attrs["grid_mapping"] = gm
+    if "embedding" not in ds.data_vars:
+        raise EmbeddingCubeError(
+            f"not an embedding store: {what} has no 'embedding' variable (it has {sorted(map(str, ds.data_vars))}). "
+            "Fix: pass the output of `latentcube embed` (a cube of S2 reflectance is embedded first)."
+        )
+    emb_var = ds["embedding"]
+    if set(emb_var.dims) != set(EMBEDDING_DIMS):
+        raise EmbeddingCubeError(f"'embedding' of {what} has dimensions {emb_var.dims}; expected {EMBEDDING_DIMS}. "
+                                 "Fix: pass the output of `latentcube embed`.")
+    attrs = dict(emb_var.attrs)
     if "embedding_scale" in ds:
         # CF decoding has already turned the int8 codes into float32 with NaN for INT8_INVALID (_FillValue).
-        out = emb.astype("float32") * ds["embedding_scale"].astype("float32")
+        out = emb_var.astype("float32") * ds["embedding_scale"].astype("float32")
         for key in ("scale_variable", "decoding"):
             attrs.pop(key, None)
         attrs["long_name"] = str(attrs.get("long_name", "")).replace(", int8 codes", "")
         attrs["stored_as"] = "int8 x embedding_scale"
+        ds = ds.drop_vars("embedding_scale")
+    elif not np.issubdtype(emb_var.dtype, np.floating):
+        raise EmbeddingCubeError(f"'embedding' of {what} is {emb_var.dtype} without an 'embedding_scale' to decode it. "
+                                 "Fix: pass the store as `latentcube embed` wrote it.")
     else:
-        out = emb.astype("float32")
-    out = out.transpose(*EMBEDDING_DIMS).astype("float32")
+        out = emb_var
+    if not isinstance(emb, (xr.Dataset, xr.DataArray)) or out.dtype == np.float16:
+        out = out.astype("float32")
+    out = out.transpose(*EMBEDDING_DIMS)
     out.name = "embedding"
     out.attrs = attrs
-    return out
+    return ds.assign(embedding=out) if as_dataset else out
 
 
 def embedding_summary(path: str | Path) -> dict[str, Any]:

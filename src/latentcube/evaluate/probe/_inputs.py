@@ -37,28 +37,13 @@ class StoreSettings:
 
 def open_embedding_store(embedding: str | Path | xr.Dataset | xr.DataArray) -> tuple[xr.DataArray, StoreSettings]:
     """``embedding (time, feature, y, x)`` float32 and the model's preprocessing settings."""
-    if isinstance(embedding, xr.DataArray):
-        da, attrs = embedding, dict(embedding.attrs)
-    elif isinstance(embedding, (str, Path)):
-        from latentcube.embed import EmbedError, open_embedding
+    from latentcube.embed import EmbedError, open_embedding  # the one reader of embedding stores
 
-        path = Path(embedding)
-        if not path.exists():
-            raise FileNotFoundError(f"no such embedding cube: {path}. Fix: run `latentcube embed CUBE ... --out {path}`.")
-        try:
-            da = open_embedding(path)  # float32 whatever the storage (float16, int8 x scale)
-        except EmbedError as err:
-            raise ProbeError(str(err)) from err
-        attrs = dict(xr.open_zarr(path).attrs)
-    else:
-        if "embedding" not in embedding:
-            raise ProbeError(f"the dataset has no 'embedding' variable (it has {sorted(embedding.data_vars)}); "
-                             "Fix: pass the output of `latentcube embed`.")
-        da, attrs = embedding["embedding"], dict(embedding.attrs)
-        if "embedding_scale" in embedding:  # int8 storage: codes x per-pixel scale (latentcube.embed.open_embedding)
-            da = (da.astype("float32") * embedding["embedding_scale"].astype("float32")).transpose(*da.dims)
-    if tuple(da.dims) != ("time", "feature", "y", "x"):
-        raise ProbeError(f"embedding dims are {da.dims}, expected ('time', 'feature', 'y', 'x') (latentcube embed output).")
+    try:
+        ds = open_embedding(embedding, as_dataset=True)  # float32 whatever the storage (float16, int8 x scale)
+    except EmbedError as err:
+        raise ProbeError(str(err)) from err
+    da, attrs = ds["embedding"], dict(embedding.attrs if isinstance(embedding, xr.DataArray) else ds.attrs)
     return da, _store_settings(attrs)
 
 
