@@ -26,7 +26,7 @@ from matplotlib.image import imread
 from latentcube import __version__
 from latentcube.cli import main
 from latentcube.evaluate.sections import table, write_section
-from latentcube.report import build_report, format_value
+from latentcube.report import ReportError, build_report, format_value
 
 CONFIG_YAML = "stage: s1\nseed: 0\noptim:\n  lr: 0.002\nnote: a <tag> & more\n"
 
@@ -230,10 +230,10 @@ def test_metrics_without_losses_give_a_note(tmp_path):
 
 
 def test_errors_for_missing_or_empty_run_dir(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run directory .*missing does not exist"):
+    with pytest.raises(ReportError, match="run directory .*missing does not exist. Fix: give the --out folder"):
         build_report(tmp_path / "missing")
     (tmp_path / "empty" / "runs").mkdir(parents=True)
-    with pytest.raises(ValueError, match="nothing to report in .*empty: it has no sections/\\*.json"):
+    with pytest.raises(ReportError, match="nothing to report in .*empty: it has no sections/\\*.json.*Fix: run"):
         build_report(tmp_path / "empty")
 
 
@@ -249,7 +249,8 @@ def test_cli_report(run_dir, tmp_path, capsys):
         main(["report", str(tmp_path / "empty")])
     assert exc.value.code == 1
     err = capsys.readouterr().err
-    assert "ValueError: nothing to report in" in err and "latentcube demo --out" in err and "Traceback" not in err
+    assert "ReportError: nothing to report in" in err and "latentcube demo --out" in err and "Traceback" not in err
+    assert "--debug" not in err  # a LatentcubeError names its fix: no hint needed
 
 
 def _assert_every_figure_renders(html_path: Path, md_path: Path, expected: dict[str, Path]) -> None:

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from latentcube import __version__
+from latentcube.errors import LatentcubeError
 
 app = typer.Typer(
     name="latentcube",
@@ -28,7 +29,6 @@ console = Console(stderr=True)
 # Results on stdout are read by people and by scripts: paths and lines are never wrapped at the
 # terminal width (a wrapped path is a broken path) and never parsed as markup or re-coloured.
 out = Console(soft_wrap=True, highlight=False, markup=False)
-_state = {"debug": False}
 
 
 def _version(value: bool) -> None:
@@ -44,7 +44,7 @@ def _root(
         bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = None,
 ) -> None:
-    _state["debug"] = debug
+    """Options before the command; --debug is read by :func:`main` anywhere on the line."""
 
 
 # ------------------------------------------------------------------------------------- commands
@@ -73,53 +73,13 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Dimensions, dates, valid fractions, CRS and value ranges of a cube (and whether it is valid)."""
-    from latentcube.cube import CubeError, cube_summary, open_cube, validate_cube
+    from latentcube.describe import cube_rows, describe_cube
 
-    ds = open_cube(cube)
-    if "embedding" in ds.data_vars:  # an embedding store (latentcube embed), not an input cube
-        from latentcube.embed import embedding_summary
-
-        summary = {**cube_summary(ds), **embedding_summary(cube)}
-        summary["valid"] = "embedding store (output of `latentcube embed`), not an input cube"
-        if as_json:
-            out.print_json(json.dumps(summary, default=str))
-            return
-        table = Table(title=str(cube), show_header=False)
-        for key in ("valid", "model", "crs", "dims", "pixel_size_m", "bounds", "blocks_written", "stored_as"):
-            if key in summary:
-                table.add_row(key, str(summary[key]))
-        table.add_row("dates", f"{summary['dates']} ({summary['first']} .. {summary['last']}; {summary['axis']})")
-        table.add_row("features", " ".join(summary["features"]))
-        table.add_row("valid fraction", f"mean {summary['valid_fraction_mean']:.3f}; "
-                                        f"{summary['dates_valid_ge_50pct']} dates >= 50 % valid")
-        if summary["value_p1_p50_p99"]:
-            table.add_row("p1/p50/p99", " / ".join(f"{v:.4g}" for v in summary["value_p1_p50_p99"]))
-        table.add_row("variables", ", ".join(summary["variables"]))
-        out.print(table)
-        return
-    summary = cube_summary(ds)
-    try:
-        validate_cube(ds)
-        summary["valid"] = "yes"
-    except CubeError as err:
-        summary["valid"] = f"no: {err}"
+    summary = describe_cube(cube)
     if as_json:
         out.print_json(json.dumps(summary, default=str))
         return
-    table = Table(title=str(cube), show_header=False)
-    for key in ("valid", "crs", "dims", "pixel_size_m", "bounds"):
-        if key in summary:
-            table.add_row(key, str(summary[key]))
-    for var in ("s2", "s1"):
-        if var in summary:
-            s = summary[var]
-            table.add_row(f"{var} dates", f"{s['dates']} ({s['first']} .. {s['last']})")
-            table.add_row(f"{var} bands", " ".join(s["bands"]))
-            table.add_row(f"{var} valid fraction", f"mean {s['valid_fraction_mean']:.3f}; {s['dates_valid_ge_50pct']} dates >= 50 % valid")
-            if s["value_p1_p50_p99"]:
-                table.add_row(f"{var} p1/p50/p99", " / ".join(f"{v:.4g}" for v in s["value_p1_p50_p99"]))
-    table.add_row("variables", ", ".join(summary["variables"]))
-    out.print(table)
+    out.print(_table(str(cube), cube_rows(summary)))
 
 
 @app.command()
@@ -280,38 +240,14 @@ def model_info_(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Parameters, FLOPs per embedding and latent sizes of a checkpoint (or of the default models)."""
-    from latentcube.nn import FusionConfig, FusionModel, SensorAutoencoder, model_info, s1_config, s2_config
+    from latentcube.describe import describe_models, model_rows
 
-    report: dict = {}
-    if checkpoint is not None:
-        from latentcube.nn.model_file import load_model
-
-        model, meta = load_model(checkpoint)
-        report["checkpoint"] = {k: meta[k] for k in ("format", "kind", "band_order", "dates_convention",
-                                                      "latentcube_version", "normalization", "metrics") if k in meta}
-        report["checkpoint"]["config"] = meta.get("config")
-        report["model"] = model_info(model, flops=not no_flops)
-    else:
-        s1, s2 = SensorAutoencoder(s1_config()), SensorAutoencoder(s2_config())
-        presets = {"s1": lambda: s1, "s2": lambda: s2,
-                   "fused": lambda: FusionModel({"s1": s1, "s2": s2}, FusionConfig()).freeze_sensor_models()}
-        if sensor not in (*presets, "all"):
-            raise typer.BadParameter("--sensor must be s1, s2, fused or all")
-        for name in presets if sensor == "all" else [sensor]:
-            report[name] = model_info(presets[name](), flops=not no_flops)
+    report = describe_models(checkpoint, sensor=sensor, flops=not no_flops)
     if as_json:
         out.print_json(json.dumps(report, default=str))
         return
-    table = Table(title="latentcube models")
-    for col in ("model", "parameters (trainable)", "latent sizes", "FLOPs/embedding dense", "FLOPs/embedding per-patch"):
-        table.add_column(col)
-    for name, info_ in report.items():
-        if name == "checkpoint":
-            continue
-        fl = info_.get("flops_per_embedding") or {}
-        table.add_row(name, f"{info_['parameters']['total']:,} ({info_['parameters']['trainable']:,})",
-                      json.dumps(info_["latent_sizes"]), f"{fl['dense']:,.0f}" if fl else "-", f"{fl['patch']:,.0f}" if fl else "-")
-    out.print(table)
+    out.print(_table("latentcube models", model_rows(report), header=(
+        "model", "parameters (trainable)", "latent sizes", "FLOPs/embedding dense", "FLOPs/embedding per-patch")))
     if "checkpoint" in report:
         c = report["checkpoint"]
         out.print(f"kind: {c['kind']}  version: {c.get('latentcube_version')}  bands: {c.get('band_order')}")
@@ -337,14 +273,7 @@ def train(
     """Train one stage; re-running the same command resumes from the last checkpoint."""
     from dataclasses import replace
 
-    from latentcube.train import (
-        CubeDataModule,
-        build_task,
-        load_train_config,
-        model_bands,
-        normalization_of,
-        run_training,
-    )
+    from latentcube.train import check_data, load_train_config, run_training
 
     cfg = load_train_config(config)
     if cfg.stage != stage:
@@ -355,14 +284,9 @@ def train(
     if out_dir is not None:
         cfg = replace(cfg, out_dir=str(out_dir))
     if check:  # the split sizes a run would see and the band check, without training
-        data = CubeDataModule(cfg, normalization_of(cfg))
-        model = build_task(cfg)[0].model
-        data.check_bands(model_bands(model))
-        data.check_window(model)
-        for split, paths in data.split_paths.items():
-            ds = data.dataset(split)
-            where = "strips of " if data.split_regions is not None else ""
-            out.print(f"{split}: {len(ds)} patches from {where}{len(paths)} cube(s) ({ds.n_rejected} candidates rejected)")
+        for split, n in check_data(cfg).items():
+            where = "strips of " if n["strips"] else ""
+            out.print(f"{split}: {n['patches']} patches from {where}{n['cubes']} cube(s) ({n['rejected']} candidates rejected)")
         return
     summary = run_training(cfg)
     if "model" in summary:
@@ -408,7 +332,6 @@ def plot_training_(
 
 
 # ------------------------------------------------------------------------------ embedding products
-# (gapfill, pca, export: one command each below this line)
 
 @app.command()
 def gapfill(
@@ -475,7 +398,6 @@ app.add_typer(evaluate_app, name="evaluate")
 sweep_app = typer.Typer(help="Sensitivity studies (retrain with several settings, compare).", no_args_is_help=True)
 app.add_typer(sweep_app, name="sweep")
 
-# evaluate gpp: below this line
 @evaluate_app.command("gpp")
 def evaluate_gpp_(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Fusion model file (runs/fusion/model.pt).")],
@@ -528,7 +450,6 @@ def evaluate_gpp_(
 
 
 
-# evaluate probe: below this line
 @evaluate_app.command("probe")
 def evaluate_probe(
     embedding: Annotated[Path, typer.Argument(help="Embedding cube (Zarr from `latentcube embed`); with --seeds also a path with {seed} or a folder of seed<N>/ runs.")],
@@ -579,7 +500,6 @@ def evaluate_probe(
 
 
 
-# sweep alpha: below this line
 @sweep_app.command("alpha")
 def sweep_alpha(
     config: Annotated[Path, typer.Option("--config", help="Stage-1 training config (s2 or s1), e.g. configs/demo/s2.yaml.")],
@@ -611,7 +531,6 @@ def sweep_alpha(
 
 
 
-# report: below this line
 
 
 @app.command()
@@ -629,13 +548,32 @@ def report(
 # ------------------------------------------------------------------------------------ entry point
 
 
+def _table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) -> Table:
+    table = Table(title=title, show_header=header is not None)
+    for col in header or ("", ""):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _fail(exc: BaseException, hint: bool) -> None:
+    console.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False, soft_wrap=True)
+    if hint:
+        console.print("(run with --debug for the traceback)", style="dim")
+    sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: one clear line on expected errors, traceback with ``--debug``."""
+    """Console-script entry point: one clear line on errors, the traceback with ``--debug``.
+
+    A :class:`~latentcube.errors.LatentcubeError` is a problem with the user's input whose message names
+    the fix: it is printed alone. Anything else is printed the same way, with a hint to ``--debug``.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     # --debug is accepted anywhere on the line, not only before the command.
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    _state["debug"] = debug
     try:
         app(args=argv, standalone_mode=False)
     except typer.Exit as exc:
@@ -643,6 +581,10 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         console.print("aborted")
         sys.exit(130)
+    except LatentcubeError as exc:
+        if debug:
+            raise
+        _fail(exc, hint=False)
     except Exception as exc:  # noqa: BLE001 - the CLI boundary turns every failure into one line
         # typer vendors its own click; usage errors print click's usual message and exit 2.
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
@@ -650,9 +592,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(exc.exit_code)
         if debug:
             raise
-        console.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}", highlight=False, soft_wrap=True)
-        console.print("(run with --debug for the traceback)", style="dim")
-        sys.exit(1)
+        _fail(exc, hint=True)
     sys.exit(0)
 
 

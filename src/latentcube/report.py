@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from latentcube import __version__
+from latentcube.errors import LatentcubeError
 from latentcube.evaluate.sections import read_sections
 
-__all__ = ["build_report", "format_value"]
+__all__ = ["ReportError", "build_report", "format_value"]
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
          ".svg": "image/svg+xml", ".webp": "image/webp"}
@@ -63,6 +64,10 @@ code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; fo
   a { color: inherit; text-decoration: none; }
 }
 """
+
+class ReportError(LatentcubeError, ValueError):
+    """A run directory that is missing or holds nothing to report."""
+
 
 # Self-containment is enforced, not only promised: the browser refuses anything but inline CSS and data: images.
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -362,18 +367,17 @@ def build_report(run_dir: str | Path, *, title: str | None = None) -> tuple[Path
     visible note in both files.
 
     Raises:
-        FileNotFoundError: ``run_dir`` does not exist.
-        ValueError: ``run_dir`` holds nothing to report.
+        ReportError: ``run_dir`` does not exist or holds nothing to report.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist: give the --out folder of "
-                                "`latentcube demo` (or a folder with sections/ or runs/)")
+        raise ReportError(f"run directory {run_dir} does not exist. Fix: give the --out folder of "
+                          "`latentcube demo` (or a folder with sections/ or runs/).")
     parts = _collect(run_dir)
     if not parts:
-        raise ValueError(f"nothing to report in {run_dir}: it has no sections/*.json, runs/*/config.yaml, "
-                         "runs/*/metrics.csv or training_curves_*.png; run `latentcube demo --out "
-                         f"{run_dir}` or an evaluation step first")
+        raise ReportError(f"nothing to report in {run_dir}: it has no sections/*.json, runs/*/config.yaml, "
+                          "runs/*/metrics.csv or training_curves_*.png. Fix: run `latentcube demo --out "
+                          f"{run_dir}` or an evaluation step first.")
     title = title or f"latentcube report: {run_dir.resolve().name}"
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     where = str(run_dir.resolve())
