@@ -464,6 +464,35 @@ def test_block_written_but_not_marked_is_recomputed(cube_path, models, fused_pla
     np.testing.assert_array_equal(xr.open_zarr(out)["embedding"].values, xr.open_zarr(fused_plain)["embedding"].values)
 
 
+def test_finished_block_whose_chunk_went_missing_is_recomputed(cube_path, models, s2_emb, tmp_path, capsys):
+    """A chunk file of a finished (marked) block deleted afterwards: `info` names it, and the re-run computes that
+    block again (only it) into the store of the uninterrupted run; a deleted chunk no longer stays NaN."""
+    import shutil
+
+    from latentcube.cli import main
+
+    out = shutil.copytree(s2_emb, tmp_path / "lost.zarr")
+    marker = json.loads((out / ".blocks" / "1_1.done").read_text())
+    assert "0.0.1.1" in marker["chunks"]["embedding"]
+    (out / "embedding" / "0.0.1.1").unlink()
+    with pytest.raises(SystemExit) as exc:
+        main(["info", str(out), "--json"])
+    assert exc.value.code == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["blocks_written"].startswith("3 of 4 (incomplete: 1 finished block(s) lost chunk files")
+    assert got["missing_chunks"] == "block 1_1: embedding/0.0.1.1"
+    redone: list[tuple[int, int]] = []
+    with pytest.warns(UserWarning, match=r"1 finished block\(s\) of .*lost chunk files .*block 1_1: embedding/0.0.1.1"):
+        embed_cube(cube_path, models["s2"], out, block_px=24, scheduler="synchronous", progress=False,
+                   on_block=lambda iy, ix: redone.append((iy, ix)))
+    assert redone == [(1, 1)]
+    np.testing.assert_array_equal(xr.open_zarr(out)["embedding"].values, xr.open_zarr(s2_emb)["embedding"].values)
+    assert sorted(p.name for p in (out / "embedding").iterdir()) == sorted(p.name for p in (s2_emb / "embedding").iterdir())
+    from latentcube.embed import embedding_summary
+
+    assert embedding_summary(out)["blocks_written"] == "4 of 4" and "missing_chunks" not in embedding_summary(out)
+
+
 def test_skipping_invalid_targets_equals_computing_them(fused_plain, fused_emb, cube_path):
     """Without the quality layer the encoders skip targets whose centre pixel is invalid (NaN in the product
     anyway): the same store as the quality run, which computes every target, up to summation order."""

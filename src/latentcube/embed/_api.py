@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from latentcube.embed._plan import (
     worker_memory_estimate,
 )
 from latentcube.embed._schedule import _default_worker_count, _run_distributed
-from latentcube.embed._store import _marker, _prepare_store, _signature
+from latentcube.embed._store import _marker, _prepare_store, _signature, check_blocks
 
 
 def embed_cube(
@@ -124,7 +125,13 @@ def embed_cube(
     signature = _signature(plan, (len(times), len(names), ds.sizes["y"], ds.sizes["x"]), block_px, source_name)
     _prepare_store(out, ds, plan, names, times, block_px, meta, signature, overwrite)
 
-    todo = [b for b in blocks if not _marker(out, b[0], b[1]).exists()]
+    todo, broken = check_blocks(out, blocks)
+    if broken:
+        for iy, ix in broken:  # unmarked until recomputed: a kill meanwhile leaves them to do
+            _marker(out, iy, ix).unlink(missing_ok=True)
+        (iy, ix), files = next(iter(sorted(broken.items())))
+        warnings.warn(f"{len(broken)} finished block(s) of {out} lost chunk files after they were written (block "
+                      f"{iy}_{ix}: {', '.join(files[:3])}): they are computed again.", stacklevel=2)
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm

@@ -242,5 +242,7 @@ def _embed_and_write(plan: _Plan, source: str | _InMemory, iy: int, ix: int, ys:
         warnings.filterwarnings("ignore", message=r".*\.blocks is not recognized.*")
         # consolidated=False: region writes change no metadata; concurrent writers must not race on .zmetadata.
         block.to_zarr(plan.out, region=region, mode="r+", zarr_format=2, consolidated=False)
+    chunks = _store._written_chunks(Path(plan.out), list(block.data_vars), ys, xs)
     _store._write_marker(Path(plan.out), iy, ix, {"y": [ys.start, ys.stop], "x": [xs.start, xs.stop], "sha256": plan.sha256,
+                                                   "chunks": chunks,
                                                    "seconds": round(_time.perf_counter() - t0, 3)})

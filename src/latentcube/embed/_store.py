@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -41,6 +42,7 @@ SOURCE_DATA = {
 #: int8 storage: the code of an invalid pixel-date (values use -127..127, symmetric around 0).
 INT8_INVALID = -128
 
+
 def _marker(out: Path, iy: int, ix: int) -> Path:
     return out / MARKER_DIR / f"{iy}_{ix}.done"
 
@@ -52,6 +54,50 @@ def _write_marker(out: Path, iy: int, ix: int, info: dict[str, Any]) -> None:
     tmp.write_text(json.dumps(info), encoding="utf-8")
     os.replace(tmp, path)
 
+
+def _written_chunks(out: Path, names: list[str], ys: slice, xs: slice) -> dict[str, list[str]]:
+    """Chunk files of each variable inside the block ``ys`` x ``xs`` that exist now (Zarr writes no chunk
+    that is all fill, so a block's list is what a later check may expect, not every chunk of the region)."""
+    found = {}
+    for name in names:
+        meta = json.loads((out / name / ".zarray").read_text(encoding="utf-8"))
+        dims = json.loads((out / name / ".zattrs").read_text(encoding="utf-8"))["_ARRAY_DIMENSIONS"]
+        span = {"y": ys, "x": xs}
+        ranges = [range(span[d].start // c, -(-span[d].stop // c)) if d in span else range(-(-n // c))
+                  for d, c, n in zip(dims, meta["chunks"], meta["shape"], strict=True)]
+        sep = meta.get("dimension_separator") or "."
+        keys = (sep.join(map(str, idx)) for idx in itertools.product(*ranges))
+        found[name] = [k for k in keys if (out / name / k).exists()]
+    return found
+
+
+def check_blocks(out: Path, blocks: list[tuple[int, int, slice, slice]]) -> tuple[list, dict[tuple[int, int], list[str]]]:
+    """(blocks to compute, {(iy, ix): missing files} of marked blocks whose chunk files went missing).
+
+    A marker records the chunk files its block wrote; one listing per variable tells whether they are
+    all still there (a deleted chunk reads as fill, NaN, and would otherwise stay so)."""
+    listings: dict[str, set[str]] = {}
+    todo, broken = [], {}
+    for block in blocks:
+        path = _marker(out, block[0], block[1])
+        if not path.exists():
+            todo.append(block)
+            continue
+        try:
+            chunks = json.loads(path.read_text(encoding="utf-8")).get("chunks") or {}
+        except (OSError, ValueError):
+            todo.append(block)
+            broken[block[:2]] = [str(path.relative_to(out))]
+            continue
+        missing = []
+        for name, keys in chunks.items():
+            if name not in listings:
+                listings[name] = set(os.listdir(out / name)) if (out / name).is_dir() else set()
+            missing += [f"{name}/{k}" for k in keys if k not in listings[name] and not (out / name / k).exists()]
+        if missing:
+            todo.append(block)
+            broken[block[:2]] = missing
+    return todo, broken
 
 
 def quantize_int8(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -317,9 +363,18 @@ def embedding_summary(path: str | Path) -> dict[str, Any]:
         "value_p1_p50_p99": [float(v) for v in np.percentile(sample, [1, 50, 99])] if sample.size else None,
     }
     if n_blocks is not None:
-        done = len(list((path / MARKER_DIR).glob("*.done"))) if (path / MARKER_DIR).is_dir() else 0
+        todo, broken = check_blocks(path, block_grid(emb.sizes["y"], emb.sizes["x"], block_px))
+        done = n_blocks - len(todo)
         info["blocks_written"] = f"{done} of {n_blocks}" + ("" if done >= n_blocks else
                                                              " (incomplete: re-run the same embed command to finish)")
+        if broken:  # said in blocks_written too: the table of `latentcube info` shows that row
+            info["missing_chunks"] = "; ".join(
+                f"block {iy}_{ix}: {', '.join(files[:3])}{' ...' if len(files) > 3 else ''}"
+                for (iy, ix), files in sorted(broken.items())
+            )
+            info["blocks_written"] = (f"{done} of {n_blocks} (incomplete: {len(broken)} finished block(s) lost chunk "
+                                      f"files after they were written ({info['missing_chunks']}), read as NaN; re-run "
+                                      "the same embed command to compute them again)")
     return info
 
 
