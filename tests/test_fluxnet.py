@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from latentcube.sources.fluxnet import (
     ONEFLUX_CO2TOC,
     UMOL_CO2_S_TO_G_C_DAY,
     FluxnetError,
+    FluxnetWarning,
     filter_fluxnet,
     passes_quality,
     read_fluxnet,
@@ -187,3 +189,101 @@ def test_oneflux_factor_option(tmp_path):
     path.write_text("\n".join(rows) + "\n")
     assert read_fluxnet(path).loc["2020-06-01", "gpp"] == pytest.approx(2.0 * 1.0368)
     assert read_fluxnet(path, gpp_factor=ONEFLUX_CO2TOC).loc["2020-06-01", "gpp"] == pytest.approx(2.0 * 1.03772448)
+
+
+# ------------------------------------------------------------------ bad files, other layouts, drivers
+
+
+def _dd_rows(days: int, start: str = "2020-01-01") -> pd.DataFrame:
+    t = pd.date_range(start, periods=days, freq="D")
+    return pd.DataFrame({"TIMESTAMP": t.strftime("%Y%m%d"), "GPP_NT_VUT_REF": np.arange(days, dtype=float),
+                         "NEE_VUT_REF_QC": 1.0})
+
+
+def test_header_only_empty_and_semicolon_files_are_clear_errors(tmp_path):
+    head = tmp_path / "head.csv"
+    head.write_text("TIMESTAMP,GPP_NT_VUT_REF,NEE_VUT_REF_QC\n")
+    with pytest.raises(FluxnetError, match=r"head.csv has a header but no records .*Fix: pass the complete"):
+        read_fluxnet(head)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(FluxnetError, match=r"empty.csv is empty. Fix:"):
+        read_fluxnet(empty)
+    semi = tmp_path / "semi.csv"
+    _dd_rows(3).to_csv(semi, sep=";", index=False)
+    with pytest.raises(FluxnetError, match=r"separated by semicolons, not commas .*Fix: FLUXNET files are comma-separated"):
+        read_fluxnet(semi)
+
+
+def test_a_file_with_most_days_missing_is_warned_with_the_share(tmp_path):
+    df = _dd_rows(8)
+    df.loc[2:7, "GPP_NT_VUT_REF"] = -9999  # 2 of 8 days carry GPP
+    p = tmp_path / "sparse.csv"
+    df.to_csv(p, index=False)
+    with pytest.warns(FluxnetWarning, match=r"GPP on only 25% of the 8 days from 2020-01-01 to 2020-01-08 \(2 days\)"):
+        got = read_fluxnet(p)
+    assert got.attrs["gpp_day_share"] == 0.25
+    df.loc[2:4, "GPP_NT_VUT_REF"] = 1.0  # 5 of 8: no warning
+    df.to_csv(p, index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_fluxnet(p)
+
+
+def _eth_hh(n: int = 96) -> pd.DataFrame:
+    """Two days of an ETH/diive-style half-hourly table indexed by TIMESTAMP_MIDDLE, drivers at 47 m."""
+    mid = pd.date_range("2021-07-01 00:15", periods=n, freq="30min", name="TIMESTAMP_MIDDLE")
+    k = np.arange(n, dtype=float)
+    return pd.DataFrame({"GPP_DT_CUT_REF": k / 10, "QCF_NEE": (k % 3).astype(int), "TA_T1_47_1_gfXG": 10 + k / 48,
+                         "SW_IN_T1_47_1_gfXG": 5 * k, "VPD_T1_47_1": 0.5 + k / 96}, index=mid)
+
+
+def test_parquet_with_timestamp_middle_reads_like_the_csv_hand_values(tmp_path):
+    df = _eth_hh()
+    pq = tmp_path / "CH-Xxx_eth.parquet"
+    df.to_parquet(pq)
+    spec = "eth,ta=TA_T1_47_1_gfXG,sw_in=SW_IN_T1_47_1_gfXG,vpd=VPD_T1_47_1"
+    got = read_fluxnet(pq, columns=spec)
+    # the record of middle 00:15 starts at 00:00: day 1 = records 0..47, day 2 = 48..95
+    assert list(got.index) == list(pd.date_range("2021-07-01", periods=2, name="date"))
+    assert got.attrs["resolution"] == "HH"
+    k = np.arange(96, dtype=float)
+    np.testing.assert_allclose(got["gpp"], [k[:48].mean() / 10 * 1.0368, k[48:].mean() / 10 * 1.0368])
+    np.testing.assert_allclose(got["nee_qc_fraction"], [32 / 48, 32 / 48])  # flags 0 and 1 of 0, 1, 2 cycling
+    np.testing.assert_allclose(got["ta"], [10 + k[:48].mean() / 48, 10 + k[48:].mean() / 48])
+    np.testing.assert_allclose(got["vpd"], [0.5 + k[:48].mean() / 96, 0.5 + k[48:].mean() / 96])  # a mapped column: as is
+    # the same table as CSV with ISO text stamps gives the same days
+    csv = tmp_path / "eth.csv"
+    df.reset_index().to_csv(csv, index=False)
+    pd.testing.assert_frame_equal(read_fluxnet(csv, columns=spec), got, check_like=True, check_exact=False)
+
+
+def test_eth_preset_names_absent_drivers_and_candidates(tmp_path):
+    pq = tmp_path / "eth.parquet"
+    _eth_hh().to_parquet(pq)
+    with pytest.warns(FluxnetWarning, match=r"driver columns not found, read without them: ta 'TA_T1_2_1' \(candidates: "
+                      r"\['TA_T1_47_1_gfXG'\]\); sw_in 'SW_IN_T1_2_1' \(candidates: \['SW_IN_T1_47_1_gfXG'\]\); vpd "
+                      r"'VPD_T1_2_1' \(candidates: \['VPD_T1_47_1'\]\)\. Fix: .*--flux-columns eth,ta=<column>"):
+        got = read_fluxnet(pq, columns="eth")
+    assert "ta" not in got and "gpp" in got
+    with pytest.raises(FluxnetError, match=r"driver columns not found: ta 'TA_T1_2_1' \(candidates: \['TA_T1_47_1_gfXG'\]\)"):
+        read_fluxnet(pq, columns="eth", require=("ta",))
+    # the preset's own VPD column (kPa) comes back in hPa
+    renamed = _eth_hh().rename(columns={"VPD_T1_47_1": "VPD_T1_2_1"})
+    renamed.to_parquet(pq)
+    with pytest.warns(FluxnetWarning):
+        got = read_fluxnet(pq, columns="eth")
+    np.testing.assert_allclose(got["vpd"].iloc[0], 10 * (0.5 + np.arange(48).mean() / 96))
+
+
+def test_column_specs():
+    from latentcube.sources.fluxnet import parse_columns
+
+    cols, factors = parse_columns("eth,ta=TA_X")
+    assert cols["ta"] == "TA_X" and cols["gpp"] == "GPP_DT_CUT_REF" and factors == {"vpd": 10.0}
+    assert parse_columns("gpp=GPP_DT_VUT_REF")[0]["gpp"] == "GPP_DT_VUT_REF"
+    assert parse_columns("eth,vpd=V")[1] == {}  # a user's own VPD column is taken as it is
+    with pytest.raises(FluxnetError, match=r"unknown column preset 'ethz'. Fix: .*--flux-columns"):
+        parse_columns("ethz")
+    with pytest.raises(FluxnetError, match=r"unknown keys \['rh'\]"):
+        parse_columns("rh=RH")

@@ -384,3 +384,93 @@ def test_evaluate_gpp_end_to_end(world_dir, tiny_fusion, tmp_path):
             got = par["protocols"][p]["scores"][m]["overall"]
             assert got["n"] == want["n"] and got["rmse"] == pytest.approx(want["rmse"], rel=1e-3), (p, m)
     assert set(par["sweep"]) == {"40", "60"} and all(np.isfinite(v["nrmse"]) for v in par["sweep"].values())
+
+
+# ------------------------------------------------------------------------ meteorological drivers
+
+
+def test_meteo_config_and_methods():
+    assert GPPConfig().run_methods == ["embedding", "bands", "ndvi", "annual_embedding", "climatology"]
+    met = GPPConfig(meteo=("sw_in", "ta", "vpd"))
+    assert met.run_methods[-4:] == ["meteo", "embedding_meteo", "bands_meteo", "ndvi_meteo"]
+    assert GPPConfig(meteo=("ta",), methods=("climatology", "meteo")).run_methods == ["embedding", "climatology", "meteo"]
+    with pytest.raises(GPPError, match=r"methods \['embedding_meteo'\] need meteorological drivers. Fix: meteo="):
+        GPPConfig(methods=("embedding_meteo",))
+    with pytest.raises(GPPError, match=r"unknown meteorological drivers \['rh'\]"):
+        GPPConfig(meteo=("rh",))
+
+
+def test_prepare_gives_each_input_group_its_own_gap_flag():
+    from latentcube.evaluate.gpp.regressor import _prepare
+    from latentcube.evaluate.gpp.sites import SiteData
+
+    days = pd.date_range("2020-01-01", periods=4)
+    f = np.array([[1.0, 10.0], [np.nan, 20.0], [3.0, np.nan], [5.0, 30.0]], "float32")  # (embedding, meteo)
+    d = SiteData("A", "DBF", days, np.ones(4), {"m": f}, groups={"m": [1, 1]})
+    x = _prepare({"A": d}, "m", {"A": np.ones(4, bool)}).x["A"]
+    assert x.shape == (4, 4)
+    np.testing.assert_array_equal(x[:, 2], [1, 0, 1, 1])  # first group's flag: day 2 has no embedding
+    np.testing.assert_array_equal(x[:, 3], [1, 1, 0, 1])  # second group's flag: day 3 has no weather
+    np.testing.assert_allclose(x[:, 0], [(1 - 3) / np.std([1, 3, 5]), 0, 0, (5 - 3) / np.std([1, 3, 5])], rtol=1e-6)
+    one = _prepare({"A": SiteData("A", "DBF", days, np.ones(4), {"m": f})}, "m", {"A": np.ones(4, bool)}).x["A"]
+    np.testing.assert_array_equal(one[:, 2], [1, 0, 0, 1])  # without groups: one flag over all features
+
+
+def _tower_folder(tmp_path: Path, flux: pd.DataFrame) -> tuple[Path, Path, Path]:
+    (tmp_path / "c1.zarr").mkdir()
+    sites = tmp_path / "towers.csv"
+    pd.DataFrame({"site_id": ["XX-Eth"], "cube": ["c1"], "row": [5], "col": [5], "veg_type": ["GRA"]}).to_csv(sites, index=False)
+    (tmp_path / "flux").mkdir()
+    flux.to_csv(tmp_path / "flux" / "FLX_XX-Eth_DD.csv", index=False)
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"not read: the tower files are checked first")
+    return sites, tmp_path / "flux", model
+
+
+def test_cli_flux_columns_and_meteo_reach_the_reader_before_any_embedding(tmp_path, capsys):
+    from latentcube.cli import main
+
+    flux = pd.DataFrame({"TIMESTAMP": ["20200101", "20200102"], "GPP_DT_CUT_REF": [1.0, 2.0], "QCF_NEE": [1.0, 1.0],
+                         "TA_T1_47_1": [3.0, 4.0]})
+    sites, folder, model = _tower_folder(tmp_path, flux)
+    base = ["evaluate", "gpp", "--checkpoint", str(model), "--sites", str(sites), "--fluxnet", str(folder),
+            "--cubes", str(tmp_path), "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as exc:
+        main(base)  # FLUXNET2015 names: no such GPP column, and the fix names the CLI option
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "no GPP column 'GPP_NT_VUT_REF'" in err and "--flux-columns eth" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main([*base, "--flux-columns", "eth", "--meteo", "ta,sw_in"])
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "driver columns not found: ta 'TA_T1_2_1' (candidates: ['TA_T1_47_1'])" in err
+    assert "sw_in 'SW_IN_T1_2_1' (candidates: none)" in err
+
+
+@pytest.mark.slow
+def test_evaluate_gpp_with_meteo(world_dir, tiny_fusion, tmp_path):
+    cfg = GPPConfig(radius_px=1, train_years=(2019,), test_years=(2020,), window_days=60, d_model=16, n_heads=2,
+                    ffn_dim=16, n_layers=2, max_epochs=2, patience=1, n_jobs=1, protocols=("year",),
+                    meteo=("sw_in", "ta", "vpd"), methods=("meteo", "embedding_meteo", "climatology"))
+    doc = evaluate_gpp(world_dir / "towers.csv", tmp_path, checkpoint=tiny_fusion, cubes=world_dir,
+                       fluxnet=world_dir / "fluxnet", config=cfg)
+    scores = doc["protocols"]["year"]["scores"]
+    assert list(scores) == ["embedding", "climatology", "meteo", "embedding_meteo"]
+    assert len({s["overall"]["n"] for s in scores.values()}) == 1 and scores["meteo"]["overall"]["n"] > 50
+    imp = doc["improvement_with_meteo"]["year"]
+    assert set(imp) == {"embedding", "climatology", "meteo"}
+    assert imp["meteo"]["nrmse_embedding"] == scores["embedding_meteo"]["overall"]["nrmse"]
+    section = json.loads((tmp_path / "sections" / "060_gpp.json").read_text())
+    assert any(t.startswith("Year split: embeddings + meteo NRMSE") for t in section["text"])
+    assert any("daily SW_IN, TA, VPD from the tower file" in t for t in section["text"])
+    # the drivers are the tower file's daily values on the site's days
+    from latentcube.evaluate.gpp.sites import load_site_data, read_sites
+
+    rows = read_sites(world_dir / "towers.csv", world_dir)
+    first = rows[rows["site_id"] == rows["site_id"].iloc[0]]
+    d = load_site_data(first, checkpoint=tiny_fusion, fluxnet=world_dir / "fluxnet", cfg=cfg,
+                       cache_dir=tmp_path / "evaluation" / "gpp" / "cache")
+    raw = pd.read_csv(next((world_dir / "fluxnet").glob(f"FLX_{d.site_id}_*.csv")), na_values=[-9999])
+    raw.index = pd.to_datetime(raw["TIMESTAMP"].astype(str))
+    np.testing.assert_allclose(d.features["meteo"], raw.loc[d.days, ["SW_IN_F", "TA_F", "VPD_F"]].to_numpy(), rtol=1e-6)
+    assert d.groups["embedding_meteo"] == [7, 3] and d.features["embedding_meteo"].shape[1] == 10

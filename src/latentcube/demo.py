@@ -198,7 +198,7 @@ DEMO_SCENE = "scene_002"
 def _products_and_evaluation(out_dir: Path, world, log: Callable[[str], None], timings: dict[str, float]) -> None:
     """Embed -> gap-fill -> PCA map -> GPP -> land-cover probe, each writing its report section."""
     from latentcube.embed import embed_cube
-    from latentcube.evaluate.gpp import evaluate_gpp
+    from latentcube.evaluate.gpp import DEMO_METHODS, METEO_DRIVERS, GPPConfig, evaluate_gpp
     from latentcube.evaluate.maps import class_colours, fit_pca, pca_figure, pca_rgb
     from latentcube.evaluate.probe import run_probe
     from latentcube.evaluate.sections import table, write_section
@@ -233,9 +233,10 @@ def _products_and_evaluation(out_dir: Path, world, log: Callable[[str], None], t
                       [[LANDCOVER_CLASSES.get(int(k), str(k)), *map(float, v)] for k, v in sorted(colours.items())])],
         figures=[(fig, "S2 true colour (left) and embedding PCA-RGB (right)")],
     )
-    with _timed(timings, "gpp", log, "GPP at the flux towers (embeddings vs baselines)"):
+    with _timed(timings, "gpp", log, "GPP at the flux towers (embeddings, weather, climatology)"):
         world_dir = out_dir / "world"
-        evaluate_gpp(world_dir / "towers.csv", out_dir, checkpoint=model, cubes=world_dir, fluxnet=world_dir / "fluxnet")
+        evaluate_gpp(world_dir / "towers.csv", out_dir, checkpoint=model, cubes=world_dir, fluxnet=world_dir / "fluxnet",
+                     config=GPPConfig(meteo=METEO_DRIVERS, methods=DEMO_METHODS))
     with _timed(timings, "probe", log, "land-cover probe (embeddings vs raw bands)"):
         run_probe(emb, cube, run_dir=out_dir)
 

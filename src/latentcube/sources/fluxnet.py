@@ -7,6 +7,10 @@ Formats (auto-detected from the timestamp columns):
 * FLUXNET2015 daily files (DD): ``TIMESTAMP`` as YYYYMMDD; GPP already in g C m⁻² d⁻¹ and
   ``NEE_VUT_REF_QC`` already the daily fraction (0-1) of measured or good-quality gap-filled records.
 
+* Exports with ``TIMESTAMP_MIDDLE`` (ETH / diive): record start and end are half a record step either side.
+* CSV or Parquet (by the ``.parquet``/``.pq`` suffix or the file's magic bytes); timestamps as text
+  (YYYYMMDDHHMM) or as datetime values.
+
 Missing values are −9999 in every FLUXNET file and become NaN.
 
 Sub-daily -> daily (what ONEFlux does for the DD files):
@@ -20,6 +24,7 @@ Sub-daily -> daily (what ONEFlux does for the DD files):
   (records in a complete day: 48 for HH, 24 for HR). Missing records therefore count as not good.
 * ``n_halfhours`` = sub-daily records present that day (48 on complete HH days; for HR files the number
   of hourly records). DD files carry no such count: NaN.
+* meteorological drivers ``ta`` (°C), ``sw_in`` (W m⁻²), ``vpd`` (hPa): daily means when mapped and present.
 
 :func:`read_fluxnet` returns every calendar day between the first and the last record and filters
 nothing; the paper's selection is the explicit :func:`filter_fluxnet` / :func:`site_passes` step.
@@ -27,6 +32,8 @@ nothing; the paper's selection is the explicit :func:`filter_fluxnet` / :func:`s
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -38,10 +45,13 @@ from latentcube.errors import LatentcubeError
 
 __all__ = [
     "COLUMN_PRESETS",
+    "METEO_COLUMNS",
     "FluxnetError",
+    "FluxnetWarning",
     "ONEFLUX_CO2TOC",
     "UMOL_CO2_S_TO_G_C_DAY",
     "filter_fluxnet",
+    "parse_columns",
     "passes_quality",
     "read_fluxnet",
     "site_pass_fraction",
@@ -57,17 +67,31 @@ ONEFLUX_CO2TOC = 12.0107e-6 * 86400.0
 #: FLUXNET missing-value code.
 MISSING = -9999
 
+#: Meteorological drivers read when their columns are present: air temperature (°C), incoming shortwave
+#: radiation (W m⁻²), vapour pressure deficit (hPa).
+METEO_COLUMNS: tuple[str, ...] = ("ta", "sw_in", "vpd")
+
 #: Column conventions: our name -> column in the file. ``gpp`` and ``nee_qc`` are required, the
-#: others are passed through when present (daily means for sub-daily files).
+#: drivers (:data:`METEO_COLUMNS`) are passed through when present (daily means for sub-daily files).
 #: ``fluxnet2015``: FLUXNET2015 / ONEFlux FULLSET; GPP from night-time partitioning, as in the paper
 #: (§IV-C: GPP_NT_VUT_REF, QC from NEE_VUT_REF_QC). ``eth``: ETH Zurich / diive-style names
-#: (daytime-partitioned CUT GPP, ``QCF_NEE`` flags 0 = best, 1 = ok, 2 = rejected).
+#: (daytime-partitioned CUT GPP, ``QCF_NEE`` flags 0 = best, 1 = ok, 2 = rejected; sensor heights differ
+#: between sites, e.g. ``TA_T1_47_1``: map them with ``eth,ta=<column>``).
 #: ``reddyproc``: REddyProc output (``GPP_f``, ``NEE_f_fqc`` 0 = measured, 1-3 = gap-fill quality).
 COLUMN_PRESETS: dict[str, dict[str, str]] = {
-    "fluxnet2015": {"gpp": "GPP_NT_VUT_REF", "nee_qc": "NEE_VUT_REF_QC", "ta": "TA_F", "sw_in": "SW_IN_F"},
-    "eth": {"gpp": "GPP_DT_CUT_REF", "nee_qc": "QCF_NEE", "ta": "TA_T1_2_1", "sw_in": "SW_IN_T1_2_1"},
-    "reddyproc": {"gpp": "GPP_f", "nee_qc": "NEE_f_fqc", "ta": "Tair", "sw_in": "Rg"},
+    "fluxnet2015": {"gpp": "GPP_NT_VUT_REF", "nee_qc": "NEE_VUT_REF_QC", "ta": "TA_F", "sw_in": "SW_IN_F",
+                    "vpd": "VPD_F"},
+    "eth": {"gpp": "GPP_DT_CUT_REF", "nee_qc": "QCF_NEE", "ta": "TA_T1_2_1", "sw_in": "SW_IN_T1_2_1",
+            "vpd": "VPD_T1_2_1"},
+    "reddyproc": {"gpp": "GPP_f", "nee_qc": "NEE_f_fqc", "ta": "Tair", "sw_in": "Rg", "vpd": "VPD"},
 }
+#: Unit factors to the units above, per preset and column (ETH/diive files give VPD in kPa).
+_PRESET_FACTORS: dict[str, dict[str, float]] = {"eth": {"vpd": 10.0}}
+#: Patterns (case-insensitive) of candidate columns for a key whose mapped column is absent.
+_CANDIDATE_HINTS: dict[str, str] = {"gpp": r"GPP", "nee_qc": r"NEE.*QC|QC.*NEE", "ta": r"^(TA|TAIR|T_AIR|AIR_?TEMP)(_|$)",
+                                    "sw_in": r"^(SW_IN|SWIN|RG|GLOBAL_?RAD)(_|$)", "vpd": r"^VPD(_|$)"}
+#: A file whose GPP covers less than this share of the days between its first and last record is warned about.
+MIN_DAY_SHARE = 0.5
 
 #: Sub-daily QC flags counted as good: 0 measured, 1 good-quality gap fill (FLUXNET2015 data variables
 #: page: "NEE_VUT_REF_QC ... fraction between 0-1, indicating percentage of measured and good quality
@@ -79,22 +103,79 @@ class FluxnetError(LatentcubeError, ValueError):
     """A FLUXNET file cannot be read as asked; the message names the problem and the fix."""
 
 
-def _columns(columns: str | Mapping[str, str] | None) -> dict[str, str]:
-    base = dict(COLUMN_PRESETS["fluxnet2015"])
-    if columns is None:
-        return base
+class FluxnetWarning(UserWarning):
+    """A FLUXNET file was read, but something in it deserves a look (absent driver columns, few days)."""
+
+
+_KEYS = ("gpp", "nee_qc", *METEO_COLUMNS)
+
+
+def parse_columns(columns: str | Mapping[str, str] | None) -> tuple[dict[str, str], dict[str, float]]:
+    """(our name -> file column, our name -> unit factor) of a preset name, a spec such as
+    ``"eth,ta=TA_T1_47_1"`` (one preset and/or ``key=column`` overrides, comma-separated; the CLI's
+    ``--flux-columns``) or a mapping of overrides of the FLUXNET2015 names."""
+    preset, overrides = "fluxnet2015", {}
     if isinstance(columns, str):
-        if columns not in COLUMN_PRESETS:
-            raise FluxnetError(f"unknown column preset {columns!r}. Fix: use one of {sorted(COLUMN_PRESETS)} or a mapping.")
-        return dict(COLUMN_PRESETS[columns])
-    unknown = set(columns) - {"gpp", "nee_qc", "ta", "sw_in"}
+        for item in (s.strip() for s in columns.split(",")):
+            if not item:
+                continue
+            if "=" in item:
+                key, _, col = item.partition("=")
+                overrides[key.strip()] = col.strip()
+            elif item in COLUMN_PRESETS:
+                preset = item
+            else:
+                raise FluxnetError(f"unknown column preset {item!r}. Fix: use one of {sorted(COLUMN_PRESETS)} "
+                                   "and/or key=column items, e.g. 'eth,ta=TA_T1_47_1' (CLI: --flux-columns).")
+    elif columns is not None:
+        overrides = dict(columns)
+    unknown = sorted(set(overrides) - set(_KEYS))
     if unknown:
-        raise FluxnetError(f"unknown keys {sorted(unknown)} in columns. Fix: use 'gpp', 'nee_qc', 'ta', 'sw_in'.")
-    base.update(columns)
-    return base
+        raise FluxnetError(f"unknown keys {unknown} in columns. Fix: use {list(_KEYS)}.")
+    cols = {**COLUMN_PRESETS[preset], **overrides}
+    factors = {k: f for k, f in _PRESET_FACTORS.get(preset, {}).items() if k not in overrides}
+    return cols, factors
+
+
+def _candidates(key: str, columns: Sequence[str]) -> list[str]:
+    return [str(c) for c in columns if re.search(_CANDIDATE_HINTS[key], str(c), flags=re.IGNORECASE)][:12]
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """The file as a DataFrame of its columns (timestamps as text or datetimes): CSV or Parquet."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if path.suffix.lower() in (".parquet", ".pq") or magic == b"PAR1":
+        try:
+            df = pd.read_parquet(path)
+        except Exception as err:
+            raise FluxnetError(f"cannot read {path} as Parquet: {err}. Fix: check that the file is complete "
+                               "(re-export it), or export it as CSV.") from err
+        if df.index.name or isinstance(df.index, pd.DatetimeIndex):
+            df = df.reset_index()  # diive keeps TIMESTAMP_MIDDLE as the index
+        return df
+    stamp_cols = ("TIMESTAMP", "TIMESTAMP_START", "TIMESTAMP_END", "TIMESTAMP_MIDDLE")
+    try:
+        df = pd.read_csv(path, dtype={c: str for c in stamp_cols}, na_values=[str(MISSING), f"{MISSING}.0"])
+    except pd.errors.EmptyDataError as err:
+        raise FluxnetError(f"{path} is empty. Fix: pass the FLUXNET file itself (a header line and one row per "
+                           "record).") from err
+    except Exception as err:
+        raise FluxnetError(f"cannot read {path} as CSV: {err}. Fix: pass a FLUXNET CSV or Parquet file "
+                           "(FLX_<SITE>_*.csv).") from err
+    if df.shape[1] == 1 and any(s in str(df.columns[0]) for s in (";", "\t")):
+        sep = "semicolons" if ";" in str(df.columns[0]) else "tabs"
+        raise FluxnetError(
+            f"{path} is separated by {sep}, not commas (one column {str(df.columns[0])[:60]!r}...). Fix: FLUXNET "
+            "files are comma-separated; re-save it with commas, e.g. pd.read_csv(path, sep=';').to_csv(new_path, "
+            "index=False) (mind decimal commas: decimal=',')."
+        )
+    return df
 
 
 def _parse_stamp(values: pd.Series, fmt: str, what: str, path: Path) -> pd.DatetimeIndex:
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return pd.DatetimeIndex(values).tz_localize(None) if getattr(values.dt, "tz", None) else pd.DatetimeIndex(values)
     text = values.astype(str).str.strip().str.replace(r"\.0+$", "", regex=True)
     try:
         return pd.DatetimeIndex(pd.to_datetime(text, format=fmt))
@@ -103,6 +184,12 @@ def _parse_stamp(values: pd.Series, fmt: str, what: str, path: Path) -> pd.Datet
             f"{path}: unknown timestamp format in {what} (first values {list(text[:3])}; expected {fmt}). "
             "Fix: FLUXNET files use YYYYMMDDHHMM (TIMESTAMP_START) or YYYYMMDD (TIMESTAMP, daily files)."
         ) from err
+
+
+def _step(stamps: pd.DatetimeIndex) -> pd.Timedelta:
+    """The most common spacing of sub-daily records (30 min when there is a single record)."""
+    step = pd.Series(stamps).diff().mode()
+    return step.iloc[0] if len(step) else pd.Timedelta(minutes=30)
 
 
 def _detect(df: pd.DataFrame, resolution: str, path: Path) -> tuple[str, pd.DatetimeIndex]:
@@ -123,13 +210,15 @@ def _detect(df: pd.DataFrame, resolution: str, path: Path) -> tuple[str, pd.Date
             )
     elif "TIMESTAMP_END" in df.columns:
         end = _parse_stamp(df["TIMESTAMP_END"], "%Y%m%d%H%M", "TIMESTAMP_END", path)
-        step = pd.Series(end).diff().mode()
-        step = step.iloc[0] if len(step) else pd.Timedelta(minutes=30)
-        kind, stamps = "subdaily", end - step
+        kind, stamps = "subdaily", end - _step(end)
+    elif "TIMESTAMP_MIDDLE" in df.columns:
+        compact = df["TIMESTAMP_MIDDLE"].astype(str).str.fullmatch(r"\d{12}").all()
+        mid = _parse_stamp(df["TIMESTAMP_MIDDLE"], "%Y%m%d%H%M" if compact else "ISO8601", "TIMESTAMP_MIDDLE", path)
+        kind, stamps = "subdaily", mid - _step(mid) / 2  # record start = middle - half a record
     else:
         raise FluxnetError(
-            f"{path}: unknown timestamp format: no TIMESTAMP_START, TIMESTAMP_END or TIMESTAMP column "
-            f"(columns start {list(df.columns[:8])}). Fix: FLUXNET files need one of these."
+            f"{path}: unknown timestamp format: no TIMESTAMP_START, TIMESTAMP_END, TIMESTAMP_MIDDLE or TIMESTAMP "
+            f"column (columns start {list(df.columns[:8])}). Fix: FLUXNET files need one of these."
         )
     if resolution not in ("auto", "HH", "HR", "DD"):
         raise FluxnetError(f"resolution={resolution!r}. Fix: use 'auto', 'HH', 'HR' or 'DD'.")
@@ -145,57 +234,78 @@ def read_fluxnet(
     resolution: Literal["auto", "HH", "HR", "DD"] = "auto",
     good_qc: Sequence[int] = GOOD_QC_FLAGS,
     gpp_factor: float = UMOL_CO2_S_TO_G_C_DAY,
+    require: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """Read a FLUXNET file (HH, HR or DD) into one row per calendar day.
+    """Read a FLUXNET file (HH, HR or DD; CSV or Parquet) into one row per calendar day.
 
     Args:
-        path: CSV file (``FLX_<site>_FLUXNET2015_FULLSET_{HH,DD}_*.csv`` or similar).
-        columns: a preset name from :data:`COLUMN_PRESETS` or a mapping overriding the FLUXNET2015 names,
-            e.g. ``{"gpp": "GPP_DT_VUT_REF"}``.
+        path: CSV or Parquet file (``FLX_<site>_FLUXNET2015_FULLSET_{HH,DD}_*.csv`` or similar).
+        columns: a preset name from :data:`COLUMN_PRESETS`, a spec ``"eth,ta=TA_T1_47_1"`` (preset and/or
+            ``key=column`` overrides) or a mapping overriding the FLUXNET2015 names, e.g.
+            ``{"gpp": "GPP_DT_VUT_REF"}``.
         gpp_factor: sub-daily µmol CO2 m⁻² s⁻¹ -> g C m⁻² d⁻¹ (default 1.0368; ``ONEFLUX_CO2TOC`` = 1.03772448).
         resolution: ``"auto"`` (from the timestamp columns) or the expected ``"HH"``/``"HR"``/``"DD"``.
         good_qc: sub-daily QC flags counted as good for ``nee_qc_fraction``.
+        require: drivers of :data:`METEO_COLUMNS` that must be in the file (an error names the candidates);
+            other mapped drivers that are absent give a :class:`FluxnetWarning` naming them.
 
     Returns:
         DataFrame indexed by ``date`` (daily DatetimeIndex, every day from first to last) with
         ``gpp`` (g C m⁻² d⁻¹), ``nee_qc_fraction`` (0-1), ``n_halfhours`` (records present; NaN for DD),
-        and ``ta`` (°C) / ``sw_in`` (W m⁻²) daily means when the file has them. Nothing is filtered.
+        and ``ta`` (°C) / ``sw_in`` (W m⁻²) / ``vpd`` (hPa) daily means when the file has them. Nothing is
+        filtered. A file with GPP on fewer than half of its days gives a :class:`FluxnetWarning` with the share.
     """
     path = Path(path)
     if not path.exists():
-        raise FluxnetError(f"no such file: {path}. Fix: check the path (FLUXNET CSV files).")
-    cols = _columns(columns)
-    stamp_cols = ("TIMESTAMP", "TIMESTAMP_START", "TIMESTAMP_END")
-    try:
-        df = pd.read_csv(path, dtype={c: str for c in stamp_cols}, na_values=[str(MISSING), f"{MISSING}.0"])
-    except Exception as err:
-        raise FluxnetError(f"cannot read {path} as CSV: {err}") from err
+        raise FluxnetError(f"no such file: {path}. Fix: check the path (FLUXNET CSV or Parquet files).")
+    cols, factors = parse_columns(columns)
+    bad = sorted(set(require) - set(METEO_COLUMNS))
+    if bad:
+        raise FluxnetError(f"require={bad}: not drivers. Fix: choose from {list(METEO_COLUMNS)}.")
+    df = _read_table(path)
+    if df.empty:
+        raise FluxnetError(f"{path} has a header but no records (columns {list(df.columns[:8])}). Fix: pass the "
+                           "complete FLUXNET file; this one holds no days.")
     if cols["gpp"] not in df.columns:
-        gpp_like = [c for c in df.columns if "GPP" in c.upper()]
         raise FluxnetError(
-            f"{path}: no GPP column {cols['gpp']!r}. GPP-like columns found: {gpp_like or 'none'}; all "
-            f"{len(df.columns)} columns: {list(df.columns[:40])}{' ...' if len(df.columns) > 40 else ''}. "
-            "Fix: pass columns={'gpp': '<column>'} or a preset (columns='eth')."
+            f"{path}: no GPP column {cols['gpp']!r}. GPP-like columns found: {_candidates('gpp', df.columns) or 'none'}; "
+            f"all {len(df.columns)} columns: {list(df.columns[:40])}{' ...' if len(df.columns) > 40 else ''}. "
+            "Fix: pass columns={'gpp': '<column>'} or a preset (columns='eth'); CLI: --flux-columns gpp=<column> "
+            "or --flux-columns eth."
         )
     if cols["nee_qc"] not in df.columns:
-        qc_like = [c for c in df.columns if "QC" in c.upper() and "NEE" in c.upper()]
+        qc_like = [c for c in df.columns if "QC" in str(c).upper() and "NEE" in str(c).upper()]
         raise FluxnetError(
             f"{path}: no NEE QC column {cols['nee_qc']!r} (NEE QC-like columns: {qc_like or 'none'}). "
-            "Fix: pass columns={'nee_qc': '<column>'}."
+            "Fix: pass columns={'nee_qc': '<column>'}; CLI: --flux-columns nee_qc=<column>."
         )
+    absent = {k: cols[k] for k in METEO_COLUMNS if cols[k] not in df.columns}
+    if absent:
+        hints = "; ".join(f"{k} {c!r} (candidates: {_candidates(k, df.columns) or 'none'})" for k, c in absent.items())
+        fix = ("Fix: map them, e.g. columns={'" + next(iter(absent)) + "': '<column>'}; CLI: --flux-columns "
+               + (columns + "," if isinstance(columns, str) else "") + f"{next(iter(absent))}=<column>.")
+        if set(absent) & set(require):
+            raise FluxnetError(f"{path}: driver columns not found: {hints}. {fix}")
+        # Silent only where nothing can be done: the default names and no candidate column in the file.
+        if columns is not None or any(_candidates(k, df.columns) for k in absent):
+            warnings.warn(f"{path}: driver columns not found, read without them: {hints}. {fix}", FluxnetWarning,
+                          stacklevel=2)
     kind, stamps = _detect(df, resolution, path)
     wanted = {k: c for k, c in cols.items() if c in df.columns}
     data = pd.DataFrame(
         {k: pd.to_numeric(df[c], errors="coerce").to_numpy() for k, c in wanted.items()}, index=stamps
     ).replace(MISSING, np.nan)  # -9999 written as e.g. -9999.000 also means missing
+    for k, f in factors.items():
+        if k in data:
+            data[k] *= f
+    meteo = [k for k in METEO_COLUMNS if k in data]
     if kind == "daily":
         out = data.rename(columns={"nee_qc": "nee_qc_fraction"})
         out["n_halfhours"] = np.nan
         out.index = out.index.normalize()
         res_label = "DD"
     else:
-        diffs = pd.Series(stamps).diff().dropna()
-        step = diffs.mode().iloc[0] if len(diffs) else pd.Timedelta(minutes=30)
+        step = _step(stamps)
         per_day = int(round(pd.Timedelta(days=1) / step))
         res_label = {48: "HH", 24: "HR"}.get(per_day, f"{per_day} records/day")
         if resolution in ("HH", "HR") and res_label != resolution:
@@ -210,9 +320,8 @@ def read_fluxnet(
         good = data["nee_qc"].isin(list(good_qc))
         out["nee_qc_fraction"] = good.groupby(day).sum() / per_day
         out["n_halfhours"] = grouped.size().astype("float64")
-        for k in ("ta", "sw_in"):
-            if k in data:
-                out[k] = grouped[k].mean()
+        for k in meteo:
+            out[k] = grouped[k].mean()
     if out.index.has_duplicates:
         dups = [str(d.date()) for d in out.index[out.index.duplicated()][:3]]
         raise FluxnetError(f"{path}: duplicate days {dups}. Fix: remove the repeated rows.")
@@ -221,10 +330,16 @@ def read_fluxnet(
     out = out.reindex(full)
     if kind == "subdaily":
         out["n_halfhours"] = out["n_halfhours"].fillna(0.0)
-    order = ["gpp", "nee_qc_fraction", "n_halfhours"] + [k for k in ("ta", "sw_in") if k in out]
-    out = out[order]
+    out = out[["gpp", "nee_qc_fraction", "n_halfhours", *meteo]]
+    share = float(out["gpp"].notna().mean())
+    if share < MIN_DAY_SHARE:
+        warnings.warn(
+            f"{path}: GPP on only {share:.0%} of the {len(out)} days from {full[0].date()} to {full[-1].date()} "
+            f"({int(out['gpp'].notna().sum())} days); results rest on those days. Fix: check the export (a "
+            "FLUXNET DD file has every day), or use the site's complete HH/DD file.", FluxnetWarning, stacklevel=2)
     out.attrs.update({"source": str(path), "resolution": res_label, "gpp_units": "g C m-2 d-1",
-                      "gpp_column": cols["gpp"], "qc_column": cols["nee_qc"]})
+                      "gpp_column": cols["gpp"], "qc_column": cols["nee_qc"], "gpp_day_share": share,
+                      "meteo_columns": {k: cols[k] for k in meteo}})
     return out
 
 
@@ -267,11 +382,12 @@ def site_passes(
 def write_fluxnet_dd(df: pd.DataFrame, path: str | Path) -> Path:
     """Write a daily table (as returned by :func:`read_fluxnet`) as a FLUXNET2015 DD CSV.
 
-    Columns TIMESTAMP (YYYYMMDD), GPP_NT_VUT_REF, NEE_VUT_REF_QC, and TA_F / SW_IN_F when present;
+    Columns TIMESTAMP (YYYYMMDD), GPP_NT_VUT_REF, NEE_VUT_REF_QC, and TA_F / SW_IN_F / VPD_F when present;
     NaN is written as −9999. ``read_fluxnet`` reads it back to the same values.
     """
     path = Path(path)
-    names = {"gpp": "GPP_NT_VUT_REF", "nee_qc_fraction": "NEE_VUT_REF_QC", "ta": "TA_F", "sw_in": "SW_IN_F"}
+    names = {"gpp": "GPP_NT_VUT_REF", "nee_qc_fraction": "NEE_VUT_REF_QC", "ta": "TA_F", "sw_in": "SW_IN_F",
+             "vpd": "VPD_F"}
     out = pd.DataFrame({"TIMESTAMP": pd.DatetimeIndex(df.index).strftime("%Y%m%d")})
     for k, c in names.items():
         if k in df:

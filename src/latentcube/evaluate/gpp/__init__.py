@@ -20,8 +20,12 @@ windows, climatology, metrics), ``sites`` (site tables, FLUXNET files, site inpu
 
 from latentcube.evaluate.gpp.config import (
     BASELINE_METHODS,
+    DEMO_METHODS,
+    METEO_DRIVERS,
+    METEO_METHODS,
     METHOD_LABELS,
     METHODS,
+    PAPER_METHODS,
     PROTOCOL_LABELS,
     PROTOCOLS,
     GPPConfig,
@@ -47,11 +51,15 @@ from latentcube.evaluate.gpp.sites import SiteData, embed_site, load_site_data, 
 
 __all__ = [
     "BASELINE_METHODS",
+    "DEMO_METHODS",
+    "METEO_DRIVERS",
+    "METEO_METHODS",
     "GPPConfig",
     "GPPError",
     "METHODS",
     "METHOD_LABELS",
     "PROTOCOLS",
+    "PAPER_METHODS",
     "PROTOCOL_LABELS",
     "SiteData",
     "crop_window",

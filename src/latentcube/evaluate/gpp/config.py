@@ -8,8 +8,14 @@ from typing import Any
 
 from latentcube.errors import LatentcubeError
 
-#: Methods in report order: the per-date embeddings first, then the baselines (a)-(d).
-METHODS: tuple[str, ...] = ("embedding", "bands", "ndvi", "annual_embedding", "climatology")
+#: The paper's methods in report order: the per-date embeddings first, then the baselines (a)-(d).
+PAPER_METHODS: tuple[str, ...] = ("embedding", "bands", "ndvi", "annual_embedding", "climatology")
+#: With meteorological drivers from the tower file (``GPPConfig.meteo``): drivers alone and beside each input.
+METEO_METHODS: tuple[str, ...] = ("meteo", "embedding_meteo", "bands_meteo", "ndvi_meteo")
+#: What the demo compares: do the embeddings add to the weather (and beat the calendar)?
+DEMO_METHODS: tuple[str, ...] = ("embedding", "climatology", "meteo", "embedding_meteo", "bands_meteo", "ndvi_meteo")
+#: Every method in report order.
+METHODS: tuple[str, ...] = PAPER_METHODS + METEO_METHODS
 BASELINE_METHODS: tuple[str, ...] = METHODS[1:]
 METHOD_LABELS: dict[str, str] = {
     "embedding": "per-date embeddings",
@@ -17,7 +23,13 @@ METHOD_LABELS: dict[str, str] = {
     "ndvi": "(b) NDVI only",
     "annual_embedding": "(c) annual embedding",
     "climatology": "(d) day-of-year climatology",
+    "meteo": "meteo only",
+    "embedding_meteo": "embeddings + meteo",
+    "bands_meteo": "raw bands + meteo",
+    "ndvi_meteo": "NDVI + meteo",
 }
+#: Meteorological drivers the tower file can give (names of latentcube.sources.fluxnet.METEO_COLUMNS).
+METEO_DRIVERS: tuple[str, ...] = ("sw_in", "ta", "vpd")
 PROTOCOLS: tuple[str, ...] = ("year", "loso")
 PROTOCOL_LABELS = {"year": "year split", "loso": "leave-one-site-out"}
 #: Encoder halo in pixels (15 x 15 patches): the crop must carry this much real context around the
@@ -70,8 +82,16 @@ class GPPConfig:
     """Year split: calendar years whose GPP days are scored (paper: 2020)."""
     protocols: tuple[str, ...] = PROTOCOLS
     """``"year"`` and/or ``"loso"`` (leave-one-site-out over all years)."""
-    methods: tuple[str, ...] = METHODS
-    """Subset of :data:`METHODS`; ``embedding`` is always run."""
+    methods: tuple[str, ...] | None = None
+    """Subset of :data:`METHODS`; ``embedding`` is always run. None: the paper's five
+    (:data:`PAPER_METHODS`), plus :data:`METEO_METHODS` when ``meteo`` is set."""
+    meteo: tuple[str, ...] = ()
+    """Daily meteorological drivers read from the tower file (``sw_in``, ``ta``, ``vpd``: incoming shortwave,
+    air temperature, vapour pressure deficit), given to the ``*_meteo`` methods; empty = none (the paper)."""
+    flux_columns: str | None = None
+    """Column names of the tower files: a preset (``fluxnet2015``, ``eth``, ``reddyproc``) and/or
+    ``key=column`` items, e.g. ``"eth,ta=TA_T1_47_1"`` (see :func:`latentcube.sources.fluxnet.read_fluxnet`);
+    None = FLUXNET2015 names."""
     min_qc_fraction: float = 0.7
     """FLUXNET day filter (paper): NEE_VUT_REF_QC >= 0.7 ..."""
     min_gpp: float = 0.0
@@ -118,9 +138,16 @@ class GPPConfig:
             raise GPPError(f"weights={self.weights!r}: use 'uniform' or 'gaussian'.")
         if not 0 < self.min_valid_fraction <= 1:
             raise GPPError(f"min_valid_fraction={self.min_valid_fraction}: use a value in (0, 1].")
-        bad = [m for m in self.methods if m not in METHODS]
+        bad = [m for m in self.methods or () if m not in METHODS]
         if bad:
             raise GPPError(f"unknown methods {bad}. Fix: choose from {list(METHODS)}.")
+        badm = [m for m in self.meteo if m not in METEO_DRIVERS]
+        if badm:
+            raise GPPError(f"unknown meteorological drivers {badm}. Fix: choose from {list(METEO_DRIVERS)}.")
+        need = [m for m in self.methods or () if m in METEO_METHODS]
+        if need and not self.meteo:
+            raise GPPError(f"methods {need} need meteorological drivers. Fix: meteo=('sw_in', 'ta', 'vpd') "
+                           "(CLI: --meteo sw_in,ta,vpd).")
         badp = [p for p in self.protocols if p not in PROTOCOLS]
         if badp or not self.protocols:
             raise GPPError(f"protocols={list(self.protocols)}: choose from {list(PROTOCOLS)}.")
@@ -136,6 +163,12 @@ class GPPConfig:
             raise GPPError(f"climatology_by={self.climatology_by!r}: use 'veg_type' or 'all'.")
         if self.d_model % self.n_heads:
             raise GPPError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}.")
+
+    @property
+    def run_methods(self) -> list[str]:
+        """The methods this config runs, in report order, ``embedding`` first."""
+        chosen = self.methods if self.methods is not None else PAPER_METHODS + (METEO_METHODS if self.meteo else ())
+        return ["embedding", *[m for m in METHODS[1:] if m in chosen]]
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GPPConfig:

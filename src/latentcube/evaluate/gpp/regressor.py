@@ -50,14 +50,15 @@ class GPPTransformer(nn.Module):
 class _Prepared:
     """Standardised model inputs of every site for one method and one fit set."""
 
-    x: dict[str, np.ndarray]  # site -> (n_days, F + 1) float32: standardised features, NaN -> 0, + valid flag
+    x: dict[str, np.ndarray]  # site -> (n_days, F + G) float32: standardised features, NaN -> 0, + G valid flags
     mean: np.ndarray
     std: np.ndarray
 
 
 def _prepare(data: Mapping[str, SiteData], method: str, fit_days: Mapping[str, np.ndarray], doy: bool = False) -> _Prepared:
-    """Standardise with the fit days' statistics; NaN input days become 0 (the fit mean) and the extra last
-    column says which days had all features (1) or not (0), so a gap is never a value in disguise.
+    """Standardise with the fit days' statistics; NaN input days become 0 (the fit mean) and an extra column
+    per input group (``SiteData.groups``: e.g. embeddings, meteo) says which days had all of that group's
+    features (1) or not (0), so a gap is never a value in disguise.
     ``doy`` appends sin/cos of the day of year (a diagnostic: what the inputs add beyond the season)."""
     stack = np.concatenate([data[s].features[method][m] for s, m in fit_days.items() if m.any()])
     with warnings.catch_warnings():
@@ -68,9 +69,10 @@ def _prepare(data: Mapping[str, SiteData], method: str, fit_days: Mapping[str, n
     x = {}
     for s, d in data.items():
         f = d.features[method]
-        valid = np.isfinite(f).all(axis=1, keepdims=True)
+        edges = np.cumsum([0, *d.groups.get(method, [f.shape[1]])])
+        valid = [np.isfinite(f[:, a:b]).all(axis=1, keepdims=True) for a, b in zip(edges[:-1], edges[1:], strict=True)]
         z = np.where(np.isfinite(f), (f - mean) / std, 0.0)
-        cols = [z, valid]
+        cols = [z, *valid]
         if doy:
             a = 2 * np.pi * doy_index(d.days)[:, None] / 365.0
             cols += [np.sin(a), np.cos(a)]

@@ -22,7 +22,8 @@ def _plot_series(data: Mapping[str, SiteData], preds: Mapping[str, Mapping[str, 
     fig = Figure(figsize=(11, 2.1 * len(sites)))
     axes = fig.subplots(len(sites), 1, squeeze=False)
     styles = {"embedding": dict(color="tab:blue", lw=1.3), "ndvi": dict(color="tab:green", lw=0.9, alpha=0.8),
-              "climatology": dict(color="tab:red", lw=0.9, ls="--")}
+              "climatology": dict(color="tab:red", lw=0.9, ls="--"), "meteo": dict(color="tab:orange", lw=0.9, alpha=0.8),
+              "embedding_meteo": dict(color="tab:purple", lw=1.3)}
     for ax, s in zip(axes[:, 0], sites, strict=True):
         d = data[s]
         have = np.isfinite(preds["embedding"][s])
@@ -47,14 +48,14 @@ def _plot_series(data: Mapping[str, SiteData], preds: Mapping[str, Mapping[str, 
 
 def _plot_bars(results: Mapping[str, Any], methods: Sequence[str], path: Path) -> Path:
     protos = list(results)
-    fig = Figure(figsize=(7, 3))
+    fig = Figure(figsize=(max(7.0, 0.85 * len(methods)), 3.2))
     ax = fig.subplots()
     width = 0.8 / len(protos)
     for i, p in enumerate(protos):
         vals = [results[p]["scores"][m]["overall"]["nrmse"] for m in methods]
         ax.bar(np.arange(len(methods)) + i * width, vals, width, label=PROTOCOL_LABELS[p])
     ax.set_xticks(np.arange(len(methods)) + width * (len(protos) - 1) / 2)
-    ax.set_xticklabels([METHOD_LABELS[m] for m in methods], rotation=15, fontsize=7)
+    ax.set_xticklabels([METHOD_LABELS[m] for m in methods], rotation=20, ha="right", fontsize=7)
     ax.set_ylabel("NRMSE (RMSE / range)")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -70,8 +71,10 @@ def _fmt(v: Any, nd: int = 3) -> Any:
 
 
 
-def _improvement(scores: Mapping[str, Any], baseline: str) -> dict[str, Any]:
-    e, b = scores["embedding"]["overall"], scores[baseline]["overall"]
+def _improvement(scores: Mapping[str, Any], baseline: str, method: str = "embedding") -> dict[str, Any]:
+    """``method`` (default the per-date embeddings) against ``baseline``: overall NRMSE of both and the relative
+    reduction (the keys keep the ``embedding`` name for either method)."""
+    e, b = scores[method]["overall"], scores[baseline]["overall"]
     rel = (b["nrmse"] - e["nrmse"]) / b["nrmse"] if b["nrmse"] else float("nan")
     return {"nrmse_embedding": e["nrmse"], "nrmse_baseline": b["nrmse"], "relative_reduction": rel,
             "embedding_better": bool(e["nrmse"] < b["nrmse"])}
@@ -79,7 +82,7 @@ def _improvement(scores: Mapping[str, Any], baseline: str) -> dict[str, Any]:
 
 def _write_section(out_dir: Path, data: Mapping[str, SiteData], results: Mapping[str, Any], methods: Sequence[str],
                    improvement: Mapping[str, Any], sweep: Mapping[str, Any], figures: list, cfg: GPPConfig,
-                   doc: Mapping[str, Any]) -> Path:
+                   doc: Mapping[str, Any], improvement_meteo: Mapping[str, Any] | None = None) -> Path:
     from latentcube.evaluate.sections import table, write_section
 
     n_sites = len(data)
@@ -94,14 +97,21 @@ def _write_section(out_dir: Path, data: Mapping[str, SiteData], results: Mapping
         + ", ".join(f"{PROTOCOL_LABELS[p]}" + (f" (train {list(cfg.train_years)}, test {list(cfg.test_years)})" if p == "year" else "")
                     for p in results) + ".",
     ]
+    if cfg.meteo:
+        text.append(f"Meteorological drivers: daily {', '.join(m.upper() for m in cfg.meteo)} from the tower file, "
+                    "alone (meteo only) and beside each satellite input (+ meteo); each input keeps its own gap flag.")
     for p in results:
-        parts = []
-        for b, imp in improvement[p].items():
-            rel = imp["relative_reduction"]
-            verb = "lower" if rel > 0 else "higher"
-            parts.append(f"{METHOD_LABELS[b]} {imp['nrmse_baseline']:.3f} ({abs(rel) * 100:.0f} % {verb} with embeddings)")
-        text.append(f"{PROTOCOL_LABELS[p].capitalize()}: per-date embeddings NRMSE "
-                    f"{results[p]['scores']['embedding']['overall']['nrmse']:.3f} vs " + "; ".join(parts) + ".")
+        for method, comp in (("embedding", improvement[p]), ("embedding_meteo", (improvement_meteo or {}).get(p))):
+            if not comp:
+                continue
+            parts = []
+            for b, imp in comp.items():
+                rel = imp["relative_reduction"]
+                verb = "lower" if rel > 0 else "higher"
+                parts.append(f"{METHOD_LABELS[b]} {imp['nrmse_baseline']:.3f} ({abs(rel) * 100:.0f} % {verb} with "
+                             f"{METHOD_LABELS[method]})")
+            text.append(f"{PROTOCOL_LABELS[p].capitalize()}: {METHOD_LABELS[method]} NRMSE "
+                        f"{results[p]['scores'][method]['overall']['nrmse']:.3f} vs " + "; ".join(parts) + ".")
     tables = []
     overall_rows = [[PROTOCOL_LABELS[p], METHOD_LABELS[m], _fmt(results[p]["scores"][m]["overall"]["nrmse"]),
                      _fmt(results[p]["scores"][m]["overall"]["rmse"], 2), _fmt(results[p]["scores"][m]["overall"]["r2"]),
@@ -122,4 +132,6 @@ def _write_section(out_dir: Path, data: Mapping[str, SiteData], results: Mapping
         tables.append(table("Window-length sweep (year split, per-date embeddings)", ["window (d)", "NRMSE", "RMSE", "R²"],
                             [[int(w), _fmt(v["nrmse"]), _fmt(v["rmse"], 2), _fmt(v["r2"])] for w, v in sweep.items()]))
     return write_section(out_dir, "gpp", order=60, title="GPP from per-date embeddings", text=text, tables=tables,
-                         figures=figures, data={"improvement_over_baselines": improvement, "timings_s": doc["timings_s"]})
+                         figures=figures, data={"improvement_over_baselines": improvement,
+                                                        "improvement_with_meteo": improvement_meteo or {},
+                                                        "timings_s": doc["timings_s"]})

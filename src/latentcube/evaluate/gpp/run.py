@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 
 from latentcube.embed import file_sha256
-from latentcube.evaluate.gpp.config import METHODS, PROTOCOL_LABELS, GPPConfig, GPPError
+from latentcube.evaluate.gpp.config import PROTOCOL_LABELS, GPPConfig, GPPError
 from latentcube.evaluate.gpp.protocols import _run_protocols, _score
 from latentcube.evaluate.gpp.regressor import _device
 from latentcube.evaluate.gpp.report import _improvement, _plot_bars, _plot_series, _write_section
-from latentcube.evaluate.gpp.sites import SiteData, load_site_data, read_sites
+from latentcube.evaluate.gpp.sites import SiteData, load_site_data, read_site_flux, read_sites
 
 
 def evaluate_gpp(
@@ -55,7 +55,7 @@ def evaluate_gpp(
     t_start = _time.perf_counter()
     say = log or (lambda _m: None)
     cfg = config
-    methods = ["embedding", *[m for m in METHODS[1:] if m in cfg.methods]]
+    methods = cfg.run_methods
     out_dir = Path(out_dir)
     folder = out_dir / "evaluation" / "gpp"
     folder.mkdir(parents=True, exist_ok=True)
@@ -67,12 +67,17 @@ def evaluate_gpp(
     timings: dict[str, float] = {}
 
     t0 = _time.perf_counter()
+    # Every tower file first (seconds): a wrong column name or file stops the run before any embedding.
+    flux = {str(s): read_site_flux(fluxnet, str(s), cfg) for s in table["site_id"].unique()}
     data: dict[str, SiteData] = {}
     for site_id, rows in table.groupby("site_id", sort=False):
         t1 = _time.perf_counter()
         data[str(site_id)] = load_site_data(rows, checkpoint=checkpoint, fluxnet=fluxnet, cfg=cfg,
-                                            cache_dir=folder / "cache", sha256=sha)
-        say(f"  site {site_id}: {len(data[str(site_id)].days)} days, {_time.perf_counter() - t1:.1f} s")
+                                            cache_dir=folder / "cache", sha256=sha, flux=flux[str(site_id)])
+        d = data[str(site_id)]
+        n_gpp = int(np.isfinite(d.gpp).sum())
+        say(f"  site {site_id}: {len(d.days)} days, {n_gpp} ({n_gpp / len(d.days):.0%}) with GPP passing the filter, "
+            f"{_time.perf_counter() - t1:.1f} s")
     timings["site_series"] = _time.perf_counter() - t0
 
     results: dict[str, Any] = {}
@@ -121,6 +126,10 @@ def evaluate_gpp(
     pd.concat(pred_rows).to_csv(folder / "predictions.csv", index=False, float_format="%.4g")
 
     improvement = {p: {b: _improvement(res["scores"], b) for b in methods[1:]} for p, res in results.items()}
+    # With drivers, the question is whether the embeddings add to the weather: embeddings + meteo against the rest.
+    improvement_meteo = ({p: {b: _improvement(res["scores"], b, "embedding_meteo") for b in methods
+                              if b != "embedding_meteo"} for p, res in results.items()}
+                         if "embedding_meteo" in methods else {})
     timings["total"] = _time.perf_counter() - t_start
     doc = {
         "config": asdict(cfg),
@@ -131,6 +140,7 @@ def evaluate_gpp(
         "nrmse_definition": "RMSE / (max - min of the observed daily GPP of the same group: site, vegetation type or all)",
         "protocols": {p: {"scores": res["scores"], "training": res["training"]} for p, res in results.items()},
         "improvement_over_baselines": improvement,
+        "improvement_with_meteo": improvement_meteo,
         "sweep": sweep,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }
@@ -138,7 +148,7 @@ def evaluate_gpp(
 
     (folder / "metrics.json").write_text(json.dumps(_clean(doc), indent=1) + "\n", encoding="utf-8")
     if write_report_section:
-        _write_section(out_dir, data, results, methods, improvement, sweep, figures, cfg, doc)
+        _write_section(out_dir, data, results, methods, improvement, sweep, figures, cfg, doc, improvement_meteo)
     say(f"GPP evaluation: {timings['total']:.1f} s -> {folder}")
     return doc
 

@@ -146,9 +146,10 @@ def _fluxnet_file(fluxnet: str | Path | Mapping[str, str | Path], site_id: str) 
     folder = Path(fluxnet)
     if not folder.is_dir():
         raise GPPError(f"no such FLUXNET folder: {folder}. Fix: pass the folder with FLX_<SITE>_*.csv files.")
-    found = sorted(folder.glob(f"FLX_{site_id}_*.csv")) + sorted(folder.glob(f"*{site_id}*.csv"))
+    found = [f for pattern in (f"FLX_{site_id}_*", f"*{site_id}*") for f in sorted(folder.glob(pattern))
+             if f.suffix.lower() in (".csv", ".parquet", ".pq")]
     if not found:
-        raise GPPError(f"no FLUXNET file for site {site_id} in {folder} (expected FLX_{site_id}_*.csv).")
+        raise GPPError(f"no FLUXNET file for site {site_id} in {folder} (expected FLX_{site_id}_*.csv or .parquet).")
     rank = {"_DD_": 0, "_HH_": 1, "_HR_": 2}  # daily files first: no sub-daily aggregation needed
     return sorted(dict.fromkeys(found), key=lambda p: min([v for k, v in rank.items() if k in p.name] or [3]))[0]
 
@@ -167,6 +168,7 @@ class SiteData:
     features: dict[str, np.ndarray] = field(default_factory=dict)  # method -> (n_days, F) float32, NaN gaps
     feature_names: dict[str, list[str]] = field(default_factory=dict)
     n_dates: int = 0
+    groups: dict[str, list[int]] = field(default_factory=dict)  # method -> feature count of each input (one validity flag each)
 
 
 def _series_from_cube(ds: xr.Dataset, emb: xr.DataArray, row: int, col: int, cfg: GPPConfig, w: np.ndarray
@@ -205,11 +207,20 @@ def _series_from_cube(ds: xr.Dataset, emb: xr.DataArray, row: int, col: int, cfg
     return out
 
 
-def load_site_data(site_rows: pd.DataFrame, *, checkpoint: str | Path, fluxnet: str | Path | Mapping[str, str | Path],
-                   cfg: GPPConfig, cache_dir: str | Path | None = None, sha256: str | None = None) -> SiteData:
-    """Daily per-method inputs and filtered daily GPP of one site (all rows of ``site_rows`` = its cubes)."""
+def read_site_flux(fluxnet: str | Path | Mapping[str, str | Path], site_id: str, cfg: GPPConfig) -> pd.DataFrame:
+    """The site's daily tower table (:func:`latentcube.sources.fluxnet.read_fluxnet` with ``cfg.flux_columns``;
+    the drivers of ``cfg.meteo`` must be in the file), with the paper's day filter applied to ``gpp``."""
     from latentcube.sources.fluxnet import filter_fluxnet, read_fluxnet
 
+    flux = read_fluxnet(_fluxnet_file(fluxnet, site_id), columns=cfg.flux_columns, require=cfg.meteo)
+    return filter_fluxnet(flux, min_qc_fraction=cfg.min_qc_fraction, min_gpp=cfg.min_gpp, drop=False)
+
+
+def load_site_data(site_rows: pd.DataFrame, *, checkpoint: str | Path, fluxnet: str | Path | Mapping[str, str | Path],
+                   cfg: GPPConfig, cache_dir: str | Path | None = None, sha256: str | None = None,
+                   flux: pd.DataFrame | None = None) -> SiteData:
+    """Daily per-method inputs and filtered daily GPP of one site (all rows of ``site_rows`` = its cubes).
+    ``flux``: the site's :func:`read_site_flux` table when already read."""
     site_id = str(site_rows["site_id"].iloc[0])
     w = footprint_weights(cfg.radius_px, cfg.weights, cfg.sigma_px)
     parts: dict[str, list[tuple[Any, np.ndarray]]] = {}
@@ -258,13 +269,23 @@ def load_site_data(site_rows: pd.DataFrame, *, checkpoint: str | Path, fluxnet: 
     ann = np.where((idx >= 0)[:, None], v[np.clip(idx, 0, None)], np.nan)
     feats["annual_embedding"] = ann.astype("float32")
 
-    flux = read_fluxnet(_fluxnet_file(fluxnet, site_id))
-    flux = filter_fluxnet(flux, min_qc_fraction=cfg.min_qc_fraction, min_gpp=cfg.min_gpp, drop=False)
+    if flux is None:
+        flux = read_site_flux(fluxnet, site_id, cfg)
     gpp = flux["gpp"].reindex(days).to_numpy(dtype="float64")
     if not np.isfinite(gpp).any():
         raise GPPError(f"site {site_id}: no GPP day passes the filter within the cube period {days[0].date()}-{days[-1].date()}. "
                        "Fix: check the FLUXNET file's years and QC.")
-    return SiteData(site_id, str(site_rows["veg_type"].iloc[0]), days, gpp, feats,
-                    {k: names[k] for k in ("embedding", "annual_embedding", "ndvi", "bands")}, n_dates)
+    names = {k: names[k] for k in ("embedding", "annual_embedding", "ndvi", "bands")}
+    groups = {k: [f.shape[1]] for k, f in feats.items()}
+    if cfg.meteo:
+        # Daily tower drivers on the same days (NaN where the file has none); each input keeps its own
+        # validity flag beside them (groups), so a day without S2 still has its weather.
+        met = flux[list(cfg.meteo)].reindex(days).to_numpy(dtype="float32")
+        feats["meteo"], names["meteo"], groups["meteo"] = met, [m.upper() for m in cfg.meteo], [met.shape[1]]
+        for base in ("embedding", "bands", "ndvi"):
+            feats[f"{base}_meteo"] = np.concatenate([feats[base], met], axis=1)
+            names[f"{base}_meteo"] = names[base] + names["meteo"]
+            groups[f"{base}_meteo"] = [feats[base].shape[1], met.shape[1]]
+    return SiteData(site_id, str(site_rows["veg_type"].iloc[0]), days, gpp, feats, names, n_dates, groups)
 
 
