@@ -437,7 +437,7 @@ def _coverage_cube(**kw):
 
 
 def test_s1_coverage_counts_dates_and_pixels():
-    from latentcube.cube import s1_coverage
+    from latentcube.cube_checks import s1_coverage
 
     assert s1_coverage(_coverage_cube()) == (cov := s1_coverage(_coverage_cube())) and cov.date_share == 1.0
     assert cov.pixel_share == 1.0
@@ -454,7 +454,7 @@ def test_s1_coverage_counts_dates_and_pixels():
 
 
 def test_check_s1_coverage_errors_on_none_warns_on_little_unless_allowed():
-    from latentcube.cube import check_s1_coverage
+    from latentcube.cube_checks import check_s1_coverage
 
     t = pd.DatetimeIndex(_coverage_cube()["time"].values)
     never = _coverage_cube(time_s1=t + pd.Timedelta("400D"))
@@ -482,3 +482,53 @@ def test_cli_validate_refuses_s1_that_meets_no_s2_date_unless_allowed(tmp_path, 
     with pytest.raises(SystemExit) as exc, pytest.warns(UserWarning, match="S1 absent as allowed"):
         main(["validate", str(tmp_path / "c.zarr"), "--allow-missing-s1"])
     assert exc.value.code == 0 and "valid" in capsys.readouterr().out
+
+
+def test_scan_cube_counts_every_value_exactly(tmp_path):
+    from latentcube.cube_checks import scan_cube
+
+    ds = make_cube(n_time=4, ny=6, nx=7)
+    s2 = ds["s2"].values.copy()
+    s2[1, 3, 2, 2] = 1e30  # two impossible pixel-dates, one of them in two bands
+    s2[2, :2, 4, 4] = np.inf
+    s1 = ds["s1"].values.copy()
+    s1[0, 1, 0, 0] = -1.0
+    ds = ds.assign(s2=(ds["s2"].dims, s2), s1=(ds["s1"].dims, s1))
+    for cube in (ds, open_cube(save_cube(ds, tmp_path / "c.zarr"))):  # in memory and chunk by chunk
+        scans = scan_cube(cube)
+        assert scans["s2"].values == s2.size and scans["s2"].missing == int(np.isnan(s2).sum()) == 10
+        assert scans["s2"].impossible_pixel_dates == 2 and scans["s2"].pixel_dates == 4 * 6 * 7
+        assert scans["s1"].impossible_pixel_dates == 1 and scans["s1"].missing == 0
+
+
+def test_a_chunk_that_does_not_decode_is_named_by_validate_full(tmp_path):
+    """A chunk file of the right size whose payload is garbage: the codec's message names no file; the plain
+    validate says how to find it, --full names it. In a subprocess: a decoder crash must fail this test only."""
+    path = save_cube(make_cube(n_time=12, ny=40, nx=40), tmp_path / "c.zarr")
+    chunk = _chunk(path)
+    data = bytearray(chunk.read_bytes())
+    data[32:] = np.random.default_rng(0).integers(0, 256, len(data) - 32).astype("uint8").tobytes()
+    chunk.write_bytes(bytes(data))
+
+    def run(*extra):
+        proc = subprocess.run([sys.executable, "-m", "latentcube.cli", "validate", "c.zarr", *extra], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1, proc.stderr
+        return " ".join(proc.stderr.split())
+
+    plain = run()
+    assert "cannot read 's2': a chunk file does not decode" in plain and "Fix: `latentcube validate --full" in plain
+    assert "cannot decode variable 's2', chunk file c.zarr/s2/0.0.0.0" in run("--full")
+
+
+def test_cli_validate_full_prints_exact_counts(tmp_path, capsys):
+    from latentcube.cli import main
+
+    ds = make_cube(s1=False)
+    s2 = ds["s2"].values.copy()
+    s2[1, 0, 2, 2] = np.inf
+    save_cube(ds.assign(s2=(ds["s2"].dims, s2)), tmp_path / "c.zarr")
+    with pytest.raises(SystemExit) as exc, pytest.warns(UserWarning, match="infinite"):
+        main(["validate", str(tmp_path / "c.zarr"), "--full"])
+    assert exc.value.code == 0
+    assert "s2: 10 of 1,680 values missing (0.6%); 1 of 168 pixel-dates with impossible values" in capsys.readouterr().out

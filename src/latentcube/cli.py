@@ -86,13 +86,20 @@ def info(
 def validate(
     cube: Annotated[Path, typer.Argument(help="A cube (*.zarr or *.nc).")],
     allow_missing_s1: Annotated[bool, typer.Option("--allow-missing-s1", help="Accept S1 that covers none of the S2 dates or pixels.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="Also read every chunk: exact counts of missing and impossible values.")] = False,
 ) -> None:
     """Check a cube against the data model; exit 1 with the problem and the fix if it is invalid."""
-    from latentcube.cube import check_s1_coverage, open_cube, validate_cube
+    from latentcube.cube import open_cube, validate_cube
+    from latentcube.cube_checks import check_s1_coverage, scan_cube
 
-    ds = validate_cube(open_cube(cube))
+    ds = open_cube(cube)
+    scans = scan_cube(ds, cube if cube.is_dir() else None) if full else {}  # first: it names an undecodable chunk
+    validate_cube(ds)
     if "s1" in ds:  # a cube with S1 is meant for fusion: S1 that meets no S2 date or pixel is an error
         check_s1_coverage(ds, allow_missing=allow_missing_s1, what="fusion")
+    for s in scans.values():
+        out.print(f"{s.variable}: {s.missing:,} of {s.values:,} values missing ({s.missing / max(s.values, 1):.1%}); "
+                  f"{s.impossible_pixel_dates:,} of {s.pixel_dates:,} pixel-dates with impossible values (read as NaN)")
     out.print(f"{cube}: valid")
 
 

@@ -19,7 +19,6 @@ import os
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +30,11 @@ from pyproj import CRS
 from latentcube import __version__
 from latentcube.constants import S1_BANDS, S1_DIMS, S2_BANDS, S2_DIMS
 from latentcube.errors import LatentcubeError
-from latentcube.timeutils import nearest_index
 
 __all__ = [
     "S1_PHYSICAL_RANGE",
     "S2_PHYSICAL_RANGE",
     "CubeError",
-    "S1Coverage",
-    "check_s1_coverage",
     "cube_crs",
     "impossible_values",
     "is_cube_store",
@@ -46,7 +42,6 @@ __all__ = [
     "new_cube",
     "open_cube",
     "pixel_size_m",
-    "s1_coverage",
     "save_cube",
     "set_crs",
     "validate_cube",
@@ -216,7 +211,21 @@ def _sample(da: xr.DataArray, target: int = _SAMPLE_TARGET) -> np.ndarray:
     da = _chunk_windows(da)
     step = max(1, int(np.ceil((da.size / max(target, 1)) ** (1 / max(da.ndim, 1)))))
     sub = da.isel({d: slice(None, None, step) for d in da.dims})
-    return np.asarray(sub.values, dtype="float64").ravel()
+    return np.asarray(_read(sub), dtype="float64").ravel()
+
+
+def _read(da: xr.DataArray) -> np.ndarray:
+    """``da.values``, with a decode failure of a corrupt chunk turned into a :class:`CubeError` with the fix
+    (the codecs' own messages, e.g. "error during blosc decompression: -1", name no file)."""
+    try:
+        return np.asarray(da.values)
+    except LatentcubeError:
+        raise
+    except Exception as err:  # every codec raises its own type
+        raise CubeError(
+            f"cannot read '{da.name}': a chunk file does not decode ({type(err).__name__}: {err}). Fix: "
+            "`latentcube validate --full CUBE` names the chunk file; re-create the cube or restore that file."
+        ) from err
 
 
 #: Share of sampled pixel-dates with every band exactly 0 above which a cube is refused (below: a warning).
@@ -230,7 +239,7 @@ def _check_zero_pixels(da: xr.DataArray, name: str) -> None:
     band_dim = da.dims[1]
     other = [d for d in da.dims if d != band_dim]
     step = max(1, int(np.ceil((da.size / da.sizes[band_dim] / (_SAMPLE_TARGET // 10)) ** (1 / len(other)))))
-    sub = np.asarray(da.isel({d: slice(None, None, step) for d in other}).values)
+    sub = _read(da.isel({d: slice(None, None, step) for d in other}))
     zero = (sub == 0).all(axis=1)
     n = int(zero.sum())
     if not n:
@@ -408,7 +417,7 @@ def _check_s2(ds: xr.Dataset) -> None:
 
     sample = _sample(s2)
     valid = sample[np.isfinite(sample)]
-    if valid.size == 0 and not bool(np.isfinite(s2).any()):
+    if valid.size == 0 and not bool(_read(np.isfinite(s2).any())):
         raise CubeError(
             "no valid S2 observation: every s2 value is NaN. Fix: check the cloud mask, the nodata value "
             "and the date range."
@@ -466,85 +475,6 @@ def _check_s1(ds: xr.Dataset, require_s1: bool) -> None:
         _check_impossible(s1_all, "s1")
     elif require_s1:
         raise CubeError("missing 's1': this step needs Sentinel-1. Fix: fetch or import S1 (VV, VH) into the cube.")
-
-
-# ---------------------------------------------------------------------------------- S1 coverage
-
-#: Share of S2 dates (or of S2 pixels) with S1 below which :func:`check_s1_coverage` warns. With one
-#: S1 orbit (12-day revisit) and matching within 6 days, every S2 date has an S1 acquisition; under half
-#: means S1 is partly absent (another grid, other dates, lost chunks), not a revisit gap.
-S1_COVERAGE_WARN = 0.5
-
-
-@dataclass(frozen=True)
-class S1Coverage:
-    """How much of the S2 series has Sentinel-1 to fuse with (from a sample of pixels, every date)."""
-
-    s2_dates: int
-    dates_covered: int
-    """S2 dates whose nearest S1 acquisition is within ``max_gap_days`` and holds valid data."""
-    pixel_share: float
-    """Of the sampled pixels with valid S2, the share with valid S1 on some date."""
-
-    @property
-    def date_share(self) -> float:
-        return self.dates_covered / self.s2_dates if self.s2_dates else 0.0
-
-
-def s1_coverage(ds: xr.Dataset, *, max_gap_days: float = 6.0) -> S1Coverage:
-    """Measure :class:`S1Coverage` of a cube with ``s2`` (no ``s1``: zero coverage). Reads every date of
-    a strided pixel sample within a few storage chunk windows, like the range checks of validation."""
-    n2 = ds.sizes.get("time", 0)
-    if "s1" not in ds or "s2" not in ds or ds.sizes.get("time_s1", 0) == 0 or n2 == 0:
-        return S1Coverage(n2, 0, 0.0)
-
-    def pixels(da: xr.DataArray) -> xr.DataArray:
-        da = _chunk_windows(da)
-        per_pixel = da.size / max(da.sizes["y"] * da.sizes["x"], 1)
-        step = max(1, int(np.ceil(np.sqrt(da.sizes["y"] * da.sizes["x"] * per_pixel / _SAMPLE_TARGET))))
-        return da.isel(y=slice(None, None, step), x=slice(None, None, step))
-
-    s1_ok = np.isfinite(np.asarray(pixels(ds["s1"]).values)).any(axis=1)  # (time_s1, y, x)
-    s2_ok = np.isfinite(np.asarray(pixels(ds["s2"]).values)).all(axis=1).any(axis=0)  # (y, x)
-    idx = nearest_index(ds["time_s1"].values, ds["time"].values, max_gap_days)
-    within, nearest = idx >= 0, np.maximum(idx, 0)
-    dates = int(np.sum(within & s1_ok.any(axis=(1, 2))[nearest]))
-    share = float(s1_ok.any(axis=0)[s2_ok].mean()) if s2_ok.any() else 0.0
-    return S1Coverage(n2, dates, share)
-
-
-def check_s1_coverage(ds: xr.Dataset, *, max_gap_days: float = 6.0, allow_missing: bool = False,
-                      what: str = "this model") -> S1Coverage:
-    """Check that a cube has Sentinel-1 where a step that fuses S1 with S2 needs it; return the coverage.
-
-    Raises :class:`CubeError` when S1 is absent or covers none of the S2 dates or pixels (S1 on another
-    grid, dates that never meet S2's, lost chunks), unless ``allow_missing``; warns with the shares when
-    it covers fewer than :data:`S1_COVERAGE_WARN` of them (or, with ``allow_missing``, none). ``what``
-    names the step in messages.
-    """
-    import warnings
-
-    cov = s1_coverage(ds, max_gap_days=max_gap_days)
-    where = (f"S1 covers {cov.dates_covered} of {cov.s2_dates} S2 dates ({cov.date_share:.0%}; nearest acquisition "
-             f"within {max_gap_days:g} days holding data) and {cov.pixel_share:.0%} of the sampled S2 pixels")
-    if "s1" not in ds:
-        where = "the cube has no 's1'"
-    causes = ("S1 on another grid, S1 dates outside the S2 period, or lost S1 chunks")
-    if cov.dates_covered == 0 or cov.pixel_share == 0:
-        if not allow_missing:
-            raise CubeError(
-                f"{what} fuses Sentinel-1 with Sentinel-2, but {where}: its embeddings would be made with S1 "
-                f"absent ({causes}). Fix: import or fetch S1 on the cube's grid and dates (`latentcube info` "
-                "shows both date ranges), or pass --allow-missing-s1 (allow_missing_s1=True) to accept S1 absent."
-            )
-        warnings.warn(f"{where}; continuing with S1 absent as allowed (--allow-missing-s1).", stacklevel=2)
-    elif cov.date_share < S1_COVERAGE_WARN or cov.pixel_share < S1_COVERAGE_WARN:
-        warnings.warn(
-            f"{where}: elsewhere {what} runs with S1 absent ({causes}). Fix: check the S1 import "
-            "(`latentcube info` shows both date ranges and valid fractions).",
-            stacklevel=2,
-        )
-    return cov
 
 
 # --------------------------------------------------------------------------------------------- I/O
