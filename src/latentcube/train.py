@@ -4,12 +4,19 @@ fusion layers on top of the frozen stage-1 encoders and decoders (paper §III-B/
 Models (``latentcube.nn``) know nothing of optimisers or files; the tasks here own losses, metrics,
 optimisers, schedules and freezing. Checkpoints exported by :func:`save_model` are self-describing
 (architecture arguments, normalisation, band order, date convention, config, package version) and load
-with ``torch.load(weights_only=True)``; Lightning's ``last.ckpt`` is kept only to resume.
+with ``torch.load(weights_only=True)``; Lightning's ``last.ckpt`` is kept only to resume, and is read with
+``weights_only=True`` too (a checkpoint is data, never code). Checkpoints, ``metrics.csv`` and model
+files are written atomically, ``metrics.csv`` keeps every epoch across re-runs, and training stops at
+the first non-finite loss or weight instead of saving a NaN model.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
+import pickle
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,17 +25,19 @@ from typing import Any, Literal
 
 import lightning as L
 import numpy as np
-import pandas as pd
 import torch
 import xarray as xr
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.plugins import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader
 
 from latentcube.config import ConfigError, Range, check_ranges, from_dict, load_yaml, to_dict
 from latentcube.constants import model_band_selection
 from latentcube.cube import CubeError, open_cube, pixel_size_m, validate_cube
+from latentcube.errors import LatentcubeError
+from latentcube.files import atomic_torch_save, atomic_write_text
 from latentcube.heap import grow_heap_in_large_steps
 from latentcube.losses import (
     FusionLoss,
@@ -68,9 +77,11 @@ __all__ = [
     "FusionTask",
     "OptimConfig",
     "TrainConfig",
+    "TrainError",
     "TrainerConfig",
     "build_model",
     "check_data",
+    "load_checkpoint",
     "load_model",
     "load_train_config",
     "model_bands",
@@ -79,6 +90,10 @@ __all__ = [
 ]
 
 Stage = Literal["s1", "s2", "fusion"]
+
+
+class TrainError(LatentcubeError, RuntimeError):
+    """Training cannot go on: a checkpoint that is corrupt or not data only, a non-finite loss or weight."""
 
 
 # ------------------------------------------------------------------------------------------ configs
@@ -301,7 +316,27 @@ class _StageTask(L.LightningModule):
         raise NotImplementedError
 
     def training_step(self, batch, batch_idx):
-        return self._step(batch, "train").total
+        loss = self._step(batch, "train").total
+        # All ranks decide together, so that under DDP no rank waits for one that stopped.
+        if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss.detach())), all=True):
+            raise TrainError(self._non_finite(f"the training loss is {float(loss.detach())}"))
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # One device sync for all tensors; the names are looked up only when something is wrong.
+        params = [p for p in self.parameters() if p.requires_grad]
+        if params and not bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()):
+            bad = [n for n, p in self.named_parameters() if p.requires_grad and not torch.isfinite(p.detach()).all()]
+            shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+            raise TrainError(self._non_finite(f"{len(bad)} weight tensor(s) became non-finite ({shown})"))
+
+    def _non_finite(self, what: str) -> str:
+        return (
+            f"training stopped: {what} at epoch {self.current_epoch}, step {self.global_step}; no model was saved "
+            "from it. Likely cause: non-finite or extreme values (inf, 1e30) in the training cubes that no mask "
+            "caught, or a learning rate too high. Fix: check the cubes with `latentcube validate` and mask or "
+            "remove those values (or lower optim.lr), then train again"
+        )
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
@@ -546,6 +581,150 @@ def _physical_scale(norm: Normalization, sensors: Mapping[str, tuple[str, ...]])
     return {s: [float(tables[s][b][1] - tables[s][b][0]) for b in bands] for s, bands in sensors.items()}
 
 
+# ------------------------------------------------------------------------------ run files
+
+
+#: Globals besides tensors and plain containers that a Lightning checkpoint of these tasks may hold, allowed
+#: while loading it with ``weights_only=True``. Lightning 2.6 checkpoints of every stage need none (tested);
+#: one a later Lightning adds goes here, never a general unpickler.
+CHECKPOINT_SAFE_GLOBALS: tuple[Any, ...] = ()
+
+
+def _unsafe_global(err: Exception) -> str:
+    """The "Unsupported global" line of torch's weights-only refusal (its other lines advise loading unsafely)."""
+    lines = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+    return lines[0] if lines else type(err).__name__
+
+
+def load_checkpoint(path: str | Path, *, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a Lightning checkpoint of ``run_training`` as data only (``torch.load(weights_only=True)``).
+
+    A checkpoint carrying anything but tensors, plain containers and ``CHECKPOINT_SAFE_GLOBALS`` (a pickled
+    object whose ``__reduce__`` would run a command) is refused before anything in it runs; a truncated or
+    corrupt file is named. Both raise :class:`TrainError` with the fix.
+    """
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(list(CHECKPOINT_SAFE_GLOBALS)):
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise TrainError(
+            f"checkpoint {path} holds more than weights and training state ({_unsafe_global(err)}); it was not "
+            "loaded, as loading it could run code. Fix: delete it and train again from the start, or train into "
+            "a new --out; resume only from checkpoints this program wrote"
+        ) from err
+    except Exception as err:  # torch reports a damaged zip archive, pickle or storage in many ways
+        raise TrainError(
+            f"checkpoint {path} is corrupt or truncated ({str(err).splitlines()[0] if str(err) else type(err).__name__}). "
+            f"Fix: delete {path} to start this run again from the first epoch, or train into a new --out"
+        ) from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise TrainError(f"{path} is not a training checkpoint (no state_dict). Fix: delete it, or train into a "
+                         "new --out")
+    return ckpt
+
+
+class _SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint files, written atomically (a full disk or a kill leaves the previous
+    checkpoint, never a truncated one) and read as data only (:func:`load_checkpoint`)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("storage_options are not supported by latentcube's checkpoint files")
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(path, map_location=map_location if map_location is not None else "cpu")
+
+
+def _step_of(row: Mapping[str, Any]) -> float:
+    try:
+        return float(row.get("step", "nan"))
+    except (TypeError, ValueError):
+        return math.nan
+
+
+class _RunMetrics(Logger):
+    """``metrics.csv`` of a run: every value logged, one row per log call, kept across resumes and re-runs.
+
+    Written by hand because Lightning's ``CSVLogger`` deletes the file a new run finds and appends in place:
+    a re-run of a finished run lost the history, and a kill could truncate it. This logger starts from the
+    rows already there when resuming, replaces those from the first step the run logs onward (work after
+    the checkpoint, done again) and writes the whole file atomically.
+    """
+
+    def __init__(self, path: Path, *, resume: bool) -> None:
+        super().__init__()
+        self.path = path
+        self.history = self._read(path) if resume and path.exists() else []
+        self.rows: list[dict[str, Any]] = []
+        self._dirty = False
+
+    @staticmethod
+    def _read(path: Path) -> list[dict[str, Any]]:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        good = [r for r in rows if not math.isnan(_step_of(r))]
+        if len(good) < len(rows):
+            warnings.warn(f"{path}: {len(rows) - len(good)} damaged row(s) without a step dropped", stacklevel=3)
+        return good
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str:
+        return str(self.path.parent)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass  # the run's config.yaml holds them
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        row = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+        row["step"] = len(self.history) + len(self.rows) if step is None else step
+        self.rows.append(row)
+        self._dirty = True
+
+    def merged(self) -> list[dict[str, Any]]:
+        """The history before this run's first logged step, then this run's rows."""
+        first = min((_step_of(r) for r in self.rows), default=math.inf)
+        return [r for r in self.history if _step_of(r) < first] + self.rows
+
+    def last_values(self) -> dict[str, float]:
+        """Each metric's last logged value (not epoch and step), as ``trainer.callback_metrics`` holds them."""
+        values: dict[str, float] = {}
+        for row in self.merged():
+            for k, v in row.items():
+                if k in ("epoch", "step") or v in ("", None):
+                    continue
+                values[k] = float(v)
+        return values
+
+    @rank_zero_only
+    def save(self) -> None:
+        if not self._dirty:
+            return
+        rows = self.merged()
+        keys = sorted({k for r in rows for k in r})
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path, buf.getvalue())
+        self._dirty = False
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()
+
+
 def build_task(cfg: TrainConfig, *, base_dir: Path | None = None) -> tuple[_StageTask, Normalization]:
     """The Lightning task of a config (fusion: loads the stage-1 model files)."""
     norm = normalization_of(cfg)
@@ -735,8 +914,11 @@ def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool =
                  data: CubeDataModule | None = None) -> dict[str, Any]:
     """Train one stage; resume from ``out_dir/checkpoints/last.ckpt`` when present.
 
-    Writes ``out_dir/metrics.csv`` (per-epoch loss parts), TensorBoard logs with ``trainer.tensorboard``, ``model.pt`` (best
-    validation ``optim.monitor``), ``config.yaml`` and ``test_metrics.json``. Returns a summary dict.
+    Writes ``out_dir/metrics.csv`` (per-epoch loss parts of every epoch, kept across resumes and re-runs),
+    TensorBoard logs with ``trainer.tensorboard``, ``model.pt`` (best validation ``optim.monitor``), ``config.yaml`` and
+    ``test_metrics.json``, each atomically. Raises :class:`TrainError` for a checkpoint that is corrupt or
+    holds more than data, and at the first non-finite loss or weight (nothing is saved then).
+    Returns a summary dict.
     ``data``: a ``CubeDataModule`` of this ``cfg`` to train on (default: a new one), so a caller can
     go on using its indexed datasets afterwards (the demo scores on them); it must use the stage's
     normalisation.
@@ -757,7 +939,12 @@ def _run_training(cfg: TrainConfig, *, base_dir: Path | None, test: bool, data: 
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     _check_resumable(out, cfg)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    ckpt_dir = out / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    resume = last.exists()
+    if resume:  # refuse a corrupt or hostile checkpoint now, not after indexing the data
+        load_checkpoint(last)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     task, norm = build_task(cfg, base_dir=base_dir)
     if data is None:
         data = CubeDataModule(cfg, norm, base_dir=base_dir)
@@ -770,14 +957,14 @@ def _run_training(cfg: TrainConfig, *, base_dir: Path | None, test: bool, data: 
     rank_zero_info("data: " + ", ".join(f"{split} {n} patches from {len(data.split_paths[split])} cube(s)"
                                         for split, n in patches.items())
                    + (" (strips of the same cubes: data.spatial_split)" if data.split_regions is not None else ""))
-    ckpt_dir = out / "checkpoints"
-    if not (ckpt_dir / "last.ckpt").exists():  # a resumed run takes its weights from the checkpoint
+    if not resume:  # a resumed run takes its weights from the checkpoint
         warm_start(task, data, cfg)
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.optim.monitor, mode="min",
                                  save_top_k=1, enable_version_counter=False)
     # A second, unmonitored callback writes last.ckpt every epoch: Lightning 2.6's save_last refreshes
     # last.ckpt only when a new best is saved, which would resume from a stale epoch.
     latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    metrics_log = _RunMetrics(out / "metrics.csv", resume=resume)
     tcfg = cfg.trainer
     devices: Any = tcfg.devices if tcfg.devices == "auto" else int(tcfg.devices)
     trainer = L.Trainer(
@@ -793,7 +980,8 @@ def _run_training(cfg: TrainConfig, *, base_dir: Path | None, test: bool, data: 
         limit_train_batches=tcfg.limit_train_batches,
         limit_val_batches=tcfg.limit_val_batches,
         log_every_n_steps=tcfg.log_every_n_steps,
-        logger=[CSVLogger(out, name="", version=""), *_tensorboard(out, tcfg)],
+        logger=[metrics_log, *_tensorboard(out, tcfg)],
+        plugins=[_SafeCheckpointIO()],
         callbacks=[checkpoint, latest, LearningRateMonitor(logging_interval="epoch")],
         deterministic=not torch.cuda.is_available() or "warn",
         enable_progress_bar=tcfg.enable_progress_bar,
@@ -801,33 +989,24 @@ def _run_training(cfg: TrainConfig, *, base_dir: Path | None, test: bool, data: 
         use_distributed_sampler=False,  # BlockShuffleSampler shards by rank itself
         num_sanity_val_steps=0,
     )
-    last = ckpt_dir / "last.ckpt"
-    metrics_csv = out / "metrics.csv"
-    # Lightning's CSV logger rewrites metrics.csv from scratch; keep the epochs before a resume.
-    previous = pd.read_csv(metrics_csv) if last.exists() and metrics_csv.exists() else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*LightningDataModule.*")
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen sensors, by design
-        warnings.filterwarnings("ignore", message=".*Previous log files in this directory will be deleted.*")
-        trainer.fit(task, datamodule=data, ckpt_path=last if last.exists() else None,
-                    weights_only=False if last.exists() else None)
-    if previous is not None and trainer.global_rank == 0 and metrics_csv.exists():
-        current = pd.read_csv(metrics_csv)
-        first_new = current["step"].min() if len(current) else np.inf
-        pd.concat([previous[previous["step"] < first_new], current]).to_csv(metrics_csv, index=False)
+        trainer.fit(task, datamodule=data, ckpt_path=last if resume else None, weights_only=True)
     summary: dict[str, Any] = {"out_dir": str(out), "epochs": trainer.current_epoch, "global_step": trainer.global_step,
                                "patches": patches}
     if trainer.global_rank != 0:
         return summary
     best_path = checkpoint.best_model_path or str(last)
     if best_path and Path(best_path).exists():
-        state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
-        task.load_state_dict(state)
+        task.load_state_dict(load_checkpoint(best_path)["state_dict"])
     summary["best_checkpoint"] = best_path
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    # A re-run of a finished run trains nothing and logs nothing: its model file keeps the run's metrics.
+    metrics = metrics or metrics_log.last_values()
     summary["model"] = str(save_model(out / "model.pt", task.model, normalization=norm, config=cfg,
-                                      metrics={k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
-                                      pixel_size_m=pixel_size))
+                                      metrics=metrics, pixel_size_m=pixel_size))
     if test:
         test_trainer = L.Trainer(accelerator=tcfg.accelerator, devices=1, precision=_precision(tcfg), logger=False,
                                  enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
@@ -835,6 +1014,6 @@ def _run_training(cfg: TrainConfig, *, base_dir: Path | None, test: bool, data: 
         metrics = {k: float(v) for k, v in metrics.items()}
         metrics["split"] = "test" if data.split_paths.get("test") else "val"
         metrics["units"] = {s: PHYSICAL_UNITS.get(s, "normalised") for s in task.physical_scale}
-        (out / "test_metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        atomic_write_text(out / "test_metrics.json", json.dumps(metrics, indent=2))
         summary["test_metrics"] = metrics
     return summary

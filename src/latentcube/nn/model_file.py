@@ -9,7 +9,6 @@ process that loads a model seconds and memory (benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,16 +17,22 @@ import torch
 
 from latentcube import __version__
 from latentcube.config import from_dict, to_dict
+from latentcube.errors import LatentcubeError
+from latentcube.files import atomic_torch_save
 from latentcube.preprocess import Normalization
 
 from .autoencoder import AutoencoderConfig, SensorAutoencoder
 from .fusion import FusionConfig, FusionModel
 
-__all__ = ["MODEL_FORMAT", "DATES_CONVENTION", "build_model", "save_model", "load_model"]
+__all__ = ["MODEL_FORMAT", "DATES_CONVENTION", "NonFiniteModelError", "build_model", "save_model", "load_model"]
 
 MODEL_FORMAT = "latentcube-model/1"
 #: How dates enter the models; stored in checkpoints so a consumer can check it.
 DATES_CONVENTION = "days: float days (any origin) per date; positions use differences to the target date"
+
+
+class NonFiniteModelError(LatentcubeError, ValueError):
+    """A model whose weights hold NaN or infinity: it would embed every pixel to NaN."""
 
 
 def build_model(meta: Mapping[str, Any]) -> torch.nn.Module:
@@ -56,8 +61,19 @@ def save_model(path: str | Path, model: torch.nn.Module, *, normalization: Norma
 
     ``pixel_size_m``: the pixel edge (m) of the cubes it was trained on (None: unknown or mixed), so
     that embedding a cube of another resolution can warn (the 15-pixel context is a ground distance).
+    The file is written atomically (a kill or a full disk leaves the previous file); a model with
+    non-finite weights is refused with :class:`NonFiniteModelError` and nothing is written.
     """
     kind, args = _model_args(model)
+    path = Path(path)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteModelError(
+            f"refusing to write {path}: {len(bad)} of {len(state)} weight tensors hold NaN or infinity "
+            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}), so the model would embed to NaN. Fix: find "
+            "the non-finite input values or the too-high learning rate that caused it, then train again"
+        )
     if kind == "autoencoder":
         bands = {model.config.sensor: list(model.config.band_names)}
     else:
@@ -66,7 +82,7 @@ def save_model(path: str | Path, model: torch.nn.Module, *, normalization: Norma
         "format": MODEL_FORMAT,
         "kind": kind,
         "model_args": args,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "state_dict": state,
         "normalization": normalization.to_dict(),
         "band_order": bands,
         "dates_convention": DATES_CONVENTION,
@@ -75,11 +91,7 @@ def save_model(path: str | Path, model: torch.nn.Module, *, normalization: Norma
         "latentcube_version": __version__,
         "pixel_size_m": None if pixel_size_m is None else float(pixel_size_m),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # never leave a half-written model file under the final name
+    atomic_torch_save(payload, path)  # never a half-written model file under the final name
     return path
 
 
