@@ -493,6 +493,57 @@ def test_finished_block_whose_chunk_went_missing_is_recomputed(cube_path, models
     assert embedding_summary(out)["blocks_written"] == "4 of 4" and "missing_chunks" not in embedding_summary(out)
 
 
+def _lock_of(pid: int, out: Path) -> Path:
+    """A lock file beside ``out`` as a run of process ``pid`` on this host leaves it (latentcube.files)."""
+    import socket
+
+    lock = out.with_name(out.name + ".lock")
+    lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": "2026-01-01T00:00:00+00:00",
+                                "token": "other"}))
+    return lock
+
+
+def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(cube_path, models, s2_emb, tmp_path):
+    """While another live run holds the store's lock, embed (even with --overwrite) refuses, naming that run,
+    and deletes nothing; the lock of a run that died is taken over and removed at the end."""
+    import shutil
+
+    from latentcube.files import OutputInUseError
+
+    out = shutil.copytree(s2_emb, tmp_path / "shared.zarr")
+    kw = dict(block_px=24, scheduler="synchronous", progress=False)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock = _lock_of(other.pid, out)
+        for overwrite in (False, True):
+            with pytest.raises(OutputInUseError, match=rf"embedding store .*shared.zarr is being written by the run of "
+                                                       rf"pid {other.pid} on host .*Fix: wait for that run"):
+                embed_cube(cube_path, models["s2"], out, overwrite=overwrite, **kw)
+        assert len(list((out / ".blocks").glob("*.done"))) == 4 and lock.exists()  # nothing deleted
+    finally:
+        other.kill()
+        other.wait()
+    redone: list[tuple[int, int]] = []  # the holder died: its lock is stale
+    embed_cube(cube_path, models["s2"], out, on_block=lambda iy, ix: redone.append((iy, ix)), **kw)
+    assert redone == [] and not lock.exists()
+    np.testing.assert_array_equal(xr.open_zarr(out)["embedding"].values, xr.open_zarr(s2_emb)["embedding"].values)
+
+
+def test_fusion_refuses_a_cube_whose_s1_meets_no_s2_date(cube_path, models, tmp_path):
+    """S1 acquired a year after the S2 dates: the fusion model would embed with S1 absent, so it is an error
+    with the fix, unless allow_missing_s1 (then a warning, and the store is written)."""
+    ds = _cube().isel(y=slice(0, 16), x=slice(0, 16))
+    late = ds.assign_coords(time_s1=ds["time_s1"].values + np.timedelta64(400, "D"))
+    kw = dict(block_px=16, **FUSED)
+    with pytest.raises(CubeError, match=r"the fusion model fuses Sentinel-1 with Sentinel-2, but S1 covers 0 of 16 "
+                                        r"S2 dates.*Fix: .*allow_missing_s1=True"):
+        embed_cube(late, models["fusion"], tmp_path / "late.zarr", **kw)
+    assert not (tmp_path / "late.zarr").exists()
+    with pytest.warns(UserWarning, match="continuing with S1 absent as allowed"):
+        out = embed_cube(late, models["fusion"], tmp_path / "late.zarr", allow_missing_s1=True, **kw)
+    assert np.isfinite(xr.open_zarr(out)["embedding"].values).any()
+
+
 def test_skipping_invalid_targets_equals_computing_them(fused_plain, fused_emb, cube_path):
     """Without the quality layer the encoders skip targets whose centre pixel is invalid (NaN in the product
     anyway): the same store as the quality run, which computes every target, up to summation order."""

@@ -197,6 +197,9 @@ def test_start_end_and_errors(tmp_path):
         gapfill_embeddings(ds, freq="five days")
     with pytest.raises(GapFillError, match="finer than a day"):
         gapfill_embeddings(ds, freq="6h")
+    for step in ("0D", "-5D"):  # pandas divides by a zero step (ZeroDivisionError) and walks -5D backwards
+        with pytest.raises(GapFillError, match=rf"freq '{step}' is not a positive step. Fix: use a positive number"):
+            gapfill_embeddings(ds, freq=step)
     with pytest.raises(FileNotFoundError, match="no such embedding store"):
         gapfill_embeddings(tmp_path / "missing.zarr")
     with pytest.raises(EmbeddingCubeError, match="not an embedding store: the Dataset has no 'embedding' variable"):
@@ -208,6 +211,38 @@ def test_start_end_and_errors(tmp_path):
     with pytest.raises(GapFillError, match="not a latentcube store"):
         gapfill_embeddings(ds, tmp_path / "foreign", overwrite=True, progress=False)
     assert (tmp_path / "foreign").exists()
+
+
+def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    """While another live run holds the output's lock, gapfill (even with --overwrite) refuses, naming it,
+    and deletes nothing; a dead run's lock is taken over and removed at the end."""
+    import socket
+    import subprocess
+    import sys
+
+    from latentcube.files import OutputInUseError
+
+    ds = emb_cube(np.ones((4, 1, 2, 2), "float32"), pd.date_range("2020-01-01", periods=4, freq="5D"))
+    out = tmp_path / "filled.zarr"
+    gapfill_embeddings(ds, out, progress=False)
+    lock = tmp_path / "filled.zarr.lock"
+
+    def lock_of(pid):
+        lock.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": "2026-01-01T00:00:00+00:00",
+                                    "token": "other"}))
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock_of(other.pid)
+        with pytest.raises(OutputInUseError, match=rf"gap-filled store .*filled.zarr is being written by the run of "
+                                                   rf"pid {other.pid}.*Fix: wait for that run"):
+            gapfill_embeddings(ds, out, overwrite=True, progress=False)
+        assert (out / "embedding").is_dir()
+    finally:
+        other.kill()
+        other.wait()
+    res = gapfill_embeddings(ds, out, overwrite=True, progress=False)
+    assert not lock.exists() and res.sizes["time"] == 4
 
 
 def test_match_dates_by_day_and_nearest_in_error():

@@ -317,13 +317,15 @@ def embed(
     sensors: Annotated[str | None, typer.Option(help="Comma-separated: fused,s1,s2 (default: fused; an autoencoder's own sensor).")] = None,
     device: Annotated[str | None, typer.Option(help="cuda | cpu (default: cuda when available).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Start again instead of resuming an existing output.")] = False,
+    allow_missing_s1: Annotated[bool, typer.Option("--allow-missing-s1", help="Embed with a fusion model although S1 covers none of the cube (S1 then counts as absent).")] = False,
 ) -> None:
     """Embed every pixel and date of CUBE (Zarr embedding cube, resumable, parallel over blocks)."""
     from latentcube.embed import embed_cube
 
     chosen = [s.strip() for s in sensors.split(",") if s.strip()] if sensors else None
     path = embed_cube(cube, checkpoint, out_path, block_px=block_px, dtype=dtype, quality=quality, scheduler=scheduler,
-                      n_workers=workers, threads_per_worker=threads, sensors=chosen, device=device, overwrite=overwrite)
+                      n_workers=workers, threads_per_worker=threads, sensors=chosen, device=device, overwrite=overwrite,
+                      allow_missing_s1=allow_missing_s1)
     out.print(str(path))
 
 
@@ -395,6 +397,24 @@ def export(
     chosen = [d.strip() for d in dates.split(",") if d.strip()] if dates else None
     paths = export_geotiff(emb, out_dir, variable=variable, dates=chosen, prefix=prefix)
     out.print(f"{len(paths)} files in {out_dir}")
+
+
+@app.command()
+def aggregate(
+    emb: Annotated[Path, typer.Argument(help="An embedding cube (Zarr), gap-filled or not.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Output Zarr store (one time step per window).")],
+    windows: Annotated[list[str], typer.Option("--windows", help="Presets season (Apr-Sep), quarter, month, year, hydro-year (Jul-Jun) and/or YYYY-MM-DD/YYYY-MM-DD; repeatable or comma-separated.")],
+    stat: Annotated[list[str] | None, typer.Option("--stat", help="mean, median or pNN (e.g. p90); repeatable or comma-separated; the first is 'embedding'.")] = None,
+    filled: Annotated[bool, typer.Option("--filled", help="Aggregate the gap-filled series (gapfill defaults: linear, 5D, 30 days).")] = False,
+    empty: Annotated[str, typer.Option(help="A window with no date of the store: error | nan (kept, valid_count 0).")] = "error",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing window store.")] = False,
+) -> None:
+    """Per-pixel statistics of the embeddings over date windows (seasons, quarters, ...), with valid_count."""
+    from latentcube.aggregate import aggregate_embeddings
+
+    aggregate_embeddings(emb, out_path, windows=windows, stats=stat or ["mean"], filled=filled, empty=empty,
+                         overwrite=overwrite)
+    out.print(str(out_path))
 
 
 

@@ -36,6 +36,7 @@ import xarray as xr
 from latentcube import __version__
 from latentcube.cube import cube_crs, set_crs
 from latentcube.embed import EmbeddingCubeError, open_embedding
+from latentcube.files import OutputLock
 from latentcube.timeutils import day_numbers
 
 __all__ = ["EmbeddingCubeError", "GapFillError", "as_embedding", "fill_series", "gapfill_embeddings", "match_dates"]
@@ -281,13 +282,24 @@ def _target_axis(times: np.ndarray, freq: str | None, start: Any, end: Any) -> p
         return index[keep]
     first = pd.Timestamp(start).floor("D") if start is not None else index.min().floor("D")
     last = pd.Timestamp(end).floor("D") if end is not None else index.max().floor("D")
+    return pd.date_range(first, last, freq=_check_freq(freq))
+
+
+def _check_freq(freq: str) -> pd.DateOffset:
+    """The target axis step as a pandas offset: a positive step of at least one day."""
+    from pandas.tseries.frequencies import to_offset
+
     try:
-        axis = pd.date_range(first, last, freq=freq)
+        step = to_offset(freq)
     except ValueError as err:
         raise GapFillError(f"bad freq {freq!r} ({err}). Fix: use '1D', '5D' or None (keep the input dates).") from err
-    if len(axis) > 1 and (np.diff(axis.values.astype("datetime64[D]").astype("int64")) < 1).any():
+    if step.n <= 0:  # pandas divides by a zero step and walks a negative one backwards (no dates)
+        raise GapFillError(f"freq {freq!r} is not a positive step. Fix: use a positive number of days, e.g. '1D' or "
+                           "'5D', or None (keep the input dates).")
+    axis = pd.date_range("2000-01-01", periods=3, freq=step)
+    if (np.diff(axis.values.astype("datetime64[D]").astype("int64")) < 1).any():
         raise GapFillError(f"freq {freq!r} is finer than a day. Fix: use whole days, e.g. '1D' or '5D'.")
-    return axis
+    return step
 
 
 def _fill_vars(ds: xr.Dataset) -> list[str]:
@@ -346,6 +358,8 @@ def gapfill_embeddings(
         raise GapFillError(f"max_gap_days={max_gap_days}: use a non-negative number of days (or None for no limit).")
     if method == "savgol" and not (0 <= savgol_order < (int(savgol_window_days) | 1)):
         raise GapFillError(f"savgol_order={savgol_order} must be >= 0 and below the window ({savgol_window_days} days).")
+    if freq is not None:
+        _check_freq(freq)  # before the input is read
     source = str(Path(emb).resolve()) if isinstance(emb, (str, Path)) else "<in-memory Dataset>"
     # All dates in one chunk as read; spatial chunks as stored (each storage chunk read once), split into
     # chunk_px tiles below (a cheap slice of the block in memory).
@@ -445,6 +459,12 @@ def _is_latentcube_store(path: Path) -> bool:
 
 
 def _write(result: xr.Dataset, out: Path, *, overwrite: bool, progress: bool) -> xr.Dataset:
+    # One writer per store: a second run (or an --overwrite) while this one is alive is refused, naming it.
+    with OutputLock(out, "gap-filled store"):
+        return _write_locked(result, out, overwrite=overwrite, progress=progress)
+
+
+def _write_locked(result: xr.Dataset, out: Path, *, overwrite: bool, progress: bool) -> xr.Dataset:
     if out.exists():
         if not overwrite:
             raise GapFillError(f"{out} exists. Fix: choose another path or pass overwrite=True (--overwrite).")

@@ -18,6 +18,7 @@ from latentcube.embed._compute import embed_block
 from latentcube.embed._plan import (
     DEFAULT_BLOCK_PX,
     DTYPES,
+    MIN_BLOCK_PX,
     EmbedError,
     auto_tile,
     block_grid,
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_BLOCK_PX",
     "DTYPES",
     "INT8_INVALID",
+    "MIN_BLOCK_PX",
     "EmbedError",
     "EmbeddingCubeError",
     "auto_tile",

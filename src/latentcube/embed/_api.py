@@ -17,7 +17,9 @@ from latentcube.embed._compute import _InMemory, _model, _run_block, call_scope,
 from latentcube.embed._plan import (
     DEFAULT_BLOCK_PX,
     DTYPES,
+    MIN_BLOCK_PX,
     EmbedError,
+    _check_device,
     _make_plan,
     _warn_if_short_of_memory,
     block_grid,
@@ -25,6 +27,7 @@ from latentcube.embed._plan import (
 )
 from latentcube.embed._schedule import _default_worker_count, _run_distributed
 from latentcube.embed._store import _marker, _prepare_store, _signature, check_blocks
+from latentcube.files import OutputLock
 
 
 def embed_cube(
@@ -46,6 +49,7 @@ def embed_cube(
     pixel_chunk: int = DEFAULT_PIXEL_CHUNK,
     overwrite: bool = False,
     on_block: Callable[[int, int], None] | None = None,
+    allow_missing_s1: bool = False,
 ) -> Path:
     """Embed every pixel and date of ``cube`` with the model file ``checkpoint`` into the Zarr ``out``.
 
@@ -91,14 +95,26 @@ def embed_cube(
             and an incompatible one is an error).
         on_block: called in this process as ``on_block(iy, ix)`` after each block computed by this
             run is written and marked (progress reporting, tests).
+        allow_missing_s1: embed with a fusion model although S1 covers none of the S2 dates or pixels
+            (its embeddings are then made with S1 absent); by default that is an error, and a coverage
+            under half is a warning (:func:`latentcube.cube_checks.check_s1_coverage`).
 
     Returns:
         ``out`` as a ``Path``. Raises :class:`EmbedError`/:class:`latentcube.cube.CubeError` with the fix
-        for a missing cube or model file, a band-order mismatch, a fusion model without S1 in the cube,
-        or fewer dates than the encoder's window.
+        for a missing cube or model file, a band-order mismatch, a fusion model without S1 in the cube
+        (or S1 that covers none of it), fewer dates than the encoder's window, a block under
+        ``MIN_BLOCK_PX`` or an unknown device; :class:`latentcube.files.OutputInUseError` while another
+        live run writes ``out``.
     """
     from latentcube.nn.model_file import load_model
 
+    _check_device(device)
+    if block_px < MIN_BLOCK_PX:
+        raise EmbedError(
+            f"block_px={block_px} is below the minimum {MIN_BLOCK_PX}: each block also reads a 7-pixel halo of "
+            f"context on every side, so a {block_px}-px block reads {(block_px + 14) ** 2 / block_px ** 2:.0f}x the "
+            f"pixels it embeds and runs many times slower. Fix: --block-px {DEFAULT_BLOCK_PX} (the default), or at "
+            f"least {MIN_BLOCK_PX}.")
     if dtype not in DTYPES:
         raise EmbedError(f"dtype={dtype!r}: use 'float32' (exact), 'float16' (relative error <= 4.9e-4) or 'int8' "
                          "(per-pixel scale, error <= scale / 2).")
@@ -120,56 +136,63 @@ def embed_cube(
     out = Path(out)
     plan, names, times = _make_plan(ds, checkpoint, model, meta, sensors=sensors, out=out, dtype=dtype, quality=quality,
                                     tile=tile, pixel_chunk=pixel_chunk, device=device, block_px=block_px)
+    if plan.kind == "fusion" and "s1" in plan.inputs:  # S1 on another grid or other dates would embed as absent
+        from latentcube.cube_checks import check_s1_coverage
+
+        check_s1_coverage(ds, max_gap_days=plan.max_gap_days, allow_missing=allow_missing_s1, what="the fusion model")
     blocks = block_grid(ds.sizes["y"], ds.sizes["x"], block_px)
     cpu = os.cpu_count() or 1
     signature = _signature(plan, (len(times), len(names), ds.sizes["y"], ds.sizes["x"]), block_px, source_name)
-    _prepare_store(out, ds, plan, names, times, block_px, meta, signature, overwrite)
+    # One writer per store: a second run (or an --overwrite) while this one is alive is refused, naming it;
+    # the lock sits beside the store, so deleting the store cannot delete it.
+    with OutputLock(out, "embedding store"):
+        _prepare_store(out, ds, plan, names, times, block_px, meta, signature, overwrite)
 
-    todo, broken = check_blocks(out, blocks)
-    if broken:
-        for iy, ix in broken:  # unmarked until recomputed: a kill meanwhile leaves them to do
-            _marker(out, iy, ix).unlink(missing_ok=True)
-        (iy, ix), files = next(iter(sorted(broken.items())))
-        warnings.warn(f"{len(broken)} finished block(s) of {out} lost chunk files after they were written (block "
-                      f"{iy}_{ix}: {', '.join(files[:3])}): they are computed again.", stacklevel=2)
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
+        todo, broken = check_blocks(out, blocks)
+        if broken:
+            for iy, ix in broken:  # unmarked until recomputed: a kill meanwhile leaves them to do
+                _marker(out, iy, ix).unlink(missing_ok=True)
+            (iy, ix), files = next(iter(sorted(broken.items())))
+            warnings.warn(f"{len(broken)} finished block(s) of {out} lost chunk files after they were written (block "
+                          f"{iy}_{ix}: {', '.join(files[:3])}): they are computed again.", stacklevel=2)
+        bar = None
+        if progress and todo:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(blocks), initial=len(blocks) - len(todo), unit="block", desc=f"embed {out.name}")
+            bar = tqdm(total=len(blocks), initial=len(blocks) - len(todo), unit="block", desc=f"embed {out.name}")
 
-    def done(iy: int, ix: int) -> None:
-        if bar is not None:
-            bar.update(1)
-        if on_block is not None:
-            on_block(iy, ix)
+        def done(iy: int, ix: int) -> None:
+            if bar is not None:
+                bar.update(1)
+            if on_block is not None:
+                on_block(iy, ix)
 
-    per_worker = worker_memory_estimate(len(times), block_px, plan.halo)
-    if todo and scheduler in (None, "synchronous"):
-        _warn_if_short_of_memory(per_worker, block_px, len(times))
-    in_process = scheduler == "synchronous" or (scheduler is None and len(todo) == 1)
-    if scheduler is None and n_workers is None and len(todo) > 1:
-        n_workers = _default_worker_count(plan, cpu, len(todo), per_worker)
-        # A one-worker cluster computes nothing this process cannot, and adds a process holding its own
-        # model and libraries, plus the cluster's start-up (benchmarks/RESULTS.md).
-        in_process = n_workers == 1
-    if in_process and scheduler is None and threads_per_worker:
-        plan = replace(plan, torch_threads=threads_per_worker)
-    try:
-        # Threads, TF32, malloc settings and caches of blocks run in this process (in-process, or a
-        # LocalCluster of threads) are undone on return: the caller's process is left as found.
-        with call_scope():
-            if not todo:
-                pass
-            elif in_process:
-                for iy, ix, ys, xs in todo:
-                    _run_block(plan, source, iy, ix, ys, xs)
-                    done(iy, ix)
-            else:
-                _run_distributed(plan, source, todo, scheduler, n_workers, processes, cpu, done, threads_per_worker)
-    finally:
-        if bar is not None:
-            bar.close()
+        per_worker = worker_memory_estimate(len(times), block_px, plan.halo)
+        if todo and scheduler in (None, "synchronous"):
+            _warn_if_short_of_memory(per_worker, block_px, len(times))
+        in_process = scheduler == "synchronous" or (scheduler is None and len(todo) == 1)
+        if scheduler is None and n_workers is None and len(todo) > 1:
+            n_workers = _default_worker_count(plan, cpu, len(todo), per_worker)
+            # A one-worker cluster computes nothing this process cannot, and adds a process holding its own
+            # model and libraries, plus the cluster's start-up (benchmarks/RESULTS.md).
+            in_process = n_workers == 1
+        if in_process and scheduler is None and threads_per_worker:
+            plan = replace(plan, torch_threads=threads_per_worker)
+        try:
+            # Threads, TF32, malloc settings and caches of blocks run in this process (in-process, or a
+            # LocalCluster of threads) are undone on return: the caller's process is left as found.
+            with call_scope():
+                if not todo:
+                    pass
+                elif in_process:
+                    for iy, ix, ys, xs in todo:
+                        _run_block(plan, source, iy, ix, ys, xs)
+                        done(iy, ix)
+                else:
+                    _run_distributed(plan, source, todo, scheduler, n_workers, processes, cpu, done, threads_per_worker)
+        finally:
+            if bar is not None:
+                bar.close()
     return out
 
 
@@ -187,6 +210,7 @@ def embed_pixels(cube: str | Path | xr.Dataset, checkpoint: str | Path, ys: slic
     from latentcube.nn.autoencoder import region_bounds  # torch: imported only when embedding
     from latentcube.nn.model_file import load_model
 
+    _check_device(device)
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise FileNotFoundError(f"no such model file: {checkpoint}. Fix: pass the model.pt written by training.")

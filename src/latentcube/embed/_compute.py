@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
 from latentcube.constants import EMBEDDING_DIMS
@@ -20,6 +19,8 @@ from latentcube.embed import _store
 from latentcube.embed._plan import _device, _Plan
 from latentcube.embed._quality import _band_spans, _centre_decoders, reconstruction_error
 from latentcube.heap import heap_settings_restored, release_free_memory, reuse_large_blocks
+from latentcube.process_state import restored_process_state
+from latentcube.timeutils import days_since, nearest_index
 
 #: Values normalised per call while preprocessing a block (bounds its float64 temporaries to ~16 MB).
 NORMALIZE_CHUNK_VALUES = 2_000_000
@@ -41,22 +42,15 @@ class _InMemory:
 
 @contextlib.contextmanager
 def call_scope() -> Iterator[None]:
-    """Run an embedding call in this process and leave it as found: torch's thread count, the TF32 flags,
-    the malloc settings (``latentcube.heap``) and the caches of models and cubes are those of before on
-    exit. Worker processes of a cluster keep them for their next block (they are the run's own)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    """Run an embedding call in this process and leave it as found: torch's threads and TF32 flags
+    (``latentcube.process_state``), the malloc settings (``latentcube.heap``) and the caches of models and
+    cubes are those of before on exit. Worker processes of a cluster keep them for their next block."""
     try:
-        with heap_settings_restored():
+        with restored_process_state(), heap_settings_restored():
             yield
     finally:
         _MODELS.clear()
         _CUBES.clear()
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def _model(plan: _Plan) -> tuple[Any, dict[str, Any]]:
@@ -89,12 +83,6 @@ def _cube(source: str | _InMemory) -> xr.Dataset:
     return _CUBES[source]
 
 
-def _days(times: np.ndarray) -> np.ndarray:
-    """Float days since the first date (float64): only differences enter the models."""
-    t = pd.DatetimeIndex(times).values.astype("datetime64[s]").astype("int64")
-    return (t - t[0]) / 86400.0
-
-
 def _block_inputs(ds: xr.Dataset, plan: _Plan, meta: dict[str, Any], ys: slice, xs: slice) -> dict[str, np.ndarray]:
     """Normalised model inputs ``{sensor: (T, C, h, w)}`` on the output's date axis, NaN = invalid.
 
@@ -105,7 +93,6 @@ def _block_inputs(ds: xr.Dataset, plan: _Plan, meta: dict[str, Any], ys: slice, 
     import dask
 
     from latentcube.preprocess import Normalization, smooth_s1
-    from latentcube.sampling import nearest_s1_index
 
     norm = Normalization.from_dict(meta["normalization"])
     out: dict[str, np.ndarray] = {}
@@ -120,7 +107,7 @@ def _block_inputs(ds: xr.Dataset, plan: _Plan, meta: dict[str, Any], ys: slice, 
                 sub = smooth_s1(sub, window=plan.s1_smoothing)
             s1 = sub["s1"].values.astype("float32", copy=False)
             if plan.on_s2_dates:
-                match = nearest_s1_index(ds["time"].values, ds["time_s1"].values, plan.max_gap_days)
+                match = nearest_index(ds["time_s1"].values, ds["time"].values, plan.max_gap_days)
                 matched = np.full((len(match), *s1.shape[1:]), np.nan, dtype="float32")
                 matched[match >= 0] = s1[match[match >= 0]]
                 s1 = matched
@@ -172,7 +159,7 @@ def _compute_block(ds: xr.Dataset, model: Any, meta: dict[str, Any], plan: _Plan
     inputs = _block_inputs(ds, plan, meta, ry, rx)
     times = ds["time" if plan.time_var == "s2" or plan.on_s2_dates else "time_s1"].values
     dev = _device(plan)
-    days = torch.from_numpy(_days(times).astype("float32")).to(dev)
+    days = torch.from_numpy(days_since(times, origin=times[0]).astype("float32")).to(dev)  # differences only
     x = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in inputs.items()}
     oy, ox = ys.start - ry.start, xs.start - rx.start
     h, w = ys.stop - ys.start, xs.stop - xs.start

@@ -21,6 +21,10 @@ from latentcube.errors import LatentcubeError
 log = logging.getLogger("latentcube.embed")
 
 
+#: Smallest block edge: every block also reads a halo of context (7 px for 15-px patches) on each side,
+#: so it reads (b + 14)^2 pixels for b^2 outputs: 3.5x at 16 px, 32x at 3 px (each read also pays a
+#: block's fixed costs). 16 is the smallest edge near one patch (15) that is a power of two.
+MIN_BLOCK_PX = 16
 #: Default spatial block edge in pixels: the unit of parallelism, of resumption and of the Zarr chunks.
 #: Memory per block grows with dates x block_px^2 (docs/embed.md), not with the cube size.
 DEFAULT_BLOCK_PX = 256
@@ -152,6 +156,24 @@ def _device(plan: _Plan) -> str:
     return plan.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _check_device(device: str | None) -> None:
+    """Refuse a device embed cannot run on, before any model is loaded: None (CUDA when available, else
+    the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise EmbedError(f"device={device!r} is not a device embed can run on (cpu, cuda or cuda:N). Fix: --device "
+                         "cpu, --device cuda for an NVIDIA GPU, or omit --device (CUDA when available, else the CPU).")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise EmbedError(f"device={device!r} but no CUDA device is available here. Fix: omit device to use the CPU.")
+
+
 def file_sha256(path: str | Path) -> str:
     """SHA-256 hex digest of a file (the model-file identity in embedding stores and GPP caches), read in 1 MiB pieces."""
     h = hashlib.sha256()
@@ -248,11 +270,7 @@ def _make_plan(ds: xr.Dataset, checkpoint: Path, model: Any, meta: dict[str, Any
         dims = {own: model.latent_dim}
         halo, n_dates = model.config.patch_size // 2, model.config.n_dates
     band_selection = _check_cube(ds, kind, model, meta, inputs)
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise EmbedError("device='cuda' but no CUDA device is available here. Fix: omit device to use the CPU.")
+    _check_device(device)
     plan = _Plan(
         checkpoint=str(checkpoint.resolve()), sha256=file_sha256(checkpoint), out=str(out.resolve()), kind=kind,
         sensors=chosen, inputs=inputs, time_var=time_var, on_s2_dates=on_s2, dtype=dtype, halo=halo,
