@@ -144,6 +144,46 @@ def s1_shifted(days: int):
     return ds.assign_coords(time_s1=ds["time_s1"].values + np.timedelta64(days, "D"))
 
 
+class _Payload:
+    """Pickles to a call of os.system: unrestricted pickle would run it when loading."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def run_with_last_ckpt(tmp: Path, how: str) -> Path:
+    """A training run folder whose checkpoints/last.ckpt carries code ("hostile") or is cut in half."""
+    import torch
+
+    ckpt = tmp / "run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    if how == "hostile":
+        torch.save({"state_dict": {}, "x": _Payload(tmp / "pwned")}, ckpt)
+    else:
+        torch.save({"state_dict": {"w": torch.zeros(1000)}}, ckpt)
+        ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    return tmp / "run"
+
+
+def nan_model_saved(tmp: Path) -> Path:
+    """save_model of a sensor autoencoder with one NaN weight."""
+    import torch
+
+    from latentcube.nn import SensorAutoencoder, s2_config
+    from latentcube.nn.model_file import save_model
+    from latentcube.preprocess import Normalization
+
+    model = SensorAutoencoder(s2_config())
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    return save_model(tmp / "model.pt", model, normalization=Normalization())
+
+
 def config(tmp: Path, **sections: dict) -> Path:
     """A training config (stage s2) with the given sections, e.g. data={"batch_size": 0}."""
     import yaml
@@ -237,6 +277,10 @@ CASES: list[Row] = [
     row("cube: a deleted chunk file", lambda t: open_cube(broken_chunk(t, "deleted")), r"variable 's2', chunk file .*s2/0\.0\.0\.0 is missing .*read as NaN"),
     row("cube: an empty chunk file", lambda t: cli("validate", broken_chunk(t, "empty")), r"variable 's2', chunk file .*s2/0\.0\.0\.0 is empty \(0 bytes\)"),
     row("cube: a truncated chunk file", lambda t: open_cube(broken_chunk(t, "truncated")), r"variable 's2', chunk file .*s2/0\.0\.0\.0 is [0-9,]+ bytes but its Blosc header announces"),
+    # ---- training run state (defects 1, 3, 5)
+    row("train: a last.ckpt that carries code", lambda t: cli("train", "s2", "--config", config(t), "--out", run_with_last_ckpt(t, "hostile")), r"TrainError: checkpoint .*last\.ckpt holds more than weights and training state \(.*system.*\); it was not loaded, as loading it could run code\. Fix: delete it"),
+    row("train: a truncated last.ckpt", lambda t: cli("train", "s2", "--config", config(t), "--out", run_with_last_ckpt(t, "truncated")), r"TrainError: checkpoint .*last\.ckpt is corrupt or truncated \(.*\)\. Fix: delete .*last\.ckpt to start this run again"),
+    row("save_model: a NaN weight", nan_model_saved, r"refusing to write .*model\.pt: 1 of \d+ weight tensors hold NaN or infinity .*Fix:"),
     # ---- S1 coverage (defect 6)
     row("validate: S1 dates never meet S2's", lambda t: cli("validate", saved(t, s1_shifted(400))), r"S1 covers 0 of 6 S2 dates.*Fix: .*--allow-missing-s1"),
     row("validate: S1 over a quarter of the pixels", lambda t: warns(lambda: cli("validate", saved(t, tiny_cube(s1=True).pipe(lambda d: d.assign(s1=d.s1.where(d.x < d.x[2])))))), r"S1 covers 6 of 6 S2 dates \(100%.*and 25% of the sampled S2 pixels"),
