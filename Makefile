@@ -1,11 +1,11 @@
-# Set-up and the two entry points the README promises: `make demo` and `make test`.
+# Set-up and the entry points the README promises: `make demo`, `make check` (the fast loop) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo check test install lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +24,20 @@ demo: $(STAMP)
 	$(BIN)/latentcube demo --out $(DEMO_OUT)
 
 # Two pytest-xdist workers, tests handed out one at a time (`worksteal`), each worker with half the
-# cores' torch threads (tests/conftest.py): half the suite is single-threaded Python, subprocess
-# start-up and I/O that two workers overlap. 2-core VM, same tests: 724 s serial, 440 s this way.
+# cores' torch threads (tests/conftest.py): much of the suite is single-threaded Python, subprocess
+# start-up and I/O that two workers overlap (timings: benchmarks/RESULTS.md).
 # `make test TEST_WORKERS=0` runs them serially in one process.
 TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+
+# The fast loop while editing: lint, then every test not marked slow (a test over ~10 s is marked slow).
+check: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(PYTEST) -m "not slow"
+
+# Everything (what CI runs): the slow tests too.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	$(PYTEST)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
