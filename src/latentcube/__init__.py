@@ -42,6 +42,7 @@ _LAZY = {
     "embed_pixels": "latentcube.embed",
     "open_embedding": "latentcube.embed",
     "gapfill_embeddings": "latentcube.gapfill",
+    "aggregate_embeddings": "latentcube.aggregate",
     "export_geotiff": "latentcube.export",
     "pca_figure": "latentcube.evaluate.maps",
     # evaluation and the report
@@ -57,7 +58,8 @@ _LAZY = {
 __all__ = [  # literal, so linters and IDEs read it; tests check it equals _LAZY plus __version__
     "__version__", "new_cube", "open_cube", "save_cube", "validate_cube", "import_cube", "fetch_cube",
     "make_world", "write_world", "TrainConfig", "load_train_config", "check_data", "run_training",
-    "load_model", "embed_cube", "embed_pixels", "open_embedding", "gapfill_embeddings", "export_geotiff",
+    "load_model", "embed_cube", "embed_pixels", "open_embedding", "gapfill_embeddings", "aggregate_embeddings",
+    "export_geotiff",
     "pca_figure", "evaluate_gpp", "run_probe", "build_report", "run_demo", "demo_config_dir",
     "LatentcubeError",
 ]
@@ -77,6 +79,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real objects
+    from latentcube.aggregate import aggregate_embeddings
     from latentcube.cube import new_cube, open_cube, save_cube, validate_cube
     from latentcube.demo import demo_config_dir, run_demo
     from latentcube.embed import embed_cube, embed_pixels, open_embedding

@@ -399,6 +399,24 @@ def export(
     out.print(f"{len(paths)} files in {out_dir}")
 
 
+@app.command()
+def aggregate(
+    emb: Annotated[Path, typer.Argument(help="An embedding cube (Zarr), gap-filled or not.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Output Zarr store (one time step per window).")],
+    windows: Annotated[list[str], typer.Option("--windows", help="Presets season (Apr-Sep), quarter, month, year, hydro-year (Jul-Jun) and/or YYYY-MM-DD/YYYY-MM-DD; repeatable or comma-separated.")],
+    stat: Annotated[list[str] | None, typer.Option("--stat", help="mean, median or pNN (e.g. p90); repeatable or comma-separated; the first is 'embedding'.")] = None,
+    filled: Annotated[bool, typer.Option("--filled", help="Aggregate the gap-filled series (gapfill defaults: linear, 5D, 30 days).")] = False,
+    empty: Annotated[str, typer.Option(help="A window with no date of the store: error | nan (kept, valid_count 0).")] = "error",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing window store.")] = False,
+) -> None:
+    """Per-pixel statistics of the embeddings over date windows (seasons, quarters, ...), with valid_count."""
+    from latentcube.aggregate import aggregate_embeddings
+
+    aggregate_embeddings(emb, out_path, windows=windows, stats=stat or ["mean"], filled=filled, empty=empty,
+                         overwrite=overwrite)
+    out.print(str(out_path))
+
+
 
 # -------------------------------------------------------------------------------------- evaluation
 
