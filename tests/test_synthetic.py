@@ -8,7 +8,6 @@ Every check reads values: spectra/NDVI, cloud statistics, backscatter levels, sp
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pandas as pd
@@ -457,11 +456,8 @@ def test_config_errors_and_round_trip():
 
 
 @pytest.mark.slow
-def test_default_world_is_fast_and_complete():
-    t0 = time.perf_counter()
-    w = make_world()
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 60  # ~10 s on 2 shared cores; generous bound against machine load
+def test_default_world_is_complete():
+    w = make_world()  # its run time is a benchmark figure (benchmarks/RESULTS.md), not asserted here
     assert len([n for n in w.cubes if n.startswith("scene_")]) == 3
     assert sorted(set(w.towers.veg_type)) == ["CRO", "DBF", "ENF", "GRA"] and len(w.towers) == 6
     lo, hi = w.config.clear_fraction_range
