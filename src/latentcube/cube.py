@@ -559,17 +559,20 @@ def _check_store_chunks(store: Path) -> None:
         )
 
 
-def open_cube(path: str | Path, *, chunks: Mapping[str, int] | str | None = None, validate: bool = False) -> xr.Dataset:
+def open_cube(path: str | Path, *, chunks: Mapping[str, int] | str | None = None, validate: bool = False,
+              check_chunks: bool = True) -> xr.Dataset:
     """Open a cube lazily (Dask) from Zarr (directory or ``*.zarr``) or NetCDF (``*.nc``).
 
     ``chunks`` defaults to the on-disk chunking. With ``validate=True`` the result is checked with
-    :func:`validate_cube`.
+    :func:`validate_cube`. ``check_chunks`` refuses a Zarr store with missing, empty or truncated chunk
+    files before anything is decompressed (a listing and one 16-byte read per chunk file); a worker
+    reopening a store its parent process checked may pass False.
     """
     path = Path(path)
     if not path.exists():
         raise CubeError(f"no such cube: {path}. Fix: check the path (cubes are *.zarr directories or *.nc files).")
     _check_is_store(path)
-    if path.is_dir():
+    if path.is_dir() and check_chunks:
         _check_store_chunks(path)
     chunks = {} if chunks is None else chunks
     try:
