@@ -214,6 +214,23 @@ def openeo_month_of_fill(tmp: Path) -> Path:
     return tmp / "monthly.nc"
 
 
+def import_far_s1(tmp: Path) -> object:
+    """Import an openEO S2 file with an S1 file whose grid lies 10 km north of it."""
+    import xarray as xr
+    from pyproj import CRS
+
+    from latentcube.sources.importers import import_cube
+
+    s2 = openeo_month_of_fill(tmp)
+    dn = np.full((3, 4, 4), 4000, "uint16")
+    src = xr.Dataset({b: (("t", "y", "x"), dn, {"grid_mapping": "crs"}) for b in ("S1-SIGMA0-VV", "S1-SIGMA0-VH")},
+                     coords={"t": pd.date_range("2023-01-02", periods=3, freq="MS"),
+                             "y": 5.01e6 - 10 * np.arange(4.0), "x": 4e5 + 10 * np.arange(4.0)})
+    src["crs"] = xr.DataArray(np.int32(0), attrs={"crs_wkt": CRS.from_epsg(32631).to_wkt()})
+    src.to_netcdf(tmp / "s1.nc")
+    return import_cube(s2, tmp / "s1.nc", preset="openeo", scl_mask=None)
+
+
 def import_openeo(tmp: Path, *nodata: float) -> object:
     from latentcube.sources.importers import import_cube
 
@@ -283,6 +300,7 @@ CASES: list[Row] = [
     row("save_model: a NaN weight", nan_model_saved, r"refusing to write .*model\.pt: 1 of \d+ weight tensors hold NaN or infinity .*Fix:"),
     # ---- S1 coverage (defect 6)
     row("validate: S1 dates never meet S2's", lambda t: cli("validate", saved(t, s1_shifted(400))), r"S1 covers 0 of 6 S2 dates.*Fix: .*--allow-missing-s1"),
+    row("import: S1 file on a grid 10 km away", lambda t: import_far_s1(t), r"S1 files \['s1\.nc'\]: S1 covers 0 of 3 S2 dates .*0% of the sampled S2 pixels"),
     row("validate: S1 over a quarter of the pixels", lambda t: warns(lambda: cli("validate", saved(t, tiny_cube(s1=True).pipe(lambda d: d.assign(s1=d.s1.where(d.x < d.x[2])))))), r"S1 covers 6 of 6 S2 dates \(100%.*and 25% of the sampled S2 pixels"),
     # ---- training configs (defect 9)
     row("config: batch size 0", lambda t: load_config(t, data={"batch_size": 0}), r"train\.yaml\.data\.batch_size = 0 is out of range\. Fix: set batch_size to a value >= 1"),

@@ -458,7 +458,7 @@ def test_check_s1_coverage_errors_on_none_warns_on_little_unless_allowed():
 
     t = pd.DatetimeIndex(_coverage_cube()["time"].values)
     never = _coverage_cube(time_s1=t + pd.Timedelta("400D"))
-    with pytest.raises(CubeError, match=r"fuses Sentinel-1 with Sentinel-2, but S1 covers 0 of 6 S2 dates.*"
+    with pytest.raises(CubeError, match=r"this model: S1 covers 0 of 6 S2 dates.*fusion would see S1 as absent everywhere.*"
                                         r"Fix: .*--allow-missing-s1"):
         check_s1_coverage(never)
     with pytest.warns(UserWarning, match="S1 absent as allowed"):

@@ -501,3 +501,23 @@ def test_openeo_preset_reads_65535_and_the_files_fill_value_as_nodata(tmp_path):
     with pytest.raises(CubeError, match=r"impossible reflectances .*most often 6\.5535.*a fill value stored as data, "
                                         r"not digital numbers\. Fix: .*--s2-nodata"):
         import_cube(path, preset="openeo", s2_nodata=[0])
+
+
+def test_s1_files_that_meet_no_s2_pixel_or_date_are_refused_at_import(tmp_path):
+    """S1 on a grid 10 km away (or of another year) used to import as all-NaN S1 and fuse as absent."""
+    s2 = _nc(tmp_path / "s2.nc", names=("B04", "B08"), n=4)
+
+    def db(i, nt, n):
+        return np.full((nt, n, n), -10 - 5 * i, dtype="int16")
+
+    kw = dict(names=("VV", "VH"), n=4, value_fn=db)
+    far = _nc(tmp_path / "s1_far.nc", shift_y=10_000.0, **kw)
+    with pytest.raises(CubeError, match=r"S1 files \['s1_far\.nc'\]: S1 covers 0 of 3 S2 dates .* and 0% of the sampled "
+                                        r"S2 pixels.*Fix: check their CRS, extent and dates"):
+        import_cube(s2, far, s2_scale=1e-4, s1_encoding="db")
+    later = _nc(tmp_path / "s1_later.nc", dates=("2022-03-01", "2022-03-06", "2022-03-11"), **kw)
+    with pytest.raises(CubeError, match=r"S1 covers 0 of 3 S2 dates"):
+        import_cube(s2, later, s2_scale=1e-4, s1_encoding="db")
+    same = _nc(tmp_path / "s1.nc", **kw)
+    ds = import_cube(s2, same, s2_scale=1e-4, s1_encoding="db")  # on the grid and dates: accepted
+    assert np.isfinite(ds["s1"].values).all()

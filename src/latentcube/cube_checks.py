@@ -68,31 +68,31 @@ def s1_coverage(ds: xr.Dataset, *, max_gap_days: float = 6.0) -> S1Coverage:
 
 
 def check_s1_coverage(ds: xr.Dataset, *, max_gap_days: float = 6.0, allow_missing: bool = False,
-                      what: str = "this model") -> S1Coverage:
+                      what: str = "this model", fix: str | None = None) -> S1Coverage:
     """Check that a cube has Sentinel-1 where a step that fuses S1 with S2 needs it; return the coverage.
 
     Raises :class:`CubeError` when S1 is absent or covers none of the S2 dates or pixels (S1 on another
     grid, dates that never meet S2's, lost chunks), unless ``allow_missing``; warns with the shares when
     it covers fewer than :data:`S1_COVERAGE_WARN` of them (or, with ``allow_missing``, none). ``what``
-    names the step in messages.
+    names the step in messages; ``fix`` replaces the default fix of the error.
     """
     cov = s1_coverage(ds, max_gap_days=max_gap_days)
     where = (f"S1 covers {cov.dates_covered} of {cov.s2_dates} S2 dates ({cov.date_share:.0%}; nearest acquisition "
              f"within {max_gap_days:g} days holding data) and {cov.pixel_share:.0%} of the sampled S2 pixels")
     if "s1" not in ds:
         where = "the cube has no 's1'"
-    causes = ("S1 on another grid, S1 dates outside the S2 period, or lost S1 chunks")
+    causes = "S1 on another grid, S1 dates outside the S2 period, or lost S1 chunks"
     if cov.dates_covered == 0 or cov.pixel_share == 0:
         if not allow_missing:
             raise CubeError(
-                f"{what} fuses Sentinel-1 with Sentinel-2, but {where}: its embeddings would be made with S1 "
-                f"absent ({causes}). Fix: import or fetch S1 on the cube's grid and dates (`latentcube info` "
-                "shows both date ranges), or pass --allow-missing-s1 (allow_missing_s1=True) to accept S1 absent."
+                f"{what}: {where}, so fusion would see S1 as absent everywhere ({causes}). Fix: "
+                + (fix or "import or fetch S1 on the cube's grid and dates (`latentcube info` shows both date "
+                           "ranges), or pass --allow-missing-s1 (allow_missing_s1=True) to accept S1 absent.")
             )
-        warnings.warn(f"{where}; continuing with S1 absent as allowed (--allow-missing-s1).", stacklevel=2)
+        warnings.warn(f"{what}: {where}; continuing with S1 absent as allowed (--allow-missing-s1).", stacklevel=2)
     elif cov.date_share < S1_COVERAGE_WARN or cov.pixel_share < S1_COVERAGE_WARN:
         warnings.warn(
-            f"{where}: elsewhere {what} runs with S1 absent ({causes}). Fix: check the S1 import "
+            f"{what}: {where}; elsewhere fusion sees S1 as absent ({causes}). Fix: check the S1 import "
             "(`latentcube info` shows both date ranges and valid fractions).",
             stacklevel=2,
         )

@@ -39,6 +39,7 @@ from pyproj import CRS
 
 from latentcube.constants import S1_BANDS, S2_BANDS, SCL_MASKED_DEFAULT
 from latentcube.cube import CubeError, new_cube, set_crs, validate_cube
+from latentcube.cube_checks import check_s1_coverage
 
 __all__ = [
     "PRESETS",
@@ -743,7 +744,13 @@ def import_cube(
     )
     if orbit is not None:
         ds = ds.assign_coords(orbit_state=("time_s1", np.asarray(orbit, dtype=str)))
-    return validate_cube(ds) if validate else ds
+    if not validate:
+        return ds
+    validate_cube(ds)
+    if s1_paths:  # S1 files on another grid or of other dates would import as all-NaN S1, silently
+        check_s1_coverage(ds, what=f"S1 files {[p.name for p in s1_paths][:3]}",
+                          fix="check their CRS, extent and dates against the S2 files', or import without them.")
+    return ds
 
 
 def decode_openeo_s1(dn: np.ndarray) -> np.ndarray:
