@@ -116,9 +116,9 @@ class Normalization:
     Values no sensor can measure (infinite, or outside :data:`~latentcube.cube.S2_PHYSICAL_RANGE` /
     :data:`~latentcube.cube.S1_PHYSICAL_RANGE`: fill values, corruption) become NaN, so every block that
     embed and train read treats them like clouds: a 1e30 would otherwise flow through the convolutions
-    and turn every embedding it reaches NaN. One such band makes its whole pixel-date NaN. ``masked``
-    counts those pixel-dates per sensor; the first time a sensor has any, a warning is logged with the
-    count.
+    and turn every embedding it reaches NaN. One such band makes its whole pixel-date NaN. On the NumPy
+    path (:meth:`normalize_array`, what embed and train use) ``masked`` counts those pixel-dates per
+    sensor, and the first time a sensor has any, a warning is logged with the count.
     """
 
     s2: Mapping[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_S2_BOUNDS))
