@@ -43,6 +43,7 @@ _LAZY = {
     "open_embedding": "latentcube.embed",
     "gapfill_embeddings": "latentcube.gapfill",
     "aggregate_embeddings": "latentcube.aggregate",
+    "sample_embeddings": "latentcube.sample_points",
     "export_geotiff": "latentcube.export",
     "pca_figure": "latentcube.evaluate.maps",
     # evaluation and the report
@@ -59,7 +60,7 @@ __all__ = [  # literal, so linters and IDEs read it; tests check it equals _LAZY
     "__version__", "new_cube", "open_cube", "save_cube", "validate_cube", "import_cube", "fetch_cube",
     "make_world", "write_world", "TrainConfig", "load_train_config", "check_data", "run_training",
     "load_model", "embed_cube", "embed_pixels", "open_embedding", "gapfill_embeddings", "aggregate_embeddings",
-    "export_geotiff",
+    "sample_embeddings", "export_geotiff",
     "pca_figure", "evaluate_gpp", "run_probe", "build_report", "run_demo", "demo_config_dir",
     "LatentcubeError",
 ]
@@ -91,6 +92,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real objects
     from latentcube.gapfill import gapfill_embeddings
     from latentcube.nn.model_file import load_model
     from latentcube.report import build_report
+    from latentcube.sample_points import sample_embeddings
     from latentcube.sources.importers import import_cube
     from latentcube.sources.stac import fetch_cube
     from latentcube.synthetic import make_world, write_world

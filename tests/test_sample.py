@@ -1,0 +1,235 @@
+"""Point sampling: direct indexing at random points given in other CRSs, polygon means by hand, chunk reads, errors, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from pyproj import Transformer
+
+from latentcube.cube import set_crs
+from latentcube.sample_points import SampleError, read_points, sample_embeddings
+
+#: A UTM 32N grid, 10 m pixels, north-up: pixel (row, col) has its centre at (X0 + 10 col + 5, Y0 - 10 row - 5).
+X0, Y0 = 600_000.0, 5_000_000.0
+TIMES = pd.DatetimeIndex(["2019-04-03", "2019-05-13", "2019-07-02"])
+
+
+def store(path, *, h=60, w=50, chunk=10, seed=0) -> xr.Dataset:
+    """A float32 embedding store (3 dates, 4 features) with NaN pixel-dates, written with chunk x chunk tiles."""
+    rng = np.random.default_rng(seed)
+    v = rng.normal(size=(len(TIMES), 4, h, w)).astype("float32")
+    v[rng.random((len(TIMES), h, w))[:, None].repeat(4, 1) < 0.2] = np.nan
+    ds = xr.Dataset(
+        {"embedding": (("time", "feature", "y", "x"), v),
+         "quality_s2": (("time", "y", "x"), rng.random((len(TIMES), h, w)).astype("float32"))},
+        coords={"time": TIMES.values, "feature": [f"fused_{i}" for i in range(4)],
+                "y": Y0 - 10 * np.arange(h) - 5, "x": X0 + 10 * np.arange(w) + 5},
+        attrs={"conventions": "latentcube embedding cube v1 (docs/embed.md)"},
+    )
+    ds = set_crs(ds, "EPSG:32632")
+    ds.to_zarr(path, zarr_format=2, consolidated=True, encoding={"embedding": {"chunks": (3, 4, chunk, chunk)},
+                                                                "quality_s2": {"chunks": (3, chunk, chunk)}})
+    return ds
+
+
+def random_pixels(n, h, w, seed=1):
+    """n random (row, col) and a random position inside each pixel, in UTM metres."""
+    rng = np.random.default_rng(seed)
+    r, c = rng.integers(0, h, n), rng.integers(0, w, n)
+    x = X0 + 10 * c + rng.uniform(0.5, 9.5, n)
+    y = Y0 - 10 * r - rng.uniform(0.5, 9.5, n)
+    return r, c, x, y
+
+
+def to_crs(x, y, crs):
+    return Transformer.from_crs("EPSG:32632", crs, always_xy=True).transform(x, y)
+
+
+def test_50_random_points_in_lonlat_csv_equal_direct_indexing(tmp_path):
+    ds = store(tmp_path / "e.zarr")
+    r, c, x, y = random_pixels(50, 60, 50)
+    lon, lat = to_crs(x, y, "EPSG:4326")
+    pd.DataFrame({"site": [f"s{i}" for i in range(50)], "Longitude": lon, "Latitude": lat}).to_csv(tmp_path / "p.csv",
+                                                                                                  index=False)
+    table = sample_embeddings(tmp_path / "e.zarr", tmp_path / "p.csv", tmp_path / "out.csv", series=True, progress=False)
+    assert len(table) == 50 * 3
+    ref = ds["embedding"].values  # (T, F, H, W)
+    for i in range(50):
+        rows = table[table["point"] == i]
+        assert (rows["site"] == f"s{i}").all()
+        np.testing.assert_array_equal(rows[[f"fused_{k}" for k in range(4)]].to_numpy(), ref[:, :, r[i], c[i]])
+        np.testing.assert_array_equal(rows["quality_s2"].to_numpy(), ds["quality_s2"].values[:, r[i], c[i]])
+        np.testing.assert_array_equal(rows["n_valid"].to_numpy(), np.isfinite(ref[:, 0, r[i], c[i]]).astype(int))
+    np.testing.assert_allclose(table["store_x"].to_numpy()[::3], x, atol=1e-6)
+    back = pd.read_csv(tmp_path / "out.csv")
+    assert list(back.columns[:4]) == ["point", "site", "Longitude", "Latitude"] and len(back) == 150
+    np.testing.assert_allclose(back["fused_2"].to_numpy(), table["fused_2"].to_numpy(), rtol=1e-6, equal_nan=True)
+
+
+def test_geojson_in_web_mercator_and_a_date_in_wide_format(tmp_path):
+    ds = store(tmp_path / "e.zarr")
+    r, c, x, y = random_pixels(50, 60, 50, seed=2)
+    mx, my = to_crs(x, y, "EPSG:3857")
+    fc = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::3857"}},
+          "features": [{"type": "Feature", "properties": {"id": i}, "geometry": {"type": "Point", "coordinates": [a, b]}}
+                       for i, (a, b) in enumerate(zip(mx, my, strict=True))]}
+    (tmp_path / "p.geojson").write_text(json.dumps(fc))
+    table = sample_embeddings(tmp_path / "e.zarr", tmp_path / "p.geojson", dates=["2019-05-13"], fmt="wide")
+    assert len(table) == 50 and "fused_3_2019-05-13" in table and "n_valid_2019-05-13" in table
+    np.testing.assert_array_equal(table["fused_3_2019-05-13"].to_numpy(), ds["embedding"].values[1, 3, r, c])
+
+
+def test_reads_only_the_chunks_that_hold_points(tmp_path, monkeypatch):
+    import zarr.storage
+
+    store(tmp_path / "e.zarr", h=200, w=200, chunk=20)  # 100 spatial chunks per variable
+    reads: list[str] = []
+    original = zarr.storage.LocalStore.get
+
+    async def counting_get(self, key, *args, **kwargs):
+        reads.append(key)
+        return await original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    rng = np.random.default_rng(0)
+    # 2,000 points in two chunks (rows/cols 0..19 and 140..159) and one in a third
+    rc = np.concatenate([rng.integers(0, 20, (1000, 2)), rng.integers(140, 160, (1000, 2)), [[199, 0]]])
+    x, y = X0 + 10 * rc[:, 1] + 5, Y0 - 10 * rc[:, 0] - 5
+    pd.DataFrame({"x": x, "y": y}).to_csv(tmp_path / "p.csv", index=False)
+    table = sample_embeddings(tmp_path / "e.zarr", tmp_path / "p.csv", crs="EPSG:32632", series=True, progress=False)
+    assert len(table) == 2001 * 3
+    chunk_reads = sorted(k for k in reads if k.startswith("embedding/"))
+    assert chunk_reads == ["embedding/0.0.0.0", "embedding/0.0.7.7", "embedding/0.0.9.0"]
+    assert len([k for k in reads if k.startswith("quality_s2/")]) == 3
+
+
+def test_polygon_mean_by_hand(tmp_path):
+    ds = store(tmp_path / "e.zarr")
+    # A rectangle around the centres of rows 2..3 and cols 4..6 (6 pixels), in UTM.
+    ring = [[X0 + 41, Y0 - 21], [X0 + 69, Y0 - 21], [X0 + 69, Y0 - 39], [X0 + 41, Y0 - 39], [X0 + 41, Y0 - 21]]
+    tiny = [[X0 + 101, Y0 - 101], [X0 + 103, Y0 - 101], [X0 + 103, Y0 - 103], [X0 + 101, Y0 - 101]]  # no centre inside
+    fc = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:32632"}}, "features": [
+        {"type": "Feature", "properties": {"name": "field"}, "geometry": {"type": "Polygon", "coordinates": [ring]}},
+        {"type": "Feature", "properties": {"name": "tiny"}, "geometry": {"type": "Polygon", "coordinates": [tiny]}}]}
+    (tmp_path / "f.geojson").write_text(json.dumps(fc))
+    table = sample_embeddings(tmp_path / "e.zarr", tmp_path / "f.geojson", series=True, progress=False)
+    block = ds["embedding"].values[:, :, 2:4, 4:7].reshape(3, 4, 6)
+    valid = np.isfinite(block).all(1)
+    field = table[table["name"] == "field"]
+    assert (field["n_pixels"] == 6).all()
+    np.testing.assert_array_equal(field["n_valid"].to_numpy(), valid.sum(1))
+    for t in range(3):
+        np.testing.assert_allclose(field[[f"fused_{k}" for k in range(4)]].to_numpy()[t], block[t][:, valid[t]].mean(1),
+                                   rtol=1e-5)
+    assert (field["store_x"].iloc[0], field["store_y"].iloc[0]) == (X0 + 55, Y0 - 30)  # mean of the 6 centres
+    small = table[table["name"] == "tiny"]
+    assert (small["n_pixels"] == 1).all()  # smaller than a pixel: the pixel it touches
+    np.testing.assert_array_equal(small["fused_0"].to_numpy(), ds["embedding"].values[:, 0, 10, 10])
+
+
+def test_points_outside_the_store(tmp_path):
+    store(tmp_path / "e.zarr")
+    x = [X0 + 5, X0 - 100, X0 + 25, X0 + 10_000]
+    y = [Y0 - 5, Y0 - 5, Y0 - 15, Y0 - 5]
+    pd.DataFrame({"x": x, "y": y}).to_csv(tmp_path / "p.csv", index=False)
+    with pytest.raises(SampleError, match=r"2 of 4 points/polygons lie outside the store \(x 600000 \.\. 600500, "
+                                          r"y 4\.9994e\+06 \.\. 5e\+06 in EPSG:32632; first: input row 1\)\. Fix: .*--outside drop"):
+        sample_embeddings(tmp_path / "e.zarr", tmp_path / "p.csv", crs="EPSG:32632", series=True)
+    dropped = sample_embeddings(tmp_path / "e.zarr", tmp_path / "p.csv", crs="EPSG:32632", dates=["2019-04-03"],
+                                outside="drop")
+    assert dropped["point"].tolist() == [0, 2]
+    kept = sample_embeddings(tmp_path / "e.zarr", tmp_path / "p.csv", crs="EPSG:32632", dates=["2019-04-03"], outside="nan")
+    assert kept["point"].tolist() == [0, 1, 2, 3] and kept["fused_0"].isna().tolist()[1::2] == [True, True]
+    assert kept["n_valid"].tolist()[1::2] == [0, 0]
+
+
+@pytest.mark.parametrize(("text", "kwargs", "message"), [
+    ("a,b\n1,2\n", {}, r"p\.csv has no coordinate columns \(it has \['a', 'b'\]\)\. Fix: add lon and lat columns"),
+    ("x,y\n600005,4999995\n", {}, r"p\.csv has x/y columns but no CRS\. Fix: pass --crs"),
+    ("lon,lat\n9.0,\n", {}, r"1 row\(s\) without numeric lon/lat \(first: row 0\)"),
+    ("x,y\n600005,4999995\n", {"crs": "EPSG:99999999"}, r"'EPSG:99999999' is not a CRS"),
+])
+def test_points_file_errors(tmp_path, text, kwargs, message):
+    (tmp_path / "p.csv").write_text(text)
+    with pytest.raises(SampleError, match=message):
+        read_points(tmp_path / "p.csv", **kwargs)
+
+
+def test_option_errors(tmp_path):
+    store(tmp_path / "e.zarr")
+    pd.DataFrame({"lon": [9.0], "lat": [45.0], "time": [1]}).to_csv(tmp_path / "p.csv", index=False)
+    with pytest.raises(SampleError, match=r"the store has 3 dates and none was chosen\. Fix: pass --date"):
+        sample_embeddings(tmp_path / "e.zarr", tmp_path / "p.csv", outside="drop")
+    with pytest.raises(SampleError, match=r"column\(s\) \['time'\], which the output table uses\. Fix: rename them"):
+        sample_embeddings(tmp_path / "e.zarr", tmp_path / "p.csv", series=True, outside="drop")
+    with pytest.raises(SampleError, match=r"written as \.parquet \(GeoParquet\) or \.csv"):
+        sample_embeddings(tmp_path / "e.zarr", tmp_path / "p.csv", tmp_path / "o.xlsx", series=True)
+    with pytest.raises(SampleError, match=r"is the points file"):
+        sample_embeddings(tmp_path / "e.zarr", tmp_path / "p.csv", tmp_path / "p.csv", series=True, overwrite=True)
+    fc = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {},
+                                                     "geometry": {"type": "LineString", "coordinates": [[0, 0], [1, 1]]}}]}
+    (tmp_path / "l.geojson").write_text(json.dumps(fc))
+    with pytest.raises(SampleError, match=r"feature 0 has LineString; sample takes Point, Polygon and MultiPolygon"):
+        read_points(tmp_path / "l.geojson")
+
+
+def test_geopandas_missing_is_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_geopandas(name, *args, **kwargs):
+        if name == "geopandas":
+            raise ImportError("no geopandas")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_geopandas)
+    (tmp_path / "p.parquet").write_bytes(b"PAR1")
+    with pytest.raises(SampleError, match=r"needs geopandas, which is not installed\. Fix: pip install 'latentcube\[vector\]'"):
+        read_points(tmp_path / "p.parquet")
+    with pytest.raises(SampleError, match=r"needs geopandas"):
+        sample_embeddings(tmp_path / "nowhere.zarr", tmp_path / "p.csv", tmp_path / "o.parquet")
+
+
+def test_geoparquet_in_and_out(tmp_path):
+    gpd = pytest.importorskip("geopandas")
+    from shapely.geometry import Point
+
+    ds = store(tmp_path / "e.zarr")
+    r, c, x, y = random_pixels(50, 60, 50, seed=3)
+    gdf = gpd.GeoDataFrame({"plot": np.arange(50)}, geometry=[Point(a, b) for a, b in zip(x, y, strict=True)],
+                           crs="EPSG:32632").to_crs("EPSG:4326")
+    gdf.to_parquet(tmp_path / "p.parquet")
+    sample_embeddings(tmp_path / "e.zarr", tmp_path / "p.parquet", tmp_path / "o.parquet", series=True, progress=False)
+    back = gpd.read_parquet(tmp_path / "o.parquet")
+    assert back.crs.to_epsg() == 4326 and len(back) == 150
+    np.testing.assert_allclose(back.geometry.x.to_numpy()[::3], gdf.geometry.x.to_numpy())
+    np.testing.assert_array_equal(back["fused_1"].to_numpy().reshape(50, 3), ds["embedding"].values[:, 1, r, c].T)
+
+
+def test_window_store_columns_and_cli(tmp_path, monkeypatch):
+    from latentcube.aggregate import aggregate_embeddings
+    from latentcube.cli import main
+
+    store(tmp_path / "e.zarr")
+    aggregate_embeddings(tmp_path / "e.zarr", tmp_path / "w.zarr", windows="2019-05-01/2019-07-31,season",
+                         progress=False)
+    win = xr.open_zarr(tmp_path / "w.zarr")
+    pd.DataFrame({"lon": to_crs(X0 + 15, Y0 - 25, "EPSG:4326")[0:1], "lat": to_crs(X0 + 15, Y0 - 25, "EPSG:4326")[1:2]}
+                 ).to_csv(tmp_path / "p.csv", index=False)
+    monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", "w.zarr", "--points", "p.csv", "--series", "--out", "s.csv"])
+    assert exc.value.code == 0
+    table = pd.read_csv(tmp_path / "s.csv")
+    assert table["window"].tolist() == ["season 2019", "2019-05-01/2019-07-31"]
+    assert table["window_end"].tolist() == ["2019-09-30", "2019-07-31"]
+    np.testing.assert_allclose(table["fused_0"], win["embedding"].values[:, 0, 2, 1], rtol=1e-6)
+    np.testing.assert_array_equal(table["valid_count"], win["valid_count"].values[:, 2, 1])
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", "w.zarr", "--points", "p.csv", "--series", "--out", "s.csv"])
+    assert exc.value.code == 1  # exists: --overwrite needed
