@@ -239,6 +239,7 @@ def _eth_hh(n: int = 96) -> pd.DataFrame:
 
 
 def test_parquet_with_timestamp_middle_reads_like_the_csv_hand_values(tmp_path):
+    pytest.importorskip("pyarrow")  # the Parquet engine (latentcube[vector], [dev])
     df = _eth_hh()
     pq = tmp_path / "CH-Xxx_eth.parquet"
     df.to_parquet(pq)
@@ -259,6 +260,7 @@ def test_parquet_with_timestamp_middle_reads_like_the_csv_hand_values(tmp_path):
 
 
 def test_eth_preset_names_absent_drivers_and_candidates(tmp_path):
+    pytest.importorskip("pyarrow")  # the Parquet engine (latentcube[vector], [dev])
     pq = tmp_path / "eth.parquet"
     _eth_hh().to_parquet(pq)
     with pytest.warns(FluxnetWarning, match=r"driver columns not found, read without them: ta 'TA_T1_2_1' \(candidates: "

@@ -148,6 +148,9 @@ def _read_table(path: Path) -> pd.DataFrame:
     if path.suffix.lower() in (".parquet", ".pq") or magic == b"PAR1":
         try:
             df = pd.read_parquet(path)
+        except ImportError as err:
+            raise FluxnetError(f"reading {path} (Parquet) needs pyarrow, which is not installed. Fix: pip install "
+                               "pyarrow (or latentcube[vector]), or export the file as CSV.") from err
         except Exception as err:
             raise FluxnetError(f"cannot read {path} as Parquet: {err}. Fix: check that the file is complete "
                                "(re-export it), or export it as CSV.") from err

@@ -32,7 +32,8 @@ def evaluate_gpp(
     write_report_section: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Predict daily GPP at flux sites from per-date embeddings and compare with the baselines.
+    """Predict daily GPP at flux sites from per-date embeddings and compare with the baselines (and, with
+    ``config.meteo``, with and beside the tower's daily meteorological drivers).
 
     Args:
         sites: site table (``towers.csv``: site_id, cube, row, col, veg_type) or a site plan, or a DataFrame
@@ -42,15 +43,17 @@ def evaluate_gpp(
             and the report section to ``OUT/sections/060_gpp.json``.
         checkpoint: fusion (or autoencoder) model file, ``runs/fusion/model.pt``.
         cubes: folder with the site cubes ``<cube>.zarr`` (None when the table holds paths).
-        fluxnet: folder with ``FLX_<SITE>_*.csv`` files (DD, HH or HR; read by
-            :func:`latentcube.sources.fluxnet.read_fluxnet`) or a mapping site_id -> file.
+        fluxnet: folder with ``FLX_<SITE>_*.csv`` or ``.parquet`` files (DD, HH or HR; read by
+            :func:`latentcube.sources.fluxnet.read_fluxnet` with ``config.flux_columns``, all before any
+            embedding) or a mapping site_id -> file.
         config: :class:`GPPConfig`.
         write_report_section: also write the report section.
         log: progress messages (e.g. ``print``); default silent.
 
     Returns:
         The content of ``metrics.json``: per protocol and method the overall / per-type / per-site
-        RMSE (g C m⁻² d⁻¹), R² and NRMSE (RMSE / observed range), plus timings and the config.
+        RMSE (g C m⁻² d⁻¹), R² and NRMSE (RMSE / observed range), the improvement of the embeddings (and of
+        embeddings + meteo) over each other method, timings and the config.
     """
     t_start = _time.perf_counter()
     say = log or (lambda _m: None)
