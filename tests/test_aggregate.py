@@ -258,3 +258,32 @@ def test_cli_aggregate_error_is_one_line(tmp_path, capsys, monkeypatch):
     assert exc.value.code == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "AggregateError: 1 window(s) hold no date of the store" in err and "Traceback" not in err
+
+
+@pytest.mark.slow  # matplotlib and scikit-learn fits: ~15-40 s on a busy 2-core machine
+def test_pca_figure_and_probe_read_a_window_store(tmp_path):
+    from latentcube.cube import new_cube
+    from latentcube.evaluate.maps import pca_figure
+    from latentcube.evaluate.probe import run_probe
+
+    rng = np.random.default_rng(4)
+    h = w = 16
+    t2 = pd.DatetimeIndex([f"2021-{m:02d}-15 10:30" for m in range(1, 13)])
+    lab = ((np.arange(h)[:, None] // 4 + np.arange(w)[None] // 4) % 2 + 1).astype("uint8")
+    s2 = (0.1 * lab[None, None] + rng.normal(0, 0.01, (12, 10, h, w))).astype("float32")
+    s2[3, :, :8] = np.nan  # April half cloudy: the S2 panel shows May, the first clear date in the season
+    cube = new_cube(s2=s2, time=t2, y=5_600_000.0 - 10 * np.arange(h) - 5, x=600_000.0 + 10 * np.arange(w) + 5,
+                    crs="EPSG:32632", layers={"landcover": lab})
+    e = np.concatenate([s2[:, :3] * 10, rng.normal(0, 1, (12, 1, h, w)).astype("float32")], axis=1)
+    emb = emb_store(e, t2).assign_coords(y=cube["y"], x=cube["x"])
+    out = tmp_path / "season.zarr"
+    aggregate_embeddings(emb, out, windows="season", progress=False)
+    png = pca_figure(out, cube, None, tmp_path / "pca.png")  # S2 beside it: the clearest date in Apr..Sep
+    assert png.stat().st_size > 1000
+    from latentcube.evaluate.maps import _s2_index
+
+    win = open_embedding(out)
+    assert pd.Timestamp(cube["time"].values[_s2_index(cube, win, 0, pd.Timestamp("2021-04-01"))]).month == 5
+    table = run_probe(out, cube, feature_sets=("embedding_date",), block_px=4, folds=3, classifiers=("logreg",))
+    assert str(table.attrs["probe"]["date"]).startswith("2021-04-01")
+    assert table[table.metric == "balanced_accuracy"]["mean"].iloc[0] > 0.9

@@ -154,6 +154,20 @@ def _date_index(da: xr.DataArray, date: Any) -> int:
     return match_dates(da["time"].values, [date])[0]
 
 
+def _s2_index(s2: xr.Dataset, da: xr.DataArray, t: int, day: pd.Timestamp) -> int:
+    """The S2 date shown beside embedding date ``t``: the same day, or for a window store (latentcube
+    aggregate) the S2 date inside the window with the most valid pixels."""
+    if "window_end" not in da.coords:
+        return match_dates(s2["time"].values, [day], what="the S2 cube")[0]
+    days = pd.DatetimeIndex(s2["time"].values).floor("D")
+    inside = np.flatnonzero((days >= day) & (days <= pd.Timestamp(da["window_end"].values[t]).floor("D")))
+    if inside.size == 0:
+        raise EmbeddingCubeError(f"the S2 cube has no date in the window {da['window'].values[t]}. Fix: pass the cube "
+                                 "the window store was aggregated from (--cube).")
+    valid = s2["s2"].isel(time=inside).notnull().all("band").sum(("y", "x")).values
+    return int(inside[int(np.argmax(valid))])
+
+
 def pca_rgb(
     emb: str | Path | xr.Dataset | xr.DataArray,
     *,
@@ -254,7 +268,7 @@ def pca_figure(
     t = _date_index(da, date)
     day = pd.Timestamp(da["time"].values[t]).floor("D")
     s2 = _source_cube(ds, cube)
-    ts2 = match_dates(s2["time"].values, [day], what="the S2 cube")[0]
+    ts2 = _s2_index(s2, da, t, day)
     if s2.sizes["y"] != da.sizes["y"] or s2.sizes["x"] != da.sizes["x"]:
         raise EmbeddingCubeError(
             f"the cube ({s2.sizes['y']} x {s2.sizes['x']}) and the embedding ({da.sizes['y']} x {da.sizes['x']}) "
@@ -268,7 +282,7 @@ def pca_figure(
     fig = Figure(figsize=(10, 5.4 * h / w + 0.4), dpi=110)
     axes = fig.subplots(1, 2)
     axes[0].imshow(tc, interpolation="nearest")
-    axes[0].set_title(f"Sentinel-2 true colour {day.date()}")
+    axes[0].set_title(f"Sentinel-2 true colour {pd.Timestamp(s2['time'].values[ts2]).date()}")
     axes[1].imshow(rgb, interpolation="nearest")
     axes[1].set_title(f"embedding PC1-3 as RGB ({100 * ev.sum():.0f} % of variance)")
     for ax in axes:
