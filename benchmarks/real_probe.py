@@ -1,0 +1,308 @@
+"""Do the embeddings beat the raw bands and a PCA code of the same size on real data?
+
+On the WorldCereal chip of ``../shared/data`` (64 x 64 px, 2018-08 .. 2019-11) this script does what a
+user does: it imports the chip with ``latentcube import`` (crop type ``CT`` and land cover ``LC`` as
+label layers), trains the three stages with the one-area recipe (``configs/area/``, the east 30 % held
+out: ``spatial_split: {val: 0.3}``, since 20 % of 64 px is narrower than one patch) once per seed with
+``latentcube train``, embeds the chip with ``latentcube embed`` (S2 model and fusion model; the held-out strip with the
+quality layer), then probes both label layers with ``latentcube.evaluate.probe.run_probe`` and prints one table:
+
+- crop type (CT) and land cover (LC), seasonal (NaN-median of each third of the dates) and one-date
+  protocols, logistic regression, 16-px block CV, balanced accuracy, mean ± sd over the seeds (seed s
+  probes model s with folds shuffled by s);
+- fused 7-d embedding vs raw S2+S1 bands vs PCA-7 of the fused model's inputs, and S2 9-d embedding vs
+  raw S2 vs PCA-9 (PCA fitted on the training strip of the chip);
+- S2 centre-pixel MAE on the held-out strip: the S2 model against PCA-9, the fusion model against
+  PCA-7, on the same pixel-dates (the models' ``quality_s2`` layer; reflectance).
+
+Labels are only read by the probe; training sees the S1/S2 bands alone.
+
+    python benchmarks/real_probe.py                                  # 3 seeds, temporary work folder
+    python benchmarks/real_probe.py --seeds 0 --epochs 1 --work /tmp/rp   # quick end-to-end check
+    python benchmarks/real_probe.py --work /tmp/rp --config-dir my_configs --json rp.json
+
+``--work DIR`` keeps the imported cube, the runs and the embeddings: a re-run with the same configs
+only re-probes; a changed config (or ``--epochs``) retrains that seed's stages from scratch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHIP = ROOT.parent / "shared" / "data" / "worldcereal_chip_31UES_2018_2019"
+STAGES = ("s1", "s2", "fusion")
+VAL = 0.3  # east share held out: 20 % of 64 px is narrower than one 15-px patch
+LABELS = {"CT": "croptype", "LC": "landcover"}
+PROTOCOLS = {"seasonal": "seasonal", "one date": "date"}
+T0 = time.time()
+
+
+def log(msg: str) -> None:
+    print(f"[real_probe {time.time() - T0:6.0f} s] {msg}", flush=True)
+
+
+def cli(*args: str) -> None:
+    """Run ``latentcube ARGS`` as a user would (same interpreter); stop on failure."""
+    cmd = [sys.executable, "-m", "latentcube.cli", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(f"real_probe: `latentcube {' '.join(args)}` failed:\n{res.stdout[-2000:]}{res.stderr[-4000:]}")
+
+
+def import_chip(work: Path) -> Path:
+    cube = work / "chip.zarr"
+    if cube.exists():
+        log(f"cube {cube} exists: reused")
+        return cube
+
+    def one(pattern: str) -> str:
+        found = sorted(CHIP.glob(pattern))
+        if len(found) != 1:
+            sys.exit(f"real_probe: expected one {pattern} in {CHIP}, found {len(found)}.")
+        return str(found[0])
+
+    labels = one("OUTPUT_POLY-110_*.nc")
+    log(f"importing {CHIP.name} -> {cube}")
+    cli("import", "--s2", str(CHIP / "S2_L2A_*m_*.nc"), "--s1", one("S1_GRD-*.nc"), "--preset", "worldcereal",
+        "--layer", f"croptype={labels}:CT", "--layer", f"landcover={labels}:LC", "--out", str(cube))
+    return cube
+
+
+def stage_config(config_dir: Path, stage: str, cube: Path, seed_dir: Path, seed: int) -> dict[str, Any]:
+    cfg = yaml.safe_load((config_dir / f"{stage}.yaml").read_text(encoding="utf-8"))
+    cfg["seed"] = seed
+    cfg["out_dir"] = str(seed_dir / "runs" / stage)
+    cfg.setdefault("data", {})
+    cfg["data"]["cubes"] = [str(cube)]
+    cfg["data"]["spatial_split"] = {"val": VAL}
+    if stage == "fusion":
+        cfg["checkpoints"] = {s: str(seed_dir / "runs" / s / "model.pt") for s in ("s1", "s2")}
+    return cfg
+
+
+def train_seed(cube: Path, work: Path, config_dir: Path, seed: int, epochs: int | None) -> tuple[Path, bool]:
+    """Train the three stages of one seed (reusing runs whose config is unchanged); True when any retrained."""
+    seed_dir = work / f"seed{seed}"
+    retrained = False
+    for stage in STAGES:
+        cfg = stage_config(config_dir, stage, cube, seed_dir, seed)
+        if epochs is not None:
+            cfg.setdefault("trainer", {})["max_epochs"] = int(epochs)
+        text = yaml.safe_dump(cfg, sort_keys=True)
+        path = seed_dir / "configs" / f"{stage}.yaml"
+        run = Path(cfg["out_dir"])
+        if not retrained and (run / "model.pt").exists() and path.exists() and path.read_text(encoding="utf-8") == text:
+            log(f"seed {seed}: {stage} model exists with the same config: reused")
+            continue
+        if run.exists():
+            shutil.rmtree(run)  # a changed config (or an upstream retrain) starts again, not resumes
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        log(f"seed {seed}: training {stage} ({config_dir / f'{stage}.yaml'}"
+            + (f", {epochs} epochs" if epochs is not None else "") + ")")
+        cli("train", stage, "--config", str(path))
+        retrained = True
+    return seed_dir, retrained
+
+
+def _embed(cube: Path, model: Path, out: Path, fresh: bool, what: str, *extra: str) -> Path:
+    if out.exists() and not fresh and out.stat().st_mtime >= model.stat().st_mtime:
+        log(f"{out.parent.name}: {out.name} exists: reused")
+    else:
+        log(f"{out.parent.name}: embedding {what} -> {out.name}")
+        cli("embed", str(cube), "--checkpoint", str(model), "--out", str(out), "--overwrite", *extra)
+    return out
+
+
+def strip_cube(cube: Path, work: Path, halo: int) -> Path:
+    """The held-out strip plus the models' halo as its own cube: its quality layer equals the whole
+    chip's on the strip (dense inference is exact), for under half of the chip's cost."""
+    from latentcube.cube import open_cube, save_cube
+    from latentcube.sampling import spatial_split
+
+    ds = open_cube(cube)
+    _, cols = spatial_split(ds.sizes["y"], ds.sizes["x"], {"val": VAL}, patch=1)["val"]
+    first = max(cols.start - halo, 0)
+    path = work / f"held_out_strip_from_x{first}.zarr"
+    if not path.exists():
+        save_cube(ds.isel(x=slice(first, None)), path)
+    return path
+
+
+def embed_seed(cube: Path, work: Path, seed_dir: Path, retrained: bool,
+               mae: bool = True) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Per model (fusion, S2): the chip's embedding for the probe, and the quality layer of the held-out strip."""
+    import xarray as xr
+
+    stores, quality = {}, {}
+    for name, stage in (("fused", "fusion"), ("s2", "s2")):
+        model = seed_dir / "runs" / stage / "model.pt"
+        stores[name] = _embed(cube, model, seed_dir / f"emb_{name}.zarr", retrained, f"the chip with the {stage} model")
+        if not mae:
+            continue
+        halo = int(json.loads(xr.open_zarr(stores[name]).attrs["preprocessing"])["halo_px"])
+        quality[name] = _embed(strip_cube(cube, work, halo), model, seed_dir / f"quality_{name}.zarr", retrained,
+                               f"the held-out strip with the {stage} model's quality layer", "--quality")
+    return stores, quality
+
+
+def held_out_mae(cube: Path, quality: dict[str, Path]) -> dict[str, float]:
+    """S2 centre MAE (reflectance) on the held-out strip: each model's quality_s2 against PCA-k of its
+    inputs fitted on the training strip, on the pixel-dates where both are defined."""
+    import xarray as xr
+
+    from latentcube.cube import open_cube
+    from latentcube.evaluate.probe import fit_pca_code, model_inputs, open_embedding_store
+    from latentcube.sampling import spatial_split
+
+    ds = open_cube(cube)
+    rows_sl, cols_sl = spatial_split(ds.sizes["y"], ds.sizes["x"], {"val": VAL}, patch=1)["val"]
+    rr, cc = np.mgrid[rows_sl, cols_sl]
+    rows, cols = rr.ravel(), cc.ravel()
+    out = {}
+    for name, k, sensors in (("s2", 9, ("s2",)), ("fused", 7, ("s2", "s1"))):
+        _, settings = open_embedding_store(quality[name])
+        q = xr.open_zarr(quality[name])["quality_s2"].sel(x=ds["x"].values[cols_sl]).isel(y=rows_sl)
+        if not np.array_equal(q["time"].values, ds["time"].values):
+            sys.exit("real_probe: the quality layer is not on the chip's S2 dates.")
+        model_err = q.transpose("time", "y", "x").values.reshape(q.sizes["time"], -1)  # (T, n), row-major as rows/cols
+        code = fit_pca_code(ds, k, sensors, settings=settings, spatial_split={"val": VAL})
+        x, _, _ = model_inputs(ds, rows, cols, ds["time"].values, sensors, settings, 6.0)
+        pca_err = code.sensor_mae(x, "s2")
+        both = np.isfinite(model_err) & np.isfinite(pca_err)
+        out[f"{name}_model"] = float(model_err[both].mean())
+        out[f"{name}_pca{k}"] = float(pca_err[both].mean())
+        out[f"{name}_pixel_dates"] = int(both.sum())
+    return out
+
+
+def probe(cube: Path, stores: dict[int, dict[str, Path]], seeds: list[int], classifiers: tuple[str, ...]) -> list[dict]:
+    import warnings
+
+    from latentcube.evaluate.probe import run_probe
+
+    rows = []
+    sets = [f"{s}_{p}" for p in PROTOCOLS.values() for s in ("embedding", "raw", "pca")]
+    for code, layer in LABELS.items():
+        for group, k in (("fused", 7), ("s2", 9)):
+            log(f"probing {code} ({layer}) with the {group} embedding, {len(seeds)} seed(s)")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                table = run_probe({s: stores[s][group] for s in seeds}, cube, labels=layer, seeds=seeds,
+                                  feature_sets=sets, classifiers=classifiers, block_px=16, folds=5,
+                                  embedding_features=group, pca_fit=cube, pca_spatial_split={"val": VAL})
+            for w in caught:
+                if "dropped classes" in str(w.message):
+                    log(f"  {w.message}")
+            s = table.attrs["probe"]
+            ba = table[table["metric"] == "balanced_accuracy"]
+            for _, r in ba.iterrows():
+                source, _, protocol = r["features"].rpartition("_")
+                rows.append({
+                    "labels": code, "protocol": next(k_ for k_, v in PROTOCOLS.items() if v == protocol),
+                    "group": group, "source": source, "classifier": r["classifier"],
+                    "name": _row_name(group, source, k, s["raw_bands"]), "n_features": int(r["n_features"]),
+                    "mean": float(r["mean"]), "std": float(r["std"]), "per_seed": [float(v) for v in r["per_seed"]],
+                    "n_pixels": int(r["n_pixels"]), "n_classes": int(r["n_classes"]), "date": s["date"],
+                    "windows": s["windows"],
+                })
+    return rows
+
+
+def _row_name(group: str, source: str, k: int, raw_bands: list[str]) -> str:
+    sensors = "S2+S1" if group == "fused" else "S2"
+    return {"embedding": f"{group} {k}-d embedding", "raw": f"raw {sensors} ({len(raw_bands)} bands)",
+            "pca": f"PCA-{k} ({sensors})"}[source]
+
+
+def print_table(rows: list[dict], mae: dict[int, dict[str, float]], seeds: list[int]) -> None:
+    sd = "sd over seeds" if len(seeds) > 1 else "sd over folds"
+    print(f"\nBalanced accuracy, logistic regression, 16-px block CV (5 folds), mean ± {sd}; seeds {seeds}")
+    print(f"{'labels':6} {'protocol':9} {'features':26} {'n':>4} {'balanced acc.':>15}  per seed")
+    for r in rows:
+        if r["classifier"] != "logreg":
+            continue
+        per = " ".join(f"{v:.3f}" for v in r["per_seed"])
+        print(f"{r['labels']:6} {r['protocol']:9} {r['name']:26} {r['n_features']:>4} {r['mean']:>7.3f} ± {r['std']:.3f}  {per}")
+    first = rows[0]
+    print(f"(one date: {first['date']}; seasonal windows: "
+          + ", ".join(f"{w['start']}..{w['end']}" for w in first["windows"]) + ")")
+    for lab in LABELS:
+        for protocol in PROTOCOLS:
+            for group in ("fused", "s2"):
+                sel = {r["source"]: r for r in rows if r["labels"] == lab and r["protocol"] == protocol
+                       and r["group"] == group and r["classifier"] == "logreg"}
+                if len(sel) < 3:
+                    continue
+                e, raw, pca = (np.array(sel[s]["per_seed"]) for s in ("embedding", "raw", "pca"))
+                margin = e - np.maximum(raw, pca)
+                print(f"  {lab} {protocol:9} {group:5}: embedding - max(raw, PCA) = {margin.mean():+.3f} "
+                      f"(per seed {' '.join(f'{m:+.3f}' for m in margin)}; above both in every seed: "
+                      f"{'yes' if (margin > 0).all() else 'no'})")
+    if not mae:
+        return
+    print("\nS2 centre-pixel MAE on the held-out strip (reflectance), same pixel-dates, mean ± sd over seeds")
+    for name, k in (("s2", 9), ("fused", 7)):
+        m = np.array([mae[s][f"{name}_model"] for s in seeds])
+        p = np.array([mae[s][f"{name}_pca{k}"] for s in seeds])
+        label = "S2 model" if name == "s2" else "fusion model"
+        print(f"  {label:13} {m.mean():.4f} ± {m.std(ddof=1) if len(m) > 1 else 0:.4f}   PCA-{k} {p.mean():.4f}   "
+              f"ratio {np.mean(m / p):.2f}x  ({mae[seeds[0]][f'{name}_pixel_dates']} pixel-dates)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=None, help="work folder, reused across runs (default: temporary)")
+    parser.add_argument("--config-dir", type=Path, default=ROOT / "configs" / "area",
+                        help="folder with s1.yaml, s2.yaml, fusion.yaml (default configs/area)")
+    parser.add_argument("--seeds", default="0,1,2", help="training seeds, comma separated (default 0,1,2)")
+    parser.add_argument("--epochs", type=int, default=None, help="override trainer.max_epochs of every stage")
+    parser.add_argument("--json", type=Path, default=None, help="also write the table and MAE as JSON")
+    parser.add_argument("--no-mae", action="store_true",
+                        help="skip the held-out S2 centre MAE (its quality layer costs ~10x an embedding on CPU)")
+    parser.add_argument("--knn", action="store_true", help="also score k-NN (in the JSON; the table shows logistic regression)")
+    args = parser.parse_args()
+    if not CHIP.exists():
+        print(f"real_probe: skipped, the WorldCereal chip is absent ({CHIP}).")
+        return
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    config_dir = args.config_dir.resolve()
+    missing = [s for s in STAGES if not (config_dir / f"{s}.yaml").exists()]
+    if missing:
+        sys.exit(f"real_probe: {config_dir} lacks {[f'{s}.yaml' for s in missing]}. Fix: pass --config-dir with all three.")
+    work = (args.work or Path(tempfile.mkdtemp(prefix="real_probe_"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    log(f"work folder {work}; configs {config_dir}; seeds {seeds}")
+    cube = import_chip(work)
+    stores, mae = {}, {}
+    for seed in seeds:
+        seed_dir, retrained = train_seed(cube, work, config_dir, seed, args.epochs)
+        stores[seed], quality = embed_seed(cube, work, seed_dir, retrained, not args.no_mae)
+        if quality:
+            mae[seed] = held_out_mae(cube, quality)
+            log(f"seed {seed}: held-out S2 centre MAE {mae[seed]}")
+    rows = probe(cube, stores, seeds, ("logreg", "knn") if args.knn else ("logreg",))
+    print_table(rows, mae, seeds)
+    if args.json is not None:
+        doc = {"command": " ".join(sys.argv), "config_dir": str(config_dir), "seeds": seeds, "epochs": args.epochs,
+               "probe": rows, "s2_centre_mae_held_out": {str(s): v for s, v in mae.items()},
+               "seconds": round(time.time() - T0, 1)}
+        args.json.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        log(f"wrote {args.json}")
+    log("done")
+
+
+if __name__ == "__main__":
+    main()
