@@ -247,7 +247,7 @@ def model_info_(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Parameters, FLOPs per embedding and latent sizes of a checkpoint (or of the default models)."""
-    from latentcube.describe import describe_models, model_rows
+    from latentcube.describe import checkpoint_lines, describe_models, model_rows
 
     report = describe_models(checkpoint, sensor=sensor, flops=not no_flops)
     if as_json:
@@ -255,13 +255,8 @@ def model_info_(
         return
     out.print(_table("latentcube models", model_rows(report), header=(
         "model", "parameters (trainable)", "latent sizes", "FLOPs/embedding dense", "FLOPs/embedding per-patch")))
-    if "checkpoint" in report:
-        c = report["checkpoint"]
-        out.print(f"kind: {c['kind']}  version: {c.get('latentcube_version')}  bands: {c.get('band_order')}")
-        out.print(f"dates: {c.get('dates_convention')}")
-        out.print(f"normalisation: {json.dumps(c.get('normalization'))}")
-        if c.get("metrics"):
-            out.print("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in c["metrics"].items()))
+    for line in checkpoint_lines(report):
+        out.print(line)
 
 
 @app.command()
@@ -339,8 +334,6 @@ def plot_training_(
 
     out.print(str(plot_training(run, out_path)))
 
-
-# ------------------------------------------------------------------------------ embedding products
 
 @app.command()
 def gapfill(
@@ -438,7 +431,6 @@ def sample(
     out.print(f"{len(table)} rows in {out_path}")
 
 
-
 # -------------------------------------------------------------------------------------- evaluation
 
 evaluate_app = typer.Typer(help="Downstream evaluation of embedding cubes (GPP, land-cover probe).", no_args_is_help=True)
@@ -474,28 +466,16 @@ def evaluate_gpp_(
     """Predict daily GPP at flux towers from per-date embeddings, against four baselines (paper §IV-C)."""
     from latentcube.evaluate.gpp import GPPConfig, evaluate_gpp
 
-    def ints(s: str) -> tuple[int, ...]:
-        return tuple(int(v) for v in s.split(",") if v.strip())
-
-    def names(s: str) -> tuple[str, ...]:
-        return tuple(v.strip() for v in s.split(",") if v.strip())
-
     cfg = GPPConfig(radius_px=radius, weights=weights, window_days=window, stride_days=stride, max_gap_days=max_gap,
-                    train_years=ints(train_years), test_years=ints(test_years), protocols=names(protocols),
-                    methods=names(methods) if methods else None, meteo=names(meteo) if meteo else (),
-                    flux_columns=flux_columns, sweep_windows=ints(sweep) if sweep else (), seed=seed, device=device)
+                    train_years=_items(train_years, int), test_years=_items(test_years, int), protocols=_items(protocols),
+                    methods=_items(methods) if methods else None, meteo=_items(meteo) if meteo else (),
+                    flux_columns=flux_columns, sweep_windows=_items(sweep, int) if sweep else (), seed=seed, device=device)
     doc = evaluate_gpp(sites, out_dir, checkpoint=checkpoint, cubes=cubes, fluxnet=fluxnet, config=cfg,
                        log=lambda m: console.print(m, highlight=False))
-    table = Table(title="GPP NRMSE (RMSE / observed range), all sites")
-    table.add_column("method")
-    for p in doc["protocols"]:
-        table.add_column(p)
-    first = next(iter(doc["protocols"].values()))["scores"]
-    for m in first:
-        table.add_row(m, *[f"{doc['protocols'][p]['scores'][m]['overall']['nrmse']:.3f}" for p in doc["protocols"]])
-    out.print(table)
+    scores = {p: v["scores"] for p, v in doc["protocols"].items()}
+    rows = [(m, *[f"{scores[p][m]['overall']['nrmse']:.3f}" for p in scores]) for m in next(iter(scores.values()))]
+    out.print(_table("GPP NRMSE (RMSE / observed range), all sites", rows, header=("method", *scores)))
     out.print(str(Path(out_dir) / "evaluation" / "gpp"))
-
 
 
 @evaluate_app.command("probe")
@@ -520,37 +500,30 @@ def evaluate_probe(
     """Probe: logistic regression and k-NN on embeddings vs raw bands vs a PCA code, spatially blocked CV."""
     from latentcube.evaluate.probe import parse_seeds, ratios, run_probe
 
-    def items(text: str) -> list[str]:
-        return [t.strip() for t in text.split(",") if t.strip()]
-
-    sets = [f"{s}_{p}" for p in items(protocols) for s in items(sources)]
-    win: int | list[str] = int(windows) if windows.strip().isdigit() else items(windows)
+    sets = [f"{s}_{p}" for p in _items(protocols) for s in _items(sources)]
+    win: int | list[str] = int(windows) if windows.strip().isdigit() else list(_items(windows))
     table = run_probe(str(embedding) if "{seed}" in str(embedding) else embedding, cube, labels=labels, date=date,
                       block_px=block_px, folds=folds, seed=seed, seeds=parse_seeds(seeds), feature_sets=sets,
-                      classifiers=items(classifiers), windows=win, embedding_features=features, pca_fit=pca_fit,
+                      classifiers=list(_items(classifiers)), windows=win, embedding_features=features, pca_fit=pca_fit,
                       pca_spatial_split={"val": pca_holdout} if pca_holdout else None, run_dir=out_dir)
     s = table.attrs["probe"]
     over = f"{len(s['seeds'])} seeds" if s.get("seeds_over") else "folds"
-    grid = Table(title=f"probe `{labels}`, one date {s['date']}: {s['n_pixels']} pixels, {len(s['classes'])} classes, "
-                       f"{s['folds']} blocked folds, mean ± sd over {over}")
-    for col in ("features", "classifier", "n feat.", "balanced accuracy", "macro F1"):
-        grid.add_column(col)
     wide = table.pivot_table(index=["features", "classifier"], columns="metric", values=["mean", "std"], sort=False)
     n_feat = table.groupby(["features", "classifier"], sort=False)["n_features"].first()
-    for (fs, clf), r in wide.iterrows():
-        grid.add_row(fs, clf, str(n_feat[(fs, clf)]), f"{r[('mean', 'balanced_accuracy')]:.3f} ± {r[('std', 'balanced_accuracy')]:.3f}",
-                     f"{r[('mean', 'macro_f1')]:.3f} ± {r[('std', 'macro_f1')]:.3f}")
-    out.print(grid)
+    rows = [(fs, clf, str(n_feat[(fs, clf)]), *[f"{r[('mean', m)]:.3f} ± {r[('std', m)]:.3f}" for m in ("balanced_accuracy", "macro_f1")])
+            for (fs, clf), r in wide.iterrows()]
+    out.print(_table(f"probe `{labels}`, one date {s['date']}: {s['n_pixels']} pixels, {len(s['classes'])} classes, "
+                     f"{s['folds']} blocked folds, mean ± sd over {over}", rows,
+                     header=("features", "classifier", "n feat.", "balanced accuracy", "macro F1")))
     for clf, v in ratios(table).items():
         out.print(f"one-date embedding / raw bands, {clf}: {v:.1%}")
     if out_dir is not None:
         out.print(str(Path(out_dir) / "evaluation" / "probe" / "probe.json"))
 
 
-
 @sweep_app.command("alpha")
 def sweep_alpha(
-    config: Annotated[Path, typer.Option("--config", help="Stage-1 training config (s2 or s1), e.g. configs/demo/s2.yaml.")],
+    config: Annotated[Path, typer.Option("--config", help="Stage-1 training config (s2 or s1), e.g. runs/s2/config.yaml of a demo run.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output directory (runs/, sweep.json, sweep.csv, report section).")],
     alphas: Annotated[str | None, typer.Option("--alphas", help="Comma-separated α set as both spatial and temporal decay.")] = None,
     alpha_s: Annotated[str | None, typer.Option("--alpha-s", help="Comma-separated spatial decays (grid with --alpha-t).")] = None,
@@ -567,18 +540,12 @@ def sweep_alpha(
     table = run_sweep(config, out_dir, alphas=parse_floats(alphas, what="--alphas"),
                       alpha_s=parse_floats(alpha_s, what="--alpha-s"), alpha_t=parse_floats(alpha_t, what="--alpha-t"),
                       reference=(reference, reference), max_epochs=max_epochs, max_steps=max_steps, probe=probe, labels=labels)
-    grid = Table(title=f"context-decay sweep (MAE normalised; context MAE with α = {reference:g} weights)")
     probes = [c for c in table.columns if c.startswith("probe_")]
-    for col in ("α_s", "α_t", "own objective", "centre MAE", "context MAE", *[c.removeprefix("probe_") for c in probes]):
-        grid.add_column(col)
-    for r in table.itertuples():
-        grid.add_row(f"{r.alpha_s:g}", f"{r.alpha_t:g}", f"{r.objective_own:.4f}", f"{r.center_mae:.4f}",
-                     f"{r.context_mae_ref:.4f}", *[f"{getattr(r, c):.3f}" for c in probes])
-    out.print(grid)
+    rows = [(f"{r.alpha_s:g}", f"{r.alpha_t:g}", f"{r.objective_own:.4f}", f"{r.center_mae:.4f}", f"{r.context_mae_ref:.4f}",
+             *[f"{getattr(r, c):.3f}" for c in probes]) for r in table.itertuples()]
+    out.print(_table(f"context-decay sweep (MAE normalised; context MAE with α = {reference:g} weights)", rows,
+                     header=("α_s", "α_t", "own objective", "centre MAE", "context MAE", *[c.removeprefix("probe_") for c in probes])))
     out.print(str(Path(out_dir) / "sweep.json"))
-
-
-
 
 
 @app.command()
@@ -594,6 +561,11 @@ def report(
 
 
 # ------------------------------------------------------------------------------------ entry point
+
+
+def _items(text: str, kind: type = str) -> tuple:
+    """A comma-separated option as its non-empty items (converted by ``kind``)."""
+    return tuple(kind(t.strip()) for t in text.split(",") if t.strip())
 
 
 def _table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) -> Table:
