@@ -68,15 +68,6 @@ def tiny(tmp_path_factory) -> dict:
     return {"root": root, "config": path}
 
 
-@pytest.fixture
-def one_torch_thread():
-    # One thread: on a busy 2-core machine two torch threads made this test ~6x slower (spin-waiting).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 def test_tiny_sweep_through_the_cli(tiny, one_torch_thread):
     from typer.testing import CliRunner
