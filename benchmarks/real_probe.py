@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -41,7 +42,8 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CHIP = ROOT.parent / "shared" / "data" / "worldcereal_chip_31UES_2018_2019"
+SHARED = Path(os.environ.get("LATENTCUBE_SHARED_DATA") or ROOT.parent / "shared" / "data")  # as the tests
+CHIP = SHARED / "worldcereal_chip_31UES_2018_2019"
 STAGES = ("s1", "s2", "fusion")
 VAL = 0.3  # east share held out: 20 % of 64 px is narrower than one 15-px patch
 LABELS = {"CT": "croptype", "LC": "landcover"}

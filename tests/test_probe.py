@@ -451,6 +451,21 @@ def test_cli_probe_protocols_windows_pca_and_seeds(cube, emb, tmp_path, monkeypa
     assert res.exit_code != 0 and "unknown feature sets ['embedding_weekly'" in str(res.exception)
 
 
+def test_real_probe_benchmark_skips_cleanly_without_the_chip(tmp_path):
+    """benchmarks/real_probe.py from another folder: without the real data it says so and exits 0."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "real_probe.py"
+    env = {**os.environ, "LATENTCUBE_SHARED_DATA": str(tmp_path / "absent")}
+    res = subprocess.run([sys.executable, str(script), "--seeds", "0", "--work", "w"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "real_probe: skipped, the WorldCereal chip is absent" in res.stdout and str(tmp_path / "absent") in res.stdout
+    assert not (tmp_path / "w").exists()  # nothing written
+
+
 # ---------------------------------------------------------------------------- trained models
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
