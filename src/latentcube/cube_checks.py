@@ -17,7 +17,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from latentcube.cube import _SAMPLE_TARGET, CubeError, _chunk_windows, impossible_values
+from latentcube.cube import CubeError, impossible_values
+from latentcube.cube._sample import _SAMPLE_TARGET, _chunk_windows
 from latentcube.timeutils import nearest_index
 
 __all__ = ["S1_COVERAGE_WARN", "S1Coverage", "ValueScan", "check_s1_coverage", "s1_coverage", "scan_cube"]
