@@ -26,6 +26,7 @@ import pytest
 
 from latentcube.cube import new_cube, open_cube, save_cube, validate_cube
 from latentcube.errors import LatentcubeError
+from latentcube.sources.fluxnet import read_fluxnet
 
 # ------------------------------------------------------------------------------- how rows are run
 
@@ -262,6 +263,37 @@ def tiny_embedding(tmp: Path) -> Path:
     return tmp / "emb.zarr"
 
 
+def flux_file(tmp: Path, kind: str) -> Path:
+    """A small FLUXNET file that is wrong in one way (defects 9 and 10)."""
+    days = pd.date_range("2020-01-01", periods=8, freq="D")
+    df = pd.DataFrame({"TIMESTAMP": days.strftime("%Y%m%d"), "GPP_NT_VUT_REF": 1.0, "NEE_VUT_REF_QC": 1.0})
+    path = tmp / "FLX_XX-Bad_DD.csv"
+    if kind == "header only":
+        path.write_text("TIMESTAMP,GPP_NT_VUT_REF,NEE_VUT_REF_QC\n")
+    elif kind == "semicolons":
+        df.to_csv(path, sep=";", index=False)
+    elif kind == "most days missing":
+        df.loc[1:, "GPP_NT_VUT_REF"] = -9999
+        df.to_csv(path, index=False)
+    elif kind == "eth at 47 m":
+        mid = pd.date_range("2021-07-01 00:15", periods=48, freq="30min")
+        pd.DataFrame({"TIMESTAMP_MIDDLE": mid.strftime("%Y-%m-%d %H:%M"), "GPP_DT_CUT_REF": 1.0, "QCF_NEE": 0,
+                      "TA_T1_47_1_gfXG": 10.0, "SW_IN_T1_47_1_gfXG": 100.0}).to_csv(path, index=False)
+    elif kind == "other names":
+        df.rename(columns={"GPP_NT_VUT_REF": "GPP_DT_VUT_REF"}).to_csv(path, index=False)
+    return path
+
+
+def gpp_cli(tmp: Path, flux: Path, *extra: str) -> str:
+    """`latentcube evaluate gpp` on one tower whose file is ``flux``: the tower files are read before any
+    cube or model, so neither needs to be real."""
+    (tmp / "c1.zarr").mkdir(exist_ok=True)
+    pd.DataFrame({"site_id": ["XX-Bad"], "cube": ["c1"], "row": [4], "col": [4], "veg_type": ["GRA"]}).to_csv(
+        tmp / "towers.csv", index=False)
+    return cli("evaluate", "gpp", "--checkpoint", file(tmp, "model.pt", b"x"), "--sites", tmp / "towers.csv",
+               "--fluxnet", flux.parent, "--cubes", tmp, "--out", tmp / "run", *extra)
+
+
 # --------------------------------------------------------------------------------------- the table
 
 CASES: list[Row] = [
@@ -314,6 +346,13 @@ CASES: list[Row] = [
     row("embed --block-px 3", lambda t: cli("embed", saved(t), "--checkpoint", tiny_model(t), "--out", "e.zarr", "--block-px", "3"), r"block_px=3 is below the minimum 16: .* reads 32x the pixels it embeds .*Fix: --block-px 256 \(the default\), or at least 16"),
     row("gapfill --freq 0D", lambda t: cli("gapfill", tiny_embedding(t), "--out", "f.zarr", "--freq", "0D"), r"freq '0D' is not a positive step\. Fix: use a positive number of days"),
     row("gapfill --freq -5D", lambda t: cli("gapfill", tiny_embedding(t), "--out", "f.zarr", "--freq", "-5D"), r"freq '-5D' is not a positive step\. Fix:"),
+    # ---- FLUXNET files (defects 9, 10)
+    row("fluxnet: a header-only CSV", lambda t: read_fluxnet(flux_file(t, "header only")), r"has a header but no records .*Fix: pass the complete FLUXNET file"),
+    row("fluxnet: a semicolon-separated CSV", lambda t: read_fluxnet(flux_file(t, "semicolons")), r"is separated by semicolons, not commas .*Fix: FLUXNET files are comma-separated"),
+    row("fluxnet: a DD file with most days missing", lambda t: warns(lambda: read_fluxnet(flux_file(t, "most days missing"))), r"GPP on only 12% of the 8 days from 2020-01-01 to 2020-01-08 \(1 days\).*Fix: check the export"),
+    row("fluxnet: eth preset, drivers at another height", lambda t: warns(lambda: read_fluxnet(flux_file(t, "eth at 47 m"), columns="eth")), r"driver columns not found, read without them: ta 'TA_T1_2_1' \(candidates: \['TA_T1_47_1_gfXG'\]\); sw_in 'SW_IN_T1_2_1' \(candidates: \['SW_IN_T1_47_1_gfXG'\]\).*Fix: .*--flux-columns eth,ta=<column>"),
+    row("evaluate gpp: other GPP column names", lambda t: gpp_cli(t, flux_file(t, "other names")), r"no GPP column 'GPP_NT_VUT_REF'\. GPP-like columns found: \['GPP_DT_VUT_REF'\].*Fix: .*CLI: --flux-columns gpp=<column>"),
+    row("evaluate gpp --meteo: drivers absent", lambda t: gpp_cli(t, flux_file(t, "eth at 47 m"), "--flux-columns", "eth", "--meteo", "ta,vpd"), r"driver columns not found: ta 'TA_T1_2_1' \(candidates: \['TA_T1_47_1_gfXG'\]\); vpd 'VPD_T1_2_1' \(candidates: none\)"),
 ]
 
 

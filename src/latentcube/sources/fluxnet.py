@@ -283,16 +283,18 @@ def read_fluxnet(
             "Fix: pass columns={'nee_qc': '<column>'}; CLI: --flux-columns nee_qc=<column>."
         )
     absent = {k: cols[k] for k in METEO_COLUMNS if cols[k] not in df.columns}
-    if absent:
-        hints = "; ".join(f"{k} {c!r} (candidates: {_candidates(k, df.columns) or 'none'})" for k, c in absent.items())
-        fix = ("Fix: map them, e.g. columns={'" + next(iter(absent)) + "': '<column>'}; CLI: --flux-columns "
-               + (columns + "," if isinstance(columns, str) else "") + f"{next(iter(absent))}=<column>.")
-        if set(absent) & set(require):
+    missing_required = {k: c for k, c in absent.items() if k in require}
+    # Silent only where nothing can be done: the default names and no candidate column in the file.
+    if missing_required or absent and (columns is not None or any(_candidates(k, df.columns) for k in absent)):
+        named = missing_required or absent
+        hints = "; ".join(f"{k} {c!r} (candidates: {_candidates(k, df.columns) or 'none'})" for k, c in named.items())
+        first = next(iter(named))
+        fix = ("Fix: map them, e.g. columns={'" + first + "': '<column>'}; CLI: --flux-columns "
+               + (columns + "," if isinstance(columns, str) else "") + f"{first}=<column>.")
+        if missing_required:
             raise FluxnetError(f"{path}: driver columns not found: {hints}. {fix}")
-        # Silent only where nothing can be done: the default names and no candidate column in the file.
-        if columns is not None or any(_candidates(k, df.columns) for k in absent):
-            warnings.warn(f"{path}: driver columns not found, read without them: {hints}. {fix}", FluxnetWarning,
-                          stacklevel=2)
+        warnings.warn(f"{path}: driver columns not found, read without them: {hints}. {fix}", FluxnetWarning,
+                      stacklevel=2)
     kind, stamps = _detect(df, resolution, path)
     wanted = {k: c for k, c in cols.items() if c in df.columns}
     data = pd.DataFrame(
