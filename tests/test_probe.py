@@ -468,23 +468,10 @@ def test_real_probe_benchmark_skips_cleanly_without_the_chip(tmp_path):
 
 # ---------------------------------------------------------------------------- trained models
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.exists():
-    DATA = Path("/work/shared/data")
-WC = DATA / "worldcereal_chip_31UES_2018_2019"
+CHIP = "worldcereal_chip_31UES_2018_2019"
 # A small S2 autoencoder (same class as the default; test_train.py uses the same sizes).
 SMALL = {"widths": [8, 12, 16], "multiscale_branch_ch": 4, "d_model": 16, "n_heads": 2, "ffn_dim": 16,
          "decoder_d_model": 16, "decoder_ffn_dim": 16, "decoder_widths": [16, 8, 8], "decoder_branch_ch": 4}
-
-
-@pytest.fixture
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _train_s2(cubes: list[Path], splits: dict | None, out: Path, *, steps: int, model: dict | None = None,
@@ -505,15 +492,16 @@ def _train_s2(cubes: list[Path], splits: dict | None, out: Path, *, steps: int, 
 
 
 @pytest.mark.slow
-def test_probe_on_the_worldcereal_chip(tmp_path, one_torch_thread):
+def test_probe_on_the_worldcereal_chip(tmp_path, one_torch_thread, shared_data):
     """Issue 8: the probe runs on the real WorldCereal chip with its LC labels (a model trained on the chip)."""
-    if not WC.exists():
-        pytest.skip("real data folder /work/shared/data absent")
+    wc = shared_data / CHIP
+    if not wc.exists():
+        pytest.skip(f"WorldCereal chip {wc} absent")
     from latentcube.embed import embed_cube
     from latentcube.sources.importers import import_cube
 
     def one(pattern: str) -> str:
-        return glob.glob(str(WC / pattern))[0]
+        return glob.glob(str(wc / pattern))[0]
 
     labels = one("OUTPUT_POLY-110_*.nc")
     ds = import_cube([one("S2_L2A_10m_*.nc"), one("S2_L2A_20m_*.nc")], one("S1_GRD-*.nc"), preset="worldcereal",
