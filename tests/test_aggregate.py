@@ -287,3 +287,19 @@ def test_pca_figure_and_probe_read_a_window_store(tmp_path):
     table = run_probe(out, cube, feature_sets=("embedding_date",), block_px=4, folds=3, classifiers=("logreg",))
     assert str(table.attrs["probe"]["date"]).startswith("2021-04-01")
     assert table[table.metric == "balanced_accuracy"]["mean"].iloc[0] > 0.9
+
+
+def test_window_stats_equal_numpy_nanquantile_on_ragged_nan():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(500, 13)).astype("float32")
+    x[rng.random(x.shape) < 0.5] = np.nan
+    x[0] = np.nan
+    x[1, 1:] = np.nan  # one valid value
+    qs = [0.0, 0.1, 0.5, 0.9, 1.0]
+    got = window_stats(x, [None, *qs])
+    with warnings.catch_warnings():  # the all-NaN row
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = np.nanquantile(x.astype("float64"), qs, axis=1).T
+        mean = np.nanmean(x.astype("float64"), axis=1)
+    np.testing.assert_allclose(got[:, 1:], ref, rtol=1e-6, atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(got[:, 0], mean, rtol=1e-6, atol=1e-6, equal_nan=True)

@@ -233,3 +233,32 @@ def test_window_store_columns_and_cli(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         main(["sample", "w.zarr", "--points", "p.csv", "--series", "--out", "s.csv"])
     assert exc.value.code == 1  # exists: --overwrite needed
+
+
+@pytest.mark.slow  # every verb of the page once: ~25 s on a busy 2-core machine
+def test_docs_use_snippets_run(tmp_path, monkeypatch):
+    """docs/use.md promises that its snippets run as written, in order, in an empty folder."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    pytest.importorskip("geopandas")
+    from latentcube.cli import main
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "use.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```(python|bash)\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 8
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for kind, code in blocks:
+        if kind == "python":
+            exec(compile(code, "docs/use.md", "exec"), namespace)
+            continue
+        for line in code.splitlines():
+            if line.startswith("latentcube "):
+                with pytest.raises(SystemExit) as exc:
+                    main(shlex.split(line)[1:])
+                assert exc.value.code == 0, line
+    assert len(pd.read_csv(tmp_path / "sites_series.csv")) == 3
+    assert (tmp_path / "tifs" / "embedding_2019-07-13.tif").exists()
+    assert list(namespace["season"]["window"].values) == ["season 2019", "season 2020"]

@@ -172,8 +172,8 @@ def window_stats(values: np.ndarray, quantiles: Sequence[float | None]) -> np.nd
 
     ``None`` = the mean, a number = that quantile (linear interpolation between order statistics, as
     :func:`numpy.nanquantile`), both over the finite values only; NaN where a series has none. All-NaN
-    series are set aside before the NumPy calls, so no "empty slice" warning is raised (no warning filter
-    needed in worker threads).
+    series are set aside first, so no "empty slice" warning is raised (no warning filter needed in
+    worker threads).
     """
     values = np.asarray(values, dtype="float32")
     lead = values.shape[:-1]
@@ -183,15 +183,19 @@ def window_stats(values: np.ndarray, quantiles: Sequence[float | None]) -> np.nd
     out = np.full((rows.shape[0], len(quantiles)), np.nan, dtype="float32")
     some = rows[has].astype("float64")
     n = finite[has].sum(axis=1)
-    want_q = [q for q in quantiles if q is not None]
-    qv = np.nanquantile(some, want_q, axis=1) if want_q and len(some) else None
-    k = 0
+    # numpy.nanquantile's "linear" rule, vectorised: nanquantile loops in Python over every row that holds
+    # a NaN (apply_along_axis), hundreds of times slower on cloudy series.
+    ordered = np.sort(some, axis=1) if any(q is not None for q in quantiles) else some  # NaN sorts last
+    rows_i = np.arange(len(some))
     for s, q in enumerate(quantiles):
         if q is None:
             out[has, s] = np.where(np.isfinite(some), some, 0.0).sum(axis=1) / np.maximum(n, 1)
-        elif qv is not None:
-            out[has, s] = qv[k]
-            k += 1
+        else:
+            pos = (n - 1) * q
+            lo = np.floor(pos).astype("int64")
+            hi = np.minimum(lo + 1, n - 1)
+            a, b = ordered[rows_i, lo], ordered[rows_i, hi]
+            out[has, s] = a + (b - a) * (pos - lo)
     return out.reshape(*lead, len(quantiles))
 
 
@@ -376,9 +380,11 @@ def _write(result: xr.Dataset, out: Path, *, overwrite: bool, progress: bool) ->
         out.parent.mkdir(parents=True, exist_ok=True)
         delayed = result.to_zarr(out, mode="w", zarr_format=2, consolidated=True, compute=False, encoding=encoding)
         if progress:
+            import sys
+
             from dask.diagnostics import ProgressBar
 
-            with ProgressBar():
+            with ProgressBar(minimum=1.0, out=sys.stderr):  # stdout is for results
                 delayed.compute()
         else:
             delayed.compute()
