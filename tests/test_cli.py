@@ -42,14 +42,26 @@ def test_bad_input_prints_one_line_and_exits_nonzero(tmp_path, capsys):
     assert f"{tmp_path / '[red]missing.zarr'}" in capsys.readouterr().err
 
 
+def test_other_errors_get_the_debug_hint(tmp_path, capsys):
+    # Not a LatentcubeError (a missing file reported by the library): one line plus the --debug hint.
+    with pytest.raises(SystemExit) as exc:
+        main(["plot-training", str(tmp_path)])
+    err = " ".join(capsys.readouterr().err.split())
+    assert exc.value.code == 1 and "FileNotFoundError: no metrics.csv in" in err
+    assert "(run with --debug for the traceback)" in err and "Traceback" not in err
+
+
 def test_debug_shows_the_traceback(tmp_path):
-    proc = run(["info", str(tmp_path / "missing.zarr"), "--debug"])
-    assert proc.returncode != 0 and "Traceback" in proc.stderr and "CubeError" in proc.stderr
+    from latentcube.cube import CubeError
+
+    with pytest.raises(CubeError, match="no such cube"):  # re-raised: Python prints the traceback
+        main(["info", str(tmp_path / "missing.zarr"), "--debug"])
 
 
-def test_usage_errors_exit_2():
-    proc = run(["info"])
-    assert proc.returncode == 2 and "Missing argument" in proc.stderr
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["info"])
+    assert exc.value.code == 2 and "Missing argument" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("option", ["--threads", "--workers"])
@@ -62,7 +74,7 @@ def test_embed_refuses_zero_threads_or_workers(tmp_path, option, capsys):
     assert f"Invalid value for '{option}'" in err and "greater than or equal to 1" in err
 
 
-def test_invalid_cube_fails_validate(tmp_path):
+def test_invalid_cube_fails_validate(tmp_path, capsys):
     import numpy as np
     import pandas as pd
 
@@ -71,8 +83,10 @@ def test_invalid_cube_fails_validate(tmp_path):
     ds = new_cube(s2=np.full((2, 10, 4, 4), 1500, "float32"), time=pd.date_range("2020-01-01", periods=2),
                   y=100.0 - 10 * np.arange(4), x=10.0 * np.arange(4), crs="EPSG:32632")
     save_cube(ds, tmp_path / "dn.zarr")
-    proc = run(["validate", str(tmp_path / "dn.zarr")])
-    assert proc.returncode == 1 and "divide by 10000" in proc.stderr
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", str(tmp_path / "dn.zarr")])
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines on stderr
+    assert exc.value.code == 1 and "divide by 10000" in err and "--debug" not in err  # a CubeError: no hint
 
 
 @pytest.mark.slow
@@ -85,7 +99,9 @@ def test_demo_without_training_writes_quicklooks_and_report(demo_no_train):
     assert "report: demo-output/report.html" in demo_no_train.stdout
 
 
-def test_model_info_presets():
-    proc = run(["model-info", "--no-flops", "--json"])
-    assert proc.returncode == 0, proc.stderr
-    assert '"s2": 9' in proc.stdout and '"fused": 7' in proc.stdout
+def test_model_info_presets(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["model-info", "--no-flops", "--json"])
+    printed = capsys.readouterr()
+    assert exc.value.code == 0, printed.err
+    assert '"s2": 9' in printed.out and '"fused": 7' in printed.out

@@ -35,10 +35,10 @@ def _backend_after_import(env_backend: str | None) -> str:
     return proc.stdout.split("\n")[0]
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch, Lightning and Dask
 def test_importing_latentcube_leaves_the_matplotlib_backend_alone():
-    # Nothing chose a backend at import (matplotlib.use would replace the auto sentinel) ...
-    assert _backend_after_import(None).split()[0] == "auto"
-    # ... so the user's choice stands.
+    # The user's choice stands (MPLBACKEND), and nothing chose one at import: matplotlib.use() would
+    # replace the rcParams entry, which stays what the environment set.
     assert _backend_after_import("svg") == "svg svg"
 
 
