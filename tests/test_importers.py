@@ -392,7 +392,7 @@ def test_bilinear_matches_gdal_with_nan_neighbours():
     from affine import Affine
     from rasterio.warp import Resampling, reproject
 
-    from latentcube.sources.importers import _to_grid_same_crs
+    from latentcube.sources.importers._regrid import _to_grid_same_crs
 
     rng = np.random.default_rng(0)
     v = rng.random((16, 16))
