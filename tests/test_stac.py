@@ -354,7 +354,7 @@ def test_read_plan_errors(tmp_path):
 
 
 def test_dates_from_a_plan_read_as_timestamps_are_inclusive_days():
-    from latentcube.sources.stac import _datetime_range
+    from latentcube.sources.stac._search import _datetime_range
 
     rng, t0, t1 = _datetime_range(pd.Timestamp("2021-01-01"), pd.Timestamp("2021-12-31"))
     assert rng == "2021-01-01/2021-12-31"
