@@ -260,3 +260,26 @@ def test_s1_is_smoothed_with_a_three_frame_rolling_mean_in_linear_scale(tmp_path
     expected[0], expected[-1] = lin[:2].mean(), lin[-2:].mean()
     np.testing.assert_allclose(ds, expected, rtol=1e-6)
     assert raw._dataset(0)["s1"].isel(y=0, x=0, band_s1=0).values[0] == pytest.approx(0.01)
+
+
+def test_input_masking_hides_what_it_says_seeded_and_only_in_training(tmp_path):
+    path = write_cube(tmp_path / "a.zarr")
+    cfg = SamplingConfig(mask_pixels=0.25, mask_dates=0.2)
+    a, b = (PatchDataset([path], seed=3, config=cfg) for _ in range(2))
+    a.set_epoch(2), b.set_epoch(2)
+    item = a[4]
+    torch.testing.assert_close(item["x_in"], b[4]["x_in"], equal_nan=True)  # seeded
+    hidden = torch.isnan(item["x_in"])
+    assert not torch.isnan(item["x"]).any()  # the target keeps every value
+    assert torch.equal(hidden, hidden[:, :1].expand_as(hidden))  # a pixel-date is hidden in all bands
+    per_date = hidden[:, 0].flatten(1).all(1)
+    assert per_date.sum() == 2 and not per_date[5]  # int(0.2 * 10) whole dates, never the centre date
+    share = hidden[~per_date, 0].float().mean().item()
+    assert 0.15 < share < 0.35  # ~mask_pixels of the other pixel-dates
+    torch.testing.assert_close(item["x_in"][~hidden], item["x"][~hidden])
+    a.set_epoch(3)
+    assert not torch.equal(torch.isnan(a[4]["x_in"]), hidden)  # redrawn every epoch
+    assert "x_in" not in PatchDataset([path], seed=3, config=cfg, redraw=False)[4]  # validation: no masking
+    assert "x_in" not in PatchDataset([path], seed=3)[4]  # off by default
+    with pytest.raises(ValueError, match="mask_pixels=1.0: must be in"):
+        SamplingConfig(mask_pixels=1.0)

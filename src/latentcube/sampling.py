@@ -41,6 +41,7 @@ __all__ = [
     "spatial_split",
     "candidate_origins",
     "draw_frames",
+    "input_mask",
     "nearest_s1_index",
 ]
 
@@ -71,6 +72,16 @@ class SamplingConfig:
     """Fusion only: largest |S1 − S2| date gap for a matched S1 acquisition (issue 4 default)."""
     s1_smoothing: int = 3
     """Frames of the centred rolling mean applied to S1 in linear power (paper §II: 3); 1 = none."""
+    mask_pixels: float = 0.0
+    """Training only: share of pixel-dates hidden (NaN) in the model's input while the target keeps them
+    (a masked-autoencoder objective: the code must infer hidden values from their context); 0 = off."""
+    mask_dates: float = 0.0
+    """Training only: share of dates (not the centre date) hidden whole in the model's input; 0 = off."""
+
+    def __post_init__(self) -> None:
+        for name in ("mask_pixels", "mask_dates"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"sampling {name}={getattr(self, name)}: must be in [0, 1). Fix: e.g. {name}: 0.3")
 
     @classmethod
     def paper(cls, stage: str, **overrides: Any) -> SamplingConfig:
@@ -114,6 +125,20 @@ def candidate_origins(n_time: int, height: int, width: int, cfg: SamplingConfig)
 def draw_frames(rng: np.random.Generator, t0: int, seq_len: int, n_frames: int) -> np.ndarray:
     """``n_frames`` sorted date indices drawn without replacement from ``t0 .. t0 + seq_len - 1``."""
     return np.sort(rng.choice(seq_len, size=n_frames, replace=False)) + t0
+
+
+def input_mask(rng: np.random.Generator, n_frames: int, patch: int, cfg: SamplingConfig) -> np.ndarray:
+    """Which input values to hide, ``(n_frames, patch, patch)`` bool (True = hidden, all bands).
+
+    ``cfg.mask_dates`` of the dates other than the centre date are hidden whole (rounded down); then each
+    remaining pixel-date is hidden with probability ``cfg.mask_pixels``.
+    """
+    hidden = rng.random((n_frames, patch, patch)) < cfg.mask_pixels
+    others = np.delete(np.arange(n_frames), n_frames // 2)
+    n_dates = int(cfg.mask_dates * others.size)
+    if n_dates:
+        hidden[rng.choice(others, size=n_dates, replace=False)] = True
+    return hidden
 
 
 def _accept(valid: np.ndarray, frames: np.ndarray, y0: int, x0: int, cfg: SamplingConfig) -> bool:
@@ -402,6 +427,11 @@ class PatchDataset(Dataset):
                 for name, var in self._item_variables().items()}
         item["days"] = torch.from_numpy((days - days[0]).astype("float32"))
         item["index"] = torch.tensor(index)
+        if self.redraw and (self.config.mask_pixels > 0 or self.config.mask_dates > 0):
+            hidden = torch.from_numpy(input_mask(np.random.default_rng([self.seed, 2_000_003, self.epoch, index]),
+                                                 len(frames), self.config.patch, self.config))
+            for name in self._item_variables():
+                item[f"{name}_in"] = item[name].masked_fill(hidden[:, None], float("nan"))
         return item
 
     def _item_variables(self) -> dict[str, str]:

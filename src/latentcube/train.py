@@ -363,7 +363,7 @@ class AutoencoderTask(_StageTask):
 
     def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> LossOutput:
         x, days = batch["x"], batch["days"]
-        recon, _ = self.model(x, days)
+        recon, _ = self.model(batch.get("x_in", x), days)  # x_in: masked input (data.sampling.mask_*), x the target
         out = self.loss(recon, x, days)
         self._log_parts(stage, out, x.shape[0])
         if stage == "test":
@@ -388,7 +388,7 @@ class FusionTask(_StageTask):
     def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> LossOutput:
         inputs = {name: batch[name] for name in self.model.sensor_names}
         days = batch["days"]
-        out_model = self.model(inputs, days)
+        out_model = self.model({n: batch.get(f"{n}_in", x) for n, x in inputs.items()}, days)  # masked input, if any
         out = self.loss(out_model.reconstructions, inputs, days)
         # Model selection in fusion uses the centre pixel (paper §III-C): the mean over sensors.
         centre = torch.stack([out.parts[f"{n}/center_mae"] for n in self.model.sensor_names]).mean()
