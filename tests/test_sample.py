@@ -262,3 +262,39 @@ def test_docs_use_snippets_run(tmp_path, monkeypatch):
     assert len(pd.read_csv(tmp_path / "sites_series.csv")) == 3
     assert (tmp_path / "tifs" / "embedding_2019-07-13.tif").exists()
     assert list(namespace["season"]["window"].values) == ["season 2019", "season 2020"]
+
+
+@pytest.mark.slow  # scipy, pyproj and two stores: ~10 s on a busy 2-core machine
+def test_demo_section_of_windows_and_points(tmp_path):
+    """The demo's step: season store, points per class in lon/lat, a report section with their values."""
+    from latentcube.cube import new_cube, save_cube
+    from latentcube.demo import DEMO_SCENE, _windows_and_points
+
+    rng = np.random.default_rng(6)
+    h = w = 24
+    t2 = pd.date_range("2020-01-05 10:30", "2020-12-30", freq="10D")
+    lab = np.where(np.arange(w)[None] < 12, 3, 6).repeat(h, 0).astype("uint8")  # grassland | water
+    cube = new_cube(s2=rng.random((len(t2), 10, h, w)).astype("float32"), time=t2, y=Y0 - 10 * np.arange(h) - 5,
+                    x=X0 + 10 * np.arange(w) + 5, crs="EPSG:32632", layers={"landcover": lab})
+    save_cube(cube, tmp_path / "cube.zarr")
+    v = rng.normal(size=(len(t2), 7, h, w)).astype("float32")
+    emb = xr.Dataset({"embedding": (("time", "feature", "y", "x"), v)},
+                     coords={"time": t2.values, "feature": [f"fused_{i}" for i in range(7)], "y": cube["y"].values,
+                             "x": cube["x"].values}, attrs={"conventions": "latentcube embedding cube v1"})
+    (tmp_path / "embeddings").mkdir()
+    set_crs(emb, "EPSG:32632").to_zarr(tmp_path / "embeddings" / "e.zarr", zarr_format=2, consolidated=True)
+    timings: dict = {}
+    _windows_and_points(tmp_path, tmp_path / "cube.zarr", tmp_path / "embeddings" / "e.zarr", lab, lambda m: None, timings)
+    assert set(timings) == {"aggregate", "sample"}
+    assert (tmp_path / "embeddings" / f"{DEMO_SCENE}_season.zarr").exists()
+    doc = json.loads(next((tmp_path / "sections").glob("*windows_points.json")).read_text())
+    rows = doc["tables"][0]["rows"]
+    assert [r[0] for r in rows] == ["grassland", "water"]
+    season = (v[(t2.month >= 4) & (t2.month <= 9)]).mean(0)
+    for row, k, c_range in ((rows[0], 3, (0, 12)), (rows[1], 6, (12, 24))):
+        x, y = Transformer.from_crs("EPSG:4326", "EPSG:32632", always_xy=True).transform(*row[1:3])
+        r, c = int((Y0 - y) // 10), int((x - X0) // 10)
+        assert lab[r, c] == k
+        assert min(c - c_range[0] + 1, c_range[1] - c, r + 1, h - r) == 6  # as far from the class edge as can be
+        np.testing.assert_allclose(row[5:8], season[:3, r, c], rtol=1e-5)
+    assert rows[0][3] == 18  # every season date valid: 18 10-day dates in April .. September

@@ -233,12 +233,72 @@ def _products_and_evaluation(out_dir: Path, world, log: Callable[[str], None], t
                       [[LANDCOVER_CLASSES.get(int(k), str(k)), *map(float, v)] for k, v in sorted(colours.items())])],
         figures=[(fig, "S2 true colour (left) and embedding PCA-RGB (right)")],
     )
+    _windows_and_points(out_dir, cube, emb, world.cubes[DEMO_SCENE]["landcover"].values, log, timings)
     with _timed(timings, "gpp", log, "GPP at the flux towers (embeddings, weather, climatology)"):
         world_dir = out_dir / "world"
         evaluate_gpp(world_dir / "towers.csv", out_dir, checkpoint=model, cubes=world_dir, fluxnet=world_dir / "fluxnet",
                      config=GPPConfig(meteo=METEO_DRIVERS, methods=DEMO_METHODS))
     with _timed(timings, "probe", log, "land-cover probe (embeddings vs raw bands)"):
         run_probe(emb, cube, run_dir=out_dir)
+
+
+def _windows_and_points(out_dir: Path, cube: Path, emb: Path, labels: np.ndarray, log: Callable[[str], None],
+                        timings: dict[str, float]) -> None:
+    """`latentcube aggregate` (season mean) and `latentcube sample` (one interior pixel per class, in lon/lat)."""
+    import pandas as pd
+    from pyproj import Transformer
+    from scipy.ndimage import distance_transform_edt
+
+    from latentcube.aggregate import aggregate_embeddings
+    from latentcube.constants import LANDCOVER_CLASSES
+    from latentcube.cube import cube_crs, open_cube
+    from latentcube.evaluate.sections import table, write_section
+    from latentcube.sample_points import sample_embeddings
+
+    season_path = out_dir / "embeddings" / f"{DEMO_SCENE}_season.zarr"
+    with _timed(timings, "aggregate", log, "season mean of the embeddings (latentcube aggregate)"):
+        season = aggregate_embeddings(emb, season_path, windows="season", stats=["mean", "p90"], overwrite=True,
+                                      progress=False)
+    with _timed(timings, "sample", log, "embeddings at one point per land-cover class (latentcube sample)"):
+        ds = open_cube(cube)
+        to_lonlat = Transformer.from_crs(cube_crs(ds), "EPSG:4326", always_xy=True)
+        rows = []
+        for k in sorted(int(v) for v in np.unique(labels) if int(v) in LANDCOVER_CLASSES):
+            inside = distance_transform_edt(np.pad(labels == k, 1))[1:-1, 1:-1]  # the cube's edge is a border too
+            r, c = np.unravel_index(int(np.argmax(inside)), labels.shape)  # the most interior pixel
+            lon, lat = to_lonlat.transform(float(ds["x"].values[c]), float(ds["y"].values[r]))
+            rows.append({"class": LANDCOVER_CLASSES[k], "lon": round(lon, 6), "lat": round(lat, 6)})
+        points = out_dir / "embeddings" / "points.csv"
+        pd.DataFrame(rows).to_csv(points, index=False)
+        at = sample_embeddings(season_path, points, out_dir / "embeddings" / "points_season.csv", overwrite=True,
+                               progress=False)
+        series = sample_embeddings(emb, points, out_dir / "embeddings" / "points_series.parquet"
+                                   if _has_geopandas() else out_dir / "embeddings" / "points_series.csv",
+                                   series=True, overwrite=True, progress=False)
+    window = str(season["window"].values[0])
+    features = [str(f) for f in season["feature"].values[:3]]
+    valid = series.groupby("class", sort=False)["n_valid"].sum()
+    write_section(
+        out_dir, "windows_points", order=45, title="Season embeddings and points",
+        text=[f"`latentcube aggregate --windows season --stat mean --stat p90`: {window} "
+              f"({pd.Timestamp(season['window_start'].values[0]).date()} .. "
+              f"{pd.Timestamp(season['window_end'].values[0]).date()}, {int(season['n_dates'].values[0])} dates), "
+              "per pixel over its valid dates (`valid_count`), written as an embedding store with one time step "
+              "per window (docs/use.md).",
+              f"`latentcube sample --points points.csv`: the most interior pixel of each land-cover class, given in "
+              f"lon/lat and reprojected to the cube's CRS; the per-date series ({len(series)} rows) went to "
+              "`embeddings/points_series.*`."],
+        tables=[table(f"season mean at the points ({window}; first three features)",
+                      ["class", "lon", "lat", "valid dates", "dates seen (series)", *features],
+                      [[r["class"], r["lon"], r["lat"], int(r["valid_count"]), int(valid[r["class"]]),
+                        *[float(r[f]) for f in features]] for _, r in at.iterrows()])],
+    )
+
+
+def _has_geopandas() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("geopandas") is not None
 
 
 def _recon_section(out_dir: Path, results: dict[str, Any]) -> None:
