@@ -263,6 +263,21 @@ def tiny_embedding(tmp: Path) -> Path:
     return tmp / "emb.zarr"
 
 
+def located_embedding(tmp: Path) -> Path:
+    """The tiny embedding store with its CRS (UTM 32N), as `latentcube embed` writes it."""
+    import xarray as xr
+
+    from latentcube.cube import set_crs
+
+    path = tiny_embedding(tmp)
+    set_crs(xr.open_zarr(path).load(), "EPSG:32632").to_zarr(tmp / "emb_crs.zarr", zarr_format=2)
+    return tmp / "emb_crs.zarr"
+
+
+def points_csv(tmp: Path, text: str) -> Path:
+    return file(tmp, "points.csv", text.encode())
+
+
 def flux_file(tmp: Path, kind: str) -> Path:
     """A small FLUXNET file that is wrong in one way (defects 9 and 10)."""
     days = pd.date_range("2020-01-01", periods=8, freq="D")
@@ -346,6 +361,12 @@ CASES: list[Row] = [
     row("embed --block-px 3", lambda t: cli("embed", saved(t), "--checkpoint", tiny_model(t), "--out", "e.zarr", "--block-px", "3"), r"block_px=3 is below the minimum 16: .* reads 32x the pixels it embeds .*Fix: --block-px 256 \(the default\), or at least 16"),
     row("gapfill --freq 0D", lambda t: cli("gapfill", tiny_embedding(t), "--out", "f.zarr", "--freq", "0D"), r"freq '0D' is not a positive step\. Fix: use a positive number of days"),
     row("gapfill --freq -5D", lambda t: cli("gapfill", tiny_embedding(t), "--out", "f.zarr", "--freq", "-5D"), r"freq '-5D' is not a positive step\. Fix:"),
+    # ---- window aggregates and point sampling (issue 26)
+    row("aggregate: a window without dates", lambda t: cli("aggregate", located_embedding(t), "--windows", "2021-06-01/2021-06-30", "--out", t / "w.zarr"), r"1 window\(s\) hold no date of the store \(6 dates, 2021-03-01 \.\. 2021-03-26\): 2021-06-01/2021-06-30\. Fix: .*--empty nan"),
+    row("aggregate: two windows from one day", lambda t: cli("aggregate", located_embedding(t), "--windows", "2021-03-01/2021-03-10,2021-03-01/2021-03-20", "--out", t / "w.zarr"), r"both start on 2021-03-01.*Fix: aggregate them into two stores"),
+    row("sample: a CSV without coordinates", lambda t: cli("sample", located_embedding(t), "--points", points_csv(t, "a,b\n1,2\n"), "--series", "--out", t / "s.csv"), r"points\.csv has no coordinate columns \(it has \['a', 'b'\]\)\. Fix: add lon and lat columns"),
+    row("sample: x/y without a CRS", lambda t: cli("sample", located_embedding(t), "--points", points_csv(t, "x,y\n500005,4999995\n"), "--series", "--out", t / "s.csv"), r"has x/y columns but no CRS\. Fix: pass --crs"),
+    row("sample: points outside the store", lambda t: cli("sample", located_embedding(t), "--points", points_csv(t, "lon,lat\n2.35,48.85\n"), "--series", "--out", t / "s.csv"), r"1 of 1 points/polygons lie outside the store \(x 499995 \.\. 500075, .* in EPSG:32632.*\)\. Fix: check the points' CRS"),
     # ---- FLUXNET files (defects 9, 10)
     row("fluxnet: a header-only CSV", lambda t: read_fluxnet(flux_file(t, "header only")), r"has a header but no records .*Fix: pass the complete FLUXNET file"),
     row("fluxnet: a semicolon-separated CSV", lambda t: read_fluxnet(flux_file(t, "semicolons")), r"is separated by semicolons, not commas .*Fix: FLUXNET files are comma-separated"),
