@@ -114,7 +114,11 @@ def test_polygon_mean_by_hand(tmp_path):
     tiny = [[X0 + 101, Y0 - 101], [X0 + 103, Y0 - 101], [X0 + 103, Y0 - 103], [X0 + 101, Y0 - 101]]  # no centre inside
     fc = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:32632"}}, "features": [
         {"type": "Feature", "properties": {"name": "field"}, "geometry": {"type": "Polygon", "coordinates": [ring]}},
-        {"type": "Feature", "properties": {"name": "tiny"}, "geometry": {"type": "Polygon", "coordinates": [tiny]}}]}
+        {"type": "Feature", "properties": {"name": "tiny"}, "geometry": {"type": "Polygon", "coordinates": [tiny]}},
+        {"type": "Feature", "properties": {"name": "two parts"}, "geometry": {"type": "MultiPolygon", "coordinates": [
+            [[[X0 + 51, Y0 - 21], [X0 + 69, Y0 - 21], [X0 + 69, Y0 - 29], [X0 + 51, Y0 - 29], [X0 + 51, Y0 - 21]]],  # row 2: cols 5, 6
+            [[[X0 + 201, Y0 - 401], [X0 + 209, Y0 - 401], [X0 + 209, Y0 - 409], [X0 + 201, Y0 - 409], [X0 + 201, Y0 - 401]]],
+        ]}}]}
     (tmp_path / "f.geojson").write_text(json.dumps(fc))
     table = sample_embeddings(tmp_path / "e.zarr", tmp_path / "f.geojson", series=True, progress=False)
     block = ds["embedding"].values[:, :, 2:4, 4:7].reshape(3, 4, 6)
@@ -126,6 +130,14 @@ def test_polygon_mean_by_hand(tmp_path):
         np.testing.assert_allclose(field[[f"fused_{k}" for k in range(4)]].to_numpy()[t], block[t][:, valid[t]].mean(1),
                                    rtol=1e-5)
     assert (field["store_x"].iloc[0], field["store_y"].iloc[0]) == (X0 + 55, Y0 - 30)  # mean of the 6 centres
+    parts = table[table["name"] == "two parts"]
+    pix = np.stack([ds["embedding"].values[:, :, 2, 5], ds["embedding"].values[:, :, 2, 6],
+                    ds["embedding"].values[:, :, 40, 20]], axis=-1)  # (T, F, 3)
+    ok = np.isfinite(pix).all(1)
+    assert (parts["n_pixels"] == 3).all()
+    for t in range(3):
+        np.testing.assert_allclose(parts[[f"fused_{k}" for k in range(4)]].to_numpy()[t], pix[t][:, ok[t]].mean(1)
+                                   if ok[t].any() else np.full(4, np.nan), rtol=1e-5)
     small = table[table["name"] == "tiny"]
     assert (small["n_pixels"] == 1).all()  # smaller than a pixel: the pixel it touches
     np.testing.assert_array_equal(small["fused_0"].to_numpy(), ds["embedding"].values[:, 0, 10, 10])
