@@ -532,3 +532,15 @@ def test_cli_validate_full_prints_exact_counts(tmp_path, capsys):
         main(["validate", str(tmp_path / "c.zarr"), "--full"])
     assert exc.value.code == 0
     assert "s2: 10 of 1,680 values missing (0.6%); 1 of 168 pixel-dates with impossible values" in capsys.readouterr().out
+
+
+def test_s1_coverage_samples_the_same_pixels_of_both_sensors(monkeypatch):
+    """A sample small enough to stride: S2 (more values per pixel) and S1 must still be read at the same
+    pixels (per-sensor strides gave masks of different shapes: IndexError on the WorldCereal chip)."""
+    import latentcube.cube_checks as checks
+
+    monkeypatch.setattr(checks, "_SAMPLE_TARGET", 700)  # S2: 60 values per pixel -> every 2nd pixel; S1 (12): every pixel
+    s1 = np.full((6, 2, 6, 7), 0.05, "float32")
+    s1[..., :5] = np.nan  # S1 over the last 2 of 7 columns; the stride keeps columns 0, 2, 4, 6
+    cov = checks.s1_coverage(_coverage_cube(s1=s1))
+    assert cov.dates_covered == 6 and cov.pixel_share == pytest.approx(1 / 4)

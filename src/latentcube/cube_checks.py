@@ -53,11 +53,15 @@ def s1_coverage(ds: xr.Dataset, *, max_gap_days: float = 6.0) -> S1Coverage:
     if "s1" not in ds or "s2" not in ds or ds.sizes.get("time_s1", 0) == 0 or n2 == 0:
         return S1Coverage(n2, 0, 0.0)
 
+    # One spatial sample for both sensors (S2's chunk windows and stride; the grid is shared): per-sensor
+    # strides would pick different pixels and the two masks could not be compared.
+    s2 = _chunk_windows(ds["s2"])
+    per_pixel = s2.size / max(s2.sizes["y"] * s2.sizes["x"], 1)
+    step = max(1, int(np.ceil(np.sqrt(s2.sizes["y"] * s2.sizes["x"] * per_pixel / _SAMPLE_TARGET))))
+    ys, xs = s2["y"].values[::step], s2["x"].values[::step]
+
     def pixels(da: xr.DataArray) -> xr.DataArray:
-        da = _chunk_windows(da)
-        per_pixel = da.size / max(da.sizes["y"] * da.sizes["x"], 1)
-        step = max(1, int(np.ceil(np.sqrt(da.sizes["y"] * da.sizes["x"] * per_pixel / _SAMPLE_TARGET))))
-        return da.isel(y=slice(None, None, step), x=slice(None, None, step))
+        return da.sel(y=ys, x=xs)
 
     s1_ok = np.isfinite(np.asarray(pixels(ds["s1"]).values)).any(axis=1)  # (time_s1, y, x)
     s2_ok = np.isfinite(np.asarray(pixels(ds["s2"]).values)).all(axis=1).any(axis=0)  # (y, x)
