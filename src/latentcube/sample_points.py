@@ -332,51 +332,20 @@ def sample_embeddings(
             f"{high:g} in {store_crs.to_string()}; first: input row {int(np.flatnonzero(~inside)[0])}). Fix: check the "
             "points' CRS (--crs), or pass --outside drop (leave them out) or --outside nan (keep them as NaN).")
 
-    # Points: grouped by storage chunk, picked in batches with one vectorised isel each.
-    keep = pi[inside[pi]]
-    order = keep[_chunk_order(rows[inside[pi]], cols[inside[pi]], da)] if keep.size else keep
-    where = {int(p): k for k, p in enumerate(pi)}
-    steps = range(0, len(order), BATCH_POINTS)
-    polys = [i for i in np.flatnonzero(~is_point) if inside[i]]
+    polys = [int(i) for i in np.flatnonzero(~is_point) if inside[i]]
+    keep = inside[pi]
     bar = None
-    if progress and (len(order) > BATCH_POINTS or len(polys) > 20):
+    if progress and (int(keep.sum()) > BATCH_POINTS or len(polys) > 20):
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(order) + len(polys), desc="sample", unit="point")
-    for a in steps:
-        batch = order[a : a + BATCH_POINTS]
-        k = np.array([where[int(p)] for p in batch])
-        r, c = rows[k], cols[k]
-        values[batch] = _pick(da, r, c)  # (points, time, feature)
-        for name, var in layers.items():
-            extra[name][batch] = _pick(var, r, c)
-        n_pixels[batch] = 1
-        n_valid[batch] = np.isfinite(values[batch]).all(-1)
+        bar = tqdm(total=int(keep.sum()) + len(polys), desc="sample", unit="point")
+    got = _Samples(values, extra, n_pixels, n_valid, sx, sy)
+    _sample_points(got, da, layers, pi[keep], rows[keep], cols[keep], bar)
+    grid = (x0, dx, y0, dy)
+    for i in polys:
+        _sample_polygon(got, da, layers, i, geoms[i], boxes[i], grid)
         if bar is not None:
-            bar.update(len(batch))
-    # Polygons: the box of each read once, masked to the pixels whose centres lie inside.
-    if polys:
-        from affine import Affine
-        from rasterio.features import geometry_mask
-
-        for i in polys:
-            r0, r1, c0, c1 = boxes[i]
-            tr = Affine(dx, 0.0, x0 + c0 * dx, 0.0, dy, y0 + r0 * dy)
-            shape = (r1 - r0 + 1, c1 - c0 + 1)
-            mask = geometry_mask([geoms[i]], out_shape=shape, transform=tr, invert=True)
-            if not mask.any():  # smaller than a pixel, between centres: the pixels it touches
-                mask = geometry_mask([geoms[i]], out_shape=shape, transform=tr, invert=True, all_touched=True)
-            box = {"y": slice(r0, r1 + 1), "x": slice(c0, c1 + 1)}
-            block = np.asarray(da.isel(box).values, "float32")[..., mask]  # (T, F, pixels)
-            valid = np.isfinite(block).all(1)  # (T, pixels)
-            n_pixels[i], n_valid[i] = int(mask.sum()), valid.sum(1)
-            values[i] = _mean_finite(np.where(valid[:, None], block, np.nan))
-            for name, var in layers.items():
-                extra[name][i] = _mean_finite(np.asarray(var.isel(box).values, "float32")[..., mask])
-            rr, cc = np.nonzero(mask)
-            sx[i], sy[i] = x0 + (c0 + cc + 0.5).mean() * dx, y0 + (r0 + rr + 0.5).mean() * dy
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
     if bar is not None:
         bar.close()
 
@@ -385,6 +354,60 @@ def sample_embeddings(
     if out is not None:
         _write(table, geometry, pts.crs, Path(out), overwrite=overwrite)
     return table
+
+
+@dataclass
+class _Samples:
+    """What is taken per geometry: values (n, T, F), layers {name: (n, T)}, pixel counts, store coordinates."""
+
+    values: np.ndarray
+    extra: dict[str, np.ndarray]
+    n_pixels: np.ndarray
+    n_valid: np.ndarray
+    sx: np.ndarray
+    sy: np.ndarray
+
+
+def _sample_points(got: _Samples, da: xr.DataArray, layers: dict[str, xr.DataArray], index: np.ndarray,
+                   rows: np.ndarray, cols: np.ndarray, bar: Any) -> None:
+    """The pixels ``(rows, cols)`` of the geometries ``index``: grouped by storage chunk, in batches of one
+    vectorised isel each (a batch reads the chunks of its points only)."""
+    if not index.size:
+        return
+    order = _chunk_order(rows, cols, da)
+    for a in range(0, len(order), BATCH_POINTS):
+        k = order[a : a + BATCH_POINTS]
+        batch = index[k]
+        got.values[batch] = _pick(da, rows[k], cols[k])  # (points, time, feature)
+        for name, var in layers.items():
+            got.extra[name][batch] = _pick(var, rows[k], cols[k])
+        got.n_pixels[batch] = 1
+        got.n_valid[batch] = np.isfinite(got.values[batch]).all(-1)
+        if bar is not None:
+            bar.update(len(batch))
+
+
+def _sample_polygon(got: _Samples, da: xr.DataArray, layers: dict[str, xr.DataArray], i: int, geom: dict[str, Any],
+                    box: tuple[int, int, int, int], grid: tuple[float, float, float, float]) -> None:
+    """Geometry ``i``'s mean over the pixels whose centres lie inside it: its bounding box read once, masked."""
+    from affine import Affine
+    from rasterio.features import geometry_mask
+
+    (r0, r1, c0, c1), (x0, dx, y0, dy) = box, grid
+    tr = Affine(dx, 0.0, x0 + c0 * dx, 0.0, dy, y0 + r0 * dy)
+    shape = (r1 - r0 + 1, c1 - c0 + 1)
+    mask = geometry_mask([geom], out_shape=shape, transform=tr, invert=True)
+    if not mask.any():  # smaller than a pixel, between centres: the pixels it touches
+        mask = geometry_mask([geom], out_shape=shape, transform=tr, invert=True, all_touched=True)
+    window = {"y": slice(r0, r1 + 1), "x": slice(c0, c1 + 1)}
+    block = np.asarray(da.isel(window).values, "float32")[..., mask]  # (T, F, pixels)
+    valid = np.isfinite(block).all(1)  # (T, pixels)
+    got.n_pixels[i], got.n_valid[i] = int(mask.sum()), valid.sum(1)
+    got.values[i] = _mean_finite(np.where(valid[:, None], block, np.nan))
+    for name, var in layers.items():
+        got.extra[name][i] = _mean_finite(np.asarray(var.isel(window).values, "float32")[..., mask])
+    rr, cc = np.nonzero(mask)
+    got.sx[i], got.sy[i] = x0 + (c0 + cc + 0.5).mean() * dx, y0 + (r0 + rr + 0.5).mean() * dy
 
 
 def _table(pts: Points, da: xr.DataArray, layers: dict[str, xr.DataArray], chosen: np.ndarray, values: np.ndarray,
