@@ -6,6 +6,7 @@ import numpy as np
 from scipy import ndimage
 
 from latentcube.constants import LANDCOVER_CLASSES
+from latentcube.timeutils import days_since
 
 # ------------------------------------------------------------------------------------------ classes
 
@@ -110,7 +111,7 @@ def _smooth(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> n
 
 def _days(dates: np.ndarray) -> np.ndarray:
     """Days since 1970-01-01 (float64) of datetime64 values."""
-    return (dates.astype("datetime64[s]") - _EPOCH).astype("timedelta64[s]").astype(np.float64) / 86400.0
+    return days_since(dates)
 
 
 def _doy_to_day(year: int | np.ndarray, doy: np.ndarray | float) -> np.ndarray:

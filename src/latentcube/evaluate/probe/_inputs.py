@@ -14,6 +14,7 @@ import xarray as xr
 
 from latentcube.constants import LANDCOVER_CLASSES
 from latentcube.errors import LatentcubeError
+from latentcube.timeutils import linear_to_db, nearest_index
 
 #: Sensors whose inputs each embedding feature group was computed from (unknown groups: every sensor).
 GROUP_SENSORS: dict[str, tuple[str, ...]] = {"fused": ("s2", "s1"), "s2": ("s2",), "s1": ("s1",)}
@@ -155,16 +156,9 @@ def pick(da: xr.DataArray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.asarray(sel.values, dtype="float32")
 
 
-def nearest_index(times: Any, targets: Any, max_gap_days: float) -> np.ndarray:
-    """For each of ``targets``, the index of the nearest of ``times`` within ``max_gap_days``, else -1."""
-    from latentcube.sampling import nearest_s1_index
-
-    return nearest_s1_index(targets, times, max_gap_days)
-
-
 def to_db(linear: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        db = 10.0 * np.log10(linear)
+    """float32 dB; NaN where the power is not positive or not finite."""
+    db = linear_to_db(linear)
     return np.where(np.isfinite(db), db, np.nan).astype("float32")
 
 
