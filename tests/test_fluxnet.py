@@ -257,6 +257,13 @@ def test_parquet_with_timestamp_middle_reads_like_the_csv_hand_values(tmp_path):
     csv = tmp_path / "eth.csv"
     df.reset_index().to_csv(csv, index=False)
     pd.testing.assert_frame_equal(read_fluxnet(csv, columns=spec), got, check_like=True, check_exact=False)
+    # a daily Parquet file whose TIMESTAMP holds datetimes is a DD file
+    dd = tmp_path / "dd.parquet"
+    days = pd.DataFrame({"TIMESTAMP": pd.date_range("2021-07-01", periods=3), "GPP_NT_VUT_REF": [1.0, 2.0, 3.0],
+                         "NEE_VUT_REF_QC": 1.0})
+    days.to_parquet(dd)
+    back = read_fluxnet(dd)
+    assert back.attrs["resolution"] == "DD" and back["gpp"].tolist() == [1.0, 2.0, 3.0]
 
 
 def test_eth_preset_names_absent_drivers_and_candidates(tmp_path):

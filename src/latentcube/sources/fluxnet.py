@@ -199,6 +199,10 @@ def _detect(df: pd.DataFrame, resolution: str, path: Path) -> tuple[str, pd.Date
     """-> (``"subdaily"`` or ``"daily"``, record start times)."""
     if "TIMESTAMP_START" in df.columns:
         kind, stamps = "subdaily", _parse_stamp(df["TIMESTAMP_START"], "%Y%m%d%H%M", "TIMESTAMP_START", path)
+    elif "TIMESTAMP" in df.columns and pd.api.types.is_datetime64_any_dtype(df["TIMESTAMP"]):
+        stamps = _parse_stamp(df["TIMESTAMP"], "", "TIMESTAMP", path)  # datetimes (Parquet): daily if all at midnight
+        daily = (stamps == stamps.normalize()).all() and (len(stamps) < 2 or _step(stamps) >= pd.Timedelta(days=1))
+        kind = "daily" if daily else "subdaily"
     elif "TIMESTAMP" in df.columns:
         width = df["TIMESTAMP"].astype(str).str.strip().str.replace(r"\.0+$", "", regex=True).str.len()
         if (width == 8).all():
