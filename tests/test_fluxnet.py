@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SHARED_DATA
 
 from latentcube.sources.fluxnet import (
     ONEFLUX_CO2TOC,
@@ -25,7 +26,7 @@ from latentcube.sources.fluxnet import (
     write_fluxnet_dd,
 )
 
-DATA = Path("/work/shared/data/fluxnet")
+DATA = SHARED_DATA / "fluxnet"  # $LATENTCUBE_SHARED_DATA or ../shared/data (tests/conftest.py)
 HH = DATA / "FLX_CH-Cha_FLUXNET2015_FULLSET_HH_2005-2020_beta-3_sample.csv"
 needs_data = pytest.mark.skipif(not HH.exists(), reason="real FLUXNET sample absent")
 

@@ -12,16 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from conftest import SHARED_DATA
 
 from latentcube.cube import CubeError, cube_crs, open_cube, save_cube, validate_cube
 from latentcube.sources.importers import canonical_band_name, decode_openeo_s1, import_cube
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.exists():
-    DATA = Path("/work/shared/data")
+DATA = SHARED_DATA  # $LATENTCUBE_SHARED_DATA or ../shared/data (tests/conftest.py)
 WC = DATA / "worldcereal_chip_31UES_2018_2019"
 OE = DATA / "openeo_cdse_belgium_2023"
-needs_data = pytest.mark.skipif(not DATA.exists(), reason="real data folder /work/shared/data absent")
+needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"real data folder {DATA} absent")
 
 
 def _one(pattern: str) -> str:

@@ -16,15 +16,14 @@ import pytest
 import rasterio
 import torch
 import xarray as xr
+from conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.exists():
-    DATA = Path("/work/shared/data")
+DATA = SHARED_DATA  # $LATENTCUBE_SHARED_DATA or ../shared/data (tests/conftest.py)
 WC = DATA / "worldcereal_chip_31UES_2018_2019"
 SMALL = dict(widths=(8, 8, 8), multiscale_branch_ch=4, d_model=8, n_heads=2, ffn_dim=8, decoder_d_model=8,
              decoder_heads=2, decoder_ffn_dim=8, decoder_widths=(8, 8, 8), decoder_branch_ch=4)
 
-pytestmark = pytest.mark.skipif(not WC.exists(), reason="real data folder ../shared/data absent")
+pytestmark = pytest.mark.skipif(not WC.exists(), reason=f"real data folder {DATA} absent")
 
 
 @pytest.fixture(scope="module")
