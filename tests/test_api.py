@@ -44,17 +44,23 @@ def test_readme_snippet_runs(tmp_path):
     assert code.count("\n") <= 12 and "import latentcube as lc" in code
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_pipeline_outputs(tmp_path)
+
+
+def _check_pipeline_outputs(folder: Path) -> None:
+    """What the snippet promises: a 7-d embedding per pixel and date, a 5-day gap-filled axis, one
+    GeoTIFF per gap-filled date with 7 bands on the cube's grid, and a PCA map."""
     import numpy as np
     import rasterio
     from matplotlib.image import imread
 
-    emb = latentcube.open_embedding(tmp_path / "emb.zarr")
-    filled = latentcube.open_embedding(tmp_path / "emb_5d.zarr")
-    assert emb.sizes["feature"] == 7 and np.isfinite(emb["embedding"].values).mean() > 0.1
+    emb = latentcube.open_embedding(folder / "emb.zarr")  # (time, feature, y, x)
+    filled = latentcube.open_embedding(folder / "emb_5d.zarr")
+    assert emb.sizes["feature"] == 7 and np.isfinite(emb.values).mean() > 0.1
     days = np.diff(filled["time"].values).astype("timedelta64[D]").astype(int)
     assert set(days.tolist()) == {5}
-    tifs = sorted((tmp_path / "tifs").glob("*.tif"))
+    tifs = sorted((folder / "tifs").glob("*.tif"))
     assert len(tifs) == filled.sizes["time"]
     with rasterio.open(tifs[0]) as src:
         assert src.count == 7 and (src.height, src.width) == (emb.sizes["y"], emb.sizes["x"])
-    assert imread(tmp_path / "pca.png").ndim == 3
+    assert imread(folder / "pca.png").ndim == 3
