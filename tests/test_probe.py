@@ -23,6 +23,7 @@ from latentcube.evaluate.probe import (
     FEATURE_SETS,
     ProbeError,
     aggregate,
+    block_offset,
     equal_windows,
     make_classifier,
     parse_windows,
@@ -103,6 +104,9 @@ def test_spatial_blocks_hand_computed():
     cols = np.array([0, 4, 3, 9, 0, 9])
     # 4-px blocks, 3 block columns (cols up to 9): id = (row // 4) * 3 + col // 4
     np.testing.assert_array_equal(spatial_blocks(rows, cols, 4), [0, 1, 0, 5, 6, 8])
+    # grid shifted by (1, 2): rows 1 1 4 5 10 10, cols 2 6 5 11 2 11, 3 block columns (cols up to 11)
+    np.testing.assert_array_equal(spatial_blocks(rows, cols, 4, offset=(1, 2)), [0, 1, 4, 5, 6, 8])
+    assert block_offset(0, 4) == (0, 0) and block_offset(1, 4) == block_offset(1, 4)
     with pytest.raises(ProbeError, match="block_px must be a positive"):
         spatial_blocks(rows, cols, 0)
 
@@ -340,6 +344,8 @@ def test_seeded_probe_is_reproducible_and_aggregates_over_seeds(cube, emb):
         assert per == [one[0][(fs, *ba)], one[1][(fs, *ba)]]  # each seed = a one-seed run with that seed
         assert rows.loc[(fs, *ba), "mean"] == pytest.approx(np.mean(per))
         assert rows.loc[(fs, *ba), "std"] == pytest.approx(np.std(per, ddof=1))
+    per = rows.loc[("embedding_seasonal", *ba), "per_seed"]
+    assert per[0] != per[1]  # other folds per seed: the noise embedding scores differently
     # One model per seed: model s is probed with the folds of seed s; the raw rows do not depend on the model.
     other = _embedding(cube, seed=5, informative=True)
     m = run_probe({0: emb, 1: other}, cube, seeds=(0, 1), **kw).set_index(["features", "metric"])
@@ -362,7 +368,9 @@ def test_scores_equal_a_sklearn_reference_on_the_same_blocked_folds(cube, emb):
     assert (table["spread"] == "folds").all()
     # Reference: the same pixels, blocks and folds, built here with scikit-learn directly.
     d = probe_features(emb, cube, block_px=BLOCK, seed=2)
-    groups = (d.rows // BLOCK) * (W // BLOCK) + d.cols // BLOCK
+    oy, ox = block_offset(2, BLOCK)  # seeds other than 0 shift the block grid (StratifiedGroupKFold's shuffle
+    assert (oy, ox) != (0, 0)        # only breaks ties, so every seed would otherwise get the same folds)
+    groups = ((d.rows + oy) // BLOCK) * (W // BLOCK + 1) + (d.cols + ox) // BLOCK
     ref_ba, ref_f1 = [], []
     for tr, te in StratifiedGroupKFold(4, shuffle=True, random_state=2).split(d.X["raw_date"], d.y, groups):
         assert not set(groups[tr]) & set(groups[te])  # blocked: no block on both sides

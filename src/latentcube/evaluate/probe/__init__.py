@@ -48,6 +48,7 @@ from latentcube.evaluate.probe._features import (
 from latentcube.evaluate.probe._inputs import (
     ProbeError,
     StoreSettings,
+    block_offset,
     model_inputs,
     open_embedding_store,
     spatial_blocks,
@@ -69,6 +70,7 @@ __all__ = [
     "ProbeError",
     "StoreSettings",
     "aggregate",
+    "block_offset",
     "equal_windows",
     "feature_title",
     "fit_pca_code",

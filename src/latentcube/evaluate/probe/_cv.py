@@ -14,7 +14,7 @@ import pandas as pd
 import xarray as xr
 
 from latentcube.evaluate.probe._features import DEFAULT_FEATURE_SETS, ProbeData, _check_sets, probe_features
-from latentcube.evaluate.probe._inputs import ProbeError
+from latentcube.evaluate.probe._inputs import ProbeError, block_offset, spatial_blocks
 
 #: Classifiers scored on every feature set.
 CLASSIFIERS: tuple[str, ...] = ("logreg", "knn")
@@ -38,9 +38,12 @@ def make_classifier(name: str, *, n_neighbors: int = 10, seed: int = 0):
 
 
 def _folds(data: ProbeData, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Blocked folds for ``seed``: the block grid shifted by :func:`block_offset`, then
+    ``StratifiedGroupKFold`` shuffled by the seed."""
     from sklearn.model_selection import StratifiedGroupKFold
 
-    n_groups = np.unique(data.groups).size
+    groups = spatial_blocks(data.rows, data.cols, data.block_px, block_offset(seed, data.block_px))
+    n_groups = np.unique(groups).size
     if folds < 2:
         raise ProbeError(f"folds must be >= 2, got {folds}.")
     if n_groups < folds:
@@ -49,7 +52,7 @@ def _folds(data: ProbeData, folds: int, seed: int) -> list[tuple[np.ndarray, np.
     cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*least populated class.*")
-        return list(cv.split(np.zeros(data.y.size), data.y, data.groups))
+        return list(cv.split(np.zeros(data.y.size), data.y, groups))
 
 
 def _scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -145,8 +148,9 @@ def run_probe(
             ``min_samples``, ``max_pixels``, ``max_gap_days``, ``pca_fit``, ``pca_spatial_split``).
         folds: number of :class:`~sklearn.model_selection.StratifiedGroupKFold` folds (groups = blocks).
         seed: seed of the folds and the pixel subset (one run).
-        seeds: repeat over these seeds and report mean ± sd over them. With one embedding store, each
-            seed reshuffles the folds (pixel subset of the first seed); with one store per seed (a mapping, a
+        seeds: repeat over these seeds and report mean ± sd over them. Each seed shifts the block grid
+            (:func:`block_offset`; none for seed 0) and shuffles the folds. With one embedding store the
+            pixels stay those of the first seed; with one store per seed (a mapping, a
             path with ``{seed}`` or a run directory of ``seed<N>/`` folders, see
             :func:`seeded_embeddings`) seed ``s`` probes model ``s`` with folds shuffled by ``s``.
         feature_sets: which of :data:`FEATURE_SETS` to score.

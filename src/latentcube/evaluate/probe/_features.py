@@ -76,6 +76,7 @@ class ProbeData:
     valid_fraction: float = float("nan")
     windows: list[tuple[str, str, int]] = field(default_factory=list)
     pca: dict[str, Any] = field(default_factory=dict)
+    block_px: int = 16
 
 
 def _check_sets(feature_sets: Sequence[str]) -> None:
@@ -280,5 +281,5 @@ def probe_features(
         year=int(year), n_period_dates=int(in_year.size), class_names=label_names(ds, labels, np.unique(y)),
         dropped_classes=dropped, n_labelled=n_labelled, n_invalid=n_invalid,
         embedding_features=[str(f) for f in emb["feature"].values], raw_bands=raw_names,
-        valid_fraction=float(ok.mean()), windows=window_list, pca=pca_info,
+        valid_fraction=float(ok.mean()), windows=window_list, pca=pca_info, block_px=block_px,
     )

@@ -139,12 +139,23 @@ def read_labels(ds: xr.Dataset, labels: str, nodata: Sequence[int] | None) -> tu
     return values.astype("int64"), tuple(sorted(ignore))
 
 
-def spatial_blocks(rows: np.ndarray, cols: np.ndarray, block_px: int) -> np.ndarray:
-    """Block id of each pixel: square blocks of ``block_px`` pixels, numbered row-major from the
-    grid origin (the groups of the blocked cross-validation)."""
+def block_offset(seed: int, block_px: int) -> tuple[int, int]:
+    """Shift (rows, columns) of the block grid for a seed: none for seed 0, else seeded in ``[0, block_px)``.
+
+    scikit-learn's ``StratifiedGroupKFold`` shuffle only breaks ties between blocks of equal class mix,
+    so on a small area every seed gave the same folds; shifting the grid gives each seed other blocks."""
+    if seed == 0:
+        return 0, 0
+    oy, ox = np.random.default_rng(seed).integers(0, block_px, size=2)
+    return int(oy), int(ox)
+
+
+def spatial_blocks(rows: np.ndarray, cols: np.ndarray, block_px: int, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Block id of each pixel: square blocks of ``block_px`` pixels, numbered row-major from the grid
+    origin shifted by ``offset`` (rows, columns) pixels (the groups of the blocked cross-validation)."""
     if block_px < 1:
         raise ProbeError(f"block_px must be a positive number of pixels, got {block_px}.")
-    rows, cols = np.asarray(rows), np.asarray(cols)
+    rows, cols = np.asarray(rows) + offset[0], np.asarray(cols) + offset[1]
     n_cols = int(cols.max()) // block_px + 1 if cols.size else 1
     return (rows // block_px) * n_cols + cols // block_px
 
