@@ -210,6 +210,7 @@ def test_int8_store_and_filled_series(tmp_path):
     np.testing.assert_array_equal(counts, np.isfinite(part).all(1).sum(0))
     assert counts[0, 0] == counts[1, 1] == len(part) == 17 and 0 < counts[0, 1] < 17
 
+@pytest.mark.slow  # rasterio and scikit-learn imports: ~10 s on a busy 2-core machine
 def test_window_store_reads_in_other_verbs(tmp_path):
     from latentcube.embed import embedding_summary
     from latentcube.evaluate.maps import pca_rgb
