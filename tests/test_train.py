@@ -399,3 +399,21 @@ def test_resuming_with_another_config_is_refused(world_dir, tmp_path):
                                           r"optim.lr: 0.003 -> 0.01\). Fix: train into a new directory"):
         run_training(other, test=False)
     assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["lr"] == 0.003  # the run's config is kept
+
+
+def test_training_step_reads_the_masked_input_and_scores_the_full_target():
+    from latentcube.losses import S2PretrainLoss
+    from latentcube.train import AutoencoderTask, sensor_model_config
+
+    torch.manual_seed(0)
+    task = AutoencoderTask(sensor_model_config("s2", SMALL), S2PretrainLoss(), OptimConfig()).eval()
+    x = torch.rand(2, 11, 10, 15, 15)
+    x_in = x.clone()
+    x_in[:, :, :, 7, 7] = float("nan")  # the centre pixel hidden from the input only
+    days = torch.arange(11.0).repeat(2, 1) * 5
+    with torch.no_grad():
+        got = task._step({"x": x, "x_in": x_in, "days": days}, "train").total
+        want = task.loss(task.model(x_in, days)[0], x, days).total
+        plain = task._step({"x": x, "days": days}, "train").total
+    torch.testing.assert_close(got, want)
+    assert not torch.isclose(got, plain)  # without x_in the model reads the full patch
