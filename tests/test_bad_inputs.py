@@ -249,6 +249,18 @@ def tiny_model(tmp: Path) -> Path:
     return save_model(tmp / "model.pt", SensorAutoencoder(cfg), normalization=Normalization())
 
 
+def swapped_fusion(tmp: Path) -> object:
+    """Fusion built on a stage-1 S2 model given as checkpoints.s1 (the s1 and s2 files swapped)."""
+    import yaml
+
+    from latentcube.train import build_task, load_train_config
+
+    path = tmp / "fusion.yaml"
+    path.write_text(yaml.safe_dump({"stage": "fusion", "out_dir": "run",
+                                    "checkpoints": {"s1": str(tiny_model(tmp)), "s2": str(tiny_model(tmp))}}))
+    return build_task(load_train_config(path))
+
+
 def tiny_embedding(tmp: Path) -> Path:
     """A small embedding store ``embedding (time, feature, y, x)`` on the tiny cube's grid and dates."""
     import xarray as xr
@@ -357,6 +369,7 @@ CASES: list[Row] = [
     row("config: learning rate NaN", lambda t: load_config(t, optim={"lr": float("nan")}), r"optim\.lr = nan is out of range"),
     row("cli: train --max-epochs 0", lambda t: cli("train", "s2", "--config", config(t), "--max-epochs", "0"), r"max_epochs = 0 is out of range"),
     # ---- embed and gap-fill options (defect 9)
+    row("train fusion: checkpoints.s1 is an S2 model", swapped_fusion, r"checkpoints\.s1 \(.*model\.pt\) is a s2 model of bands B02, .*not a s1 model \(VV, VH\)\. Fix: set checkpoints\.s1 to the model\.pt of `latentcube train s1` \(the s1 and s2 files look swapped\)"),
     row("embed --device tpu", lambda t: cli("embed", saved(t), "--checkpoint", tiny_model(t), "--out", "e.zarr", "--device", "tpu"), r"device='tpu' is not a device embed can run on \(cpu, cuda or cuda:N\)\. Fix: --device cpu"),
     row("embed --block-px 3", lambda t: cli("embed", saved(t), "--checkpoint", tiny_model(t), "--out", "e.zarr", "--block-px", "3"), r"block_px=3 is below the minimum 16: .* reads 32x the pixels it embeds .*Fix: --block-px 256 \(the default\), or at least 16"),
     row("gapfill --freq 0D", lambda t: cli("gapfill", tiny_embedding(t), "--out", "f.zarr", "--freq", "0D"), r"freq '0D' is not a positive step\. Fix: use a positive number of days"),

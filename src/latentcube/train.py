@@ -34,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch.utils.data import DataLoader
 
 from latentcube.config import ConfigError, Range, check_ranges, from_dict, load_yaml, to_dict
-from latentcube.constants import model_band_selection
+from latentcube.constants import S1_BANDS, S2_BANDS, model_band_selection
 from latentcube.cube import CubeError, open_cube, pixel_size_m, validate_cube
 from latentcube.errors import LatentcubeError
 from latentcube.files import atomic_torch_save, atomic_write_text
@@ -743,6 +743,7 @@ def build_task(cfg: TrainConfig, *, base_dir: Path | None = None) -> tuple[_Stag
         model, meta = load_model(p)
         if meta["kind"] != "autoencoder":
             raise ConfigError(f"checkpoints.{name} ({p}) holds a {meta['kind']} model, not a sensor autoencoder")
+        _check_sensor_bands(name, p, tuple(model.config.band_names))
         saved = Normalization.from_dict(meta["normalization"])
         if saved.to_dict() != norm.to_dict():
             raise ConfigError(f"checkpoints.{name} was trained with another normalisation; use the same for fusion")
@@ -753,6 +754,23 @@ def build_task(cfg: TrainConfig, *, base_dir: Path | None = None) -> tuple[_Stag
     task = FusionTask(sensors, fcfg, loss_module(cfg), cfg.optim, seed=cfg.seed,
                       physical_scale=_physical_scale(norm, {n: m.config.band_names for n, m in sensors.items()}))
     return task, norm
+
+
+_SENSOR_BANDS = {"s1": S1_BANDS, "s2": S2_BANDS}
+
+
+def _check_sensor_bands(name: str, path: Path, bands: tuple[str, ...]) -> None:
+    """A stage-1 model file given for the wrong sensor (e.g. s1 and s2 swapped) is named with the fix,
+    instead of failing later on a missing band (``KeyError: 'B02'``)."""
+    expected = _SENSOR_BANDS.get(name)
+    if expected is None or set(bands) <= set(expected):
+        return
+    other = next((k for k, v in _SENSOR_BANDS.items() if k != name and set(bands) <= set(v)), None)
+    what = f"a {other} model" if other else "a model"
+    raise ConfigError(
+        f"checkpoints.{name} ({path}) is {what} of bands {', '.join(bands)}, not a {name} model "
+        f"({', '.join(expected)}). Fix: set checkpoints.{name} to the model.pt of `latentcube train {name}`"
+        + (" (the s1 and s2 files look swapped)" if other else ""))
 
 
 def warm_start(task: _StageTask, data: CubeDataModule, cfg: TrainConfig) -> dict[str, float] | None:
