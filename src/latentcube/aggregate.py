@@ -37,6 +37,7 @@ from latentcube import __version__
 from latentcube.cube import cube_crs, set_crs
 from latentcube.embed import EmbeddingCubeError, open_embedding
 from latentcube.files import OutputLock, check_output_path
+from latentcube.gapfill import write_lazy_store
 
 __all__ = ["PRESETS", "AggregateError", "Window", "aggregate_embeddings", "parse_stats", "parse_windows",
            "window_stats"]
@@ -49,8 +50,6 @@ SEASON_MONTHS = (4, 9)
 HYDRO_YEAR_START_MONTH = 7
 #: Spatial chunk edge (pixels) of the computation and of the output store (larger input chunks are split).
 DEFAULT_CHUNK_PX = 256
-#: Largest number of windows in one storage chunk (as dates in embedding stores).
-MAX_TIME_CHUNK = 64
 #: What happens to a window that holds no date of the store.
 EMPTY_RULES = ("error", "nan")
 _STAT = re.compile(r"^(mean|median|p(\d{1,3}(?:\.\d+)?))$")
@@ -367,25 +366,6 @@ def _write(result: xr.Dataset, out: Path, *, overwrite: bool, progress: bool) ->
             shutil.rmtree(out)
         # Windows share storage chunks as dates do in embedding stores (a pixel's series is one read); the
         # coordinates along time get the same chunks, so a reader's chunks agree along time.
-        tc = min(result.sizes["time"], MAX_TIME_CHUNK)
-        encoding: dict[str, Any] = {name: {"chunks": (tc,)} for name in ("window", "window_start", "window_end", "n_dates")}
-        for name, var in result.data_vars.items():
-            if "time" in var.dims:
-                result[name] = var = var.chunk({"time": tc})
-                enc: dict[str, Any] = {"chunks": tuple(c[0] for c in var.chunks)}
-                if np.issubdtype(var.dtype, np.floating):
-                    enc["_FillValue"] = np.nan
-                encoding[name] = enc
-            result[name].encoding = {}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        delayed = result.to_zarr(out, mode="w", zarr_format=2, consolidated=True, compute=False, encoding=encoding)
-        if progress:
-            import sys
-
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar(minimum=1.0, out=sys.stderr):  # stdout is for results
-                delayed.compute()
-        else:
-            delayed.compute()
+        write_lazy_store(result, out, progress=progress,
+                         coords_along_time=("window", "window_start", "window_end", "n_dates"))
     return open_embedding(out, as_dataset=True)

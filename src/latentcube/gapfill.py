@@ -36,6 +36,7 @@ import xarray as xr
 from latentcube import __version__
 from latentcube.cube import cube_crs, set_crs
 from latentcube.embed import EmbeddingCubeError, open_embedding
+from latentcube.embed._store import MAX_TIME_CHUNK
 from latentcube.files import OutputLock
 from latentcube.timeutils import day_numbers
 
@@ -48,8 +49,6 @@ METHODS = ("linear", "savgol")
 DEFAULT_CHUNK_PX = 128
 #: Values per row batch inside the NumPy kernel (bounds its temporaries: ~4 MB per int64 array).
 ROW_BATCH_VALUES = 1 << 19
-#: Largest number of dates in one storage chunk of the output (as for embedding cubes).
-MAX_TIME_CHUNK = 64
 
 
 class GapFillError(EmbeddingCubeError):
@@ -472,15 +471,20 @@ def _write_locked(result: xr.Dataset, out: Path, *, overwrite: bool, progress: b
             # Never delete what we did not write (e.g. the input passed as the output by mistake).
             raise GapFillError(f"{out} exists and is not a latentcube store; it is left alone. Fix: choose another path.")
         shutil.rmtree(out)
-    n_time = result.sizes["time"]
-    encoding = {}
+    write_lazy_store(result, out, progress=progress)
+    return as_embedding(out)
+
+
+def write_lazy_store(result: xr.Dataset, out: Path, *, progress: bool, coords_along_time: Sequence[str] = ()) -> None:
+    """Compute a lazy store of variables along ``time`` into Zarr ``out``: time split into storage chunks of
+    at most ``MAX_TIME_CHUNK`` (a pixel's series is one read; each task's output is sliced, not recomputed),
+    NaN fill for floats, the named time coordinates chunked alike. Used by gapfill and aggregate."""
+    tc = min(result.sizes["time"], MAX_TIME_CHUNK)
+    encoding: dict[str, Any] = {name: {"chunks": (tc,)} for name in coords_along_time}
     for name, var in result.data_vars.items():
         if "time" in var.dims:
-            # Split the time axis into storage chunks (cheap: each task's output is sliced, not recomputed).
-            tc = min(n_time, MAX_TIME_CHUNK)
-            result[name] = var.chunk({"time": tc})
-            chunks = tuple(c[0] for c in result[name].chunks)
-            enc: dict[str, Any] = {"chunks": chunks}
+            result[name] = var = var.chunk({"time": tc})
+            enc: dict[str, Any] = {"chunks": tuple(c[0] for c in var.chunks)}
             if np.issubdtype(var.dtype, np.floating):
                 enc["_FillValue"] = np.nan
             encoding[name] = enc
@@ -488,10 +492,11 @@ def _write_locked(result: xr.Dataset, out: Path, *, overwrite: bool, progress: b
     out.parent.mkdir(parents=True, exist_ok=True)
     delayed = result.to_zarr(out, mode="w", zarr_format=2, consolidated=True, compute=False, encoding=encoding)
     if progress:
+        import sys
+
         from dask.diagnostics import ProgressBar
 
-        with ProgressBar():
+        with ProgressBar(minimum=1.0, out=sys.stderr):  # stdout is for results
             delayed.compute()
     else:
         delayed.compute()
-    return as_embedding(out)
