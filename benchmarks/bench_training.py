@@ -25,7 +25,7 @@ def step_throughput(batch: int, steps: int, device: str, bf16: bool) -> float:
     torch.manual_seed(0)
     model = SensorAutoencoder(s2_config()).to(device).train()
     loss_fn = S2PretrainLoss()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1.5e-4, fused=True)  # as in train.py
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1.5e-4, fused=True)  # as in latentcube/train/tasks.py
     x = torch.rand(batch, 11, 10, 15, 15, device=device) * 0.4
     x[torch.rand(batch, 11, 1, 15, 15, device=device).expand_as(x) < 0.5] = float("nan")
     x[:, 5, :, 7, 7] = 0.2  # the sampler guarantees a valid centre
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--cubes", nargs="*", default=[], help="also time the patch loader on these cubes")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--default-malloc", action="store_true",
-                        help="leave glibc malloc at its defaults (run_training pads the heap; see train.py)")
+                        help="leave glibc malloc at its defaults (run_training pads the heap; see latentcube/heap.py)")
     args = parser.parse_args()
     if not args.default_malloc:
         grow_heap_in_large_steps()  # what run_training does

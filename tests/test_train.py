@@ -381,7 +381,7 @@ def test_training_refuses_cubes_whose_bands_are_not_the_models(world_dir, tmp_pa
 
 def test_resuming_with_another_config_is_refused(world_dir, tmp_path):
     from latentcube.config import to_dict
-    from latentcube.train import _check_resumable
+    from latentcube.train.run import _check_resumable
 
     out = tmp_path / "run"
     cfg = stage_config(world_dir, out, "s2", epochs=1)

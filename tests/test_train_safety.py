@@ -24,13 +24,13 @@ from latentcube.train import (
     TrainConfig,
     TrainerConfig,
     TrainError,
-    _RunMetrics,
-    _SafeCheckpointIO,
     load_checkpoint,
     load_model,
     run_training,
     sensor_model_config,
 )
+from latentcube.train.checkpoints import _SafeCheckpointIO
+from latentcube.train.metrics import _RunMetrics
 
 # The smallest model and run that still train for real: 3 steps of 4 patches per epoch, one val batch.
 SMALL = {"widths": [8, 12, 16], "multiscale_branch_ch": 4, "d_model": 16, "n_heads": 2, "ffn_dim": 16,
