@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -249,6 +250,42 @@ def test_save_open_round_trip_is_lazy_and_exact(tmp_path, suffix):
     assert cube_crs(out).to_epsg() == 32632
 
 
+def test_cubes_are_zarr_v3_with_consolidated_metadata_and_no_warnings(tmp_path):
+    import json
+    import warnings
+
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither zarr's v3 notes (consolidated metadata, string types) nor others
+        path = save_cube(make_cube(), tmp_path / "c.zarr")
+        out = open_cube(path, validate=True)
+        plain = xr.open_zarr(path, consolidated=True)
+    root = json.loads((path / "zarr.json").read_text())
+    assert root["zarr_format"] == 3 and {"s2", "band"} <= set(root["consolidated_metadata"]["metadata"])
+    assert root["consolidated_metadata"]["metadata"]["band"]["data_type"] == "string"
+    assert not (path / ".zmetadata").exists() and (path / "s2" / "c" / "0" / "0" / "0" / "0").is_file()
+    assert zarr.open_group(path, mode="r").metadata.zarr_format == 3
+    assert [str(b) for b in out["band"].values] == list(S2_BANDS) == [str(b) for b in plain["band"].values]
+
+
+def test_format_2_cubes_written_before_still_open_and_are_replaced_by_v3(tmp_path, monkeypatch):
+    import latentcube.stores
+    from latentcube.cube import is_cube_store
+
+    ds = make_cube()
+    with monkeypatch.context() as m:  # the writer as it was before Zarr v3
+        m.setattr(latentcube.stores, "ZARR_FORMAT", 2)
+        path = save_cube(ds, tmp_path / "c.zarr")
+    assert (path / ".zmetadata").is_file() and not (path / "zarr.json").exists()
+    assert is_cube_store(path)
+    out = open_cube(path, validate=True)
+    xr.testing.assert_identical(out[["s2", "s1"]].load().drop_vars("spatial_ref"), ds[["s2", "s1"]].drop_vars("spatial_ref"))
+    save_cube(out, path)  # rewritten by today's writer: v3
+    assert (path / "zarr.json").is_file() and not (path / ".zmetadata").exists()
+    np.testing.assert_array_equal(open_cube(path)["s2"].values, ds["s2"].values)
+
+
 def test_saved_cube_is_readable_by_rioxarray_in_a_fresh_process(tmp_path):
     path = save_cube(make_cube(), tmp_path / "cube.zarr")
     code = (
@@ -320,32 +357,47 @@ def test_cli_import_refuses_a_folder_of_other_files_and_keeps_them(tmp_path):
 # ------------------------------------------------------------------- corrupt stores (issue 27)
 
 
+#: The first chunk file of a 4-d array in each Zarr format.
+FIRST_CHUNK = {3: "c/0/0/0/0", 2: "0.0.0.0"}
+
+
+@pytest.fixture(params=[3, 2], ids=["zarr3", "zarr2"])
+def zarr_format(request, monkeypatch):
+    """Stores written in Zarr v3 (the format of new stores) and in format 2 (the stores written before)."""
+    import latentcube.stores
+
+    monkeypatch.setattr(latentcube.stores, "ZARR_FORMAT", request.param)
+    return request.param
+
+
 def _chunk(path, var="s2"):
-    files = sorted(p for p in (path / var).iterdir() if not p.name.startswith("."))
-    return files[0]
+    from latentcube.stores import array_layout
+
+    return path / var / array_layout(path, var).keys()[0]
 
 
-def test_every_chunk_is_written_and_a_deleted_one_is_named(tmp_path):
+def test_every_chunk_is_written_and_a_deleted_one_is_named(tmp_path, zarr_format):
     ds = make_cube()
     ds["s1"][:] = np.nan  # all-NaN: zarr would skip writing this chunk
     path = save_cube(ds, tmp_path / "c.zarr")
     assert open_cube(path)["s1"].isnull().all()
+    assert _chunk(path, "s1") == path / "s1" / FIRST_CHUNK[zarr_format]
     _chunk(path, "s1").unlink()
-    with pytest.raises(CubeError, match=r"incomplete cube .*variable 's1', chunk file .*s1/0\.0\.0\.0 is missing.*"
-                                        r"read as NaN\. Fix: re-create the cube"):
+    with pytest.raises(CubeError, match=rf"incomplete cube .*variable 's1', chunk file .*s1/{re.escape(FIRST_CHUNK[zarr_format])} "
+                                        r"is missing.*read as NaN\. Fix: re-create the cube"):
         open_cube(path)
 
 
-def test_an_empty_chunk_file_is_named(tmp_path):
+def test_an_empty_chunk_file_is_named(tmp_path, zarr_format):
     path = save_cube(make_cube(), tmp_path / "c.zarr")
     _chunk(path).write_bytes(b"")
-    with pytest.raises(CubeError, match=r"corrupt cube .*variable 's2', chunk file .*s2/0\.0\.0\.0 is empty \(0 bytes\)\. "
-                                        r"Fix: re-create"):
+    with pytest.raises(CubeError, match=rf"corrupt cube .*variable 's2', chunk file .*s2/{re.escape(FIRST_CHUNK[zarr_format])} "
+                                        r"is empty \(0 bytes\)\. Fix: re-create"):
         open_cube(path)
 
 
 @pytest.mark.parametrize("verb", ["validate", "info"])
-def test_a_truncated_chunk_is_an_error_not_a_crash(tmp_path, verb):
+def test_a_truncated_chunk_is_an_error_not_a_crash(tmp_path, verb, zarr_format):
     """Blosc trusts its header: half a chunk file used to kill the interpreter (exit 139, nothing printed).
     Run as the user does, in a subprocess, so a crash fails this test rather than pytest."""
     path = save_cube(make_cube(), tmp_path / "c.zarr")
@@ -356,24 +408,30 @@ def test_a_truncated_chunk_is_an_error_not_a_crash(tmp_path, verb):
                           capture_output=True, text=True, timeout=300)
     err = " ".join(proc.stderr.split())
     assert proc.returncode == 1, proc.stderr
-    assert f"variable 's2', chunk file c.zarr/s2/0.0.0.0 is {len(data) // 2:,} bytes but its Blosc header announces" in err
+    assert (f"variable 's2', chunk file c.zarr/s2/{FIRST_CHUNK[zarr_format]} is {len(data) // 2:,} bytes but its Blosc "
+            "header announces") in err
     assert "Fix: re-create the cube" in err and "Traceback" not in err
 
 
-def test_stores_without_the_complete_chunks_record_warn_about_absent_data_chunks(tmp_path):
+def test_stores_without_the_complete_chunks_record_warn_about_absent_data_chunks(tmp_path, zarr_format):
     import json
 
     path = save_cube(make_cube(), tmp_path / "c.zarr")
-    meta = json.loads((path / ".zmetadata").read_text())
-    meta["metadata"][".zattrs"].pop("latentcube_all_chunks_written")
-    (path / ".zmetadata").write_text(json.dumps(meta))
+    if zarr_format == 3:  # the root attributes are those of the root zarr.json
+        meta = json.loads((path / "zarr.json").read_text())
+        meta["attributes"].pop("latentcube_all_chunks_written")
+        (path / "zarr.json").write_text(json.dumps(meta))
+    else:
+        meta = json.loads((path / ".zmetadata").read_text())
+        meta["metadata"][".zattrs"].pop("latentcube_all_chunks_written")
+        (path / ".zmetadata").write_text(json.dumps(meta))
     _chunk(path).unlink()
     with pytest.warns(UserWarning, match=r"1 chunk files of \['s2'\] are absent .*they read as NaN"):
         ds = open_cube(path)
     assert ds["s2"].isnull().all()
 
 
-def test_chunk_problems_lists_each_problem(tmp_path):
+def test_chunk_problems_lists_each_problem(tmp_path, zarr_format):
     from latentcube.chunks import chunk_problems
 
     path = save_cube(make_cube(), tmp_path / "c.zarr")
@@ -501,7 +559,7 @@ def test_scan_cube_counts_every_value_exactly(tmp_path):
         assert scans["s1"].impossible_pixel_dates == 1 and scans["s1"].missing == 0
 
 
-def test_a_chunk_that_does_not_decode_is_named_by_validate_full(tmp_path):
+def test_a_chunk_that_does_not_decode_is_named_by_validate_full(tmp_path, zarr_format):
     """A chunk file of the right size whose payload is garbage: the codec's message names no file; the plain
     validate says how to find it, --full names it. In a subprocess: a decoder crash must fail this test only."""
     path = save_cube(make_cube(n_time=12, ny=40, nx=40), tmp_path / "c.zarr")
@@ -518,7 +576,7 @@ def test_a_chunk_that_does_not_decode_is_named_by_validate_full(tmp_path):
 
     plain = run()
     assert "cannot read 's2': a chunk file does not decode" in plain and "Fix: `latentcube validate --full" in plain
-    assert "cannot decode variable 's2', chunk file c.zarr/s2/0.0.0.0" in run("--full")
+    assert f"cannot decode variable 's2', chunk file c.zarr/s2/{FIRST_CHUNK[zarr_format]}" in run("--full")
 
 
 def test_cli_validate_full_prints_exact_counts(tmp_path, capsys):

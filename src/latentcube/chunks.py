@@ -1,4 +1,4 @@
-"""Integrity of a Zarr (v2) store's chunk files, checked from the listing and 16-byte headers only.
+"""Integrity of a Zarr store's chunk files (format 2 or 3), checked from the listing and 16-byte headers only.
 
 A chunk file that was deleted reads silently as the fill value (NaN); one that is empty or cut short can
 crash the interpreter inside the Blosc decompressor (it trusts the sizes in its header). Before any
@@ -9,20 +9,25 @@ such a store gives an error naming the variable, the chunk file and the fix inst
 Cost: one directory listing per array and one 16-byte read per chunk file (a tile-year cube: a few
 thousand reads, well under a second on a local disk); no chunk is decompressed.
 
-This module sits at the bottom of the import graph: it imports only the standard library and NumPy.
+Either Zarr format: the arrays, their chunk grids and chunk file names come from the metadata
+(:func:`latentcube.stores.array_layouts`: ``.zmetadata``/``.zarray`` in v2, ``zarr.json`` in v3, where
+chunk files are ``c/0/1/0`` instead of ``0.1.0``). The Blosc check applies to arrays whose only codec is
+Blosc (latentcube's stores in both formats); a sharded v3 array's files are checked for emptiness only.
+
+This module sits at the bottom of the import graph: it imports only the standard library, NumPy and
+:mod:`latentcube.stores` (whose metadata readers need nothing else).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from latentcube.stores import ArrayLayout, array_layouts, layout_from_metadata
 
 __all__ = ["ChunkProblem", "chunk_problems", "expected_chunk_keys"]
 
@@ -42,40 +47,14 @@ class ChunkProblem:
     detail: str
 
 
-def _arrays(store: Path) -> Iterator[tuple[str, dict]]:
-    """(name, .zarray metadata) of every array of a v2 store, from consolidated metadata when present."""
-    consolidated = store / ".zmetadata"
-    if consolidated.is_file():
-        try:
-            meta = json.loads(consolidated.read_text(encoding="utf-8"))["metadata"]
-        except (OSError, ValueError, KeyError):
-            meta = None
-        if isinstance(meta, dict):
-            for key, value in meta.items():
-                if key.endswith("/.zarray") and isinstance(value, dict):
-                    yield key[: -len("/.zarray")], value
-            return
-    for zarray in sorted(store.rglob(".zarray")):
-        try:
-            yield zarray.parent.relative_to(store).as_posix(), json.loads(zarray.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-
-
 def expected_chunk_keys(meta: dict) -> list[str]:
-    """Chunk keys (``"0.1.0"``, or ``"0/1/0"`` with the ``/`` separator) that an array's shape implies."""
-    shape, chunks = meta.get("shape") or [], meta.get("chunks") or []
-    sep = meta.get("dimension_separator") or "."
-    if not shape:
-        return ["0"]
-    counts = [max(1, math.ceil(s / c)) if s else 0 for s, c in zip(shape, chunks, strict=True)]
-    if 0 in counts:
-        return []
-    return [sep.join(str(i) for i in idx) for idx in np.ndindex(*counts)]
+    """Chunk keys that an array's metadata implies: a v2 ``.zarray`` (``"0.1.0"``, or ``"0/1/0"`` with the
+    ``/`` separator) or a v3 ``zarr.json`` (``"c/0/1/0"`` with the default key encoding)."""
+    return layout_from_metadata("", meta).keys()
 
 
-def _listing(array_dir: Path, sep: str) -> set[str]:
-    if sep == ".":
+def _listing(array_dir: Path, layout: ArrayLayout) -> set[str]:
+    if layout.separator == "." and not layout.prefix:
         try:
             return {e.name for e in os.scandir(array_dir) if e.is_file() and not e.name.startswith(".")}
         except FileNotFoundError:
@@ -103,7 +82,7 @@ def _check_blosc(path: Path, nbytes_expected: int) -> tuple[str, str] | None:
 
 def chunk_problems(store: str | os.PathLike[str], *, check_missing: bool = True,
                    variables: list[str] | None = None) -> list[ChunkProblem]:
-    """Bad chunk files of a Zarr v2 directory store (empty list: none found; a v3 store: not checked).
+    """Bad chunk files of a Zarr directory store, format 2 or 3 (empty list: none found).
 
     ``check_missing``: report chunk files the shape implies but the store lacks. Writers that skip chunks
     of fill values only (zarr's default) leave such gaps on purpose; latentcube's ``save_cube`` writes
@@ -111,24 +90,22 @@ def chunk_problems(store: str | os.PathLike[str], *, check_missing: bool = True,
     """
     store = Path(store)
     problems: list[ChunkProblem] = []
-    for name, meta in _arrays(store):
+    for layout in array_layouts(store):
+        name = layout.name
         if variables is not None and name not in variables:
             continue
-        sep = meta.get("dimension_separator") or "."
         array_dir = store / name
-        present = _listing(array_dir, sep)
-        expected = expected_chunk_keys(meta)
+        present = _listing(array_dir, layout)
+        expected = layout.keys()
         if check_missing:
             problems += [ChunkProblem(name, array_dir / key, "missing", "is missing")
                          for key in expected if key not in present]
-        compressor = meta.get("compressor") or {}
-        itemsize = np.dtype(meta["dtype"]).itemsize if isinstance(meta.get("dtype"), str) else None
-        chunk_bytes = int(np.prod(meta.get("chunks") or [1])) * (itemsize or 0)
+        chunk_bytes = int(np.prod(layout.chunks or (1,))) * layout.itemsize
         for key in expected:
             if key not in present:
                 continue
             path = array_dir / key
-            if compressor.get("id") == "blosc" and not meta.get("filters") and itemsize:
+            if layout.blosc and layout.itemsize:
                 found = _check_blosc(path, chunk_bytes)
             else:  # other codecs raise on bad input; an empty file is still never a chunk
                 found = ("empty", "is empty (0 bytes)") if path.stat().st_size == 0 else None

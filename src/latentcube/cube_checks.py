@@ -120,6 +120,16 @@ class ValueScan:
     pixel_dates: int
 
 
+def _chunk_file(store: str | Path, var: str, idx: tuple[int, ...]) -> Path:
+    """The file of chunk ``idx`` of ``var`` in a Zarr store of either format (``0.1.0`` or ``c/0/1/0``)."""
+    from latentcube.stores import array_layout
+
+    try:
+        return Path(store) / var / array_layout(store, var).key(idx)
+    except FileNotFoundError:
+        return Path(store) / var / ".".join(map(str, idx))
+
+
 def scan_cube(ds: xr.Dataset, store: str | Path | None = None) -> dict[str, ValueScan]:
     """Read every storage chunk of ``s2`` and ``s1`` once (one at a time: memory stays one chunk) and count
     missing and impossible values. A chunk that cannot be decoded raises :class:`CubeError` naming the
@@ -141,7 +151,7 @@ def scan_cube(ds: xr.Dataset, store: str | Path | None = None) -> dict[str, Valu
                 with dask.config.set(scheduler="synchronous"):
                     values = np.asarray(blocks[idx].compute())
             except Exception as err:  # every codec raises its own type
-                where = f"chunk file {Path(store) / var / '.'.join(map(str, idx))}" if store else f"chunk {idx}"
+                where = f"chunk file {_chunk_file(store, var, idx)}" if store else f"chunk {idx}"
                 raise CubeError(
                     f"cannot decode variable '{var}', {where} ({type(err).__name__}: {err}). Fix: re-create the cube "
                     "(re-run the `latentcube import`, `fetch` or `synth` that made it, with --overwrite) or restore "

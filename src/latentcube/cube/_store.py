@@ -7,7 +7,6 @@ import shutil
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import xarray as xr
 
@@ -48,25 +47,13 @@ def _check_is_store(path: Path) -> None:
         raise CubeError(f"{path} is not a NetCDF file (it starts with {head[:4]!r}), so not a cube. {_NOT_A_CUBE_FIX}")
 
 
-def _root_attrs(store: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        if (store / ".zmetadata").is_file():
-            return json.loads((store / ".zmetadata").read_text(encoding="utf-8"))["metadata"].get(".zattrs", {})
-        if (store / ".zattrs").is_file():
-            return json.loads((store / ".zattrs").read_text(encoding="utf-8"))
-    except (OSError, ValueError, KeyError):
-        pass
-    return {}
-
-
 def _check_store_chunks(store: Path) -> None:
     """Refuse a store with empty, truncated or (in cubes that record writing every chunk) missing chunk
     files before anything is decompressed: they would read as NaN silently or crash the interpreter."""
     from latentcube.chunks import chunk_problems
+    from latentcube.stores import root_attrs
 
-    complete = bool(_root_attrs(store).get(ALL_CHUNKS_ATTR))
+    complete = bool(root_attrs(store).get(ALL_CHUNKS_ATTR))
     problems = chunk_problems(store)
     missing = [p for p in problems if p.kind == "missing"]
     broken = [p for p in problems if p.kind != "missing"]
@@ -147,11 +134,9 @@ def is_cube_store(path: str | Path) -> bool:
     path = Path(path)
     try:
         if path.is_dir():
-            for meta in (".zmetadata", ".zattrs"):
-                if (path / meta).is_file():
-                    text = (path / meta).read_text(encoding="utf-8")
-                    return '"latentcube_version"' in text
-            return False
+            from latentcube.stores import root_attrs
+
+            return "latentcube_version" in root_attrs(path)
         if path.is_file() and path.stat().st_size > 0:
             with xr.open_dataset(path) as ds:
                 return "latentcube_version" in ds.attrs
@@ -179,6 +164,7 @@ def save_cube(ds: xr.Dataset, path: str | Path, *, overwrite: bool = True) -> Pa
     too, so that :func:`open_cube` can tell a lost chunk file from a skipped one.
     """
     from latentcube.files import atomic_path, check_output_path
+    from latentcube.stores import write_zarr
 
     path = Path(path)
     replace = check_output_path(path, overwrite=overwrite, is_ours=is_cube_store, what="cube")
@@ -204,9 +190,8 @@ def save_cube(ds: xr.Dataset, path: str | Path, *, overwrite: bool = True) -> Pa
             out[name] = out[name].chunk(dict(zip(out[name].dims, _storage_chunks(out, name), strict=True)))
     tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
-        # Zarr v2 format: string coordinates (band names) have no stable v3 dtype yet, and GDAL and older
-        # readers still expect v2 with consolidated metadata.
-        out.to_zarr(tmp, mode="w-", encoding=encoding, consolidated=True, zarr_format=2, write_empty_chunks=True)
+        # latentcube.stores.ZARR_FORMAT (v3) with consolidated metadata; band names as v3 strings.
+        write_zarr(out, tmp, mode="w-", encoding=encoding, write_empty_chunks=True)
         if replace or path.exists():  # an old cube (or an empty folder) moves aside until the new one is in place
             aside = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(path, aside)
