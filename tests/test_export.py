@@ -110,4 +110,72 @@ def test_cli_export(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["embedding_2019-07-14.tif", "embedding_2019-08-01.tif"]
     with pytest.raises(SystemExit) as exc:
         main(["export", str(path), "--format", "netcdf", "--out", str(tmp_path / "u")])
-    assert exc.value.code == 2 and "only 'geotiff'" in capsys.readouterr().err
+    assert exc.value.code == 2 and "use 'geotiff' or 'cog'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- cloud-optimised GeoTIFF (issue 26)
+
+
+def test_cog_has_overviews_descriptions_nodata_and_the_store_values(tmp_path):
+    path, ds = emb_store(tmp_path, h=40, w=48)
+    files = export_geotiff(path, tmp_path / "cog", cog=True, progress=False)
+    assert len(files) == 3
+    for t, f in enumerate(files):
+        with rasterio.open(f) as src:
+            assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+            assert src.overviews(1) == [2, 4]  # 40 px -> 20 -> 10 (halving stops under MIN_OVERVIEW_PX = 8)
+            assert src.descriptions == ("fused_0", "fused_1", "s1_0", "s1_1")
+            assert src.dtypes[0] == "float32" and np.isnan(src.nodata)
+            assert src.scales == (1.0,) * 4 and src.offsets == (0.0,) * 4
+            assert src.crs.to_epsg() == 32633 and src.transform == Affine(10.0, 0.0, 400_000.0, 0.0, -10.0, 5_200_000.0)
+            np.testing.assert_array_equal(src.read(), ds["embedding"].values[t])  # NaN where the store has NaN
+            if t == 1:  # the first overview: the mean of each 2 x 2 block's valid pixels (NaN skipped)
+                half = src.read(1, out_shape=(20, 24))
+                blocks = ds["embedding"].values[1, 0].reshape(20, 2, 24, 2)
+                np.testing.assert_allclose(half, np.nanmean(blocks, axis=(1, 3)), rtol=1e-5)
+                assert np.isfinite(half[1, 1])  # the block holding the NaN pixel (2, 3) averages the other three
+
+
+def test_int8_store_exports_int8_cogs_with_scale_offset_and_nodata(tmp_path):
+    from latentcube.embed import open_embedding, quantize_int8
+    from latentcube.export import INT8_NODATA
+
+    _, ds = emb_store(tmp_path, h=12, w=10)
+    codes, scale = quantize_int8(ds["embedding"].values)
+    q = ds.drop_vars("embedding").assign(
+        embedding=(("time", "feature", "y", "x"), codes), embedding_scale=(("time", "y", "x"), scale))
+    q["embedding"].encoding = {"_FillValue": -128}
+    q8 = tmp_path / "int8.zarr"
+    q.to_zarr(q8, zarr_format=2, consolidated=True)
+    decoded = open_embedding(q8).values
+    files = export_geotiff(q8, tmp_path / "cog8", cog=True, progress=False)
+    for t, f in enumerate(files):
+        with rasterio.open(f) as src:
+            assert src.dtypes[0] == "int8" and src.nodata == INT8_NODATA and src.overviews(1) == [2]
+            assert src.descriptions == ("fused_0", "fused_1", "s1_0", "s1_1")
+            scales, offsets = np.array(src.scales), np.array(src.offsets)
+            raw = src.read()
+            assert "int8_decoding" in src.tags()
+        invalid = ~np.isfinite(decoded[t])
+        assert (raw[invalid] == INT8_NODATA).all() and (raw[~invalid] > INT8_NODATA).all()
+        values = raw * scales[:, None, None] + offsets[:, None, None]
+        err = np.abs(values - decoded[t])[~invalid]
+        bound = np.broadcast_to(scales[:, None, None] / 2, raw.shape)[~invalid]
+        assert (err <= bound * (1 + 1e-6) + 1e-7).all()
+        # The band's range spans the codes: its extremes decode to codes -127 and 127.
+        assert raw[0][~invalid[0]].min() == -127 and raw[0][~invalid[0]].max() == 127
+    # float32 on request: the decoded store values exactly
+    (f32,) = export_geotiff(q8, tmp_path / "f32", dtype="float32", dates=["2019-07-14"], cog=True, progress=False)
+    with rasterio.open(f32) as src:
+        np.testing.assert_array_equal(src.read(), decoded[1])
+
+
+def test_cli_export_cog(tmp_path):
+    from latentcube.cli import main
+
+    path, _ = emb_store(tmp_path)
+    with pytest.raises(SystemExit) as done:
+        main(["export", str(path), "--out", str(tmp_path / "c"), "--format", "cog", "--dates", "2019-08-01"])
+    assert done.value.code == 0
+    with rasterio.open(tmp_path / "c" / "embedding_2019-08-01.tif") as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and src.overviews(1)

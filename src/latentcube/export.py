@@ -1,16 +1,20 @@
 """Export of embedding cubes to GeoTIFF: one multi-band file per date, readable by GDAL / QGIS.
 
 ``export_geotiff(emb, out_dir)`` writes ``<prefix>_<YYYY-MM-DD>.tif`` for every (or every requested)
-date: bands = the features of the variable (band descriptions = feature names), float32, nodata NaN,
-the cube's CRS and the affine transform of its pixel grid (origin = first pixel centre minus half a
-pixel), tiled and DEFLATE-compressed. Written with rasterio (direct control over band descriptions,
-tags and creation options; rioxarray's ``to_raster`` would do the same through one more layer).
-See docs/products.md.
+date or window: bands = the features of the variable (band descriptions = feature names), float32,
+nodata NaN, the cube's CRS and the affine transform of its pixel grid (origin = first pixel centre minus
+half a pixel), tiled and DEFLATE-compressed. ``cog=True`` writes cloud-optimised GeoTIFFs (GDAL's COG
+driver: tiles, overviews averaged over valid pixels, header first, so QGIS and HTTP range readers read
+only what they show). An int8 store is written as int8 by default: per file and band a GDAL scale and
+offset (value = code x scale + offset; codes -127..127 span the band's range on that date) and nodata
+-128. Written with rasterio (direct control over band descriptions, tags and creation options;
+rioxarray's ``to_raster`` would do the same through one more layer). See docs/products.md.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,9 +27,13 @@ from latentcube import __version__
 from latentcube.cube import cube_crs
 from latentcube.gapfill import EmbeddingCubeError, as_embedding, match_dates
 
-__all__ = ["export_geotiff", "grid_transform"]
+__all__ = ["export_geotiff", "grid_transform", "overview_levels", "quantize_bands"]
 
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "int8")
+#: int8 export: the code of nodata (NaN); valid codes use -127..127.
+INT8_NODATA = -128
+#: COG overviews halve the grid until its shorter side would fall under this many pixels (at least one level).
+MIN_OVERVIEW_PX = 8
 #: Dataset attributes copied into every file's GDAL metadata (provenance for users of the single files).
 _TAGS = ("geoemb:model", "geoemb:type", "checkpoint_sha256", "model_kind", "source_cube", "latentcube_version",
          "latentcube:gapfill")
@@ -65,12 +73,13 @@ def export_geotiff(
     *,
     variable: str = "embedding",
     dates: Sequence[Any] | None = None,
-    dtype: str = "float32",
+    dtype: str | None = None,
     prefix: str | None = None,
     compress: str = "deflate",
     progress: bool = True,
+    cog: bool = False,
 ) -> list[Path]:
-    """Write one GeoTIFF per date of ``variable`` and return their paths (in date order).
+    """Write one GeoTIFF per date (or window) of ``variable`` and return their paths (in date order).
 
     Args:
         emb: embedding cube (Zarr path or Dataset; a gap-filled cube works too).
@@ -79,24 +88,32 @@ def export_geotiff(
             band), e.g. ``embedding``, ``quality_s2`` or ``filled``.
         dates: ``YYYY-MM-DD`` dates to export (matched by calendar day; an absent date is an error naming
             the nearest); default all.
-        dtype: ``float32`` (default) or ``float64``. NaN is the nodata value.
+        dtype: ``float32``, ``float64`` (NaN = nodata) or ``int8`` (codes with a GDAL scale and offset per
+            band and file, nodata -128; error <= scale / 2 against the store's values). Default: ``int8``
+            for an int8 store's ``embedding``, else ``float32``.
         prefix: file-name prefix (default: ``variable``).
         compress: GDAL compression (``deflate``, ``lzw``, ``zstd``, ``none``); floating-point predictor.
         progress: progress bar over dates.
+        cog: write cloud-optimised GeoTIFFs (GDAL ``COG`` driver) with overviews (average of the valid
+            pixels, halving until the shorter side is under ``MIN_OVERVIEW_PX``).
 
     Each file carries the CRS (WKT), the transform from :func:`grid_transform`, band descriptions = feature
     names, and tags: the date, the variable and the cube's provenance attributes (``:`` in their names
-    written as ``_``, e.g. ``geoemb_model``).
+    written as ``_``, e.g. ``geoemb_model``); a window store's files also carry ``window``,
+    ``window_start`` and ``window_end``.
     """
     import rasterio
     from rasterio.crs import CRS as RioCRS
 
-    if dtype not in DTYPES:
-        raise EmbeddingCubeError(f"dtype={dtype!r}: GeoTIFF export writes {' or '.join(DTYPES)} (NaN = nodata).")
+    if dtype is not None and dtype not in DTYPES:
+        raise EmbeddingCubeError(f"dtype={dtype!r}: GeoTIFF export writes {', '.join(DTYPES)} (NaN = nodata; int8: "
+                                 f"{INT8_NODATA}).")
     if isinstance(emb, xr.Dataset) and variable not in emb.data_vars:
         raise EmbeddingCubeError(f"no {variable!r} variable in the cube (has {sorted(map(str, emb.data_vars))}).")
     ds = as_embedding(emb) if variable == "embedding" else _with_variable(emb, variable)
     da = ds[variable]
+    if dtype is None:
+        dtype = "int8" if str(da.attrs.get("stored_as", "")).startswith("int8") else "float32"
     if da.dims == ("time", "y", "x"):
         da = da.expand_dims(feature=[variable], axis=1)
     elif da.dims != ("time", "feature", "y", "x"):
@@ -108,13 +125,17 @@ def export_geotiff(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_bands, height, width = da.sizes["feature"], da.sizes["y"], da.sizes["x"]
+    int8 = dtype == "int8"
     profile: dict[str, Any] = {
-        "driver": "GTiff", "dtype": dtype, "count": n_bands, "height": height, "width": width, "crs": crs,
-        "transform": transform, "nodata": float("nan"), "BIGTIFF": "IF_SAFER",
+        "driver": "COG" if cog else "GTiff", "dtype": dtype, "count": n_bands, "height": height, "width": width,
+        "crs": crs, "transform": transform, "nodata": INT8_NODATA if int8 else float("nan"), "BIGTIFF": "IF_SAFER",
     }
     if compress and compress.lower() != "none":
-        profile.update(compress=compress, predictor=3)  # predictor 3: floating-point differencing
-    if height >= 256 and width >= 256:
+        # COG: PREDICTOR=YES picks 3 (floating point) or 2 (integers); GTiff: 3 for floats, 2 for int8.
+        profile.update(compress=compress, predictor="YES" if cog else (2 if int8 else 3))
+    if cog:
+        profile.update(overview_resampling="AVERAGE", overview_count=overview_levels(height, width))
+    elif height >= 256 and width >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
     features = [str(f) for f in da["feature"].values]
     # GDAL reads "key:sub=value" as a key "key" with value "sub=value": write "geoemb_model" etc.
@@ -126,16 +147,62 @@ def export_geotiff(
         iterator = tqdm(idx, desc=f"export {variable}", unit="date")
     paths = []
     for t in iterator:
-        data = np.asarray(da.isel(time=t).values, dtype=dtype)  # (F, H, W): one date in memory
+        values = np.asarray(da.isel(time=t).values, dtype="float64" if int8 else dtype)  # (F, H, W): one date
         path = out_dir / names[t]
         with rasterio.open(path, "w", **profile) as dst:
+            if int8:
+                data, scales, offsets = quantize_bands(values)
+                dst.scales, dst.offsets = tuple(scales), tuple(offsets)
+            else:
+                data = values
             dst.write(data)
             for b, name in enumerate(features, start=1):
                 dst.set_band_description(b, name)
-            dst.update_tags(**common, date=str(pd.Timestamp(da["time"].values[t])), variable=variable,
-                            exported_by=f"latentcube {__version__}")
+            dst.update_tags(**common, **_window_tags(da, t), date=str(pd.Timestamp(da["time"].values[t])),
+                            variable=variable, exported_by=f"latentcube {__version__}",
+                            **({"int8_decoding": f"value = code x scale + offset per band; {INT8_NODATA} = nodata; "
+                                "error <= scale / 2"} if int8 else {}))
         paths.append(path)
     return paths
+
+
+def overview_levels(height: int, width: int) -> int:
+    """COG overview levels: halve until the shorter side would be under ``MIN_OVERVIEW_PX`` (at least one)."""
+    levels, side = 0, min(height, width)
+    while side / 2 ** (levels + 1) >= MIN_OVERVIEW_PX and levels < 16:
+        levels += 1
+    return max(levels, 1)
+
+
+def quantize_bands(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """int8 codes ``(F, H, W)`` and per-band GDAL ``scale``, ``offset`` of float ``values`` (NaN = nodata).
+
+    Per band: ``offset`` = mid-range and ``scale`` = range / 254 of its finite values, ``code =
+    round((v - offset) / scale)`` in -127..127, so ``code x scale + offset`` is within ``scale / 2`` of
+    ``v``; NaN -> ``INT8_NODATA``. A constant band gets scale 1 and codes 0; an all-NaN band scale 1, offset 0.
+    """
+    finite = np.isfinite(values)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bands
+        lo = np.nanmin(np.where(finite, values, np.nan), axis=(1, 2))
+        hi = np.nanmax(np.where(finite, values, np.nan), axis=(1, 2))
+    empty = ~np.isfinite(lo)
+    lo, hi = np.where(empty, 0.0, lo), np.where(empty, 0.0, hi)
+    offset = (hi + lo) / 2
+    scale = np.where(hi > lo, (hi - lo) / 254.0, 1.0)
+    codes = np.rint((np.where(finite, values, 0.0) - offset[:, None, None]) / scale[:, None, None])
+    codes = np.clip(codes, -127, 127).astype("int8")
+    codes[~finite] = INT8_NODATA
+    return codes, scale, offset
+
+
+def _window_tags(da: xr.DataArray, t: int) -> dict[str, str]:
+    """``window``, ``window_start``, ``window_end`` of a window store's time step (none otherwise)."""
+    if "window" not in da.coords:
+        return {}
+    return {"window": str(da["window"].values[t]),
+            "window_start": str(pd.Timestamp(da["window_start"].values[t]).date()),
+            "window_end": str(pd.Timestamp(da["window_end"].values[t]).date())}
 
 
 def _with_variable(emb: str | Path | xr.Dataset, variable: str) -> xr.Dataset:

@@ -52,18 +52,20 @@ def pca(
 def export(
     emb: Annotated[Path, typer.Argument(help="An embedding cube (Zarr), gap-filled or not.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder for the files.")],
-    fmt: Annotated[str, typer.Option("--format", help="Output format (geotiff).")] = "geotiff",
+    fmt: Annotated[str, typer.Option("--format", help="geotiff | cog (cloud-optimised GeoTIFF with overviews).")] = "geotiff",
     dates: Annotated[str | None, typer.Option(help="Comma-separated YYYY-MM-DD dates (default: all).")] = None,
     variable: Annotated[str, typer.Option(help="Variable to export (embedding, quality_s2, filled, ...).")] = "embedding",
     prefix: Annotated[str | None, typer.Option(help="File-name prefix (default: the variable name).")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32 | float64 (NaN nodata) | int8 (scale/offset per band, nodata -128); default: int8 for an int8 store, else float32.")] = None,
 ) -> None:
-    """One GeoTIFF per date (bands = features, CRS and transform of the cube, NaN nodata)."""
+    """One GeoTIFF or COG per date or window (bands = features, CRS and transform of the cube, nodata)."""
     from latentcube.export import export_geotiff
 
-    if fmt.lower() not in ("geotiff", "gtiff", "tif"):
-        raise typer.BadParameter(f"--format {fmt!r}: only 'geotiff' is supported")
+    if fmt.lower() not in ("geotiff", "gtiff", "tif", "cog"):
+        raise typer.BadParameter(f"--format {fmt!r}: use 'geotiff' or 'cog'")
     chosen = [d.strip() for d in dates.split(",") if d.strip()] if dates else None
-    paths = export_geotiff(emb, out_dir, variable=variable, dates=chosen, prefix=prefix)
+    paths = export_geotiff(emb, out_dir, variable=variable, dates=chosen, prefix=prefix, dtype=dtype,
+                           cog=fmt.lower() == "cog")
     out.print(f"{len(paths)} files in {out_dir}")
 
 
