@@ -100,7 +100,8 @@ def embed_cube(
             under half is a warning (:func:`latentcube.cube_checks.check_s1_coverage`).
 
     Returns:
-        ``out`` as a ``Path``. Raises :class:`EmbedError`/:class:`latentcube.cube.CubeError` with the fix
+        ``out`` as a ``Path``; its STAC Item is written beside it, ``<out>.stac.json``
+        (:func:`latentcube.stac_item.write_stac_item`). Raises :class:`EmbedError`/:class:`latentcube.cube.CubeError` with the fix
         for a missing cube or model file, a band-order mismatch, a fusion model without S1 in the cube
         (or S1 that covers none of it), fewer dates than the encoder's window, a block under
         ``MIN_BLOCK_PX`` or an unknown device; :class:`latentcube.files.OutputInUseError` while another
@@ -193,6 +194,9 @@ def embed_cube(
         finally:
             if bar is not None:
                 bar.close()
+        from latentcube.stac_item import write_stac_item  # every block written: describe the store beside it
+
+        write_stac_item(out)
     return out
 
 
