@@ -402,8 +402,21 @@ class _Stop(RuntimeError):
     pass
 
 
+def _chunk_files(out: Path, var: str = "embedding") -> list[str]:
+    """The chunk files of ``var`` that exist, as Zarr keys ("c/0/0/1/1" in v3, "0.0.1.1" in format 2)."""
+    from latentcube.stores import array_layout
+
+    return [k for k in array_layout(out, var).keys() if (out / var / k).exists()]
+
+
+def _key(out: Path, *index: int, var: str = "embedding") -> str:
+    from latentcube.stores import array_layout
+
+    return array_layout(out, var).key(index)
+
+
 def _chunk_mtimes(out: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in (out / "embedding").iterdir() if not p.name.startswith(".")}
+    return {k: (out / "embedding" / k).stat().st_mtime_ns for k in _chunk_files(out)}
 
 
 def test_resume_after_interruption(cube_path, models, fused_emb, tmp_path):
@@ -429,7 +442,7 @@ def test_resume_after_interruption(cube_path, models, fused_emb, tmp_path):
     assert not set(first) & set(second) and len(first) + len(second) == 9  # nothing computed twice
     after = _chunk_mtimes(out)
     for iy, ix in first:  # chunks of finished blocks were not rewritten
-        assert after[f"0.0.{iy}.{ix}"] == before[f"0.0.{iy}.{ix}"]
+        assert after[_key(out, 0, 0, iy, ix)] == before[_key(out, 0, 0, iy, ix)]
     np.testing.assert_array_equal(xr.open_zarr(out)["embedding"].values, _fused_only(fused_emb))
     ref, got = _quality(fused_emb), _quality(out)  # same blocks, same computation: identical
     for s in ("s2", "s1"):
@@ -464,6 +477,40 @@ def test_block_written_but_not_marked_is_recomputed(cube_path, models, fused_pla
     np.testing.assert_array_equal(xr.open_zarr(out)["embedding"].values, xr.open_zarr(fused_plain)["embedding"].values)
 
 
+def test_a_format_2_store_written_before_resumes_as_format_2(cube_path, models, fused_plain, tmp_path, monkeypatch):
+    """A run interrupted under the writer of before Zarr v3 (format 2) is finished by today's code into the same
+    store: its marked blocks are kept (format-2 chunk keys), the store stays format 2, and it reads as a v3 run."""
+    import latentcube.stores
+    from latentcube.embed import embedding_summary
+
+    out = tmp_path / "old.zarr"
+    kw = dict(block_px=16, **FUSED)
+    first: list[tuple[int, int]] = []
+
+    def stop_after_four(iy: int, ix: int) -> None:
+        first.append((iy, ix))
+        if len(first) == 4:
+            raise _Stop("simulated kill")
+
+    with monkeypatch.context() as m:
+        m.setattr(latentcube.stores, "ZARR_FORMAT", 2)
+        with pytest.raises(_Stop):
+            embed_cube(cube_path, models["fusion"], out, on_block=stop_after_four, **kw)
+    assert (out / ".zmetadata").is_file() and not (out / "zarr.json").exists()
+    before = _chunk_mtimes(out)
+    assert _key(out, 0, 0, 0, 0) == "0.0.0.0" and "0.0.0.0" in before
+    second: list[tuple[int, int]] = []
+    embed_cube(cube_path, models["fusion"], out, on_block=lambda iy, ix: second.append((iy, ix)), **kw)
+    assert not set(first) & set(second) and len(first) + len(second) == 9  # resumed, nothing computed twice
+    assert (out / ".zmetadata").is_file() and not (out / "zarr.json").exists()  # still format 2
+    after = _chunk_mtimes(out)
+    for iy, ix in first:
+        assert after[_key(out, 0, 0, iy, ix)] == before[_key(out, 0, 0, iy, ix)]
+    np.testing.assert_array_equal(open_embedding(out).values, open_embedding(fused_plain).values)
+    assert embedding_summary(out)["blocks_written"] == "9 of 9"
+    assert (fused_plain / "zarr.json").is_file() and _key(fused_plain, 0, 0, 1, 1) == "c/0/0/1/1"  # new runs: v3
+
+
 def test_finished_block_whose_chunk_went_missing_is_recomputed(cube_path, models, s2_emb, tmp_path, capsys):
     """A chunk file of a finished (marked) block deleted afterwards: `info` names it, and the re-run computes that
     block again (only it) into the store of the uninterrupted run; a deleted chunk no longer stays NaN."""
@@ -473,21 +520,22 @@ def test_finished_block_whose_chunk_went_missing_is_recomputed(cube_path, models
 
     out = shutil.copytree(s2_emb, tmp_path / "lost.zarr")
     marker = json.loads((out / ".blocks" / "1_1.done").read_text())
-    assert "0.0.1.1" in marker["chunks"]["embedding"]
-    (out / "embedding" / "0.0.1.1").unlink()
+    key = _key(out, 0, 0, 1, 1)
+    assert key == "c/0/0/1/1" and key in marker["chunks"]["embedding"]  # Zarr v3 chunk keys
+    (out / "embedding" / key).unlink()
     with pytest.raises(SystemExit) as exc:
         main(["info", str(out), "--json"])
     assert exc.value.code == 0
     got = json.loads(capsys.readouterr().out)
     assert got["blocks_written"].startswith("3 of 4 (incomplete: 1 finished block(s) lost chunk files")
-    assert got["missing_chunks"] == "block 1_1: embedding/0.0.1.1"
+    assert got["missing_chunks"] == f"block 1_1: embedding/{key}"
     redone: list[tuple[int, int]] = []
-    with pytest.warns(UserWarning, match=r"1 finished block\(s\) of .*lost chunk files .*block 1_1: embedding/0.0.1.1"):
+    with pytest.warns(UserWarning, match=rf"1 finished block\(s\) of .*lost chunk files .*block 1_1: embedding/{key}"):
         embed_cube(cube_path, models["s2"], out, block_px=24, scheduler="synchronous", progress=False,
                    on_block=lambda iy, ix: redone.append((iy, ix)))
     assert redone == [(1, 1)]
     np.testing.assert_array_equal(xr.open_zarr(out)["embedding"].values, xr.open_zarr(s2_emb)["embedding"].values)
-    assert sorted(p.name for p in (out / "embedding").iterdir()) == sorted(p.name for p in (s2_emb / "embedding").iterdir())
+    assert _chunk_files(out) == _chunk_files(s2_emb)
     from latentcube.embed import embedding_summary
 
     assert embedding_summary(out)["blocks_written"] == "4 of 4" and "missing_chunks" not in embedding_summary(out)

@@ -20,6 +20,7 @@ from latentcube.embed._plan import _device, _Plan
 from latentcube.embed._quality import _band_spans, _centre_decoders, reconstruction_error
 from latentcube.heap import heap_settings_restored, release_free_memory, reuse_large_blocks
 from latentcube.process_state import restored_process_state
+from latentcube.stores import write_zarr
 from latentcube.timeutils import days_since, nearest_index
 
 #: Values normalised per call while preprocessing a block (bounds its float64 temporaries to ~16 MB).
@@ -227,8 +228,9 @@ def _embed_and_write(plan: _Plan, source: str | _InMemory, iy: int, ix: int, ys:
     with warnings.catch_warnings():
         # zarr notes the marker directory as a foreign object in the group: expected, harmless.
         warnings.filterwarnings("ignore", message=r".*\.blocks is not recognized.*")
-        # consolidated=False: region writes change no metadata; concurrent writers must not race on .zmetadata.
-        block.to_zarr(plan.out, region=region, mode="r+", zarr_format=2, consolidated=False)
+        # The store's own Zarr format (a run resumed into a format-2 store stays v2); the consolidated
+        # metadata is left alone: region writes change none, and concurrent writers must not race on it.
+        write_zarr(block, plan.out, region=region, mode="r+")
     chunks = _store._written_chunks(Path(plan.out), list(block.data_vars), ys, xs)
     _store._write_marker(Path(plan.out), iy, ix, {"y": [ys.start, ys.stop], "x": [xs.start, xs.stop], "sha256": plan.sha256,
                                                    "chunks": chunks,

@@ -18,6 +18,7 @@ from latentcube import __version__
 from latentcube.constants import EMBEDDING_DIMS
 from latentcube.cube import cube_crs, set_crs
 from latentcube.embed._plan import EmbedError, _Plan, block_grid
+from latentcube.stores import array_layout, root_attrs, write_zarr
 
 #: Largest number of dates in one storage chunk (as for cubes: serves map and time-series reads).
 MAX_TIME_CHUNK = 64
@@ -60,13 +61,11 @@ def _written_chunks(out: Path, names: list[str], ys: slice, xs: slice) -> dict[s
     that is all fill, so a block's list is what a later check may expect, not every chunk of the region)."""
     found = {}
     for name in names:
-        meta = json.loads((out / name / ".zarray").read_text(encoding="utf-8"))
-        dims = json.loads((out / name / ".zattrs").read_text(encoding="utf-8"))["_ARRAY_DIMENSIONS"]
+        layout = array_layout(out, name)  # either Zarr format: keys "0.0.1.1" (v2) or "c/0/0/1/1" (v3)
         span = {"y": ys, "x": xs}
         ranges = [range(span[d].start // c, -(-span[d].stop // c)) if d in span else range(-(-n // c))
-                  for d, c, n in zip(dims, meta["chunks"], meta["shape"], strict=True)]
-        sep = meta.get("dimension_separator") or "."
-        keys = (sep.join(map(str, idx)) for idx in itertools.product(*ranges))
+                  for d, c, n in zip(layout.dims or (), layout.chunks, layout.shape, strict=True)]
+        keys = (layout.key(idx) for idx in itertools.product(*ranges))
         found[name] = [k for k in keys if (out / name / k).exists()]
     return found
 
@@ -252,7 +251,7 @@ def _create_template(out: Path, ds: xr.Dataset, plan: _Plan, names: list[str], t
     })
     if out.exists():
         shutil.rmtree(out)
-    tmpl.to_zarr(out, mode="w", compute=False, zarr_format=2, consolidated=True, encoding=encoding)
+    write_zarr(tmpl, out, mode="w", compute=False, encoding=encoding)  # latentcube.stores.ZARR_FORMAT
     (out / MARKER_DIR).mkdir(exist_ok=True)
     tmp = out / MARKER_DIR / f".{TEMPLATE_FILE}.tmp"
     tmp.write_text(json.dumps(signature, indent=1), encoding="utf-8")
@@ -261,11 +260,7 @@ def _create_template(out: Path, ds: xr.Dataset, plan: _Plan, names: list[str], t
 
 def _is_embedding_store(out: Path) -> bool:
     """True for a store this module created (possibly incomplete): only those may be deleted."""
-    try:
-        attrs = json.loads((out / ".zattrs").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return str(attrs.get("conventions", "")).startswith("latentcube embedding cube")
+    return str(root_attrs(out).get("conventions", "")).startswith("latentcube embedding cube")
 
 
 class EmbeddingCubeError(EmbedError):
