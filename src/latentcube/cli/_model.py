@@ -13,22 +13,31 @@ from latentcube.cli import _table, app, out
 
 @app.command("model-info")
 def model_info_(
-    checkpoint: Annotated[Path | None, typer.Argument(help="A model file (model.pt). Omit to describe a preset.")] = None,
+    checkpoint: Annotated[Path | None, typer.Argument(help="A model file (model.pt) or its run folder: prints its model card, written beside it when missing. Omit to describe a preset.")] = None,
     sensor: Annotated[str, typer.Option(help="Preset when no checkpoint: s1 | s2 | fused | all.")] = "all",
-    no_flops: Annotated[bool, typer.Option("--no-flops", help="Skip the FLOP count.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    no_flops: Annotated[bool, typer.Option("--no-flops", help="Skip the FLOP count (presets).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (the card's JSON for a model).")] = False,
+    licence: Annotated[str | None, typer.Option("--licence", help="Record this licence in the model's card (rewrites it).")] = None,
 ) -> None:
-    """Parameters, FLOPs per embedding and latent sizes of a checkpoint (or of the default models)."""
-    from latentcube.describe import checkpoint_lines, describe_models, model_rows
+    """A trained model's card (data, settings, metrics, use, limits, licence), or parameters, FLOPs per
+    embedding and latent sizes of the default models."""
+    if checkpoint is not None:
+        from latentcube.model_card import model_card
 
-    report = describe_models(checkpoint, sensor=sensor, flops=not no_flops)
+        card = model_card(checkpoint, licence=licence)
+        if as_json:
+            out.print_json(json.dumps({k: v for k, v in card.items() if k != "markdown"}, default=str))
+        else:
+            out.print(card["markdown"])
+        return
+    from latentcube.describe import describe_models, model_rows
+
+    report = describe_models(None, sensor=sensor, flops=not no_flops)
     if as_json:
         out.print_json(json.dumps(report, default=str))
         return
     out.print(_table("latentcube models", model_rows(report), header=(
         "model", "parameters (trainable)", "latent sizes", "FLOPs/embedding dense", "FLOPs/embedding per-patch")))
-    for line in checkpoint_lines(report):
-        out.print(line)
 
 
 @app.command()

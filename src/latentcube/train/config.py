@@ -126,6 +126,8 @@ class TrainConfig:
     the sensor latents. Off by default: it wins on the reconstruction objective but gives more
     spectrum-like embeddings (docs/training.md)."""
     warm_start_patches: int = 2000
+    licence: str | None = None
+    """Licence of the trained model, recorded in its model card (``MODEL_CARD.md``), e.g. ``CC-BY-4.0``."""
 
     def __post_init__(self) -> None:
         check_ranges(self, seed=Range(0, 2**32 - 1), warm_start_patches=Range(1))

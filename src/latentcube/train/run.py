@@ -90,7 +90,8 @@ def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool =
 
     Writes ``out_dir/metrics.csv`` (per-epoch loss parts of every epoch, kept across resumes and re-runs),
     TensorBoard logs with ``trainer.tensorboard``, ``model.pt`` (best validation ``optim.monitor``), ``config.yaml`` and
-    ``test_metrics.json``, each atomically. Raises :class:`TrainError` for a checkpoint that is corrupt or
+    ``test_metrics.json``, each atomically, and last the model card beside ``model.pt`` (``MODEL_CARD.md``,
+    ``model_card.json``: :func:`latentcube.model_card.write_model_card`). Raises :class:`TrainError` for a checkpoint that is corrupt or
     holds more than data, and at the first non-finite loss or weight (nothing is saved then).
     Returns a summary dict.
     ``data``: a ``CubeDataModule`` of this ``cfg`` to train on (default: a new one), so a caller can
@@ -157,6 +158,10 @@ def _run_training(cfg: TrainConfig, *, base_dir: Path | None, test: bool, data: 
                                       metrics=metrics, pixel_size_m=pixel_size))
     if test:
         summary["test_metrics"] = _test(task, data, cfg.trainer, out)
+    # Last: the card reads metrics.csv and test_metrics.json.
+    from latentcube.model_card import write_model_card
+
+    summary["model_card"] = str(write_model_card(out / "model.pt", base_dir=base_dir)[0])
     return summary
 
 
