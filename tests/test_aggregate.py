@@ -19,6 +19,7 @@ from latentcube.aggregate import (
 )
 from latentcube.cube import cube_crs, set_crs
 from latentcube.embed import open_embedding
+from latentcube.stores import write_zarr
 
 
 def emb_store(values: np.ndarray, times, *, crs="EPSG:32632", chunks=None) -> xr.Dataset:
@@ -184,7 +185,7 @@ def test_int8_store_and_filled_series(tmp_path):
     stored = ds.assign(embedding=(ds["embedding"].dims, q), embedding_scale=(("time", "y", "x"), scale))
     stored["embedding"].encoding["_FillValue"] = -128
     stored["embedding"].attrs["scale_variable"] = "embedding_scale"
-    stored.to_zarr(tmp_path / "i8.zarr", zarr_format=2, consolidated=True)
+    write_zarr(stored, tmp_path / "i8.zarr")
     res = aggregate_embeddings(tmp_path / "i8.zarr", None, windows="season")
     ref = aggregate_embeddings(open_embedding(tmp_path / "i8.zarr", as_dataset=True), None, windows="season")
     np.testing.assert_allclose(res["embedding"].values, ref["embedding"].values, equal_nan=True)
@@ -238,7 +239,7 @@ def test_window_store_reads_in_other_verbs(tmp_path):
 def test_cli_aggregate(tmp_path, monkeypatch):
     from latentcube.cli import main
 
-    hand_case().to_zarr(tmp_path / "e.zarr", zarr_format=2, consolidated=True)
+    write_zarr(hand_case(), tmp_path / "e.zarr")
     monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
     with pytest.raises(SystemExit) as exc:
         main(["aggregate", "e.zarr", "--windows", "season", "--windows", "2019-03-01/2019-03-31", "--stat", "mean",
@@ -252,7 +253,7 @@ def test_cli_aggregate(tmp_path, monkeypatch):
 def test_cli_aggregate_error_is_one_line(tmp_path, capsys, monkeypatch):
     from latentcube.cli import main
 
-    hand_case().to_zarr(tmp_path / "e.zarr", zarr_format=2, consolidated=True)
+    write_zarr(hand_case(), tmp_path / "e.zarr")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
         main(["aggregate", "e.zarr", "--windows", "2021-01-01/2021-02-01", "--out", "w.zarr"])

@@ -12,6 +12,7 @@ from scipy.signal import savgol_filter
 
 from latentcube.cube import cube_crs, set_crs
 from latentcube.gapfill import EmbeddingCubeError, GapFillError, fill_series, gapfill_embeddings, match_dates
+from latentcube.stores import write_zarr
 
 
 def emb_cube(values: np.ndarray, times, *, crs="EPSG:32632", chunks=None) -> xr.Dataset:
@@ -267,8 +268,7 @@ def test_int8_store_is_decoded_before_filling(tmp_path):
     ds["embedding"] = (("time", "feature", "y", "x"), q)
     ds["embedding_scale"] = (("time", "y", "x"), scale)
     ds["quality_s2"] = (("time", "y", "x"), np.full((3, 2, 3), 0.2, "float32"))
-    ds.to_zarr(tmp_path / "e8.zarr", zarr_format=2, consolidated=True,
-               encoding={"embedding": {"_FillValue": embed.INT8_INVALID}})
+    write_zarr(ds, tmp_path / "e8.zarr", encoding={"embedding": {"_FillValue": embed.INT8_INVALID}})
     res = gapfill_embeddings(tmp_path / "e8.zarr", freq=None, progress=False).compute()
     assert "embedding_scale" not in res and res["embedding"].dtype == np.float32
     decoded = q.astype("float32") * scale[:, None]
@@ -285,7 +285,7 @@ def test_cli_gapfill(tmp_path, capsys):
     times = pd.date_range("2020-01-01 10:30", periods=4, freq="5D")
     v = np.arange(4, dtype="float32")[:, None, None, None] * np.ones((4, 2, 2, 2), "float32")
     v[1, :, 0, 0] = np.nan
-    emb_cube(v, times).to_zarr(tmp_path / "e.zarr", zarr_format=2, consolidated=True)
+    write_zarr(emb_cube(v, times), tmp_path / "e.zarr")
     with pytest.raises(SystemExit) as exc:
         main(["gapfill", str(tmp_path / "e.zarr"), "--out", str(tmp_path / "f.zarr"), "--freq", "1D",
               "--method", "linear", "--max-gap-days", "10"])

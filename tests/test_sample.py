@@ -12,14 +12,16 @@ from pyproj import Transformer
 
 from latentcube.cube import set_crs
 from latentcube.sample_points import SampleError, read_points, sample_embeddings
+from latentcube.stores import write_zarr
 
 #: A UTM 32N grid, 10 m pixels, north-up: pixel (row, col) has its centre at (X0 + 10 col + 5, Y0 - 10 row - 5).
 X0, Y0 = 600_000.0, 5_000_000.0
 TIMES = pd.DatetimeIndex(["2019-04-03", "2019-05-13", "2019-07-02"])
 
 
-def store(path, *, h=60, w=50, chunk=10, seed=0) -> xr.Dataset:
-    """A float32 embedding store (3 dates, 4 features) with NaN pixel-dates, written with chunk x chunk tiles."""
+def store(path, *, h=60, w=50, chunk=10, seed=0, zarr_format=None) -> xr.Dataset:
+    """A float32 embedding store (3 dates, 4 features) with NaN pixel-dates, written with chunk x chunk tiles
+    as latentcube writes stores (Zarr v3; ``zarr_format=2``: as before v3)."""
     rng = np.random.default_rng(seed)
     v = rng.normal(size=(len(TIMES), 4, h, w)).astype("float32")
     v[rng.random((len(TIMES), h, w))[:, None].repeat(4, 1) < 0.2] = np.nan
@@ -31,8 +33,8 @@ def store(path, *, h=60, w=50, chunk=10, seed=0) -> xr.Dataset:
         attrs={"conventions": "latentcube embedding cube v1 (docs/embed.md)"},
     )
     ds = set_crs(ds, "EPSG:32632")
-    ds.to_zarr(path, zarr_format=2, consolidated=True, encoding={"embedding": {"chunks": (3, 4, chunk, chunk)},
-                                                                "quality_s2": {"chunks": (3, chunk, chunk)}})
+    write_zarr(ds, path, zarr_format=zarr_format, encoding={"embedding": {"chunks": (3, 4, chunk, chunk)},
+                                                            "quality_s2": {"chunks": (3, chunk, chunk)}})
     return ds
 
 
@@ -83,10 +85,11 @@ def test_geojson_in_web_mercator_and_a_date_in_wide_format(tmp_path):
     np.testing.assert_array_equal(table["fused_3_2019-05-13"].to_numpy(), ds["embedding"].values[1, 3, r, c])
 
 
-def test_reads_only_the_chunks_that_hold_points(tmp_path, monkeypatch):
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_reads_only_the_chunks_that_hold_points(tmp_path, monkeypatch, zarr_format):
     import zarr.storage
 
-    store(tmp_path / "e.zarr", h=200, w=200, chunk=20)  # 100 spatial chunks per variable
+    store(tmp_path / "e.zarr", h=200, w=200, chunk=20, zarr_format=zarr_format)  # 100 spatial chunks per variable
     reads: list[str] = []
     original = zarr.storage.LocalStore.get
 
@@ -102,9 +105,13 @@ def test_reads_only_the_chunks_that_hold_points(tmp_path, monkeypatch):
     pd.DataFrame({"x": x, "y": y}).to_csv(tmp_path / "p.csv", index=False)
     table = sample_embeddings(tmp_path / "e.zarr", tmp_path / "p.csv", crs="EPSG:32632", series=True, progress=False)
     assert len(table) == 2001 * 3
-    chunk_reads = sorted(k for k in reads if k.startswith("embedding/"))
-    assert chunk_reads == ["embedding/0.0.0.0", "embedding/0.0.7.7", "embedding/0.0.9.0"]
-    assert len([k for k in reads if k.startswith("quality_s2/")]) == 3
+    metadata = ("zarr.json", ".zarray", ".zattrs")
+    chunk_reads = sorted(k for k in reads if k.startswith("embedding/") and not k.endswith(metadata))
+    if zarr_format == 3:
+        assert chunk_reads == ["embedding/c/0/0/0/0", "embedding/c/0/0/7/7", "embedding/c/0/0/9/0"]
+    else:
+        assert chunk_reads == ["embedding/0.0.0.0", "embedding/0.0.7.7", "embedding/0.0.9.0"]
+    assert len([k for k in reads if k.startswith("quality_s2/") and not k.endswith(metadata)]) == 3
 
 
 def test_polygon_mean_by_hand(tmp_path):
@@ -294,7 +301,7 @@ def test_demo_section_of_windows_and_points(tmp_path):
                      coords={"time": t2.values, "feature": [f"fused_{i}" for i in range(7)], "y": cube["y"].values,
                              "x": cube["x"].values}, attrs={"conventions": "latentcube embedding cube v1"})
     (tmp_path / "embeddings").mkdir()
-    set_crs(emb, "EPSG:32632").to_zarr(tmp_path / "embeddings" / "e.zarr", zarr_format=2, consolidated=True)
+    write_zarr(set_crs(emb, "EPSG:32632"), tmp_path / "embeddings" / "e.zarr")
     timings: dict = {}
     _windows_and_points(tmp_path, tmp_path / "cube.zarr", tmp_path / "embeddings" / "e.zarr", lab, lambda m: None, timings)
     assert set(timings) == {"aggregate", "sample"}

@@ -38,6 +38,7 @@ from latentcube.cube import cube_crs, set_crs
 from latentcube.embed import EmbeddingCubeError, open_embedding
 from latentcube.files import OutputLock, check_output_path
 from latentcube.gapfill import write_lazy_store
+from latentcube.stores import root_attrs
 
 __all__ = ["PRESETS", "AggregateError", "Window", "aggregate_embeddings", "parse_stats", "parse_windows",
            "window_stats"]
@@ -202,11 +203,7 @@ def window_stats(values: np.ndarray, quantiles: Sequence[float | None]) -> np.nd
 
 
 def _is_latentcube_store(path: Path) -> bool:
-    try:
-        attrs = json.loads((path / ".zattrs").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return str(attrs.get("conventions", "")).startswith("latentcube")
+    return str(root_attrs(path).get("conventions", "")).startswith("latentcube")
 
 
 def _input(emb: str | Path | xr.Dataset, filled: bool) -> tuple[xr.Dataset, dict[str, Any] | None]:
@@ -237,7 +234,7 @@ def aggregate_embeddings(
 
     Args:
         emb: an embedding store (Zarr path from ``latentcube embed`` or ``gapfill``) or Dataset.
-        out: Zarr store to write (format 2, consolidated); ``None`` returns the lazy result unwritten.
+        out: Zarr store to write (``latentcube.stores.ZARR_FORMAT``, consolidated); ``None`` returns the lazy result unwritten.
         windows: presets and/or ``YYYY-MM-DD/YYYY-MM-DD`` pairs (:func:`parse_windows`).
         stats: ``mean``, ``median``, ``pNN`` (:func:`parse_stats`); the first is ``embedding``, the others
             ``embedding_<stat>``.

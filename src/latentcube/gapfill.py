@@ -38,6 +38,7 @@ from latentcube.cube import cube_crs, set_crs
 from latentcube.embed import EmbeddingCubeError, open_embedding
 from latentcube.embed._store import MAX_TIME_CHUNK
 from latentcube.files import OutputLock
+from latentcube.stores import root_attrs, write_zarr
 from latentcube.timeutils import day_numbers
 
 __all__ = ["EmbeddingCubeError", "GapFillError", "as_embedding", "fill_series", "gapfill_embeddings", "match_dates"]
@@ -330,7 +331,7 @@ def gapfill_embeddings(
 
     Args:
         emb: an embedding cube (Zarr path or Dataset with ``embedding (time, feature, y, x)``, NaN invalid).
-        out: Zarr store to write (format 2, consolidated); ``None`` returns the lazy result unwritten.
+        out: Zarr store to write (``latentcube.stores.ZARR_FORMAT``, consolidated); ``None`` returns the lazy result unwritten.
         freq: target axis ``pandas.date_range(start, end, freq)`` at midnight UTC, e.g. ``"5D"`` or
             ``"1D"``; ``None`` keeps the input dates (and times) and only fills their gaps.
         method: ``"linear"`` (interpolation between the nearest valid dates) or ``"savgol"`` (linear on a
@@ -450,11 +451,7 @@ def gapfill_embeddings(
 
 
 def _is_latentcube_store(path: Path) -> bool:
-    try:
-        attrs = json.loads((path / ".zattrs").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return str(attrs.get("conventions", "")).startswith("latentcube")
+    return str(root_attrs(path).get("conventions", "")).startswith("latentcube")
 
 
 def _write(result: xr.Dataset, out: Path, *, overwrite: bool, progress: bool) -> xr.Dataset:
@@ -490,7 +487,7 @@ def write_lazy_store(result: xr.Dataset, out: Path, *, progress: bool, coords_al
             encoding[name] = enc
         result[name].encoding = {}
     out.parent.mkdir(parents=True, exist_ok=True)
-    delayed = result.to_zarr(out, mode="w", zarr_format=2, consolidated=True, compute=False, encoding=encoding)
+    delayed = write_zarr(result, out, mode="w", compute=False, encoding=encoding)  # latentcube.stores.ZARR_FORMAT
     if progress:
         import sys
 

@@ -18,6 +18,7 @@ from latentcube.cube import open_cube
 from latentcube.embed import file_sha256, open_embedding
 from latentcube.evaluate.gpp.config import CACHE_VERSION, LANDCOVER_TO_VEG, GPPConfig, GPPError
 from latentcube.evaluate.gpp.series import crop_window, footprint_weights, site_mean, to_daily
+from latentcube.stores import write_zarr
 
 
 def embed_site(cube: xr.Dataset, row: int, col: int, checkpoint: str | Path, *, radius_px: int, cache: str | Path | None = None,
@@ -53,7 +54,7 @@ def embed_site(cube: xr.Dataset, row: int, col: int, checkpoint: str | Path, *, 
     if cache is not None:
         if cache.exists():
             shutil.rmtree(cache)
-        emb.to_dataset(name="embedding").to_zarr(cache, mode="w", zarr_format=2, consolidated=True)
+        write_zarr(emb.to_dataset(name="embedding"), cache, mode="w")
         (cache / "gpp_site.json").write_text(json.dumps(key))
     return emb
 
