@@ -137,3 +137,29 @@ def test_licence_from_the_training_config(run, tmp_path):
                       config=replace(cfg))
     card = build_model_card(path)
     assert card["licence"] == "CC-BY-SA-4.0" and card["metrics"] == {} and card["data"]["cubes"] == []
+
+
+def test_demo_catalogue_section_links_cards_and_stac_items(run, tmp_path):
+    import numpy as np
+    import xarray as xr
+
+    from latentcube.cube import set_crs
+    from latentcube.demo import _catalogue_section
+    from latentcube.stac_item import write_stac_item
+
+    out = tmp_path / "demo"
+    shutil.copytree(run, out / "runs" / "s2")
+    times = pd.date_range("2020-04-01", periods=3, freq="10D")
+    ds = xr.Dataset({"embedding": (("time", "feature", "y", "x"), np.zeros((3, 2, 4, 5), "float32"))},
+                    coords={"time": times.values, "feature": ["f0", "f1"], "y": 5_000_005.0 - 10 * np.arange(4),
+                            "x": 500_005.0 + 10 * np.arange(5)}, attrs={"conventions": "latentcube embedding cube v1"})
+    set_crs(ds, "EPSG:32631").to_zarr(out / "embeddings" / "e.zarr")
+    write_stac_item(out / "embeddings" / "e.zarr")
+    _catalogue_section(out, {})
+    doc = json.loads(next((out / "sections").glob("*_catalogue.json")).read_text())
+    text = "\n".join(doc["text"])
+    assert "[runs/s2/MODEL_CARD.md](runs/s2/MODEL_CARD.md): 9-d" in text
+    assert "[embeddings/e.zarr.stac.json](embeddings/e.zarr.stac.json): embedding, 2 features x 3 time steps, " \
+           "2020-04-01 .. 2020-04-21" in text
+    # The card is rewritten where the demo keeps it; the cubes are not in this folder: said, not an error.
+    assert json.loads((out / "runs" / "s2" / CARD_JSON).read_text())["data"]["cubes"][0]["found"] is False

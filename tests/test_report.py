@@ -451,3 +451,17 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
     assert res["tables"][1]["cells"][2] == ["<b>XS|GR1</b>", "–", "–", "12"]
     assert res["missing"] == 1 and res["details"] == 1
     assert res["resources"] == []  # nothing fetched besides the page itself: self-contained
+
+
+def test_section_links_to_files_of_the_run_render_others_stay_text(tmp_path):
+    """[text](path) inside the run folder becomes a link (model cards, STAC items); a scheme or '..' does not."""
+    run = tmp_path / "run"
+    write_section(run, "catalogue", order=85, title="Model cards and STAC items",
+                  text=["- s2: [runs/s2/MODEL_CARD.md](runs/s2/MODEL_CARD.md): 9-d",
+                        "[bad](javascript:alert(1)) [up](../secret.txt)"])
+    html_path, md_path = build_report(run)
+    doc = _parse(html_path)
+    assert "runs/s2/MODEL_CARD.md" in doc.hrefs and not any("javascript" in h or ".." in h for h in doc.hrefs)
+    raw = html_path.read_text(encoding="utf-8")
+    assert '<a href="runs/s2/MODEL_CARD.md">runs/s2/MODEL_CARD.md</a>' in raw and "[bad](javascript:" in raw
+    assert "[runs/s2/MODEL_CARD.md](runs/s2/MODEL_CARD.md)" in md_path.read_text(encoding="utf-8")

@@ -89,6 +89,7 @@ def run_demo(out_dir: str | Path, *, seed: int = 0, log: Callable[[str], None] =
             recon = _train_stages(out_dir, log, timings, figures, epochs=epochs)
             _recon_section(out_dir, recon)
             _products_and_evaluation(out_dir, world, log, timings)
+            _catalogue_section(out_dir, recon)
 
     _timings_section(out_dir, timings)
     report = _build_report(out_dir)
@@ -299,6 +300,50 @@ def _has_geopandas() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("geopandas") is not None
+
+
+def _catalogue_section(out_dir: Path, recon: dict[str, Any]) -> None:
+    """Each model's card (rewritten with its PCA-baseline scores, and the probe for fusion) and each store's
+    STAC item, linked from the report (order 85)."""
+    import json
+
+    import pystac
+
+    from latentcube.evaluate.sections import write_section
+    from latentcube.model_card import write_model_card
+
+    text = ["Model cards (`MODEL_CARD.md` and `model_card.json` beside each `model.pt`; `latentcube model-info "
+            "runs/<stage>` prints one):"]
+    probe = out_dir / "evaluation" / "probe" / "probe.json"
+    for stage in ("s1", "s2", "fusion"):
+        model = out_dir / "runs" / stage / "model.pt"
+        if not model.exists():
+            continue
+        rep = recon.get(stage)
+        baselines = None if rep is None else {"model": rep.model, "patch_pca": rep.patch_pca,
+                                              "center_pca": rep.center_pca, "date_pca": rep.date_pca}
+        md, js = write_model_card(model, baselines=baselines, probe=probe if stage == "fusion" and probe.exists()
+                                  else None, base_dir=out_dir)
+        card = json.loads(js.read_text(encoding="utf-8"))
+        val = card["metrics"].get("val", {})
+        probe_rows = ((card["evaluation"].get("probe") or {}).get("rows") or [])
+        best = max(probe_rows, key=lambda r: (r.get("balanced_accuracy") or {}).get("mean") or 0, default=None)
+        text.append(f"- {stage}: [{md.relative_to(out_dir)}]({md.relative_to(out_dir)}): {card['model']['latent_size']}-d, "
+                    f"{card['model']['parameters']['total']:,} parameters, sha256 `{card['model']['sha256'][:12]}…`"
+                    + (f", validation objective {val['objective']:.4f}" if "objective" in val else "")
+                    + (f", best probe features `{best['features']}` ({best['classifier']}) balanced accuracy "
+                       f"{best['balanced_accuracy']['mean']:.3f}" if best else ""))
+    text.append("STAC items (`<store>.stac.json` beside each store; `pystac.Item.from_file`, docs/use.md):")
+    for path in sorted((out_dir / "embeddings").glob("*.stac.json")):
+        item = pystac.Item.from_file(str(path))
+        rel = path.relative_to(out_dir)
+        n_time = len(item.properties["cube:dimensions"]["time"].get("values", []))
+        text.append(f"- [{rel}]({rel}): {item.properties['latentcube:store_kind']}, "
+                    f"{len(item.assets['embeddings'].extra_fields['bands'])} features x {n_time} time steps, "
+                    f"{item.properties['start_datetime'][:10]} .. {item.properties['end_datetime'][:10]}, bbox "
+                    f"{', '.join(f'{v:.4f}' for v in item.bbox)}" + (", model " + item.properties["mlm:name"]
+                                                                   if "mlm:name" in item.properties else ""))
+    write_section(out_dir, "catalogue", order=85, title="Model cards and STAC items", text=text)
 
 
 def _recon_section(out_dir: Path, results: dict[str, Any]) -> None:

@@ -200,9 +200,11 @@ def _training_curves(run_dir: Path) -> list[tuple[str, str | None]]:
 
 
 def _inline_md(text: str) -> str:
-    """Escape, then render the light Markdown sections may use: `code` and **bold**."""
+    """Escape, then render the light Markdown sections may use: `code`, **bold** and [links](relative/path)
+    (paths inside the run folder only: no scheme, no ``..``)."""
     out = html.escape(text)
     out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    out = re.sub(r"\[([^\]]+)\]\(((?![^)]*\.\.)[A-Za-z0-9_][A-Za-z0-9_./%-]*)\)", r'<a href="\2">\1</a>', out)
     return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
 
 
