@@ -146,6 +146,7 @@ def test_demo_catalogue_section_links_cards_and_stac_items(run, tmp_path):
     from latentcube.cube import set_crs
     from latentcube.demo import _catalogue_section
     from latentcube.stac_item import write_stac_item
+    from latentcube.stores import write_zarr
 
     out = tmp_path / "demo"
     shutil.copytree(run, out / "runs" / "s2")
@@ -153,7 +154,7 @@ def test_demo_catalogue_section_links_cards_and_stac_items(run, tmp_path):
     ds = xr.Dataset({"embedding": (("time", "feature", "y", "x"), np.zeros((3, 2, 4, 5), "float32"))},
                     coords={"time": times.values, "feature": ["f0", "f1"], "y": 5_000_005.0 - 10 * np.arange(4),
                             "x": 500_005.0 + 10 * np.arange(5)}, attrs={"conventions": "latentcube embedding cube v1"})
-    set_crs(ds, "EPSG:32631").to_zarr(out / "embeddings" / "e.zarr")
+    write_zarr(set_crs(ds, "EPSG:32631"), out / "embeddings" / "e.zarr")
     write_stac_item(out / "embeddings" / "e.zarr")
     _catalogue_section(out, {})
     doc = json.loads(next((out / "sections").glob("*_catalogue.json")).read_text())

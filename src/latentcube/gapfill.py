@@ -475,7 +475,8 @@ def _write_locked(result: xr.Dataset, out: Path, *, overwrite: bool, progress: b
 def write_lazy_store(result: xr.Dataset, out: Path, *, progress: bool, coords_along_time: Sequence[str] = ()) -> None:
     """Compute a lazy store of variables along ``time`` into Zarr ``out``: time split into storage chunks of
     at most ``MAX_TIME_CHUNK`` (a pixel's series is one read; each task's output is sliced, not recomputed),
-    NaN fill for floats, the named time coordinates chunked alike. Used by gapfill and aggregate."""
+    NaN fill for floats, the named time coordinates chunked alike; then its STAC Item, ``<out>.stac.json``
+    (:func:`latentcube.stac_item.write_stac_item`). Used by gapfill and aggregate."""
     tc = min(result.sizes["time"], MAX_TIME_CHUNK)
     encoding: dict[str, Any] = {name: {"chunks": (tc,)} for name in coords_along_time}
     for name, var in result.data_vars.items():
@@ -497,3 +498,6 @@ def write_lazy_store(result: xr.Dataset, out: Path, *, progress: bool, coords_al
             delayed.compute()
     else:
         delayed.compute()
+    from latentcube.stac_item import write_stac_item  # the store is complete: describe it beside it
+
+    write_stac_item(out)

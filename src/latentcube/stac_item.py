@@ -34,6 +34,8 @@ import xarray as xr
 
 from latentcube import __version__
 from latentcube.cube import cube_crs
+from latentcube.files import atomic_write_text
+from latentcube.stores import store_format
 
 __all__ = ["ITEM_SUFFIX", "build_stac_item", "stac_item_path", "write_stac_item"]
 
@@ -61,9 +63,7 @@ def write_stac_item(store: str | Path) -> Path:
     path = stac_item_path(store)
     item = build_stac_item(store)
     doc = item.to_dict(include_self_link=False, transform_hrefs=False)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
     return path
 
 
@@ -276,7 +276,7 @@ def build_stac_item(store: str | Path):
         "gsd": abs(float(transform[0])),
         "latentcube:version": __version__,
         "latentcube:store_kind": kind,
-        "latentcube:zarr_format": 3 if (store / "zarr.json").exists() else 2,
+        "latentcube:zarr_format": store_format(store),
     }
     if attrs.get("source_cube"):
         props["latentcube:source_cube"] = str(attrs["source_cube"])
