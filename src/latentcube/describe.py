@@ -12,7 +12,7 @@ from typing import Any
 
 from latentcube.cube import CubeError, cube_summary, open_cube, validate_cube
 
-__all__ = ["checkpoint_lines", "cube_rows", "describe_cube", "describe_models", "model_rows"]
+__all__ = ["cube_rows", "describe_cube", "describe_models", "model_rows"]
 
 
 def describe_cube(path: str | Path) -> dict[str, Any]:
@@ -100,16 +100,3 @@ def model_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
                      json.dumps(info["latent_sizes"]), f"{fl['dense']:,.0f}" if fl else "-",
                      f"{fl['patch']:,.0f}" if fl else "-"))
     return rows
-
-
-def checkpoint_lines(report: dict[str, Any]) -> list[str]:
-    """What ``latentcube model-info CHECKPOINT`` prints below the table: kind, version, bands, dates,
-    normalisation and the metrics saved with the model (none without a checkpoint)."""
-    c = report.get("checkpoint")
-    if c is None:
-        return []
-    lines = [f"kind: {c['kind']}  version: {c.get('latentcube_version')}  bands: {c.get('band_order')}",
-             f"dates: {c.get('dates_convention')}", f"normalisation: {json.dumps(c.get('normalization'))}"]
-    if c.get("metrics"):
-        lines.append("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in c["metrics"].items()))
-    return lines
