@@ -268,7 +268,8 @@ def test_block_size_does_not_change_the_result(cube_path, models, fused_emb, tmp
     other = embed_cube(cube_path, models["fusion"], tmp_path / "f24.zarr", block_px=24, tile=16, quality=True,
                        **FUSED)  # tiles inside blocks too
     emb = xr.open_zarr(other)["embedding"]
-    assert emb.encoding["chunks"] == (T2, 7, 24, 24)
+    # one shard per block (a file written by that block only) of 8-date inner chunks; T2 = 16 dates
+    assert emb.encoding["shards"] == (T2, 7, 24, 24) and emb.encoding["chunks"] == (8, 7, 24, 24)
     np.testing.assert_allclose(emb.values, _fused_only(fused_emb), rtol=0, atol=1e-6)  # only summation order
     ref, got = _quality(fused_emb), _quality(other)
     for s in ("s2", "s1"):  # the decoder amplifies the embeddings' ~1e-7 summation-order differences a little

@@ -164,3 +164,39 @@ def test_datasets_read_from_one_format_are_written_in_the_other(stores, tmp_path
         write_zarr(ds, tmp_path / f"to{other}.zarr", zarr_format=other)
         assert store_format(tmp_path / f"to{other}.zarr") == other
         xr.testing.assert_identical(xr.open_zarr(tmp_path / f"to{other}.zarr").load(), ds.load())
+
+
+def test_block_encoding_shards_each_write_block_into_8_date_inner_chunks():
+    from latentcube.stores import block_encoding
+
+    assert block_encoding((64, 7, 256, 256)) == {"chunks": (8, 7, 256, 256), "shards": (64, 7, 256, 256)}
+    assert block_encoding((20, 7, 16, 16)) == {"chunks": (8, 7, 16, 16), "shards": (24, 7, 16, 16)}  # a whole shard
+    assert block_encoding((20, 16, 16), zarr_format=2) == {"chunks": (20, 16, 16)}  # format 2: no sharding
+    assert block_encoding((5, 16, 16)) == {"chunks": (5, 16, 16)}  # a single inner chunk: nothing to shard
+
+
+def test_sharded_stores_read_back_and_bad_shards_are_found(tmp_path):
+    from latentcube.stores import block_encoding
+
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(20, 3, 10, 12)).astype("float32")
+    v[:, :, :3] = np.nan  # the top row of blocks: no chunk at all
+    ds = xr.Dataset({"e": (("time", "feature", "y", "x"), v)})
+    path = tmp_path / "s.zarr"
+    write_zarr(ds, path, encoding={"e": {**block_encoding((20, 3, 8, 8)), "_FillValue": np.nan}})
+    layout = array_layout(path, "e")
+    assert layout.sharded and layout.chunks == (24, 3, 8, 8) and layout.inner == (8, 3, 8, 8) and layout.blosc
+    assert [k for k in layout.keys() if (path / "e" / k).exists()] == ["c/0/0/0/0", "c/0/0/0/1", "c/0/0/1/0", "c/0/0/1/1"]
+    back = xr.open_zarr(path)["e"]
+    assert back.chunks[0] == (8, 8, 4)  # Dask reads 8-date inner chunks
+    np.testing.assert_array_equal(back.values, v)
+    assert chunk_problems(path) == []
+    shard = path / "e" / "c" / "0" / "0" / "1" / "0"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])  # cut: the index at the end is gone
+    other = path / "e" / "c" / "0" / "0" / "1" / "1"
+    garbled = bytearray(other.read_bytes())
+    garbled[0] ^= 0xFF  # the first inner chunk's Blosc header
+    other.write_bytes(bytes(garbled))
+    found = {(p.path.relative_to(path / "e").as_posix(), p.kind) for p in chunk_problems(path)}
+    assert found == {("c/0/0/1/0", "truncated"), ("c/0/0/1/1", "corrupt")}

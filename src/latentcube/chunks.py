@@ -12,7 +12,8 @@ thousand reads, well under a second on a local disk); no chunk is decompressed.
 Either Zarr format: the arrays, their chunk grids and chunk file names come from the metadata
 (:func:`latentcube.stores.array_layouts`: ``.zmetadata``/``.zarray`` in v2, ``zarr.json`` in v3, where
 chunk files are ``c/0/1/0`` instead of ``0.1.0``). The Blosc check applies to arrays whose only codec is
-Blosc (latentcube's stores in both formats); a sharded v3 array's files are checked for emptiness only.
+Blosc (latentcube's stores in both formats). A sharded v3 array's file (a shard) is checked through its
+index: one read of the index, then one 16-byte read per inner chunk.
 
 This module sits at the bottom of the import graph: it imports only the standard library, NumPy and
 :mod:`latentcube.stores` (whose metadata readers need nothing else).
@@ -20,6 +21,7 @@ This module sits at the bottom of the import graph: it imports only the standard
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -80,6 +82,39 @@ def _check_blosc(path: Path, nbytes_expected: int) -> tuple[str, str] | None:
     return None
 
 
+def _check_shard(path: Path, layout: ArrayLayout) -> tuple[str, str] | None:
+    """A v3 shard file: its index (one read) must place every inner chunk inside the file; with Blosc
+    inner chunks, each one's 16-byte header must announce its length and the inner chunk's size."""
+    size = path.stat().st_size
+    if size == 0:
+        return "empty", "is empty (0 bytes)"
+    inner = layout.inner or layout.chunks
+    n_inner = int(np.prod([max(1, math.ceil(s / c)) for s, c in zip(layout.chunks, inner, strict=True)]))
+    index_bytes = 16 * n_inner + (4 if layout.index_crc else 0)
+    if size < index_bytes:
+        return "truncated", f"is {size:,} bytes, shorter than its shard index ({index_bytes:,} bytes)"
+    with path.open("rb") as fh:
+        fh.seek(size - index_bytes if layout.index_at_end else 0)
+        index = np.frombuffer(fh.read(16 * n_inner), dtype="<u8").reshape(n_inner, 2)
+        present = ~(index == np.iinfo("<u8").max).all(axis=1)
+        lo, hi = (index_bytes, size) if not layout.index_at_end else (0, size - index_bytes)
+        ends = index[present, 0] + index[present, 1]
+        if present.any() and (int(index[present, 0].min()) < lo or int(ends.max()) > hi):
+            return "truncated", (f"is {size:,} bytes but its shard index places chunk data up to byte "
+                                 f"{int(ends.max()):,}")
+        if layout.blosc and layout.itemsize:
+            inner_bytes = int(np.prod(inner)) * layout.itemsize
+            for offset, length in index[present]:
+                fh.seek(int(offset))
+                head = fh.read(_BLOSC_HEADER.size)
+                if len(head) < _BLOSC_HEADER.size:
+                    return "corrupt", "holds an inner chunk shorter than a Blosc header"
+                version, _, _, _, nbytes, _, cbytes = _BLOSC_HEADER.unpack(head)
+                if version not in (1, 2) or cbytes != int(length) or nbytes != inner_bytes:
+                    return "corrupt", f"holds an inner chunk at byte {int(offset):,} whose Blosc header does not match"
+    return None
+
+
 def chunk_problems(store: str | os.PathLike[str], *, check_missing: bool = True,
                    variables: list[str] | None = None) -> list[ChunkProblem]:
     """Bad chunk files of a Zarr directory store, format 2 or 3 (empty list: none found).
@@ -105,7 +140,9 @@ def chunk_problems(store: str | os.PathLike[str], *, check_missing: bool = True,
             if key not in present:
                 continue
             path = array_dir / key
-            if layout.blosc and layout.itemsize:
+            if layout.sharded:
+                found = _check_shard(path, layout)
+            elif layout.blosc and layout.itemsize:
                 found = _check_blosc(path, chunk_bytes)
             else:  # other codecs raise on bad input; an empty file is still never a chunk
                 found = ("empty", "is empty (0 bytes)") if path.stat().st_size == 0 else None

@@ -34,10 +34,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ZARR_FORMAT", "ArrayLayout", "array_layout", "array_layouts", "root_attrs", "store_format", "write_zarr"]
+__all__ = ["SHARD_TIME_CHUNK", "ZARR_FORMAT", "ArrayLayout", "array_layout", "array_layouts", "block_encoding",
+           "root_attrs", "store_format", "write_zarr"]
 
 #: The Zarr format of every store latentcube writes (3; 2 was the format before 2026-12-07).
 ZARR_FORMAT = 3
+
+#: Dates per inner chunk of a sharded embedding store (:func:`block_encoding`): a one-date map or point
+#: decompresses 8 dates instead of a whole 64-date chunk (benchmarks/RESULTS.md, "Zarr v3 stores").
+SHARD_TIME_CHUNK = 8
 
 #: Blosc settings of new v3 stores: zarr-python's format-2 default (LZ4, level 5, byte shuffle).
 BLOSC = {"cname": "lz4", "clevel": 5, "shuffle": "shuffle", "blocksize": 0}
@@ -91,10 +96,12 @@ def root_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
 class ArrayLayout:
     """Where and how one array's chunks are stored, from its metadata (either format).
 
-    ``chunks`` is the grid of chunk *files* (the shard shape for a sharded v3 array); ``key(index)``
-    names the file of a chunk relative to the array's folder (``"0.1.0"`` in v2, ``"c/0/1/0"`` in v3);
-    ``blosc`` says that each file is one Blosc buffer of ``prod(chunks) * itemsize`` bytes (its 16-byte
-    header can be checked); ``itemsize`` is 0 for types without a fixed size (strings)."""
+    ``chunks`` is the grid of chunk *files* (the shard shape for a sharded v3 array, whose inner chunks
+    are ``inner``); ``key(index)`` names the file of a chunk relative to the array's folder (``"0.1.0"``
+    in v2, ``"c/0/1/0"`` in v3); ``blosc`` says that each chunk (each inner chunk of a shard) is one Blosc
+    buffer of its shape's bytes (its 16-byte header can be checked); ``itemsize`` is 0 for types without a
+    fixed size (strings). A shard's index (16 bytes per inner chunk: offset and length, all ones when the
+    chunk is absent; plus a CRC32C checksum with ``index_crc``) sits at its end, or start."""
 
     name: str
     zarr_format: int
@@ -106,6 +113,9 @@ class ArrayLayout:
     sharded: bool
     prefix: str
     separator: str
+    inner: tuple[int, ...] | None = None
+    index_at_end: bool = True
+    index_crc: bool = False
 
     def key(self, index: tuple[int, ...]) -> str:
         if not index:
@@ -133,6 +143,10 @@ def _itemsize(dtype: Any) -> int:
         return 0
 
 
+def _codec_list(codecs: Any) -> list[dict[str, Any]]:
+    return [c if isinstance(c, dict) else {"name": c} for c in codecs or []]
+
+
 def layout_from_metadata(name: str, meta: Mapping[str, Any], attrs: Mapping[str, Any] | None = None) -> ArrayLayout:
     """The :class:`ArrayLayout` of an array's metadata: a v3 ``zarr.json`` document or a v2 ``.zarray``
     (with its ``.zattrs`` as ``attrs`` for the dimension names)."""
@@ -145,11 +159,21 @@ def layout_from_metadata(name: str, meta: Mapping[str, Any], attrs: Mapping[str,
             prefix, separator = "", config.get("separator", ".")
         else:
             prefix, separator = "c/", config.get("separator", "/")
-        codecs = [c if isinstance(c, dict) else {"name": c} for c in meta.get("codecs") or []]
-        names = [c.get("name") for c in codecs]
-        dims = meta.get("dimension_names")
-        return ArrayLayout(name, 3, shape, chunks, tuple(dims) if dims else None, _itemsize(meta.get("data_type")),
-                           blosc=names == ["bytes", "blosc"], sharded="sharding_indexed" in names, prefix=prefix,
+        codecs = _codec_list(meta.get("codecs"))
+        dims = tuple(meta.get("dimension_names") or ()) or None
+        itemsize = _itemsize(meta.get("data_type"))
+        if [c.get("name") for c in codecs] == ["sharding_indexed"]:
+            config = codecs[0].get("configuration") or {}
+            inner_codecs = _codec_list(config.get("codecs"))
+            index_codecs = _codec_list(config.get("index_codecs"))
+            return ArrayLayout(name, 3, shape, chunks, dims, itemsize,
+                               blosc=[c.get("name") for c in inner_codecs] == ["bytes", "blosc"], sharded=True,
+                               prefix=prefix, separator=separator,
+                               inner=tuple(int(c) for c in config.get("chunk_shape") or chunks),
+                               index_at_end=config.get("index_location", "end") == "end",
+                               index_crc=any(c.get("name") == "crc32c" for c in index_codecs))
+        return ArrayLayout(name, 3, shape, chunks, dims, itemsize,
+                           blosc=[c.get("name") for c in codecs] == ["bytes", "blosc"], sharded=False, prefix=prefix,
                            separator=separator)
     chunks = tuple(int(c) for c in meta.get("chunks") or shape)
     dims = (attrs or {}).get("_ARRAY_DIMENSIONS")
@@ -203,6 +227,27 @@ def array_layout(store: str | os.PathLike[str], name: str) -> ArrayLayout:
 
 
 # --------------------------------------------------------------------------------------------- writing
+
+
+def block_encoding(block: tuple[int, ...], *, time_axis: int = 0, zarr_format: int | None = None) -> dict[str, Any]:
+    """``chunks`` (and ``shards``) encoding of an array written one ``block`` at a time, by one writer per
+    block (embedding stores: every date, all features, one spatial block).
+
+    In Zarr v3 each block is one shard (one file, written whole by its block's writer, so parallel
+    writers never share a file) holding inner chunks of :data:`SHARD_TIME_CHUNK` dates: reading one date
+    decompresses those dates only, where an unsharded chunk would decompress all of its (up to 64)
+    dates. The shard's time extent is rounded up to a multiple of the inner chunk (a shard may reach past
+    the last date). Format 2 has no sharding: the block is the chunk, as before; so is a block of at most
+    :data:`SHARD_TIME_CHUNK` dates.
+    """
+    block = tuple(int(b) for b in block)
+    t = block[time_axis]
+    if (zarr_format or ZARR_FORMAT) < 3 or t <= SHARD_TIME_CHUNK:
+        return {"chunks": block}
+    shard, inner = list(block), list(block)
+    shard[time_axis] = -(-t // SHARD_TIME_CHUNK) * SHARD_TIME_CHUNK
+    inner[time_axis] = SHARD_TIME_CHUNK
+    return {"chunks": tuple(inner), "shards": tuple(shard)}
 
 
 def _prepared_for_v3(ds: Any, encoding: dict[str, dict[str, Any]]) -> tuple[Any, dict[str, dict[str, Any]]]:

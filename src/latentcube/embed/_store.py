@@ -18,7 +18,7 @@ from latentcube import __version__
 from latentcube.constants import EMBEDDING_DIMS
 from latentcube.cube import cube_crs, set_crs
 from latentcube.embed._plan import EmbedError, _Plan, block_grid
-from latentcube.stores import array_layout, root_attrs, write_zarr
+from latentcube.stores import array_layout, block_encoding, root_attrs, write_zarr
 
 #: Largest number of dates in one storage chunk (as for cubes: serves map and time-series reads).
 MAX_TIME_CHUNK = 64
@@ -180,12 +180,13 @@ def _create_template(out: Path, ds: xr.Dataset, plan: _Plan, names: list[str], t
     def empty(shape: tuple[int, ...], dtype: str, value: float, chunking: tuple[int, ...]):
         return da.full(shape, value, dtype=dtype, chunks=chunking)
 
+    # One block = one chunk file (a shard of 8-date inner chunks in Zarr v3), written by that block only.
     variables = {"embedding": (EMBEDDING_DIMS, empty((n_time, n_feat, height, width), plan.dtype, fill, chunks))}
-    encoding = {"embedding": {"chunks": chunks, "dtype": plan.dtype, "_FillValue": fill}}
+    encoding = {"embedding": {**block_encoding(chunks), "dtype": plan.dtype, "_FillValue": fill}}
     extra = (["embedding_scale"] if int8 else []) + [f"quality_{s}" for s in plan.quality_sensors]
     for name in extra:
         variables[name] = (grid, empty((n_time, height, width), "float32", np.nan, grid_chunks))
-        encoding[name] = {"chunks": grid_chunks, "dtype": "float32", "_FillValue": np.nan}
+        encoding[name] = {**block_encoding(grid_chunks), "dtype": "float32", "_FillValue": np.nan}
     tmpl = xr.Dataset(
         variables,
         coords={"time": np.asarray(times, dtype="datetime64[ns]"), "feature": names, "y": ds["y"].values,
