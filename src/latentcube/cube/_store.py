@@ -151,7 +151,8 @@ ALL_CHUNKS_ATTR = "latentcube_all_chunks_written"
 
 
 def save_cube(ds: xr.Dataset, path: str | Path, *, overwrite: bool = True) -> Path:
-    """Write a cube to Zarr (``*.zarr`` or any other name) or NetCDF (``*.nc``); returns the path.
+    """Write a cube to Zarr (``*.zarr`` or any other name; :data:`latentcube.stores.ZARR_FORMAT`, v3) or
+    NetCDF (``*.nc``); returns the path.
 
     An existing latentcube cube at ``path`` is replaced only with ``overwrite`` (the default, for library
     use; the CLI's default is to refuse); anything else at ``path`` (a folder of other files, another

@@ -3,8 +3,8 @@
 ``embed_cube(cube, checkpoint, out)`` reads a cube (docs/data-model.md) block by block, preprocesses it
 exactly as training does (checkpoint normalisation, S1 three-frame smoothing in linear power, S1 matched
 to the S2 dates), runs the dense-exact encoder (``encode_scene``, docs/method.md) on each block plus a
-7-pixel halo of real context, and writes ``embedding`` ``(time, feature, y, x)`` to a Zarr store
-(format 2). The store is created as a template first; each block then writes its own region and, last,
+7-pixel halo of real context, and writes ``embedding`` ``(time, feature, y, x)`` to a Zarr v3 store
+(one shard per block; ``latentcube.stores``). The store is created as a template first; each block then writes its own region and, last,
 an atomic marker ``<out>/.blocks/<iy>_<ix>.done``. A re-run skips blocks that have a marker, so a killed
 run resumes where it stopped and never counts a half-written block as done. Blocks run in parallel
 through Dask (a ``distributed.LocalCluster`` by default, any scheduler address, or in-process).

@@ -58,8 +58,9 @@ def embed_cube(
         checkpoint: a model file from training (``model.pt``, :func:`latentcube.nn.model_file.save_model`).
             Kind ``fusion`` gives the 7-d fused embedding on the S2 dates; kind ``autoencoder`` gives
             that sensor's own embedding (S2: 9-d on the S2 dates; S1: 2-d on the S1 dates).
-        out: output Zarr store (format 2). Re-running with the same arguments resumes: blocks with a
-            marker in ``out/.blocks`` are skipped.
+        out: output Zarr store (Zarr v3, one shard of 8-date chunks per block: docs/embed.md). Re-running
+            with the same arguments resumes: blocks with a marker in ``out/.blocks`` are skipped (a store
+            written in Zarr format 2 before is finished in format 2).
         block_px: block edge in pixels; also the storage chunk edge. Memory per worker grows with
             ``dates x (block_px + 14)^2`` (inputs, outputs), not with the cube (docs/embed.md#memory).
         sensors: embeddings to write, concatenated along ``feature`` (``fused_0..6``, ``s1_0..1``,
