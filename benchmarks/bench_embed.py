@@ -29,6 +29,11 @@ random, seeded weights unless ``--checkpoint`` is given: throughput does not dep
     python benchmarks/bench_embed.py --sizes 256 128 --out /tmp/bench_embed.json
     python benchmarks/bench_embed.py --sizes 256 --quality    # with the quality layer
     python benchmarks/bench_embed.py --sizes 256 --blank-dates 0.5   # half the S2 dates wholly NaN
+    python benchmarks/bench_embed.py --sizes 256 --zarr-format 2 3 2 3   # Zarr format 2 vs v3, alternated
+
+``--zarr-format`` writes the cube and the embedding store in that Zarr format (``latentcube.stores.ZARR_FORMAT``;
+3, the default, is what latentcube writes; 2 is what it wrote before 2026-12-07: unsharded chunks); several
+values run one after the other, per size.
 
 Targets (issue 7, 2 CPU cores): >= 50,000 pixel-dates/s end to end and peak RSS <= 2 GiB.
 """
@@ -201,8 +206,10 @@ def _child(args: argparse.Namespace) -> None:
     """Runs in the measured process: one ``embed_cube`` call, its seconds as JSON on the last line."""
     import xarray as xr
 
+    import latentcube.stores
     from latentcube.embed import embed_cube
 
+    latentcube.stores.ZARR_FORMAT = args.zarr_format[0]
     t0 = time.perf_counter()
     embed_cube(args.cube, args.checkpoint, args.emb, block_px=args.block_px, dtype=args.dtype, quality=args.quality,
                n_workers=args.workers, threads_per_worker=args.threads, scheduler=args.scheduler, progress=False,
@@ -214,12 +221,15 @@ def _child(args: argparse.Namespace) -> None:
                       "width": int(ds.sizes["x"]), "n_feature": int(ds.sizes["feature"])}))
 
 
-def run_one(size: int, args: argparse.Namespace, model: Path) -> dict:
-    name = f"cube_{size}" + (f"_blank{args.blank_dates:g}" if args.blank_dates else "")
+def run_one(size: int, args: argparse.Namespace, model: Path, zarr_format: int = 3) -> dict:
+    import latentcube.stores
+
+    name = f"cube_{size}" + (f"_blank{args.blank_dates:g}" if args.blank_dates else "") + f"_zarr{zarr_format}"
+    latentcube.stores.ZARR_FORMAT = zarr_format  # the cube (cached per format) as the store
     cube = build_cube(size, args.workdir / f"{name}.zarr", blank_dates=args.blank_dates)
     emb = args.workdir / f"emb_{size}.zarr"
     cmd = [sys.executable, os.path.abspath(__file__), "--_child", "--cube", str(cube), "--checkpoint", str(model),
-           "--emb", str(emb), "--block-px", str(args.block_px), "--dtype", args.dtype]
+           "--emb", str(emb), "--block-px", str(args.block_px), "--dtype", args.dtype, "--zarr-format", str(zarr_format)]
     if args.quality:
         cmd.append("--quality")
     if args.threaded:
@@ -245,7 +255,7 @@ def run_one(size: int, args: argparse.Namespace, model: Path) -> dict:
     if not args.keep:
         shutil.rmtree(emb, ignore_errors=True)
     return {
-        "size": size, "n_time": info["n_time"], "pixel_dates": pixel_dates, "seconds": info["seconds"],
+        "size": size, "zarr_format": zarr_format, "n_time": info["n_time"], "pixel_dates": pixel_dates, "seconds": info["seconds"],
         "process_seconds": wall, "pixel_dates_per_s": pixel_dates / info["seconds"], "cpu_seconds": cpu,
         "pixel_dates_per_cpu_s": pixel_dates / cpu if cpu else None, "peak_rss_tree_gib": peak / GIB,
         "peak_rss_largest_process_gib": mem.peak_process / GIB, "processes": mem.n_processes, "rss_method": mem.method,
@@ -286,6 +296,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--threaded", action="store_true",
                     help="LocalCluster workers as threads of one process (embed_cube(processes=False))")
     ap.add_argument("--keep", action="store_true", help="keep the embedding stores")
+    ap.add_argument("--zarr-format", type=int, nargs="+", default=[3], choices=[2, 3],
+                    help="Zarr format of the cube and the store; several: run each in turn per size (e.g. 2 3 2 3)")
     ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cube", help=argparse.SUPPRESS)
     ap.add_argument("--emb", help=argparse.SUPPRESS)
@@ -295,23 +307,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = args.checkpoint or build_model(args.workdir / "model_random.pt")
-    rows = [run_one(size, args, model) for size in args.sizes]
+    rows = [run_one(size, args, model, fmt) for size in args.sizes for fmt in args.zarr_format]
 
     print(f"embed_cube end to end: {platform.node()}, {os.cpu_count()} CPUs, block {args.block_px}, dtype {args.dtype}, "
           f"quality {'on' if args.quality else 'off'}, blank S2 dates {args.blank_dates:.0%}, model {'random weights' if args.checkpoint is None else model}")
-    header = f"{'size':>6} {'dates':>5} {'pixel-dates':>12} {'seconds':>8} {'px-d/s':>9} {'CPU s':>8} {'px-d/CPU-s':>10} " \
+    header = f"{'size':>6} {'zarr':>4} {'dates':>5} {'pixel-dates':>12} {'seconds':>8} {'px-d/s':>9} {'CPU s':>8} {'px-d/CPU-s':>10} " \
              f"{'peak RSS GiB':>12} {'max proc GiB':>12} {'valid':>6}"
     print(header)
     for r in rows:
-        print(f"{r['size']:>6} {r['n_time']:>5} {r['pixel_dates']:>12,} {r['seconds']:>8.1f} {r['pixel_dates_per_s']:>9,.0f} "
+        print(f"{r['size']:>6} {r['zarr_format']:>4} {r['n_time']:>5} {r['pixel_dates']:>12,} {r['seconds']:>8.1f} {r['pixel_dates_per_s']:>9,.0f} "
               f"{r['cpu_seconds']:>8.1f} {r['pixel_dates_per_cpu_s'] or 0:>10,.0f} {r['peak_rss_tree_gib']:>12.2f} "
               f"{r['peak_rss_largest_process_gib']:>12.2f} {r['valid_fraction']:>6.1%}")
     big = max(rows, key=lambda r: r["size"])
     small = min(rows, key=lambda r: r["size"])
     ratio = big["peak_rss_tree_gib"] / small["peak_rss_tree_gib"] if small["peak_rss_tree_gib"] else float("nan")
-    if len(rows) > 1:
+    if big["size"] != small["size"]:
         print(f"peak RSS ratio {big['size']} / {small['size']} px: {ratio:.2f} (cube area ratio "
               f"{(big['size'] / small['size']) ** 2:.0f})")
+    if {2, 3} <= {r["zarr_format"] for r in rows}:
+        for size in args.sizes:
+            mean = {fmt: {key: sum(r[key] for r in rows if r["size"] == size and r["zarr_format"] == fmt)
+                          / sum(1 for r in rows if r["size"] == size and r["zarr_format"] == fmt)
+                          for key in ("pixel_dates_per_s", "pixel_dates_per_cpu_s")} for fmt in (2, 3)}
+            print(f"{size} px, Zarr v3 / format 2 (means of the runs): pixel-dates/s "
+                  f"{mean[3]['pixel_dates_per_s'] / mean[2]['pixel_dates_per_s']:.3f}, pixel-dates per CPU-s "
+                  f"{mean[3]['pixel_dates_per_cpu_s'] / mean[2]['pixel_dates_per_cpu_s']:.3f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not k.startswith("_")}
