@@ -175,7 +175,7 @@ def _use_and_limits(kind: str, stage: str, cubes: list[dict[str, Any]], pixel: f
     sensors = {"s1": "Sentinel-1 VV/VH backscatter", "s2": "Sentinel-2 L2A reflectance (10 bands)",
                "fusion": "Sentinel-2 L2A reflectance with Sentinel-1 VV/VH matched to each S2 date"}[stage] \
         if stage in ("s1", "s2", "fusion") else "the cubes' sensors"
-    use = [f"Embed {sensors} cubes in the latentcube data model (docs/data-model.md) with `latentcube embed`: one "
+    use = [f"Embed cubes of {sensors} in the latentcube data model (docs/data-model.md) with `latentcube embed`: one "
            "embedding per pixel and date, for linear probes, clustering, change and phenology analysis, gap-filled or "
            "window summaries (`gapfill`, `aggregate`) and point sampling (`sample`).",
            f"Pixel size {pixel:g} m, as trained (embedding another resolution warns)." if pixel else
@@ -327,8 +327,9 @@ def card_markdown(card: Mapping[str, Any]) -> str:
     names = sorted({k for s in splits for k in card["metrics"][s]})
     if names:
         lines += _md_table(["metric", *splits], [[n, *[card["metrics"][s].get(n) for s in splits]] for n in names])
-        lines += [f"Normalised units unless `_physical` ({json.dumps(card['metrics'].get('units'))}); train and "
-                  "validation at the selected epoch.", ""]
+        units = card["metrics"].get("units")
+        lines += ["Normalised units" + (f" except `center_mae_physical` ({', '.join(f'{k}: {v}' for k, v in units.items())})"
+                                        if units else "") + "; train and validation at the selected epoch.", ""]
     else:
         lines += ["(no metrics found beside the model file)", ""]
     ev = card["evaluation"]
