@@ -102,6 +102,7 @@ def test_centre_emphasis_follows_the_loss():
     assert centre_emphasis(cfg, weights, x) == pytest.approx(1 + 3.0 * total / norm, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_fusion_warm_start_is_a_lossless_affine_code_when_the_latents_fit():
     from latentcube.nn import FusionConfig, FusionModel
     from latentcube.nn.linear_init import fusion_warm_start

@@ -517,7 +517,9 @@ def test_probe_on_the_worldcereal_chip(tmp_path, one_torch_thread, shared_data):
     # Train on the chip itself (a spatial holdout): the west half for training, the east half for validation.
     cube_path = save_cube(ds, tmp_path / "chip.zarr")
     t0 = time.time()
-    model = _train_s2([cube_path], None, tmp_path / "s2", steps=150, model=SMALL, sampling={"space_stride": 4},
+    # 25 steps: the PCA warm start sets the code; the probe scores at 25 and 150 steps agree to 0.005
+    # (benchmarks/RESULTS.md, Test loop).
+    model = _train_s2([cube_path], None, tmp_path / "s2", steps=25, model=SMALL, sampling={"space_stride": 4},
                       spatial_split={"val": 0.5})
     emb = embed_cube(cube_path, model, tmp_path / "emb.zarr", scheduler="synchronous", progress=False)
     t_model = time.time() - t0
@@ -554,7 +556,8 @@ def test_issue7_one_date_embedding_reaches_90_percent_of_raw_bands(tmp_path, one
     write_world(make_world(seed=0, scene_size=64, n_scenes=3, n_towers=0), tmp_path / "world")
     cubes = [tmp_path / "world" / f"scene_00{i}.zarr" for i in range(3)]
     t0 = time.time()
-    model = _train_s2(cubes, {"train": ("scene_000", "scene_001"), "val": ("scene_002",)}, tmp_path / "s2", steps=150)
+    # 25 steps (3 epochs): the ratios at 25 and 150 steps agree to 0.003 (benchmarks/RESULTS.md, Test loop).
+    model = _train_s2(cubes, {"train": ("scene_000", "scene_001"), "val": ("scene_002",)}, tmp_path / "s2", steps=25)
     t_train = time.time() - t0
     emb = embed_cube(cubes[2], model, tmp_path / "emb.zarr", scheduler="synchronous", progress=False)
     table = run_probe(emb, cubes[2], feature_sets=("embedding_date", "raw_date"), block_px=16, folds=5)

@@ -50,6 +50,7 @@ def fusion_model(tmp_path_factory) -> Path:
     return save_model(tmp_path_factory.mktemp("model") / "fusion.pt", fused, normalization=Normalization())
 
 
+@pytest.mark.slow
 def test_real_chip_embeds_gapfills_maps_and_exports(chip, fusion_model, tmp_path):
     from latentcube.embed import embed_cube, open_embedding
     from latentcube.evaluate.maps import fit_pca, pca_figure, pca_rgb
