@@ -559,6 +559,7 @@ def test_scan_cube_counts_every_value_exactly(tmp_path):
         assert scans["s1"].impossible_pixel_dates == 1 and scans["s1"].missing == 0
 
 
+@pytest.mark.slow
 def test_a_chunk_that_does_not_decode_is_named_by_validate_full(tmp_path, zarr_format):
     """A chunk file of the right size whose payload is garbage: the codec's message names no file; the plain
     validate says how to find it, --full names it. In a subprocess: a decoder crash must fail this test only."""

@@ -264,6 +264,7 @@ def _quality(path: Path) -> dict[str, np.ndarray]:
     return {s: ds[f"quality_{s}"].values for s in ("s2", "s1")}
 
 
+@pytest.mark.slow
 def test_block_size_does_not_change_the_result(cube_path, models, fused_emb, tmp_path):
     other = embed_cube(cube_path, models["fusion"], tmp_path / "f24.zarr", block_px=24, tile=16, quality=True,
                        **FUSED)  # tiles inside blocks too
@@ -420,6 +421,7 @@ def _chunk_mtimes(out: Path) -> dict[str, int]:
     return {k: (out / "embedding" / k).stat().st_mtime_ns for k in _chunk_files(out)}
 
 
+@pytest.mark.slow
 def test_resume_after_interruption(cube_path, models, fused_emb, tmp_path):
     out = tmp_path / "resume.zarr"
     kw = dict(block_px=16, quality=True, **FUSED)
@@ -733,6 +735,7 @@ def test_gpu_matches_cpu(cube_path, models, fused_emb, tmp_path):
                                rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_model_of_fewer_bands_reads_its_own_from_a_fuller_cube(cube_path, tmp_path):
     """A 4-band model on the 10-band cube: the same store as on the cube reduced to those 4 bands (quality
     layer included), with no reduced copy needed."""
@@ -820,7 +823,7 @@ def _unmasked_dense(model, inputs: dict[str, np.ndarray], times: np.ndarray, whi
         return model.encode_scene(x if which == "fused" else x[which], days, tile=None)
 
 
-@pytest.mark.parametrize("kind", ["fusion", "s1"])
+@pytest.mark.parametrize("kind", [pytest.param("fusion", marks=pytest.mark.slow), "s1"])
 def test_quality_equals_public_decoder_on_window_embeddings(cube_path, models, fused_emb, tmp_path, kind):
     """quality_<s>[t, y, x] = MAE of decode(dense embeddings of t's 11 window dates)[t's position, centre pixel],
     with the public ``decode`` (all 11 dates, whole patch): checks the 11x cheaper target-date path, the window
@@ -869,6 +872,7 @@ def test_quality_equals_public_decoder_on_window_embeddings(cube_path, models, f
         np.testing.assert_array_equal(np.isnan(got[f"quality_{s}"].values), _invalid(inputs[s]))
 
 
+@pytest.mark.slow
 def test_quality_with_one_window_equals_per_patch_forward(cube_path, models, tmp_path):
     """With exactly 11 dates every date's window is the whole series, so the dense embeddings of a window
     are the per-patch encoder's latents of that patch (<= 1e-5, tested above) and the quality layer must

@@ -43,7 +43,7 @@ def test_weighted_date_pca_weights_elements_by_the_spatial_weights():
     torch.testing.assert_close(sw.reshape(3, 3), (weights[0] / weights[0].max()).sqrt())
 
 
-@pytest.mark.parametrize("preset", [s1_config, s2_config])
+@pytest.mark.parametrize("preset", [s1_config, pytest.param(s2_config, marks=pytest.mark.slow)])
 def test_warm_started_model_reconstructs_low_rank_patches(preset):
     torch.manual_seed(0)
     cfg = preset(**SMALL)

@@ -310,7 +310,8 @@ def test_all_positions_of_chosen_windows_equal_those_of_all_windows(s2_model):
 # ------------------------------------------------------------------------------------ receptive field
 
 
-@pytest.mark.parametrize("which", ["s2", pytest.param("fused", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["s2", "fused"])
 def test_receptive_field_is_the_patch_and_the_window(which, s2_model, fused):
     gen = _seed(30)
     t_all, h, w, t, y, x_ = 20, 24, 24, 10, 12, 12

@@ -236,6 +236,7 @@ def test_clouds_clear_fraction_and_winter_overcast(world):
         assert (all_scl == code).any(), code
 
 
+@pytest.mark.slow
 def test_cloud_fraction_range_is_enforced():
     with pytest.raises(ValueError, match="clear fraction"):
         make_world(0, n_scenes=1, scene_size=16, n_towers=0, clear_fraction_range=(0.95, 1.0))

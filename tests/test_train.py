@@ -252,6 +252,7 @@ def test_run_training_rejects_a_data_module_of_another_stage(world_dir, tmp_path
     assert not (tmp_path / "s1" / "checkpoints").exists()  # refused before any training
 
 
+@pytest.mark.slow
 def test_one_cube_trains_with_a_spatial_holdout(world_dir, tmp_path):
     from latentcube.train import CubeDataModule, normalization_of
 
