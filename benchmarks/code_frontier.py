@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args()
     if not CHIP.is_dir():
-        print(f"code_frontier: skipped, {CHIP} not found (set LATENTCUBE_SHARED_DATA).")
+        print(f"code_frontier: skipped, the WorldCereal chip is absent ({CHIP}).")
         return
     from sklearn.decomposition import PCA
 
