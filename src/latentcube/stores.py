@@ -4,11 +4,12 @@ from disk in either format.
 Every latentcube writer (cubes, embedding stores and their block writes, gap-filled and aggregated
 stores, caches) goes through :func:`write_zarr`, so :data:`ZARR_FORMAT` is the one place that says
 which Zarr format new stores get: **Zarr v3** (zarr-python 3), with consolidated metadata (inside the
-root ``zarr.json``) and chunk files compressed with Blosc LZ4 and byte shuffle, as zarr-python writes
-format 2 by default (the same speed, and :mod:`latentcube.chunks` can check every chunk file's size
-against its 16-byte Blosc header in both formats). Text coordinates (band and feature names) are
+root ``zarr.json``) and chunks compressed with Blosc LZ4 and byte shuffle, the codec of zarr-python's
+format-2 stores (its v3 default would be Zstandard), so :mod:`latentcube.chunks` can check every chunk's
+size against its 16-byte Blosc header in both formats. Text coordinates (band and feature names) are
 stored as variable-length strings, the v3 ``string`` data type (fixed-length ones have no v3
-specification yet and make zarr warn on every write).
+specification yet and make zarr warn on every write). Arrays written block by block (embedding stores)
+get one shard per block (:func:`block_encoding`).
 
 Stores written in format 2 (every store before this change) keep working: readers take either format
 (``xarray.open_zarr`` detects it), and writes into an existing store (an embedding run resumed) keep
