@@ -1,6 +1,9 @@
 """Context-aware reconstruction losses (paper Eqs. 1-8): weighted MAE, masked SSIM, SAM, and the
 Sentinel-1, Sentinel-2 and fusion objectives built from them.
 
+One module (~575 lines) on purpose: the three objectives share the weighting, masking and reduction
+conventions below, and keeping them beside their building blocks keeps those conventions in one place.
+
 Conventions (docs/method-losses.md):
 
 * Patches are ``(B, T, C, H, W)``: batch, dates, bands, rows, columns. The centre element is the

@@ -1,5 +1,8 @@
 """Patch sampling (the paper's §III-B/C scheme) and torch datasets that read cubes lazily.
 
+One module (~560 lines) on purpose: candidate enumeration, the block cache and the block-shuffling
+sampler depend on each other's block layout, so splitting them would spread one layout over three files.
+
 A *candidate* is a sequence of ``seq_len`` consecutive dates starting every ``time_stride`` dates, times a
 ``patch``×``patch`` window starting every ``space_stride`` pixels. Each sample draws ``n_frames`` of the
 sequence's dates (sorted) with an explicit seeded generator; the centre date is the drawn frame

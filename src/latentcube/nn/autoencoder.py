@@ -4,6 +4,9 @@ The encoder maps a (T, C, 15, 15) patch sequence to one latent vector per date; 
 the embedding of the patch's centre pixel at that date. It is built so that ``encode_scene`` (whole
 scene, shared computation) equals ``encode_patches`` on the extracted patches up to float rounding:
 see ``docs/method.md``.
+
+One module (~500 lines) on purpose: encoder, decoder and the scene-tiling helpers the fusion model reuses
+must agree on the window convention, which is easiest to check when they sit together.
 """
 
 from __future__ import annotations

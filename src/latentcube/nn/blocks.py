@@ -5,6 +5,9 @@ Encoder blocks are translation-equivariant and use no padding, so running them o
 invalid context and shares every per-date, per-pixel feature between all windows that contain it.
 Nothing in the encoder normalises over space or time windows (that would make a pixel's output depend
 on which crop it was computed in).
+
+One module (~510 lines) on purpose: every block here carries the same patch/scene equivalence contract,
+and the dense path's correctness is reviewed block by block in one place.
 """
 
 from __future__ import annotations
