@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import logging
 import os
@@ -292,3 +293,12 @@ def check_output_path(
             f"{what} {p} exists. Fix: pass --overwrite to replace it, or choose another --out"
         )
     return True
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file (the model-file identity in embedding stores and GPP caches), read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from latentcube import __version__
-from latentcube.files import atomic_write_text
+from latentcube.files import atomic_write_text, file_sha256
 
 __all__ = ["CARD_FORMAT", "CARD_JSON", "CARD_MD", "card_markdown", "model_card", "resolve_model", "write_model_card"]
 
@@ -204,7 +204,6 @@ def _use_and_limits(kind: str, stage: str, cubes: list[dict[str, Any]], pixel: f
 
 
 def _model_facts(model_path: Path, meta: Mapping[str, Any], model: Any) -> dict[str, Any]:
-    from latentcube.embed import file_sha256
     from latentcube.nn import model_info
 
     info = model_info(model, flops=False)
@@ -369,7 +368,6 @@ def model_card(model: str | Path, *, licence: str | None = None, **kwargs: Any) 
     """The card of ``model`` (``model.pt`` or run folder): read from ``model_card.json`` when it describes this
     very file (same sha256) and nothing new is asked, else written first (``latentcube model-info``).
     The returned dict has the Markdown under ``"markdown"`` and the card's paths under ``"paths"``."""
-    from latentcube.embed import file_sha256
 
     model_path = resolve_model(model)
     card = _read_json(model_path.parent / CARD_JSON)

@@ -3,7 +3,6 @@ options, and the small picklable ``_Plan`` every block task receives."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ import xarray as xr
 from latentcube.constants import model_band_selection
 from latentcube.cube import CubeError, pixel_size_m
 from latentcube.errors import LatentcubeError
+from latentcube.files import file_sha256  # re-exported by latentcube.embed
 
 log = logging.getLogger("latentcube.embed")
 
@@ -172,15 +172,6 @@ def _check_device(device: str | None) -> None:
                          "cpu, --device cuda for an NVIDIA GPU, or omit --device (CUDA when available, else the CPU).")
     if kind == "cuda" and not torch.cuda.is_available():
         raise EmbedError(f"device={device!r} but no CUDA device is available here. Fix: omit device to use the CPU.")
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 hex digest of a file (the model-file identity in embedding stores and GPP caches), read in 1 MiB pieces."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _sampling_setting(meta: dict[str, Any], key: str, default: float) -> float:
