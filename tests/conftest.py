@@ -19,6 +19,9 @@ import pytest
 
 #: The real-data folder (README there); ``LATENTCUBE_SHARED_DATA`` overrides the default beside the repository.
 SHARED_DATA = Path(os.environ.get("LATENTCUBE_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+# A small sensor autoencoder (the default class, small widths): a training stage in seconds on 2 cores.
+SMALL_MODEL = {"widths": [8, 12, 16], "multiscale_branch_ch": 4, "d_model": 16, "n_heads": 2, "ffn_dim": 16,
+               "decoder_d_model": 16, "decoder_ffn_dim": 16, "decoder_widths": [16, 8, 8], "decoder_branch_ch": 4}
 
 
 def pytest_configure(config):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import SMALL_MODEL
 
 from latentcube.model_card import (
     CARD_JSON,
@@ -24,8 +25,7 @@ from latentcube.model_card import (
 from latentcube.synthetic import make_world, write_world
 from latentcube.train import DataConfig, OptimConfig, TrainConfig, TrainerConfig, run_training
 
-SMALL = {"widths": [8, 12, 16], "multiscale_branch_ch": 4, "d_model": 16, "n_heads": 2, "ffn_dim": 16,
-         "decoder_d_model": 16, "decoder_ffn_dim": 16, "decoder_widths": [16, 8, 8], "decoder_branch_ch": 4}
+SMALL = SMALL_MODEL
 
 
 @pytest.fixture(scope="module")

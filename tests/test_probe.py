@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from conftest import SMALL_MODEL
 
 from latentcube.cube import new_cube, save_cube
 from latentcube.evaluate.probe import (
@@ -477,9 +478,7 @@ def test_real_probe_benchmark_skips_cleanly_without_the_chip(tmp_path):
 # ---------------------------------------------------------------------------- trained models
 
 CHIP = "worldcereal_chip_31UES_2018_2019"
-# A small S2 autoencoder (same class as the default; test_train.py uses the same sizes).
-SMALL = {"widths": [8, 12, 16], "multiscale_branch_ch": 4, "d_model": 16, "n_heads": 2, "ffn_dim": 16,
-         "decoder_d_model": 16, "decoder_ffn_dim": 16, "decoder_widths": [16, 8, 8], "decoder_branch_ch": 4}
+SMALL = SMALL_MODEL
 
 
 def _train_s2(cubes: list[Path], splits: dict | None, out: Path, *, steps: int, model: dict | None = None,

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import SMALL_MODEL
 
 from latentcube.config import to_dict
 from latentcube.demo import demo_config_dir
@@ -20,8 +21,7 @@ from latentcube.evaluate.sweep import SweepError, alpha_pairs, parse_floats, run
 from latentcube.train import load_train_config
 
 CONFIG = demo_config_dir() / "s2.yaml"
-SMALL = {"widths": [8, 12, 16], "multiscale_branch_ch": 4, "d_model": 16, "n_heads": 2, "ffn_dim": 16,
-         "decoder_d_model": 16, "decoder_ffn_dim": 16, "decoder_widths": [16, 8, 8], "decoder_branch_ch": 4}
+SMALL = SMALL_MODEL
 
 
 def test_parse_floats_and_alpha_pairs():

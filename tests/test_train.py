@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import SMALL_MODEL
 
 from latentcube.config import ConfigError
 from latentcube.constants import S2_BANDS
@@ -27,9 +28,7 @@ from latentcube.train import (
     run_training,
 )
 
-# A small model keeps each stage at a few seconds on 2 cores; the architecture is the same class.
-SMALL = {"widths": [8, 12, 16], "multiscale_branch_ch": 4, "d_model": 16, "n_heads": 2, "ffn_dim": 16,
-         "decoder_d_model": 16, "decoder_ffn_dim": 16, "decoder_widths": [16, 8, 8], "decoder_branch_ch": 4}
+SMALL = SMALL_MODEL
 
 
 @pytest.fixture(scope="module")

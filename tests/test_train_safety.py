@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import SMALL_MODEL
 
 from latentcube.config import to_dict
 from latentcube.losses import S2PretrainLoss
@@ -33,8 +34,7 @@ from latentcube.train.checkpoints import _SafeCheckpointIO
 from latentcube.train.metrics import _RunMetrics
 
 # The smallest model and run that still train for real: 3 steps of 4 patches per epoch, one val batch.
-SMALL = {"widths": [8, 12, 16], "multiscale_branch_ch": 4, "d_model": 16, "n_heads": 2, "ffn_dim": 16,
-         "decoder_d_model": 16, "decoder_ffn_dim": 16, "decoder_widths": [16, 8, 8], "decoder_branch_ch": 4}
+SMALL = SMALL_MODEL
 
 
 @pytest.fixture(scope="module")
