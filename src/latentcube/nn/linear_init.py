@@ -23,7 +23,7 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-__all__ = ["top_basis", "weighted_date_pca", "pca_warm_start", "fusion_warm_start"]
+__all__ = ["top_basis", "weighted_date_pca", "pca_warm_start", "context_projection", "fusion_warm_start"]
 
 
 def top_basis(a: Tensor, k: int) -> Tensor:
@@ -70,7 +70,8 @@ def weighted_date_pca(centred: Tensor, weights: Tensor, k: int) -> tuple[Tensor,
 
 
 @torch.no_grad()
-def pca_warm_start(model, x: Tensor, weights: Tensor, *, ridge: float = 1e-6, centre_boost: float = 1.0) -> dict[str, float]:
+def pca_warm_start(model, x: Tensor, weights: Tensor, *, ridge: float = 1e-6, centre_boost: float = 1.0,
+                   context_dims: int = 0, context_px: int = 3) -> dict[str, float]:
     """Set a ``SensorAutoencoder`` with ``linear_patch=True`` to the per-date PCA autoencoder of ``x``.
 
     Args:
@@ -78,6 +79,12 @@ def pca_warm_start(model, x: Tensor, weights: Tensor, *, ridge: float = 1e-6, ce
         x: (N, T, C, p, p) normalised training patches, NaN = invalid (a few thousand are plenty).
         weights: (T, p, p) context weights of the model's loss.
         ridge: relative Tikhonov term of the decoder's least-squares fit (keeps rare codes stable).
+        context_dims: a two-scale code: the directions are then the principal directions of the centre
+            pixel's spectrum alone, and the last ``context_dims`` (weakest) of them are read as the mean
+            of the pixel's code over its ``context_px x context_px`` neighbourhood
+            (:func:`context_projection`): a field-level summary placed where it costs the centre
+            reconstruction least (docs/method.md).
+        context_px: odd side of that neighbourhood (<= the patch size).
 
     Returns:
         ``{"explained": fraction of the weighted variance the codes keep, "n_samples": N * T}``.
@@ -95,9 +102,24 @@ def pca_warm_start(model, x: Tensor, weights: Tensor, *, ridge: float = 1e-6, ce
     centred = torch.where(valid, xd - centre[:, None, None], 0.0)
     w = weights.double().clone()
     w[:, p // 2, p // 2] *= centre_boost
-    basis, sw = weighted_date_pca(centred, w, latent)
+    if context_dims:
+        if not 0 < context_dims < latent or context_px % 2 == 0 or not 1 < context_px <= p:
+            raise ValueError(f"context_dims must be in 1..{latent - 1} and context_px odd in 3..{p}, "
+                             f"got {context_dims} and {context_px}")
+        # Two-scale code: the directions are the centre pixel's own (the neighbourhood enters only through
+        # the context dims); the kernel keeps the loss's spatial scale so training can still reach the ring.
+        _, sw = weighted_date_pca(centred[:1], w, 1)
+        w_pixel = torch.zeros_like(w)
+        w_pixel[:, p // 2, p // 2] = w[:, p // 2, p // 2]
+        basis, sw_pixel = weighted_date_pca(centred, w_pixel, latent)
+        basis = basis * sw_pixel[:, None] / torch.where(sw > 0, sw, 1.0)[:, None]  # the same code under scale sw
+    else:
+        basis, sw = weighted_date_pca(centred, w, latent)
     k = basis.shape[1]
     proj = (basis * sw[:, None]).T  # (k, C*p*p): code = proj @ centred patch
+    if context_dims:
+        ctx = slice(max(k - context_dims, 0), k)
+        proj[ctx] = context_projection(proj[ctx].reshape(-1, c, p, p), context_px).reshape(proj[ctx].shape)
     codes = centred.reshape(n * t, -1) @ proj.T  # (N*T, k)
     explained = float(((centred.reshape(n * t, -1) * sw) @ basis).pow(2).sum() / (centred.reshape(n * t, -1) * sw).pow(2).sum())
 
@@ -122,6 +144,8 @@ def pca_warm_start(model, x: Tensor, weights: Tensor, *, ridge: float = 1e-6, ce
     scale = sw[: p * p].reshape(p, p)  # the spatial weights' square roots (the same for every band)
     kernel = torch.zeros(latent, c, p, p, dtype=torch.float64)
     kernel[:k] = basis.T.reshape(k, c, p, p)  # proj = basis * sw: the scale lives in the fixed buffer
+    if context_dims:
+        kernel[ctx] = torch.where(sw > 0, proj[ctx] / sw, 0.0).reshape(-1, c, p, p)
     enc.patch_linear.weight.copy_(kernel.to(enc.patch_linear.weight.dtype))
     enc.patch_scale.copy_(scale.to(enc.patch_scale.dtype))
     enc.patch_centre.copy_(centre.to(enc.patch_centre.dtype))
@@ -134,6 +158,24 @@ def pca_warm_start(model, x: Tensor, weights: Tensor, *, ridge: float = 1e-6, ce
     return {"explained": explained, "n_samples": float(n * t)}
 
 
+def context_projection(proj: Tensor, size: int) -> Tensor:
+    """Linear patch codes ``proj`` (k, C, p, p) turned into their ``size x size`` neighbourhood mean.
+
+    A code read from the patch centred at pixel i, averaged over the pixels i' of i's neighbourhood, is
+    itself a linear code of i's patch: the kernel convolved with a ``size x size`` box (divided by its
+    area), cropped to the patch. The crop drops the kernel's outermost ring weights, which the loss's
+    context weights already make ~1e-6 of the centre's.
+    """
+    k, c, p, _ = proj.shape
+    r = size // 2
+    padded = torch.nn.functional.pad(proj, (r, r, r, r))
+    out = torch.zeros_like(proj)
+    for dy in range(size):
+        for dx in range(size):
+            out += padded[:, :, dy : dy + p, dx : dx + p]
+    return out / size**2
+
+
 @torch.no_grad()
 def fusion_warm_start(model, x, days: Tensor, element_weights, *, n_jacobian: int = 64, step: float = 1e-2) -> dict[str, float]:
     """Set a ``FusionModel``'s fusion layers to the best linear fused code of the frozen sensor latents.
@@ -142,8 +184,10 @@ def fusion_warm_start(model, x, days: Tensor, element_weights, *, n_jacobian: in
     the metric ``M = J^T A J``: ``J`` the frozen decoders' response of a whole patch sequence to the
     centre date's latent (central differences at ``n_jacobian`` training samples), ``A`` the per-element
     loss weights (``element_weights``: sensor -> (T, p, p)), one block per sensor. So the 7 numbers keep
-    the latent directions the loss notices most. Back-projections are least squares of each sensor's
-    latent on the code. The fusion transformer starts as a pure linear map (identity ``W_in``, value,
+    the latent directions the loss notices most. With ``context_px`` (fusion layers that also read each
+    sensor's neighbourhood-mean linear code), the last ``context_dims`` fused dims are instead the top
+    directions of those neighbourhood codes in the same metric. Back-projections are least squares of
+    each sensor's latent on the code. The fusion transformer starts as a pure linear map (identity ``W_in``, value,
     position-value, FFN and LayerNorm read-out silenced), so the untrained fusion model is that code.
 
     Args:
@@ -155,6 +199,7 @@ def fusion_warm_start(model, x, days: Tensor, element_weights, *, n_jacobian: in
     """
     names = model.sensor_names
     latents = model.sensor_latents(x, days)
+    context = model.context_codes(x)  # {} unless the fusion layers read neighbourhood codes
     n, t = days.shape
     blocks = []
     for name in names:
@@ -174,29 +219,42 @@ def fusion_warm_start(model, x, days: Tensor, element_weights, *, n_jacobian: in
     z_all = torch.cat([latents[name] for name in names], dim=-1).reshape(n * t, -1).double()
     mean = z_all.mean(0)
     centred = z_all - mean
-    basis = top_basis(centred @ root, model.latent_dim)  # (L_total, k)
-    k = basis.shape[1]
-    q = basis.T @ root  # (k, L_total): code = q @ (z - mean)
-    codes = centred @ q.T
+    n_ctx = model.config.context_dims if context else 0
+    basis = top_basis(centred @ root, model.latent_dim - n_ctx)  # (L_total, k_pixel)
+    q = basis.T @ root  # (k_pixel, L_total): code = q @ (z - mean)
     explained = float((centred @ root @ basis).pow(2).sum() / (centred @ root).pow(2).sum().clamp(min=1e-30))
+    if context:
+        # The last context_dims fused dims: the top directions (same metric) of the neighbourhood codes.
+        c_all = torch.cat([context[name] for name in model.project_context], dim=-1).reshape(n * t, -1).double()
+        c_mean = c_all.mean(0)
+        q_ctx = top_basis((c_all - c_mean) @ root, n_ctx).T @ root if n_ctx else root.new_zeros(0, root.shape[0])
+        q = torch.cat([torch.cat([q, torch.zeros_like(q)], 1), torch.cat([torch.zeros_like(q_ctx), q_ctx], 1)])
+        mean, centred = torch.cat([mean, c_mean]), torch.cat([centred, c_all - c_mean], 1)
+    k = q.shape[0]
+    codes = centred @ q.T
     design = torch.cat([codes, torch.ones(n * t, 1, dtype=codes.dtype)], dim=1)
-    coef = torch.linalg.lstsq(design, z_all).solution  # (k + 1, L_total)
+    coef = torch.linalg.lstsq(design, z_all).solution  # (k + 1, L_total): back-projections
 
     cfg, tl = model.config, model.temporal
-    d_in = cfg.proj_dim * len(names)
+    parts = [*((name, model.project[name]) for name in names), *((n_, model.project_context[n_]) for n_ in model.project_context)]
+    d_in = cfg.proj_dim * len(parts)
     if cfg.d_model < d_in or any(model.sensors[s].latent_dim > cfg.proj_dim for s in names) or tl.w_lin is None:
-        raise ValueError("fusion_warm_start needs proj_dim >= every sensor's latent size, d_model >= n_sensors * "
-                         "proj_dim and the fusion layer's linear read-out")
+        raise ValueError(f"fusion_warm_start needs proj_dim >= every sensor's latent size, d_model >= {len(parts)} "
+                         f"token parts x proj_dim = {d_in} (model: {{d_model: ...}}) and the fusion layer's linear "
+                         "read-out")
     w_lin = torch.zeros(cfg.latent_dim, cfg.d_model, dtype=torch.float64)
     offset = 0
-    for i, name in enumerate(names):
+    for i, (name, proj) in enumerate(parts):
         size = model.sensors[name].latent_dim
-        proj = model.project[name]
         proj.weight.zero_()
         proj.weight[:size].copy_(torch.eye(size))
         proj.bias.zero_()
         proj.bias[:size].copy_(-mean[offset : offset + size].to(proj.bias.dtype))
         w_lin[:k, i * cfg.proj_dim : i * cfg.proj_dim + size] = q[:, offset : offset + size]
+        offset += size
+    offset = 0
+    for name in names:
+        size = model.sensors[name].latent_dim
         back = model.back_project[name]
         back.weight.zero_()
         back.weight[:, :k].copy_(coef[:k, offset : offset + size].T.to(back.weight.dtype))

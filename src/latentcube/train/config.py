@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from latentcube.config import Range, check_ranges, from_dict, load_yaml, to_dict
+from latentcube.config import ConfigError, Range, check_ranges, from_dict, load_yaml, to_dict
 from latentcube.errors import LatentcubeError
 from latentcube.nn import AutoencoderConfig, s1_config, s2_config
 from latentcube.preprocess import Normalization
@@ -102,6 +102,21 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True)
+class ContextCodeConfig:
+    """``warm_start_context``: the last ``dims`` latent directions start as the mean of the pixel's code
+    over its ``px x px`` neighbourhood (s1/s2 with ``warm_start: pca``; ``nn.linear_init.context_projection``).
+    0 = the plain per-date PCA code (the paper preset's behaviour)."""
+
+    dims: int = 0
+    px: int = 3
+
+    def __post_init__(self) -> None:
+        check_ranges(self, dims=Range(0), px=Range(3, 15))
+        if self.px % 2 == 0:
+            raise ConfigError(f"warm_start_context.px must be odd (a centred neighbourhood), got {self.px}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One training stage. YAML files in ``configs/`` serialise this; unknown keys are errors."""
 
@@ -126,6 +141,8 @@ class TrainConfig:
     the sensor latents. Off by default: it wins on the reconstruction objective but gives more
     spectrum-like embeddings (docs/training.md)."""
     warm_start_patches: int = 2000
+    warm_start_context: ContextCodeConfig = field(default_factory=ContextCodeConfig)
+    """Field-level context dimensions of the s1/s2 warm start (``ContextCodeConfig``; docs/training.md)."""
     licence: str | None = None
     """Licence of the trained model, recorded in its model card (``MODEL_CARD.md``), e.g. ``CC-BY-4.0``."""
 

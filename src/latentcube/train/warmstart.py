@@ -28,6 +28,9 @@ def warm_start(task: _StageTask, data: CubeDataModule, cfg: TrainConfig) -> dict
     if cfg.warm_start != "pca":
         raise ConfigError(f"warm_start must be 'pca' or 'none', got {cfg.warm_start!r}")
     if cfg.stage == "fusion":
+        if cfg.warm_start_context.dims:
+            raise ConfigError("warm_start_context applies to the s1/s2 stages (the fused code reads one pixel's "
+                              "sensor latents); remove it from the fusion config")
         return _fusion_warm_start(task, data, cfg)
     model = task.model
     if model.encoder.patch_linear is None or model.decoder.linear is None:
@@ -39,8 +42,14 @@ def warm_start(task: _StageTask, data: CubeDataModule, cfg: TrainConfig) -> dict
     wcfg = replace(loss_cfg.weights, center_weight=1.0, time_distance="index")
     weights = weights_from_config(wcfg, c.n_dates, c.patch_size, c.patch_size)
     boost = centre_emphasis(loss_cfg, weights, x)
-    summary = pca_warm_start(model, x, weights, centre_boost=boost)
-    return {**summary, "centre_boost": boost}
+    ctx = cfg.warm_start_context
+    if ctx.dims >= c.latent_dim:
+        raise ConfigError(f"warm_start_context.dims={ctx.dims} leaves no pixel-exact dimension of the "
+                          f"{c.latent_dim}-d latent; use at most {c.latent_dim - 1}")
+    if ctx.dims and ctx.px > c.patch_size:
+        raise ConfigError(f"warm_start_context.px={ctx.px} is wider than the {c.patch_size}-px patch")
+    summary = pca_warm_start(model, x, weights, centre_boost=boost, context_dims=ctx.dims, context_px=ctx.px)
+    return {**summary, "centre_boost": boost, "context_dims": float(ctx.dims)}
 
 
 def _training_sample(data: CubeDataModule, n: int, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
