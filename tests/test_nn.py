@@ -93,14 +93,6 @@ def fused(s1_model, s2_model) -> FusionModel:
     return FusionModel({"s1": s1_model, "s2": s2_model}, FusionConfig()).freeze_sensor_models().eval()
 
 
-@pytest.fixture(scope="module")
-def fused_context(s1_model, s2_model) -> FusionModel:
-    """Fusion layers that also read each sensor's 5 x 5 neighbourhood-mean linear code (random weights)."""
-    _seed(4)
-    model = FusionModel({"s1": s1_model, "s2": s2_model}, FusionConfig(context_px=5, context_dims=2, d_model=64))
-    return model.freeze_sensor_models().eval()
-
-
 # ---------------------------------------------------------------------------------------------- config
 
 
@@ -181,9 +173,7 @@ def test_scene_equals_patches_sensor(which, s1_model, s2_model):
     _check_sensor_equivalence(s1_model if which == "s1" else s2_model, seed=10 + len(which))
 
 
-@pytest.mark.parametrize("which", ["fused", "fused_context"])
-def test_scene_equals_patches_fused(which, request):
-    fused = request.getfixturevalue(which)
+def test_scene_equals_patches_fused(fused):
     gen = _seed(20)
     t_all, h, w = 15, 12, 10
     x = {"s1": _scene(gen, t_all, 2, h, w), "s2": _scene(gen, t_all, 10, h, w)}
@@ -200,7 +190,7 @@ def test_scene_equals_patches_fused(which, request):
             assert (z[:, t - s] - ref).abs().max().item() <= TOL, f"date {t}"
 
 
-def test_tiled_scene_equals_untiled(s2_model, fused, fused_context):
+def test_tiled_scene_equals_untiled(s2_model, fused):
     gen = _seed(21)
     x = {"s1": _scene(gen, 12, 2, 19, 17), "s2": _scene(gen, 12, 10, 19, 17)}
     days = _days(gen, 12)
@@ -208,9 +198,8 @@ def test_tiled_scene_equals_untiled(s2_model, fused, fused_context):
         a, b = s2_model.encode_scene(x["s2"], days, tile=None), s2_model.encode_scene(x["s2"], days, tile=8)
         c = s2_model.encode_scene(x["s2"], days, pixel_chunk=37)  # chunks not dividing the tile
         assert (a - b).abs().max() <= TOL and (a - c).abs().max() <= TOL
-        for model in (fused, fused_context):
-            a, b = model.encode_scene(x, days, tile=None), model.encode_scene(x, days, tile=10, pixel_chunk=29)
-            assert (a - b).abs().max() <= TOL
+        a, b = fused.encode_scene(x, days, tile=None), fused.encode_scene(x, days, tile=10, pixel_chunk=29)
+        assert (a - b).abs().max() <= TOL
 
 
 def test_scene_region_equals_the_cropped_full_result(s2_model, fused):

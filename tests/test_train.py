@@ -417,3 +417,41 @@ def test_training_step_reads_the_masked_input_and_scores_the_full_target():
         plain = task._step({"x": x, "days": days}, "train").total
     torch.testing.assert_close(got, want)
     assert not torch.isclose(got, plain)  # without x_in the model reads the full patch
+
+
+def test_training_that_does_not_beat_the_warm_start_keeps_it(world_dir, tmp_path):
+    from latentcube.train.run import WARM_START_FILE
+
+    # A learning rate far too high: every epoch ends worse on the validation metric than the warm start.
+    cfg = stage_config(world_dir, tmp_path / "keep", "s2", epochs=1, warm_start="pca", warm_start_patches=64,
+                       model={**SMALL, "linear_patch": True}, optim=OptimConfig(lr=0.5, warmup_steps=0))
+    summary = run_training(cfg, test=False)
+    saved = torch.load(tmp_path / "keep" / WARM_START_FILE, weights_only=True)
+    epochs = epoch_metric(tmp_path / "keep", cfg.optim.monitor)
+    assert len(epochs) == 1 and saved["score"] < float(epochs.iloc[0])
+    assert summary["best_checkpoint"].endswith(WARM_START_FILE)
+    model, _ = load_model(summary["model"])
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, saved["state_dict"][f"model.{key}"], rtol=0, atol=0, msg=key)
+    # without a warm start there is nothing to compete: the best epoch is kept
+    plain = run_training(replace(cfg, out_dir=str(tmp_path / "plain"), warm_start="none", model=dict(SMALL)), test=False)
+    assert plain["best_checkpoint"].endswith("best.ckpt")
+    assert not (tmp_path / "plain" / WARM_START_FILE).exists()
+
+
+def test_warm_start_context_settings_are_checked(world_dir, tmp_path):
+    from latentcube.train import CubeDataModule, build_task, warm_start
+    from latentcube.train.config import ContextCodeConfig
+
+    with pytest.raises(ConfigError, match="px must be odd"):
+        ContextCodeConfig(dims=2, px=4)
+    with pytest.raises(ConfigError, match="dims"):
+        ContextCodeConfig(dims=-1)
+    cfg = stage_config(world_dir, tmp_path / "ctx", "s2", warm_start="pca", warm_start_patches=16,
+                       model={**SMALL, "linear_patch": True}, warm_start_context=ContextCodeConfig(dims=9, px=3))
+    task, norm = build_task(cfg)
+    with pytest.raises(ConfigError, match="leaves no pixel-exact dimension of the 9-d latent; use at most 8"):
+        warm_start(task, CubeDataModule(cfg, norm), cfg)
+    cfg = replace(cfg, warm_start_context=ContextCodeConfig(dims=2, px=3))
+    summary = warm_start(task, CubeDataModule(cfg, norm), cfg)
+    assert summary["context_dims"] == 2.0

@@ -106,13 +106,16 @@ def pca_warm_start(model, x: Tensor, weights: Tensor, *, ridge: float = 1e-6, ce
         if not 0 < context_dims < latent or context_px % 2 == 0 or not 1 < context_px <= p:
             raise ValueError(f"context_dims must be in 1..{latent - 1} and context_px odd in 3..{p}, "
                              f"got {context_dims} and {context_px}")
-        # Two-scale code: the directions are the centre pixel's own (the neighbourhood enters only through
-        # the context dims); the kernel keeps the loss's spatial scale so training can still reach the ring.
+        # Two-scale code: the directions are the principal directions of single-pixel spectra, fitted on
+        # every complete spectrum of the patches (all pixels, all dates: ~p*p times the centre samples, which
+        # matters for the weakest directions on a small area); the neighbourhood enters only through the
+        # context dims. The kernel keeps the loss's spatial scale, so training can still reach the ring.
         _, sw = weighted_date_pca(centred[:1], w, 1)
-        w_pixel = torch.zeros_like(w)
-        w_pixel[:, p // 2, p // 2] = w[:, p // 2, p // 2]
-        basis, sw_pixel = weighted_date_pca(centred, w_pixel, latent)
-        basis = basis * sw_pixel[:, None] / torch.where(sw > 0, sw, 1.0)[:, None]  # the same code under scale sw
+        spectra = centred.permute(0, 1, 3, 4, 2).reshape(-1, c)[valid.all(dim=2).reshape(-1)]
+        pixel = top_basis(spectra, latent)  # (C, k)
+        basis = torch.zeros(c, p, p, pixel.shape[1], dtype=centred.dtype)
+        basis[:, p // 2, p // 2] = pixel
+        basis = basis.reshape(c * p * p, -1) / torch.where(sw > 0, sw, 1.0)[:, None]  # code = (x * sw) @ basis
     else:
         basis, sw = weighted_date_pca(centred, w, latent)
     k = basis.shape[1]
@@ -184,10 +187,8 @@ def fusion_warm_start(model, x, days: Tensor, element_weights, *, n_jacobian: in
     the metric ``M = J^T A J``: ``J`` the frozen decoders' response of a whole patch sequence to the
     centre date's latent (central differences at ``n_jacobian`` training samples), ``A`` the per-element
     loss weights (``element_weights``: sensor -> (T, p, p)), one block per sensor. So the 7 numbers keep
-    the latent directions the loss notices most. With ``context_px`` (fusion layers that also read each
-    sensor's neighbourhood-mean linear code), the last ``context_dims`` fused dims are instead the top
-    directions of those neighbourhood codes in the same metric. Back-projections are least squares of
-    each sensor's latent on the code. The fusion transformer starts as a pure linear map (identity ``W_in``, value,
+    the latent directions the loss notices most. Back-projections are least squares of each sensor's
+    latent on the code. The fusion transformer starts as a pure linear map (identity ``W_in``, value,
     position-value, FFN and LayerNorm read-out silenced), so the untrained fusion model is that code.
 
     Args:
@@ -199,7 +200,6 @@ def fusion_warm_start(model, x, days: Tensor, element_weights, *, n_jacobian: in
     """
     names = model.sensor_names
     latents = model.sensor_latents(x, days)
-    context = model.context_codes(x)  # {} unless the fusion layers read neighbourhood codes
     n, t = days.shape
     blocks = []
     for name in names:
@@ -219,42 +219,29 @@ def fusion_warm_start(model, x, days: Tensor, element_weights, *, n_jacobian: in
     z_all = torch.cat([latents[name] for name in names], dim=-1).reshape(n * t, -1).double()
     mean = z_all.mean(0)
     centred = z_all - mean
-    n_ctx = model.config.context_dims if context else 0
-    basis = top_basis(centred @ root, model.latent_dim - n_ctx)  # (L_total, k_pixel)
-    q = basis.T @ root  # (k_pixel, L_total): code = q @ (z - mean)
-    explained = float((centred @ root @ basis).pow(2).sum() / (centred @ root).pow(2).sum().clamp(min=1e-30))
-    if context:
-        # The last context_dims fused dims: the top directions (same metric) of the neighbourhood codes.
-        c_all = torch.cat([context[name] for name in model.project_context], dim=-1).reshape(n * t, -1).double()
-        c_mean = c_all.mean(0)
-        q_ctx = top_basis((c_all - c_mean) @ root, n_ctx).T @ root if n_ctx else root.new_zeros(0, root.shape[0])
-        q = torch.cat([torch.cat([q, torch.zeros_like(q)], 1), torch.cat([torch.zeros_like(q_ctx), q_ctx], 1)])
-        mean, centred = torch.cat([mean, c_mean]), torch.cat([centred, c_all - c_mean], 1)
-    k = q.shape[0]
+    basis = top_basis(centred @ root, model.latent_dim)  # (L_total, k)
+    k = basis.shape[1]
+    q = basis.T @ root  # (k, L_total): code = q @ (z - mean)
     codes = centred @ q.T
+    explained = float((centred @ root @ basis).pow(2).sum() / (centred @ root).pow(2).sum().clamp(min=1e-30))
     design = torch.cat([codes, torch.ones(n * t, 1, dtype=codes.dtype)], dim=1)
-    coef = torch.linalg.lstsq(design, z_all).solution  # (k + 1, L_total): back-projections
+    coef = torch.linalg.lstsq(design, z_all).solution  # (k + 1, L_total)
 
     cfg, tl = model.config, model.temporal
-    parts = [*((name, model.project[name]) for name in names), *((n_, model.project_context[n_]) for n_ in model.project_context)]
-    d_in = cfg.proj_dim * len(parts)
+    d_in = cfg.proj_dim * len(names)
     if cfg.d_model < d_in or any(model.sensors[s].latent_dim > cfg.proj_dim for s in names) or tl.w_lin is None:
-        raise ValueError(f"fusion_warm_start needs proj_dim >= every sensor's latent size, d_model >= {len(parts)} "
-                         f"token parts x proj_dim = {d_in} (model: {{d_model: ...}}) and the fusion layer's linear "
-                         "read-out")
+        raise ValueError("fusion_warm_start needs proj_dim >= every sensor's latent size, d_model >= n_sensors * "
+                         "proj_dim and the fusion layer's linear read-out")
     w_lin = torch.zeros(cfg.latent_dim, cfg.d_model, dtype=torch.float64)
     offset = 0
-    for i, (name, proj) in enumerate(parts):
+    for i, name in enumerate(names):
         size = model.sensors[name].latent_dim
+        proj = model.project[name]
         proj.weight.zero_()
         proj.weight[:size].copy_(torch.eye(size))
         proj.bias.zero_()
         proj.bias[:size].copy_(-mean[offset : offset + size].to(proj.bias.dtype))
         w_lin[:k, i * cfg.proj_dim : i * cfg.proj_dim + size] = q[:, offset : offset + size]
-        offset += size
-    offset = 0
-    for name in names:
-        size = model.sensors[name].latent_dim
         back = model.back_project[name]
         back.weight.zero_()
         back.weight[:, :k].copy_(coef[:k, offset : offset + size].T.to(back.weight.dtype))

@@ -131,8 +131,8 @@ def _run_training(cfg: TrainConfig, *, base_dir: Path | None, test: bool, data: 
     rank_zero_info("data: " + ", ".join(f"{split} {n} patches from {len(data.split_paths[split])} cube(s)"
                                         for split, n in patches.items())
                    + (" (strips of the same cubes: data.spatial_split)" if data.split_regions is not None else ""))
-    if not resume:  # a resumed run takes its weights from the checkpoint
-        warm_start(task, data, cfg)
+    if not resume and warm_start(task, data, cfg) is not None and not _distributed(cfg):  # resume: weights from the checkpoint
+        _save_warm_start(task, data, cfg, out / WARM_START_FILE)
 
     metrics_log = _RunMetrics(out / "metrics.csv", resume=resume)
     trainer, checkpoint = _trainer(cfg, out, metrics_log)
@@ -146,10 +146,19 @@ def _run_training(cfg: TrainConfig, *, base_dir: Path | None, test: bool, data: 
     if trainer.global_rank != 0:
         return summary
 
-    # The run's files: the best model, then (optionally) its test metrics.
+    # The run's files: the best model (the warm start competes: training must beat it), then test metrics.
     best_path = checkpoint.best_model_path or str(last)
     if best_path and Path(best_path).exists():
         task.load_state_dict(load_checkpoint(best_path)["state_dict"])
+    start = out / WARM_START_FILE
+    if start.exists():
+        saved = torch.load(start, map_location="cpu", weights_only=True)
+        best = checkpoint.best_model_score
+        if best is None or float(saved["score"]) <= float(best):
+            task.load_state_dict(saved["state_dict"])
+            best_path = str(start)
+            rank_zero_info(f"{cfg.optim.monitor}: the warm start ({float(saved['score']):.4g}) was not improved on by "
+                           f"training ({'-' if best is None else f'{float(best):.4g}'}); model.pt keeps the warm start")
     summary["best_checkpoint"] = best_path
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     # A re-run of a finished run trains nothing and logs nothing: its model file keeps the run's metrics.
@@ -163,6 +172,37 @@ def _run_training(cfg: TrainConfig, *, base_dir: Path | None, test: bool, data: 
 
     summary["model_card"] = str(write_model_card(out / "model.pt", base_dir=base_dir)[0])
     return summary
+
+
+#: The warm-started model and its validation score, in the run folder (a candidate for ``model.pt``).
+WARM_START_FILE = "warm_start.pt"
+
+
+def _distributed(cfg: TrainConfig) -> bool:
+    t = cfg.trainer
+    return t.num_nodes > 1 or str(t.devices) not in ("1", "auto") or "ddp" in str(t.strategy)
+
+
+def _save_warm_start(task: _StageTask, data: CubeDataModule, cfg: TrainConfig, path: Path) -> None:
+    """Score the warm-started model on the monitored validation metric and keep it as a candidate best.
+
+    On small data a few optimiser steps can move a good linear start the wrong way; best-checkpoint
+    selection then keeps the warm start instead of the least bad epoch."""
+    tcfg = cfg.trainer
+    scorer = L.Trainer(accelerator=tcfg.accelerator, devices=1, precision=_precision(tcfg), logger=False,
+                       enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                       limit_val_batches=tcfg.limit_val_batches, deterministic=not torch.cuda.is_available() or "warn")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        results = scorer.validate(task, datamodule=data, verbose=False)
+    score = results[0].get(cfg.optim.monitor) if results else None
+    if score is None:
+        return
+    tmp = path.with_suffix(".tmp")  # atomic: a kill mid-write must not leave a half file to compare against
+    torch.save({"score": float(score), "state_dict": {k: v.detach().cpu().clone() for k, v in task.state_dict().items()}},
+               tmp)
+    tmp.replace(path)
 
 
 def _trainer(cfg: TrainConfig, out: Path, metrics_log: _RunMetrics) -> tuple[L.Trainer, ModelCheckpoint]:
