@@ -201,3 +201,52 @@ def test_warm_start_context_dims_are_the_pixel_pca_and_its_neighbourhood_mean():
         pca_warm_start(model, x, weights, context_dims=9)
     with pytest.raises(ValueError, match="context_px odd"):
         pca_warm_start(model, x, weights, context_dims=2, context_px=4)
+
+
+@pytest.mark.slow
+def test_fusion_warm_start_with_context_reads_the_neighbourhood_codes_in_its_last_dims():
+    from latentcube.nn import FusionConfig, FusionModel
+    from latentcube.nn.linear_init import fusion_warm_start
+
+    torch.manual_seed(0)
+    weights = context_weights(11, 15, 15)
+    s1, s2 = SensorAutoencoder(s1_config(**SMALL)).eval(), SensorAutoencoder(s2_config(**SMALL)).eval()
+    g = torch.Generator().manual_seed(4)
+    # every pixel its own mix of a few spectra: the neighbourhood holds what the centre pixel does not
+    x1 = 0.5 + torch.einsum("ntkhw,kc->ntchw", torch.randn(120, 11, 2, 15, 15, generator=g), torch.randn(2, 2, generator=g) * 0.1)
+    x2 = 0.3 + torch.einsum("ntkhw,kc->ntchw", torch.randn(120, 11, 4, 15, 15, generator=g), torch.randn(4, 10, generator=g) * 0.1)
+    days = torch.arange(11.0).repeat(120, 1) * 5
+    pca_warm_start(s1, x1, weights)
+    pca_warm_start(s2, x2, weights)
+    x = {"s1": x1, "s2": x2}
+    with pytest.raises(ValueError, match="d_model >= 4 token parts x proj_dim = 64"):
+        fusion_warm_start(FusionModel({"s1": s1, "s2": s2}, FusionConfig(context_px=5, context_dims=2)).freeze_sensor_models(),
+                          x, days, {"s1": weights, "s2": weights})
+    fused = FusionModel({"s1": s1, "s2": s2}, FusionConfig(context_px=5, context_dims=2, d_model=64))
+    fused = fused.freeze_sensor_models().eval()
+    fusion_warm_start(fused, x, days, {"s1": weights, "s2": weights})
+    with torch.no_grad():
+        z = fused.encode_patches(x, days).reshape(-1, 7).double()
+        lat = torch.cat(list(fused.sensor_latents(x, days).values()), -1).reshape(-1, 11).double()
+        ctx = torch.cat(list(fused.context_codes(x).values()), -1).reshape(-1, 11).double()
+
+    def residual(target, inputs):  # relative least-squares residual of target on [inputs, 1]
+        design = torch.cat([inputs, torch.ones(len(inputs), 1, dtype=inputs.dtype)], 1)
+        fit = design @ (torch.linalg.pinv(design) @ target)  # pinv: latents may have unused (zero) dims
+        return float((fit - target).norm() / target.norm())
+
+    # the first 5 dims: a linear code of the pixel's own latents; the last 2: of the neighbourhood codes only
+    assert residual(z[:, :5], lat) < 1e-4 and residual(z[:, 5:], ctx) < 1e-4
+    assert residual(z[:, 5:], lat) > 1e-2  # ... which the pixel's latents do not hold
+    # ... and they are the plain fused code's weakest directions: same coefficients, on the neighbourhood codes
+    plain = FusionModel({"s1": s1, "s2": s2}, FusionConfig(d_model=64)).freeze_sensor_models().eval()
+    fusion_warm_start(plain, x, days, {"s1": weights, "s2": weights})
+    with torch.no_grad():
+        z0 = plain.encode_patches(x, days).reshape(-1, 7).double()
+
+    def coefficients(target, inputs):
+        design = torch.cat([inputs, torch.ones(len(inputs), 1, dtype=inputs.dtype)], 1)
+        return (torch.linalg.pinv(design) @ target)[:-1]
+
+    torch.testing.assert_close(z[:, :5], z0[:, :5], atol=1e-4, rtol=0)
+    torch.testing.assert_close(coefficients(z[:, 5:], ctx), coefficients(z0[:, 5:], lat), atol=1e-3, rtol=1e-3)

@@ -93,6 +93,14 @@ def fused(s1_model, s2_model) -> FusionModel:
     return FusionModel({"s1": s1_model, "s2": s2_model}, FusionConfig()).freeze_sensor_models().eval()
 
 
+@pytest.fixture(scope="module")
+def fused_context(s1_model, s2_model) -> FusionModel:
+    """Fusion layers that also read each sensor's 5 x 5 neighbourhood-mean linear code (random weights)."""
+    _seed(4)
+    model = FusionModel({"s1": s1_model, "s2": s2_model}, FusionConfig(context_px=5, context_dims=2, d_model=64))
+    return model.freeze_sensor_models().eval()
+
+
 # ---------------------------------------------------------------------------------------------- config
 
 
@@ -173,7 +181,9 @@ def test_scene_equals_patches_sensor(which, s1_model, s2_model):
     _check_sensor_equivalence(s1_model if which == "s1" else s2_model, seed=10 + len(which))
 
 
-def test_scene_equals_patches_fused(fused):
+@pytest.mark.parametrize("which", ["fused", "fused_context"])
+def test_scene_equals_patches_fused(which, request):
+    fused = request.getfixturevalue(which)
     gen = _seed(20)
     t_all, h, w = 15, 12, 10
     x = {"s1": _scene(gen, t_all, 2, h, w), "s2": _scene(gen, t_all, 10, h, w)}
@@ -190,7 +200,7 @@ def test_scene_equals_patches_fused(fused):
             assert (z[:, t - s] - ref).abs().max().item() <= TOL, f"date {t}"
 
 
-def test_tiled_scene_equals_untiled(s2_model, fused):
+def test_tiled_scene_equals_untiled(s2_model, fused, fused_context):
     gen = _seed(21)
     x = {"s1": _scene(gen, 12, 2, 19, 17), "s2": _scene(gen, 12, 10, 19, 17)}
     days = _days(gen, 12)
@@ -198,8 +208,9 @@ def test_tiled_scene_equals_untiled(s2_model, fused):
         a, b = s2_model.encode_scene(x["s2"], days, tile=None), s2_model.encode_scene(x["s2"], days, tile=8)
         c = s2_model.encode_scene(x["s2"], days, pixel_chunk=37)  # chunks not dividing the tile
         assert (a - b).abs().max() <= TOL and (a - c).abs().max() <= TOL
-        a, b = fused.encode_scene(x, days, tile=None), fused.encode_scene(x, days, tile=10, pixel_chunk=29)
-        assert (a - b).abs().max() <= TOL
+        for model in (fused, fused_context):
+            a, b = model.encode_scene(x, days, tile=None), model.encode_scene(x, days, tile=10, pixel_chunk=29)
+            assert (a - b).abs().max() <= TOL
 
 
 def test_scene_region_equals_the_cropped_full_result(s2_model, fused):
@@ -594,3 +605,35 @@ def test_dense_path_with_onednn_linears_equals_the_eager_ops(fused, monkeypatch)
         monkeypatch.setattr(blocks, "_ONEDNN_LINEAR", None)
         eager = fused.encode_scene(x, days)
     assert torch.isfinite(fast).all() and (fast - eager).abs().max() <= 1e-5
+
+
+def test_fusion_context_settings_are_checked(s1_model, s2_model):
+    with pytest.raises(ValueError, match="context_px must be 0 .off. or an odd size >= 3, got 4"):
+        FusionConfig(context_px=4)
+    with pytest.raises(ValueError, match="needs context_px > 0"):
+        FusionConfig(context_dims=2)
+    with pytest.raises(ValueError, match="context_dims must be in 0..6"):
+        FusionConfig(context_px=5, context_dims=7)
+    with pytest.raises(ValueError, match="wider than the 15-px patch"):
+        FusionModel({"s1": s1_model, "s2": s2_model}, FusionConfig(context_px=17))
+    plain = SensorAutoencoder(dataclasses.replace(_small(s2_config()), linear_patch=False))
+    with pytest.raises(ValueError, match=r"\['s2'\] have none. Fix: retrain them with model: \{linear_patch: true\}"):
+        FusionModel({"s1": s1_model, "s2": plain}, FusionConfig(context_px=5))
+    # one more token part per sensor: the fusion layer's input widens, the default keeps the paper's width
+    model = FusionModel({"s1": s1_model, "s2": s2_model}, FusionConfig(context_px=3, proj_dim=9, d_model=36))
+    assert model.temporal.w_in.in_features == 4 * 9 and set(model.project_context) == {"s1", "s2"}
+    assert FusionModel({"s1": s1_model, "s2": s2_model}).temporal.w_in.in_features == 2 * 16
+
+
+def test_fusion_with_context_round_trips_through_its_model_file(fused_context, tmp_path):
+    from latentcube.nn.model_file import load_model, save_model
+    from latentcube.preprocess import Normalization
+
+    path = save_model(tmp_path / "model.pt", fused_context, normalization=Normalization())
+    loaded, _ = load_model(path)
+    assert loaded.config == fused_context.config and loaded.config.context_px == 5
+    gen = _seed(30)
+    x = {"s1": _scene(gen, 12, 2, 9, 9), "s2": _scene(gen, 12, 10, 9, 9)}
+    days = _days(gen, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval().encode_scene(x, days), fused_context.encode_scene(x, days))

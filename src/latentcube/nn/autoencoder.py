@@ -253,13 +253,14 @@ class SensorEncoder(nn.Module):
             # given size does not swamp the ~1e-3-small weights of the outer rings.
             self.register_buffer("patch_scale", torch.ones(c.patch_size, c.patch_size))
 
-    def _linear_code(self, x: Tensor) -> Tensor:
-        """(N, C, H, W) with NaN = invalid -> (N, latent, H - p + 1, W - p + 1): the linear patch code."""
+    def _linear_code(self, x: Tensor, kernel: Tensor | None = None) -> Tensor:
+        """(N, C, H, W) with NaN = invalid -> (N, latent, H - p + 1, W - p + 1): the linear patch code
+        (``kernel``: another (latent, C, p, p) kernel on the same centred input, e.g. the fusion's context)."""
         centred = x - self.patch_centre[:, None, None]
         filled = torch.where(torch.isfinite(centred), centred, torch.zeros((), dtype=x.dtype, device=x.device))
-        return nn.functional.conv2d(filled, self.patch_linear.weight * self.patch_scale)
+        return nn.functional.conv2d(filled, self.patch_linear.weight * self.patch_scale if kernel is None else kernel)
 
-    def scene_linear_code(self, x: Tensor) -> Tensor | None:
+    def scene_linear_code(self, x: Tensor, kernel: Tensor | None = None) -> Tensor | None:
         """(T, C, H, W) scene (or tile with halo) -> (T, H*W, latent) linear codes, None without the path.
 
         Pixels outside the scene count as invalid (NaN padding), as in ``scene_features``.
@@ -268,7 +269,7 @@ class SensorEncoder(nn.Module):
             return None
         r = self.config.patch_size // 2
         padded = nn.functional.pad(x, (r, r, r, r), value=float("nan"))
-        return rearrange(self._linear_code(padded), "t l h w -> t (h w) l")
+        return rearrange(self._linear_code(padded, kernel), "t l h w -> t (h w) l")
 
     def patch_features(self, x: Tensor) -> Tensor:
         """(B, T, C, p, p) -> per-date spatial features (B, T, widths[-1])."""

@@ -5,6 +5,13 @@ projections -> concatenation -> one day-difference attention layer -> linear -> 
 -> per-sensor linear back-projections -> frozen decoders. All sensors live on the common (S2) date
 axis; matching S1 acquisitions to S2 dates happens before the model. A new sensor needs only its own
 autoencoder and new fusion layers.
+
+Beyond the paper (``FusionConfig.context_px``, off in the paper preset): the fusion layers can also read,
+per sensor with a linear patch code, that code averaged over the pixel's ``context_px x context_px``
+neighbourhood. It is a fixed linear map of the same 15 x 15 patch (the sensor's frozen kernel convolved
+with a box, ``linear_init.context_projection``), so patch and dense paths stay exact and need no wider
+input; it gives the fused code field-level context that a single pixel's latents do not hold
+(docs/method.md, "Recipes").
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from .autoencoder import (
     wanted_targets,
 )
 from .blocks import DayAttentionLayer, linear
+from .linear_init import context_projection
 from .time_encoding import window_starts
 
 __all__ = ["FusionConfig", "FusionModel", "FusionOutput"]
@@ -51,10 +59,21 @@ class FusionConfig:
     n_frequencies: int = 8
     min_period_days: float = 4.0
     max_period_days: float = 1461.0
+    #: Side of the neighbourhood whose mean linear sensor code the fusion layers also read (odd; 0 = off,
+    #: the paper's per-pixel fusion). Needs sensor models with ``linear_patch``.
+    context_px: int = 0
+    #: With ``warm_start: pca``: how many of the fused code's weakest directions start as read from those
+    #: neighbourhood codes instead of the pixel's own latents (a two-scale fused code).
+    context_dims: int = 0
 
     def __post_init__(self) -> None:
         if self.latent_dim < 1 or self.proj_dim < 1:
             raise ValueError("latent_dim and proj_dim must be positive")
+        if self.context_px < 0 or (self.context_px and (self.context_px % 2 == 0 or self.context_px < 3)):
+            raise ValueError(f"context_px must be 0 (off) or an odd size >= 3, got {self.context_px}")
+        if not 0 <= self.context_dims < self.latent_dim or (self.context_dims and not self.context_px):
+            raise ValueError(f"context_dims must be in 0..{self.latent_dim - 1} and needs context_px > 0, "
+                             f"got context_dims={self.context_dims}, context_px={self.context_px}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
 
@@ -90,8 +109,21 @@ class FusionModel(nn.Module):
         self.project = nn.ModuleDict(
             {name: nn.Linear(m.config.latent_dim, config.proj_dim) for name, m in self.sensors.items()}
         )
+        if config.context_px:
+            if config.context_px > self.patch_size:
+                raise ValueError(f"context_px={config.context_px} is wider than the {self.patch_size}-px patch")
+            plain = [name for name, m in self.sensors.items() if m.encoder.patch_linear is None]
+            if plain:
+                raise ValueError(f"context_px needs sensor models with the linear patch code (linear_patch: true); "
+                                 f"{plain} have none. Fix: retrain them with model: {{linear_patch: true}}, or "
+                                 "set context_px: 0")
+        # Neighbourhood-mean linear codes: one more token part per sensor (empty dict when off).
+        self.project_context = nn.ModuleDict(
+            {name: nn.Linear(m.config.latent_dim, config.proj_dim) for name, m in self.sensors.items()}
+            if config.context_px else {}
+        )
         self.temporal = DayAttentionLayer(
-            config.proj_dim * len(self.sensors), config.d_model, config.n_heads, config.ffn_dim, config.latent_dim,
+            config.proj_dim * (len(self.sensors) + len(self.project_context)), config.d_model, config.n_heads, config.ffn_dim, config.latent_dim,
             config.n_frequencies, config.min_period_days, config.max_period_days, config.dropout,
         )
         self.back_project = nn.ModuleDict(
@@ -122,18 +154,36 @@ class FusionModel(nn.Module):
 
     def fusion_parameters(self) -> list[nn.Parameter]:
         """Parameters of the fusion layers only (projections, fusion transformer, back-projections)."""
-        return [*self.project.parameters(), *self.temporal.parameters(), *self.back_project.parameters()]
+        return [*self.project.parameters(), *self.project_context.parameters(), *self.temporal.parameters(),
+                *self.back_project.parameters()]
 
     def _check_keys(self, x: Mapping[str, Tensor]) -> None:
         if set(x) != set(self.sensors):
             raise ValueError(f"expected inputs for sensors {self.sensor_names}, got {sorted(x)}")
 
-    def _fuse_tokens(self, latents: Mapping[str, Tensor]) -> Tensor:
-        return torch.cat([linear(latents[name], self.project[name]) for name in self.sensors], dim=-1)
+    def _fuse_tokens(self, latents: Mapping[str, Tensor], context: Mapping[str, Tensor]) -> Tensor:
+        parts = [linear(latents[name], self.project[name]) for name in self.sensors]
+        parts += [linear(context[name], self.project_context[name]) for name in self.project_context]
+        return torch.cat(parts, dim=-1)
 
     def sensor_latents(self, x: Mapping[str, Tensor], days: Tensor) -> dict[str, Tensor]:
         self._check_keys(x)
         return {name: model.encode_patches(x[name], days) for name, model in self.sensors.items()}
+
+    def _context_kernel(self, name: str) -> Tensor:
+        """The sensor's linear patch kernel averaged over ``context_px`` neighbours (frozen: recomputed)."""
+        enc = self.sensors[name].encoder
+        return context_projection(enc.patch_linear.weight * enc.patch_scale, self.config.context_px)
+
+    def context_codes(self, x: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """{sensor: (B, T, latent_s)}: each sensor's linear code averaged over the pixel's neighbourhood
+        (empty when ``context_px`` is 0)."""
+        out = {}
+        for name in self.project_context:
+            enc, b = self.sensors[name].encoder, x[name].shape[0]
+            code = enc._linear_code(rearrange(x[name], "b t c h w -> (b t) c h w"), self._context_kernel(name))
+            out[name] = rearrange(code, "(b t) l 1 1 -> b t l", b=b)
+        return out
 
     def encode_patches(self, x: Mapping[str, Tensor], days: Tensor) -> Tensor:
         return self._encode_patches(x, days)[0]
@@ -142,7 +192,7 @@ class FusionModel(nn.Module):
         first = next(iter(x.values()))
         days = days.to(first.dtype)
         latents = self.sensor_latents(x, days)
-        return self.temporal.forward_patches(self._fuse_tokens(latents), days), latents
+        return self.temporal.forward_patches(self._fuse_tokens(latents, self.context_codes(x)), days), latents
 
     def decode(self, z: Tensor, days: Tensor) -> dict[str, Tensor]:
         return {name: model.decode(self.back_project[name](z), days) for name, model in self.sensors.items()}
@@ -176,7 +226,7 @@ class FusionModel(nn.Module):
         wanted = check_wanted(wanted, n_total, ry1 - ry0, rx1 - rx0, dev)
         r = self.patch_size // 2
         for y0, y1, x0, x1 in region_tiles(height, width, tile, region):
-            feats, lins = {}, {}
+            feats, lins, ctxs = {}, {}, {}
             for name, model in self.sensors.items():
                 sub = _tile_with_halo(x[name], y0, y1, x0, x1, r)
                 feats[name] = _crop_feats(model.encoder.scene_features(sub), sub.shape[-2], sub.shape[-1],
@@ -184,18 +234,21 @@ class FusionModel(nn.Module):
                 lin = model.encoder.scene_linear_code(sub)
                 if lin is not None:
                     lins[name] = _crop_feats(lin, sub.shape[-2], sub.shape[-1], y0, y1, x0, x1, r, height, width)
+                if name in self.project_context:
+                    ctx = model.encoder.scene_linear_code(sub, self._context_kernel(name))
+                    ctxs[name] = _crop_feats(ctx, sub.shape[-2], sub.shape[-1], y0, y1, x0, x1, r, height, width)
             zs = []
             n_pix = (y1 - y0) * (x1 - x0)
             tile_wanted = None if wanted is None else wanted[:, y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0].flatten(1)
             for p0 in range(0, n_pix, pixel_chunk):
                 chunk = slice(p0, p0 + pixel_chunk)
 
-                def fuse(targets, chunk=chunk, feats=feats, lins=lins):  # called at once, in this iteration
+                def fuse(targets, chunk=chunk, feats=feats, lins=lins, ctxs=ctxs):  # called at once, in this iteration
                     if targets is None:  # every target: all windows
-                        return self._fuse_chunk(feats, lins, chunk, days, None, s, qpos)
+                        return self._fuse_chunk(feats, lins, ctxs, chunk, days, None, s, qpos)
                     needed = torch.unique(s[targets])  # the wanted targets' windows; each target's index into them
-                    return self._fuse_chunk(feats, lins, chunk, days, needed, torch.searchsorted(needed, s[targets]),
-                                            qpos[targets])
+                    return self._fuse_chunk(feats, lins, ctxs, chunk, days, needed,
+                                            torch.searchsorted(needed, s[targets]), qpos[targets])
 
                 zs.append(targets_or_nan(wanted_targets(tile_wanted, chunk, n_total),
                                          (n_total, min(pixel_chunk, n_pix - p0), self.latent_dim), first, fuse))
@@ -203,8 +256,8 @@ class FusionModel(nn.Module):
                                                                           h=y1 - y0)
         return out if wanted is None else out.masked_fill_(~wanted[:, None], float("nan"))
 
-    def _fuse_chunk(self, feats: dict[str, Tensor], lins: dict[str, Tensor], chunk: slice, days: Tensor,
-                    windows: Tensor | None, starts: Tensor, qpos: Tensor) -> Tensor:
+    def _fuse_chunk(self, feats: dict[str, Tensor], lins: dict[str, Tensor], ctxs: dict[str, Tensor], chunk: slice,
+                    days: Tensor, windows: Tensor | None, starts: Tensor, qpos: Tensor) -> Tensor:
         """Fused embeddings (N, P, latent) of one pixel chunk for N targets: target i is queried at
         ``qpos[i]`` in window ``starts[i]`` of ``windows`` (increasing window starts; None = all windows)."""
         n = self.n_dates
@@ -217,7 +270,7 @@ class FusionModel(nn.Module):
                    .flatten(0, 1) for name, model in self.sensors.items()}
         for name, lin in lins.items():  # each row's linear code is that of its own date
             latents[name] = latents[name] + lin[rows, chunk]
-        tokens = self._fuse_tokens(latents)
+        tokens = self._fuse_tokens(latents, {name: ctx[rows, chunk] for name, ctx in ctxs.items()})
         # Stage 2: one query per target over its window's fused token rows.
         return self.temporal.forward_window_queries(tokens.view(-1, n, *tokens.shape[1:]), days[rows].view(-1, n),
                                                     starts, qpos)

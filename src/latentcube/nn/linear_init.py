@@ -187,8 +187,10 @@ def fusion_warm_start(model, x, days: Tensor, element_weights, *, n_jacobian: in
     the metric ``M = J^T A J``: ``J`` the frozen decoders' response of a whole patch sequence to the
     centre date's latent (central differences at ``n_jacobian`` training samples), ``A`` the per-element
     loss weights (``element_weights``: sensor -> (T, p, p)), one block per sensor. So the 7 numbers keep
-    the latent directions the loss notices most. Back-projections are least squares of each sensor's
-    latent on the code. The fusion transformer starts as a pure linear map (identity ``W_in``, value,
+    the latent directions the loss notices most. With ``context_px`` (fusion layers that also read each
+    sensor's neighbourhood-mean linear code), the last ``context_dims`` (weakest) of these directions
+    are read from those neighbourhood codes instead: a two-scale fused code. Back-projections are least squares of
+    each sensor's latent on the code. The fusion transformer starts as a pure linear map (identity ``W_in``, value,
     position-value, FFN and LayerNorm read-out silenced), so the untrained fusion model is that code.
 
     Args:
@@ -200,6 +202,7 @@ def fusion_warm_start(model, x, days: Tensor, element_weights, *, n_jacobian: in
     """
     names = model.sensor_names
     latents = model.sensor_latents(x, days)
+    context = model.context_codes(x)  # {} unless the fusion layers read neighbourhood codes
     n, t = days.shape
     blocks = []
     for name in names:
@@ -220,28 +223,43 @@ def fusion_warm_start(model, x, days: Tensor, element_weights, *, n_jacobian: in
     mean = z_all.mean(0)
     centred = z_all - mean
     basis = top_basis(centred @ root, model.latent_dim)  # (L_total, k)
-    k = basis.shape[1]
     q = basis.T @ root  # (k, L_total): code = q @ (z - mean)
-    codes = centred @ q.T
     explained = float((centred @ root @ basis).pow(2).sum() / (centred @ root).pow(2).sum().clamp(min=1e-30))
+    if context:
+        # Two-scale fused code: the last context_dims (weakest) directions are read from the neighbourhood
+        # means of the sensors' linear codes instead of the pixel's own latents.
+        c_all = torch.cat([context[name] for name in model.project_context], dim=-1).reshape(n * t, -1).double()
+        c_mean = c_all.mean(0)
+        split = max(q.shape[0] - model.config.context_dims, 0)
+        q_pix, q_ctx = q.clone(), q.clone()
+        q_pix[split:], q_ctx[:split] = 0.0, 0.0
+        q = torch.cat([q_pix, q_ctx], 1)  # (k, 2 L_total) on [latents, neighbourhood codes]
+        mean, centred = torch.cat([mean, c_mean]), torch.cat([centred, c_all - c_mean], 1)
+    k = q.shape[0]
+    codes = centred @ q.T
     design = torch.cat([codes, torch.ones(n * t, 1, dtype=codes.dtype)], dim=1)
-    coef = torch.linalg.lstsq(design, z_all).solution  # (k + 1, L_total)
+    coef = torch.linalg.lstsq(design, z_all).solution  # (k + 1, L_total): back-projections
 
     cfg, tl = model.config, model.temporal
-    d_in = cfg.proj_dim * len(names)
+    parts = [*((name, model.project[name]) for name in names), *((n_, model.project_context[n_]) for n_ in model.project_context)]
+    d_in = cfg.proj_dim * len(parts)
     if cfg.d_model < d_in or any(model.sensors[s].latent_dim > cfg.proj_dim for s in names) or tl.w_lin is None:
-        raise ValueError("fusion_warm_start needs proj_dim >= every sensor's latent size, d_model >= n_sensors * "
-                         "proj_dim and the fusion layer's linear read-out")
+        raise ValueError(f"fusion_warm_start needs proj_dim >= every sensor's latent size, d_model >= {len(parts)} "
+                         f"token parts x proj_dim = {d_in} (model: {{d_model: ...}}) and the fusion layer's linear "
+                         "read-out")
     w_lin = torch.zeros(cfg.latent_dim, cfg.d_model, dtype=torch.float64)
     offset = 0
-    for i, name in enumerate(names):
+    for i, (name, proj) in enumerate(parts):
         size = model.sensors[name].latent_dim
-        proj = model.project[name]
         proj.weight.zero_()
         proj.weight[:size].copy_(torch.eye(size))
         proj.bias.zero_()
         proj.bias[:size].copy_(-mean[offset : offset + size].to(proj.bias.dtype))
         w_lin[:k, i * cfg.proj_dim : i * cfg.proj_dim + size] = q[:, offset : offset + size]
+        offset += size
+    offset = 0
+    for name in names:
+        size = model.sensors[name].latent_dim
         back = model.back_project[name]
         back.weight.zero_()
         back.weight[:, :k].copy_(coef[:k, offset : offset + size].T.to(back.weight.dtype))

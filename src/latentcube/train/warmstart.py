@@ -29,8 +29,8 @@ def warm_start(task: _StageTask, data: CubeDataModule, cfg: TrainConfig) -> dict
         raise ConfigError(f"warm_start must be 'pca' or 'none', got {cfg.warm_start!r}")
     if cfg.stage == "fusion":
         if cfg.warm_start_context.dims:
-            raise ConfigError("warm_start_context applies to the s1/s2 stages (the fused code reads one pixel's "
-                              "sensor latents); remove it from the fusion config")
+            raise ConfigError("warm_start_context applies to the s1/s2 stages; for fusion set model: {context_px: 5, "
+                              "context_dims: 4} (docs/method.md, Fusion) and remove warm_start_context")
         return _fusion_warm_start(task, data, cfg)
     model = task.model
     if model.encoder.patch_linear is None or model.decoder.linear is None:
