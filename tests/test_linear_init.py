@@ -103,14 +103,18 @@ def test_centre_emphasis_follows_the_loss():
     assert centre_emphasis(cfg, weights, x) == pytest.approx(1 + 3.0 * total / norm, rel=1e-5)
 
 
+def _weights_and_small_sensor_models() -> tuple[torch.Tensor, SensorAutoencoder, SensorAutoencoder]:
+    torch.manual_seed(0)
+    return (context_weights(11, 15, 15), SensorAutoencoder(s1_config(**SMALL)).eval(),
+            SensorAutoencoder(s2_config(**SMALL)).eval())
+
+
 @pytest.mark.slow
 def test_fusion_warm_start_is_a_lossless_affine_code_when_the_latents_fit():
     from latentcube.nn import FusionConfig, FusionModel
     from latentcube.nn.linear_init import fusion_warm_start
 
-    torch.manual_seed(0)
-    weights = context_weights(11, 15, 15)
-    s1, s2 = SensorAutoencoder(s1_config(**SMALL)).eval(), SensorAutoencoder(s2_config(**SMALL)).eval()
+    weights, s1, s2 = _weights_and_small_sensor_models()
     g = torch.Generator().manual_seed(3)
     codes = torch.randn(120, 11, 4, generator=g)
     codes -= codes.mean(dim=(0, 1))
@@ -208,9 +212,7 @@ def test_fusion_warm_start_with_context_reads_the_neighbourhood_codes_in_its_las
     from latentcube.nn import FusionConfig, FusionModel
     from latentcube.nn.linear_init import fusion_warm_start
 
-    torch.manual_seed(0)
-    weights = context_weights(11, 15, 15)
-    s1, s2 = SensorAutoencoder(s1_config(**SMALL)).eval(), SensorAutoencoder(s2_config(**SMALL)).eval()
+    weights, s1, s2 = _weights_and_small_sensor_models()
     g = torch.Generator().manual_seed(4)
     # every pixel its own mix of a few spectra: the neighbourhood holds what the centre pixel does not
     x1 = 0.5 + torch.einsum("ntkhw,kc->ntchw", torch.randn(120, 11, 2, 15, 15, generator=g), torch.randn(2, 2, generator=g) * 0.1)

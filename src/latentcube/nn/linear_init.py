@@ -23,7 +23,7 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
-__all__ = ["top_basis", "weighted_date_pca", "pca_warm_start", "context_projection", "fusion_warm_start"]
+__all__ = ["top_basis", "weighted_date_pca", "spatial_scale", "pca_warm_start", "context_projection", "fusion_warm_start"]
 
 
 def top_basis(a: Tensor, k: int) -> Tensor:
@@ -61,12 +61,18 @@ def weighted_date_pca(centred: Tensor, weights: Tensor, k: int) -> tuple[Tensor,
         (C*H*W,) the square roots of the spatial weights: a date's code is ``(x * sw) @ basis``.
     """
     n, t, c, h, w = centred.shape
-    centre = t // 2
-    spatial = (weights[centre] / weights[centre].max()).to(centred.dtype)
-    temporal = (weights[:, h // 2, w // 2] / weights[centre, h // 2, w // 2]).to(centred.dtype)
-    sw = spatial.sqrt()[None].expand(c, h, w).reshape(-1)
+    temporal = (weights[:, h // 2, w // 2] / weights[t // 2, h // 2, w // 2]).to(centred.dtype)
+    sw = spatial_scale(weights.to(centred.dtype), c)
     rows = centred.reshape(n * t, -1) * sw * temporal.sqrt().repeat(n)[:, None]
     return top_basis(rows, k), sw
+
+
+def spatial_scale(weights: Tensor, c: int) -> Tensor:
+    """(C*H*W,) square roots of the centre date's spatial weights of ``weights`` (T, H, W), normalised to
+    1 at their maximum, repeated for ``c`` bands: the element scale of ``weighted_date_pca``."""
+    t, h, w = weights.shape
+    spatial = weights[t // 2] / weights[t // 2].max()
+    return spatial.sqrt()[None].expand(c, h, w).reshape(-1)
 
 
 @torch.no_grad()
@@ -79,11 +85,11 @@ def pca_warm_start(model, x: Tensor, weights: Tensor, *, ridge: float = 1e-6, ce
         x: (N, T, C, p, p) normalised training patches, NaN = invalid (a few thousand are plenty).
         weights: (T, p, p) context weights of the model's loss.
         ridge: relative Tikhonov term of the decoder's least-squares fit (keeps rare codes stable).
-        context_dims: a two-scale code: the directions are then the principal directions of the centre
-            pixel's spectrum alone, and the last ``context_dims`` (weakest) of them are read as the mean
-            of the pixel's code over its ``context_px x context_px`` neighbourhood
-            (:func:`context_projection`): a field-level summary placed where it costs the centre
-            reconstruction least (docs/method.md).
+        context_dims: a two-scale code: the directions are then the principal directions of
+            single-pixel spectra (every complete spectrum of ``x``), and the last ``context_dims``
+            (weakest) of them are read as the mean of the pixel's code over its ``context_px x
+            context_px`` neighbourhood (:func:`context_projection`): a field-level summary placed where
+            it costs the centre reconstruction least (docs/method.md).
         context_px: odd side of that neighbourhood (<= the patch size).
 
     Returns:
@@ -110,7 +116,7 @@ def pca_warm_start(model, x: Tensor, weights: Tensor, *, ridge: float = 1e-6, ce
         # every complete spectrum of the patches (all pixels, all dates: ~p*p times the centre samples, which
         # matters for the weakest directions on a small area); the neighbourhood enters only through the
         # context dims. The kernel keeps the loss's spatial scale, so training can still reach the ring.
-        _, sw = weighted_date_pca(centred[:1], w, 1)
+        sw = spatial_scale(w, c)
         spectra = centred.permute(0, 1, 3, 4, 2).reshape(-1, c)[valid.all(dim=2).reshape(-1)]
         pixel = top_basis(spectra, latent)  # (C, k)
         basis = torch.zeros(c, p, p, pixel.shape[1], dtype=centred.dtype)
@@ -169,14 +175,8 @@ def context_projection(proj: Tensor, size: int) -> Tensor:
     area), cropped to the patch. The crop drops the kernel's outermost ring weights, which the loss's
     context weights already make ~1e-6 of the centre's.
     """
-    k, c, p, _ = proj.shape
     r = size // 2
-    padded = torch.nn.functional.pad(proj, (r, r, r, r))
-    out = torch.zeros_like(proj)
-    for dy in range(size):
-        for dx in range(size):
-            out += padded[:, :, dy : dy + p, dx : dx + p]
-    return out / size**2
+    return torch.nn.functional.avg_pool2d(torch.nn.functional.pad(proj, (r, r, r, r)), size, stride=1)
 
 
 @torch.no_grad()
