@@ -252,3 +252,12 @@ def test_fusion_warm_start_with_context_reads_the_neighbourhood_codes_in_its_las
 
     torch.testing.assert_close(z[:, :5], z0[:, :5], atol=1e-4, rtol=0)
     torch.testing.assert_close(coefficients(z[:, 5:], ctx), coefficients(z0[:, 5:], lat), atol=1e-3, rtol=1e-3)
+
+    # context_share 0.5: those directions read half from the pixel, half from its neighbourhood
+    half = FusionModel({"s1": s1, "s2": s2}, FusionConfig(context_px=5, context_dims=2, context_share=0.5, d_model=64))
+    half = half.freeze_sensor_models().eval()
+    fusion_warm_start(half, x, days, {"s1": weights, "s2": weights})
+    with torch.no_grad():
+        zh = half.encode_patches(x, days).reshape(-1, 7).double()
+    torch.testing.assert_close(zh[:, :5], z0[:, :5], atol=1e-4, rtol=0)
+    torch.testing.assert_close(zh[:, 5:], 0.5 * z0[:, 5:] + 0.5 * z[:, 5:], atol=1e-4, rtol=0)

@@ -612,8 +612,11 @@ def test_fusion_context_settings_are_checked(s1_model, s2_model):
         FusionConfig(context_px=4)
     with pytest.raises(ValueError, match="needs context_px > 0"):
         FusionConfig(context_dims=2)
-    with pytest.raises(ValueError, match="context_dims must be in 0..6"):
+    with pytest.raises(ValueError, match=r"context_dims must be in 0..6 \(latent_dim=7, context_share=1.0\)"):
         FusionConfig(context_px=5, context_dims=7)
+    assert FusionConfig(context_px=5, context_dims=7, context_share=0.5).context_dims == 7  # all dims, half each
+    with pytest.raises(ValueError, match=r"context_share must be in \(0, 1\], got 1.5"):
+        FusionConfig(context_px=5, context_dims=2, context_share=1.5)
     with pytest.raises(ValueError, match="wider than the 15-px patch"):
         FusionModel({"s1": s1_model, "s2": s2_model}, FusionConfig(context_px=17))
     plain = SensorAutoencoder(dataclasses.replace(_small(s2_config()), linear_patch=False))

@@ -65,15 +65,22 @@ class FusionConfig:
     #: With ``warm_start: pca``: how many of the fused code's weakest directions start as read from those
     #: neighbourhood codes instead of the pixel's own latents (a two-scale fused code).
     context_dims: int = 0
+    #: Share of each of those directions read from the neighbourhood code; the rest stays the pixel's own
+    #: (1 = all from the neighbourhood; 0.5 = half-way between the pixel's code and its neighbourhood mean).
+    context_share: float = 1.0
 
     def __post_init__(self) -> None:
         if self.latent_dim < 1 or self.proj_dim < 1:
             raise ValueError("latent_dim and proj_dim must be positive")
         if self.context_px < 0 or (self.context_px and (self.context_px % 2 == 0 or self.context_px < 3)):
             raise ValueError(f"context_px must be 0 (off) or an odd size >= 3, got {self.context_px}")
-        if not 0 <= self.context_dims < self.latent_dim or (self.context_dims and not self.context_px):
-            raise ValueError(f"context_dims must be in 0..{self.latent_dim - 1} and needs context_px > 0, "
-                             f"got context_dims={self.context_dims}, context_px={self.context_px}")
+        top = self.latent_dim if self.context_share < 1 else self.latent_dim - 1  # keep some pixel detail
+        if not 0 <= self.context_dims <= top or (self.context_dims and not self.context_px):
+            raise ValueError(f"context_dims must be in 0..{top} (latent_dim={self.latent_dim}, context_share="
+                             f"{self.context_share}) and needs context_px > 0, got context_dims={self.context_dims}, "
+                             f"context_px={self.context_px}")
+        if not 0 < self.context_share <= 1:
+            raise ValueError(f"context_share must be in (0, 1], got {self.context_share}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
 

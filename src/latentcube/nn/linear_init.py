@@ -189,7 +189,8 @@ def fusion_warm_start(model, x, days: Tensor, element_weights, *, n_jacobian: in
     loss weights (``element_weights``: sensor -> (T, p, p)), one block per sensor. So the 7 numbers keep
     the latent directions the loss notices most. With ``context_px`` (fusion layers that also read each
     sensor's neighbourhood-mean linear code), the last ``context_dims`` (weakest) of these directions
-    are read from those neighbourhood codes instead: a two-scale fused code. Back-projections are least squares of
+    are read from those neighbourhood codes instead, ``context_share`` of each (the rest from the pixel's
+    own latents): a two-scale fused code. Back-projections are least squares of
     each sensor's latent on the code. The fusion transformer starts as a pure linear map (identity ``W_in``, value,
     position-value, FFN and LayerNorm read-out silenced), so the untrained fusion model is that code.
 
@@ -230,9 +231,10 @@ def fusion_warm_start(model, x, days: Tensor, element_weights, *, n_jacobian: in
         # means of the sensors' linear codes instead of the pixel's own latents.
         c_all = torch.cat([context[name] for name in model.project_context], dim=-1).reshape(n * t, -1).double()
         c_mean = c_all.mean(0)
-        split = max(q.shape[0] - model.config.context_dims, 0)
+        split, share = max(q.shape[0] - model.config.context_dims, 0), model.config.context_share
         q_pix, q_ctx = q.clone(), q.clone()
-        q_pix[split:], q_ctx[:split] = 0.0, 0.0
+        q_pix[split:] *= 1.0 - share
+        q_ctx[:split], q_ctx[split:] = 0.0, q_ctx[split:] * share
         q = torch.cat([q_pix, q_ctx], 1)  # (k, 2 L_total) on [latents, neighbourhood codes]
         mean, centred = torch.cat([mean, c_mean]), torch.cat([centred, c_all - c_mean], 1)
     k = q.shape[0]
