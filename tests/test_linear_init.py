@@ -188,6 +188,7 @@ def test_warm_start_context_dims_are_the_pixel_pca_and_its_neighbourhood_mean():
     pca = PCA(9).fit(x.permute(0, 1, 3, 4, 2).reshape(-1, cfg.n_bands).numpy())  # every pixel's spectrum
     ref = pca.transform(scene.permute(0, 2, 3, 1).reshape(-1, cfg.n_bands).numpy()).reshape(11, 40, 40, 9)
     ref = ref.transpose(0, 3, 1, 2)
+    pixel_ref = ref.copy()
     ref[:, 6:] = uniform_filter(ref[:, 6:], size=(1, 1, 3, 3), mode="nearest")
     inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))  # away from the NaN-padded border
     got, want = z[inner].transpose(0, 2, 3, 1).reshape(-1, 9), ref[inner].transpose(0, 2, 3, 1).reshape(-1, 9)
@@ -201,6 +202,17 @@ def test_warm_start_context_dims_are_the_pixel_pca_and_its_neighbourhood_mean():
     assert residual(got[:, :6], want[:, :6]) < 1e-3 and residual(want[:, :6], got[:, :6]) < 1e-3
     assert residual(got[:, 6:], want[:, 6:]) < 0.05 and residual(want[:, 6:], got[:, 6:]) < 0.05  # float32, tiny PC 9
     assert residual(got[:, 6:], ref[inner][:, :6].transpose(0, 2, 3, 1).reshape(-1, 6)) > 0.5
+    # context_share 0.5: those dims half the pixel's own code, half its neighbourhood mean
+    pca_warm_start(model, x, weights, centre_boost=400.0, context_dims=3, context_px=3, context_share=0.5)
+    with torch.no_grad():
+        zh = model.encode_scene(scene, days).numpy()
+    half = 0.5 * pixel_ref[:, 6:] + 0.5 * ref[:, 6:]
+    got_h = zh[inner].transpose(0, 2, 3, 1).reshape(-1, 9)
+    want_h = half[inner].transpose(0, 2, 3, 1).reshape(-1, 3)
+    assert residual(got_h[:, 6:], want_h) < 0.05 and residual(want_h, got_h[:, 6:]) < 0.05
+    assert residual(got_h[:, 6:], want[:, 6:]) > 0.1  # ... not the neighbourhood mean alone
+    with pytest.raises(ValueError, match=r"context_share must be in \(0, 1\], got 0"):
+        pca_warm_start(model, x, weights, context_dims=2, context_share=0)
     with pytest.raises(ValueError, match="context_dims must be in 1..8"):
         pca_warm_start(model, x, weights, context_dims=9)
     with pytest.raises(ValueError, match="context_px odd"):

@@ -77,7 +77,7 @@ def spatial_scale(weights: Tensor, c: int) -> Tensor:
 
 @torch.no_grad()
 def pca_warm_start(model, x: Tensor, weights: Tensor, *, ridge: float = 1e-6, centre_boost: float = 1.0,
-                   context_dims: int = 0, context_px: int = 3) -> dict[str, float]:
+                   context_dims: int = 0, context_px: int = 3, context_share: float = 1.0) -> dict[str, float]:
     """Set a ``SensorAutoencoder`` with ``linear_patch=True`` to the per-date PCA autoencoder of ``x``.
 
     Args:
@@ -91,6 +91,8 @@ def pca_warm_start(model, x: Tensor, weights: Tensor, *, ridge: float = 1e-6, ce
             context_px`` neighbourhood (:func:`context_projection`): a field-level summary placed where
             it costs the centre reconstruction least (docs/method.md).
         context_px: odd side of that neighbourhood (<= the patch size).
+        context_share: share of each context direction read from the neighbourhood mean; the rest stays
+            the pixel's own code (1 = the neighbourhood mean alone).
 
     Returns:
         ``{"explained": fraction of the weighted variance the codes keep, "n_samples": N * T}``.
@@ -112,6 +114,8 @@ def pca_warm_start(model, x: Tensor, weights: Tensor, *, ridge: float = 1e-6, ce
         if not 0 < context_dims < latent or context_px % 2 == 0 or not 1 < context_px <= p:
             raise ValueError(f"context_dims must be in 1..{latent - 1} and context_px odd in 3..{p}, "
                              f"got {context_dims} and {context_px}")
+        if not 0 < context_share <= 1:
+            raise ValueError(f"context_share must be in (0, 1], got {context_share}")
         # Two-scale code: the directions are the principal directions of single-pixel spectra, fitted on
         # every complete spectrum of the patches (all pixels, all dates: ~p*p times the centre samples, which
         # matters for the weakest directions on a small area); the neighbourhood enters only through the
@@ -128,7 +132,8 @@ def pca_warm_start(model, x: Tensor, weights: Tensor, *, ridge: float = 1e-6, ce
     proj = (basis * sw[:, None]).T  # (k, C*p*p): code = proj @ centred patch
     if context_dims:
         ctx = slice(max(k - context_dims, 0), k)
-        proj[ctx] = context_projection(proj[ctx].reshape(-1, c, p, p), context_px).reshape(proj[ctx].shape)
+        mean = context_projection(proj[ctx].reshape(-1, c, p, p), context_px).reshape(proj[ctx].shape)
+        proj[ctx] = context_share * mean + (1.0 - context_share) * proj[ctx]
     codes = centred.reshape(n * t, -1) @ proj.T  # (N*T, k)
     explained = float(((centred.reshape(n * t, -1) * sw) @ basis).pow(2).sum() / (centred.reshape(n * t, -1) * sw).pow(2).sum())
 

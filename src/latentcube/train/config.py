@@ -109,9 +109,11 @@ class ContextCodeConfig:
 
     dims: int = 0
     px: int = 3
+    #: share of each of those directions read from the neighbourhood mean (the rest: the pixel's own code)
+    share: float = 1.0
 
     def __post_init__(self) -> None:
-        check_ranges(self, dims=Range(0), px=Range(3, 15))
+        check_ranges(self, dims=Range(0), px=Range(3, 15), share=Range(0, 1, lo_open=True))
         if self.px % 2 == 0:
             raise ConfigError(f"warm_start_context.px must be odd (a centred neighbourhood), got {self.px}")
 

@@ -30,7 +30,7 @@ def warm_start(task: _StageTask, data: CubeDataModule, cfg: TrainConfig) -> dict
     if cfg.stage == "fusion":
         if cfg.warm_start_context.dims:
             raise ConfigError("warm_start_context applies to the s1/s2 stages; for fusion set model: {context_px: 5, "
-                              "context_dims: 4} (docs/method.md, Fusion) and remove warm_start_context")
+                              "context_dims: 5, context_share: 0.5} (docs/method.md, Fusion) and remove warm_start_context")
         return _fusion_warm_start(task, data, cfg)
     model = task.model
     if model.encoder.patch_linear is None or model.decoder.linear is None:
@@ -48,7 +48,8 @@ def warm_start(task: _StageTask, data: CubeDataModule, cfg: TrainConfig) -> dict
                           f"{c.latent_dim}-d latent; use at most {c.latent_dim - 1}")
     if ctx.dims and ctx.px > c.patch_size:
         raise ConfigError(f"warm_start_context.px={ctx.px} is wider than the {c.patch_size}-px patch")
-    summary = pca_warm_start(model, x, weights, centre_boost=boost, context_dims=ctx.dims, context_px=ctx.px)
+    summary = pca_warm_start(model, x, weights, centre_boost=boost, context_dims=ctx.dims, context_px=ctx.px,
+                             context_share=ctx.share)
     return {**summary, "centre_boost": boost, "context_dims": float(ctx.dims)}
 
 
