@@ -447,6 +447,8 @@ def test_warm_start_context_settings_are_checked(world_dir, tmp_path):
         ContextCodeConfig(dims=2, px=4)
     with pytest.raises(ConfigError, match="dims"):
         ContextCodeConfig(dims=-1)
+    with pytest.raises(ConfigError, match=r"share = 0 is out of range. Fix: set share to a value > 0 and <= 1"):
+        ContextCodeConfig(dims=2, share=0)
     cfg = stage_config(world_dir, tmp_path / "ctx", "s2", warm_start="pca", warm_start_patches=16,
                        model={**SMALL, "linear_patch": True}, warm_start_context=ContextCodeConfig(dims=9, px=3))
     task, norm = build_task(cfg)
