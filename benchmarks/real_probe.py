@@ -20,6 +20,7 @@ Labels are only read by the probe; training sees the S1/S2 bands alone.
     python benchmarks/real_probe.py                                  # 3 seeds, temporary work folder
     python benchmarks/real_probe.py --seeds 0 --epochs 1 --work /tmp/rp   # quick end-to-end check
     python benchmarks/real_probe.py --work /tmp/rp --config-dir my_configs --json rp.json
+    python benchmarks/real_probe.py --work /tmp/rp --cv-repeats 4   # each seed: mean of 4 CV shuffles (less fold noise)
 
 ``--work DIR`` keeps the imported cube, the runs and the embeddings: a re-run with the same configs
 only re-probes; a changed config (or ``--epochs``) retrains that seed's stages from scratch.
@@ -196,7 +197,14 @@ def held_out_mae(cube: Path, quality: dict[str, Path]) -> dict[str, float]:
     return out
 
 
-def probe(cube: Path, stores: dict[int, dict[str, Path]], seeds: list[int], classifiers: tuple[str, ...]) -> list[dict]:
+#: Fold seeds of CV repeat r are seed + r * REPEAT_OFFSET (r = 0: the seed itself, the issue's protocol).
+REPEAT_OFFSET = 1000
+
+
+def probe(cube: Path, stores: dict[int, dict[str, Path]], seeds: list[int], classifiers: tuple[str, ...],
+          cv_repeats: int = 1) -> list[dict]:
+    """Probe rows; with ``cv_repeats`` > 1 each seed's score is the mean over that many CV shuffles
+    (block grid and folds drawn anew), which lowers the fold noise of one 64-px chip."""
     import warnings
 
     from latentcube.evaluate.probe import run_probe
@@ -205,24 +213,33 @@ def probe(cube: Path, stores: dict[int, dict[str, Path]], seeds: list[int], clas
     sets = [f"{s}_{p}" for p in PROTOCOLS.values() for s in ("embedding", "raw", "pca")]
     for code, layer in LABELS.items():
         for group, k in (("fused", 7), ("s2", 9)):
-            log(f"probing {code} ({layer}) with the {group} embedding, {len(seeds)} seed(s)")
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                table = run_probe({s: stores[s][group] for s in seeds}, cube, labels=layer, seeds=seeds,
-                                  feature_sets=sets, classifiers=classifiers, block_px=16, folds=5,
-                                  embedding_features=group, pca_fit=cube, pca_spatial_split={"val": VAL})
-            for w in caught:
-                if "dropped classes" in str(w.message):
-                    log(f"  {w.message}")
+            log(f"probing {code} ({layer}) with the {group} embedding, {len(seeds)} seed(s)"
+                + (f" x {cv_repeats} CV shuffles" if cv_repeats > 1 else ""))
+            per_seed: dict[tuple[str, str], list[np.ndarray]] = {}
+            for rep in range(cv_repeats):
+                keyed = {s + rep * REPEAT_OFFSET: stores[s][group] for s in seeds}
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    table = run_probe(keyed, cube, labels=layer, seeds=list(keyed), feature_sets=sets,
+                                      classifiers=classifiers, block_px=16, folds=5, embedding_features=group,
+                                      pca_fit=cube, pca_spatial_split={"val": VAL})
+                for w in caught:
+                    if rep == 0 and "dropped classes" in str(w.message):
+                        log(f"  {w.message}")
+                ba = table[table["metric"] == "balanced_accuracy"]
+                for _, r in ba.iterrows():
+                    per_seed.setdefault((r["features"], r["classifier"]), []).append(np.asarray(r["per_seed"], float))
             s = table.attrs["probe"]
-            ba = table[table["metric"] == "balanced_accuracy"]
             for _, r in ba.iterrows():
                 source, _, protocol = r["features"].rpartition("_")
+                scores = np.mean(per_seed[(r["features"], r["classifier"])], axis=0)  # each seed: mean over shuffles
                 rows.append({
                     "labels": code, "protocol": next(k_ for k_, v in PROTOCOLS.items() if v == protocol),
                     "group": group, "source": source, "classifier": r["classifier"],
                     "name": _row_name(group, source, k, s["raw_bands"]), "n_features": int(r["n_features"]),
-                    "mean": float(r["mean"]), "std": float(r["std"]), "per_seed": [float(v) for v in r["per_seed"]],
+                    "mean": float(scores.mean()),
+                    "std": float(scores.std(ddof=1)) if len(scores) > 1 else float(r["std"]),
+                    "per_seed": [float(v) for v in scores], "cv_repeats": cv_repeats,
                     "n_pixels": int(r["n_pixels"]), "n_classes": int(r["n_classes"]), "date": s["date"],
                     "windows": s["windows"],
                 })
@@ -237,7 +254,9 @@ def _row_name(group: str, source: str, k: int, raw_bands: list[str]) -> str:
 
 def print_table(rows: list[dict], mae: dict[int, dict[str, float]], seeds: list[int]) -> None:
     sd = "sd over seeds" if len(seeds) > 1 else "sd over folds"
-    print(f"\nBalanced accuracy, logistic regression, 16-px block CV (5 folds), mean ± {sd}; seeds {seeds}")
+    repeats = rows[0].get("cv_repeats", 1)
+    each = f"; each seed the mean of {repeats} CV shuffles" if repeats > 1 else ""
+    print(f"\nBalanced accuracy, logistic regression, 16-px block CV (5 folds), mean ± {sd}; seeds {seeds}{each}")
     print(f"{'labels':6} {'protocol':9} {'features':26} {'n':>4} {'balanced acc.':>15}  per seed")
     for r in rows:
         if r["classifier"] != "logreg":
@@ -282,11 +301,16 @@ def main() -> None:
     parser.add_argument("--no-mae", action="store_true",
                         help="skip the held-out S2 centre MAE (its quality layer costs ~10x an embedding on CPU)")
     parser.add_argument("--knn", action="store_true", help="also score k-NN (in the JSON; the table shows logistic regression)")
+    parser.add_argument("--cv-repeats", type=int, default=1,
+                        help="CV shuffles per seed, averaged (default 1: block grid and folds drawn by the seed, "
+                             "the issue's protocol; 4 lowers the fold noise)")
     args = parser.parse_args()
     if not CHIP.exists():
         print(f"real_probe: skipped, the WorldCereal chip is absent ({CHIP}).")
         return
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.cv_repeats < 1:
+        sys.exit(f"real_probe: --cv-repeats must be >= 1, got {args.cv_repeats}.")
     config_dir = args.config_dir.resolve()
     missing = [s for s in STAGES if not (config_dir / f"{s}.yaml").exists()]
     if missing:
@@ -302,10 +326,11 @@ def main() -> None:
         if quality:
             mae[seed] = held_out_mae(cube, quality)
             log(f"seed {seed}: held-out S2 centre MAE {mae[seed]}")
-    rows = probe(cube, stores, seeds, ("logreg", "knn") if args.knn else ("logreg",))
+    rows = probe(cube, stores, seeds, ("logreg", "knn") if args.knn else ("logreg",), args.cv_repeats)
     print_table(rows, mae, seeds)
     if args.json is not None:
         doc = {"command": " ".join(sys.argv), "config_dir": str(config_dir), "seeds": seeds, "epochs": args.epochs,
+               "cv_repeats": args.cv_repeats,
                "probe": rows, "s2_centre_mae_held_out": {str(s): v for s, v in mae.items()},
                "seconds": round(time.time() - T0, 1)}
         args.json.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
