@@ -305,12 +305,12 @@ def main() -> None:
                         help="CV shuffles per seed, averaged (default 1: block grid and folds drawn by the seed, "
                              "the issue's protocol; 4 lowers the fold noise)")
     args = parser.parse_args()
+    if args.cv_repeats < 1:
+        sys.exit(f"real_probe: --cv-repeats must be >= 1, got {args.cv_repeats}. Fix: pass 1 (the issue's protocol) or more.")
     if not CHIP.exists():
         print(f"real_probe: skipped, the WorldCereal chip is absent ({CHIP}).")
         return
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    if args.cv_repeats < 1:
-        sys.exit(f"real_probe: --cv-repeats must be >= 1, got {args.cv_repeats}.")
     config_dir = args.config_dir.resolve()
     missing = [s for s in STAGES if not (config_dir / f"{s}.yaml").exists()]
     if missing:

@@ -473,6 +473,9 @@ def test_real_probe_benchmark_skips_cleanly_without_the_chip(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "real_probe: skipped, the WorldCereal chip is absent" in res.stdout and str(tmp_path / "absent") in res.stdout
     assert not (tmp_path / "w").exists()  # nothing written
+    res = subprocess.run([sys.executable, str(script), "--cv-repeats", "0"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "--cv-repeats must be >= 1, got 0. Fix: pass 1" in res.stderr
 
 
 # ---------------------------------------------------------------------------- trained models
