@@ -232,8 +232,8 @@ def fusion_warm_start(model, x, days: Tensor, element_weights, *, n_jacobian: in
     q = basis.T @ root  # (k, L_total): code = q @ (z - mean)
     explained = float((centred @ root @ basis).pow(2).sum() / (centred @ root).pow(2).sum().clamp(min=1e-30))
     if context:
-        # Two-scale fused code: the last context_dims (weakest) directions are read from the neighbourhood
-        # means of the sensors' linear codes instead of the pixel's own latents.
+        # Two-scale fused code: the last context_dims (weakest) directions are read context_share from the
+        # neighbourhood means of the sensors' linear codes and the rest from the pixel's own latents.
         c_all = torch.cat([context[name] for name in model.project_context], dim=-1).reshape(n * t, -1).double()
         c_mean = c_all.mean(0)
         split, share = max(q.shape[0] - model.config.context_dims, 0), model.config.context_share
