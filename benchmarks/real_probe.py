@@ -197,14 +197,10 @@ def held_out_mae(cube: Path, quality: dict[str, Path]) -> dict[str, float]:
     return out
 
 
-#: Fold seeds of CV repeat r are seed + r * REPEAT_OFFSET (r = 0: the seed itself, the issue's protocol).
-REPEAT_OFFSET = 1000
-
-
 def probe(cube: Path, stores: dict[int, dict[str, Path]], seeds: list[int], classifiers: tuple[str, ...],
           cv_repeats: int = 1) -> list[dict]:
     """Probe rows; with ``cv_repeats`` > 1 each seed's score is the mean over that many CV shuffles
-    (block grid and folds drawn anew), which lowers the fold noise of one 64-px chip."""
+    (``run_probe(cv_repeats=...)``), which lowers the fold noise of one 64-px chip."""
     import warnings
 
     from latentcube.evaluate.probe import run_probe
@@ -215,33 +211,26 @@ def probe(cube: Path, stores: dict[int, dict[str, Path]], seeds: list[int], clas
         for group, k in (("fused", 7), ("s2", 9)):
             log(f"probing {code} ({layer}) with the {group} embedding, {len(seeds)} seed(s)"
                 + (f" x {cv_repeats} CV shuffles" if cv_repeats > 1 else ""))
-            per_seed: dict[tuple[str, str], list[np.ndarray]] = {}
-            for rep in range(cv_repeats):
-                keyed = {s + rep * REPEAT_OFFSET: stores[s][group] for s in seeds}
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    table = run_probe(keyed, cube, labels=layer, seeds=list(keyed), feature_sets=sets,
-                                      classifiers=classifiers, block_px=16, folds=5, embedding_features=group,
-                                      pca_fit=cube, pca_spatial_split={"val": VAL})
-                for w in caught:
-                    if rep == 0 and "dropped classes" in str(w.message):
-                        log(f"  {w.message}")
-                ba = table[table["metric"] == "balanced_accuracy"]
-                for _, r in ba.iterrows():
-                    per_seed.setdefault((r["features"], r["classifier"]), []).append(np.asarray(r["per_seed"], float))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                table = run_probe({s: stores[s][group] for s in seeds}, cube, labels=layer, seeds=seeds,
+                                  feature_sets=sets, classifiers=classifiers, block_px=16, folds=5,
+                                  embedding_features=group, pca_fit=cube, pca_spatial_split={"val": VAL},
+                                  cv_repeats=cv_repeats)
+            for w in caught:
+                if "dropped classes" in str(w.message):
+                    log(f"  {w.message}")
             s = table.attrs["probe"]
+            ba = table[table["metric"] == "balanced_accuracy"]
             for _, r in ba.iterrows():
                 source, _, protocol = r["features"].rpartition("_")
-                scores = np.mean(per_seed[(r["features"], r["classifier"])], axis=0)  # each seed: mean over shuffles
                 rows.append({
                     "labels": code, "protocol": next(k_ for k_, v in PROTOCOLS.items() if v == protocol),
                     "group": group, "source": source, "classifier": r["classifier"],
                     "name": _row_name(group, source, k, s["raw_bands"]), "n_features": int(r["n_features"]),
-                    "mean": float(scores.mean()),
-                    "std": float(scores.std(ddof=1)) if len(scores) > 1 else float(r["std"]),
-                    "per_seed": [float(v) for v in scores], "cv_repeats": cv_repeats,
-                    "n_pixels": int(r["n_pixels"]), "n_classes": int(r["n_classes"]), "date": s["date"],
-                    "windows": s["windows"],
+                    "mean": float(r["mean"]), "std": float(r["std"]), "per_seed": [float(v) for v in r["per_seed"]],
+                    "cv_repeats": cv_repeats, "n_pixels": int(r["n_pixels"]), "n_classes": int(r["n_classes"]),
+                    "date": s["date"], "windows": s["windows"],
                 })
     return rows
 

@@ -355,6 +355,29 @@ def test_seeded_probe_is_reproducible_and_aggregates_over_seeds(cube, emb):
     assert m.loc[("raw_seasonal", *ba), "per_seed"] == rows.loc[("raw_seasonal", *ba), "per_seed"]
 
 
+def test_cv_repeats_average_other_block_draws_per_seed(cube, emb):
+    from latentcube.evaluate.probe._cv import CV_REPEAT_OFFSET
+
+    kw = {"block_px": BLOCK, "folds": 3, "classifiers": ("logreg",), "feature_sets": ("embedding_seasonal", "raw_seasonal")}
+    ba = ("balanced_accuracy",)
+    other = _embedding(cube, seed=5, informative=True)
+    rep = run_probe({0: emb, 1: other}, cube, seeds=(0, 1), cv_repeats=2, **kw).set_index(["features", "metric"])
+    # reference: each shuffle as a plain seeded run of the same model (seed s + r * offset)
+    draws = {s: run_probe({s: e, s + CV_REPEAT_OFFSET: e}, cube, seeds=(s, s + CV_REPEAT_OFFSET), **kw)
+             .set_index(["features", "metric"]) for s, e in ((0, emb), (1, other))}
+    for fs in kw["feature_sets"]:
+        want = [float(np.mean(draws[s].loc[(fs, *ba), "per_seed"])) for s in (0, 1)]
+        assert rep.loc[(fs, *ba), "per_seed"] == pytest.approx(want, abs=1e-12)
+        assert rep.loc[(fs, *ba), "std"] == pytest.approx(np.std(want, ddof=1))
+        assert len(rep.loc[(fs, *ba), "folds"]) == 2 * 2 * 3  # seeds x shuffles x folds
+    per = draws[0].loc[("embedding_seasonal", *ba), "per_seed"]
+    assert per[0] != per[1]  # the two draws score the noise embedding differently: the average is not one draw
+    one = run_probe(emb, cube, seed=0, cv_repeats=3, **kw)
+    assert (one["spread"] == "cv_repeats").all() and one.attrs["probe"]["cv_repeats"] == 3
+    with pytest.raises(ProbeError, match=r"cv_repeats must be >= 1, got 0. Fix: pass 1"):
+        run_probe(emb, cube, cv_repeats=0, **kw)
+
+
 # -------------------------------------------------------------------------------------- scores
 
 
@@ -454,6 +477,10 @@ def test_cli_probe_protocols_windows_pca_and_seeds(cube, emb, tmp_path, monkeypa
                                           {"start": "2021-07-01", "end": "2021-12-31", "dates": 6}]
     assert doc["settings"]["seeds"] == [0, 1] and doc["settings"]["seeds_over"].startswith("models")
     assert doc["settings"]["pca"]["fit"] == "c.zarr, training strip of {'val': 0.3}"
+    res = CliRunner().invoke(app, ["evaluate", "probe", "e{seed}.zarr", "--cube", "c.zarr", "--block-px", "4",
+                                   "--folds", "3", "--classifiers", "logreg", "--seeds", "0,1", "--cv-repeats", "2"])
+    assert res.exit_code == 0, res.output
+    assert "mean ± sd over 2 seeds (each the mean of 2 CV shuffles)" in " ".join(res.output.split())
     n = {r["features"]: r["n_features"] for r in doc["results"]}
     assert n["raw_seasonal"] == 2 * 12 and n["pca_series"] == 12 * 3 and n["embedding_seasonal"] == 2 * 3
     res = CliRunner().invoke(app, ["evaluate", "probe", "e0.zarr", "--cube", "c.zarr", "--protocols", "weekly"])

@@ -72,6 +72,7 @@ def evaluate_probe(
     pca_holdout: Annotated[float | None, typer.Option("--pca-holdout", help="Fit the PCA on the training strip only: the share held out as data.spatial_split {val: F}.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the folds and the pixel subset.")] = 0,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Repeat over seeds, e.g. 0,1,2: mean ± sd over models per seed or over CV shuffles.")] = None,
+    cv_repeats: Annotated[int, typer.Option("--cv-repeats", help="CV shuffles per seed (blocks and folds redrawn), averaged: less fold noise on a small area.")] = 1,
 ) -> None:
     """Probe: logistic regression and k-NN on embeddings vs raw bands vs a PCA code, spatially blocked CV."""
     from latentcube.evaluate.probe import parse_seeds, ratios, run_probe
@@ -81,9 +82,12 @@ def evaluate_probe(
     table = run_probe(str(embedding) if "{seed}" in str(embedding) else embedding, cube, labels=labels, date=date,
                       block_px=block_px, folds=folds, seed=seed, seeds=parse_seeds(seeds), feature_sets=sets,
                       classifiers=list(_items(classifiers)), windows=win, embedding_features=features, pca_fit=pca_fit,
-                      pca_spatial_split={"val": pca_holdout} if pca_holdout else None, run_dir=out_dir)
+                      pca_spatial_split={"val": pca_holdout} if pca_holdout else None, run_dir=out_dir,
+                      cv_repeats=cv_repeats)
     s = table.attrs["probe"]
-    over = f"{len(s['seeds'])} seeds" if s.get("seeds_over") else "folds"
+    over = f"{len(s['seeds'])} seeds" if s.get("seeds_over") else f"{cv_repeats} CV shuffles" if cv_repeats > 1 else "folds"
+    if cv_repeats > 1 and s.get("seeds_over"):
+        over += f" (each the mean of {cv_repeats} CV shuffles)"
     wide = table.pivot_table(index=["features", "classifier"], columns="metric", values=["mean", "std"], sort=False)
     n_feat = table.groupby(["features", "classifier"], sort=False)["n_features"].first()
     rows = [(fs, clf, str(n_feat[(fs, clf)]), *[f"{r[('mean', m)]:.3f} ± {r[('std', m)]:.3f}" for m in ("balanced_accuracy", "macro_f1")])

@@ -16,6 +16,9 @@ import xarray as xr
 from latentcube.evaluate.probe._features import DEFAULT_FEATURE_SETS, ProbeData, _check_sets, probe_features
 from latentcube.evaluate.probe._inputs import ProbeError, block_offset, spatial_blocks
 
+#: Fold seed of CV shuffle r of seed s: s + r * CV_REPEAT_OFFSET (r = 0: the seed itself).
+CV_REPEAT_OFFSET = 1000
+
 #: Classifiers scored on every feature set.
 CLASSIFIERS: tuple[str, ...] = ("logreg", "knn")
 #: Metrics (scikit-learn functions) reported per fold.
@@ -138,6 +141,7 @@ def run_probe(
     n_neighbors: int = 10,
     run_dir: str | Path | None = None,
     data: ProbeData | None = None,
+    cv_repeats: int = 1,
     **feature_kwargs: Any,
 ) -> pd.DataFrame:
     """Blocked cross-validated probe of an embedding cube against the raw bands and the PCA code.
@@ -159,11 +163,15 @@ def run_probe(
         run_dir: when given, writes ``run_dir/evaluation/probe/probe.json`` (+ ``probe.csv``,
             ``probe.png``) and the report section ``probe`` (order 70).
         data: precomputed :func:`probe_features` output (one run; the input arguments are then unused).
+        cv_repeats: CV shuffles per seed (block grid and folds of seed ``s + r * CV_REPEAT_OFFSET``,
+            r = 0..cv_repeats-1), averaged into that seed's score: on a small area one draw of blocks
+            moves balanced accuracy by several points (docs/evaluation.md).
 
     Returns:
         A tidy table, one row per (feature set, classifier, metric): ``features``, ``classifier``,
         ``metric``, ``mean``, ``std``, ``spread`` (``"folds"``: sd over the folds of one run, ddof 0;
-        ``"seeds"``: sd over the seeds' fold means, ddof 1), ``per_seed`` (fold mean per seed),
+        ``"seeds"``: sd over the seeds' fold means, ddof 1; ``"cv_repeats"``: one seed, sd over its
+        shuffles' fold means, ddof 1), ``per_seed`` (fold mean per seed, averaged over its shuffles),
         ``folds`` (every fold value), ``n_features``, ``n_pixels``, ``n_classes``, ``date``. Metrics are
         fractions in 0..1. ``table.attrs["probe"]`` holds the settings (dates, windows, pixels, classes...).
     """
@@ -173,10 +181,12 @@ def run_probe(
     seed_list = [int(seed)] if seeds is None else [int(s) for s in seeds]
     if not seed_list:
         raise ProbeError("seeds is empty. Fix: pass e.g. seeds=(0, 1, 2).")
+    if int(cv_repeats) < 1:
+        raise ProbeError(f"cv_repeats must be >= 1, got {cv_repeats}. Fix: pass 1 (one CV draw per seed) or more.")
     per_model = seeded_embeddings(embedding, seed_list) if seeds is not None and data is None else None
     if per_model is None and not isinstance(embedding, (str, Path, xr.Dataset, xr.DataArray)) and data is None:
         raise ProbeError("a mapping of embeddings per seed needs seeds=. Fix: pass seeds=(0, 1, 2).")
-    results: dict[tuple[str, str, str], list[list[float]]] = {}
+    results: dict[tuple[str, str, str], list[list[list[float]]]] = {}  # key -> seed -> shuffle -> folds
     first: ProbeData | None = None
     for i, s in enumerate(seed_list):
         if data is not None:
@@ -188,22 +198,33 @@ def run_probe(
             data_s = probe_features(embedding, cube, labels=labels, date=date, block_px=block_px, seed=s,
                                     feature_sets=feature_sets, **feature_kwargs)
         first = first or data_s
-        splits = _folds(data_s, folds, s)
-        for key, vals in _cross_validate(data_s, splits, feature_sets, classifiers, n_neighbors, s).items():
-            results.setdefault(key, []).append(vals)
+        for r in range(int(cv_repeats)):
+            fold_seed = s + r * CV_REPEAT_OFFSET
+            splits = _folds(data_s, folds, fold_seed)
+            for key, vals in _cross_validate(data_s, splits, feature_sets, classifiers, n_neighbors, fold_seed).items():
+                per_seed = results.setdefault(key, [])
+                if r == 0:
+                    per_seed.append([])
+                per_seed[-1].append(vals)
     rows = []
     for (fs, clf, m), runs in results.items():
-        means = np.array([np.mean(v) for v in runs])
-        many = len(runs) > 1
+        shuffles = [np.array([np.mean(v) for v in reps]) for reps in runs]
+        means = np.array([sh.mean() for sh in shuffles])
+        if len(runs) > 1:
+            std, spread = float(means.std(ddof=1)), "seeds"
+        elif len(shuffles[0]) > 1:
+            std, spread = float(shuffles[0].std(ddof=1)), "cv_repeats"
+        else:
+            std, spread = float(np.std(runs[0][0])), "folds"
         rows.append({
-            "features": fs, "classifier": clf, "metric": m, "mean": float(means.mean()),
-            "std": float(means.std(ddof=1)) if many else float(np.std(runs[0])), "spread": "seeds" if many else "folds",
-            "per_seed": means.tolist(), "folds": [v for r in runs for v in r], "n_features": int(first.X[fs].shape[1]),
+            "features": fs, "classifier": clf, "metric": m, "mean": float(means.mean()), "std": std, "spread": spread,
+            "per_seed": means.tolist(), "folds": [v for reps in runs for r in reps for v in r],
+            "n_features": int(first.X[fs].shape[1]),
             "n_pixels": int(first.y.size), "n_classes": int(np.unique(first.y).size), "date": str(first.date.date()),
         })
     table = pd.DataFrame(rows)
     table.attrs["probe"] = _settings(first, labels, block_px, folds, seed_list, n_neighbors,
-                                     "models" if per_model is not None else "cv")
+                                     "models" if per_model is not None else "cv", int(cv_repeats))
     if run_dir is not None:
         from latentcube.evaluate.probe._report import write_probe_report
 
@@ -212,7 +233,7 @@ def run_probe(
 
 
 def _settings(data: ProbeData, labels: str, block_px: int, folds: int, seeds: list[int], n_neighbors: int,
-              seeds_over: str) -> dict[str, Any]:
+              seeds_over: str, cv_repeats: int = 1) -> dict[str, Any]:
     codes, counts = np.unique(data.y, return_counts=True)
     return {
         "labels": labels, "date": str(data.date.date()),
@@ -221,6 +242,7 @@ def _settings(data: ProbeData, labels: str, block_px: int, folds: int, seeds: li
         "n_period_dates": data.n_period_dates, "block_px": block_px, "folds": folds, "seed": seeds[0], "seeds": seeds,
         "seeds_over": {"cv": "cross-validation shuffles (one embedding)", "models": "models trained with each seed"}[seeds_over]
         if len(seeds) > 1 else None,
+        "cv_repeats": cv_repeats,
         "n_neighbors": n_neighbors, "n_pixels": int(data.y.size), "n_labelled": data.n_labelled,
         "n_invalid_dropped": data.n_invalid, "n_blocks": int(np.unique(data.groups).size),
         "classes": {data.class_names[int(c)]: int(n) for c, n in zip(codes, counts, strict=True)},
