@@ -198,22 +198,21 @@ def run_probe(
             data_s = probe_features(embedding, cube, labels=labels, date=date, block_px=block_px, seed=s,
                                     feature_sets=feature_sets, **feature_kwargs)
         first = first or data_s
-        for r in range(int(cv_repeats)):
-            fold_seed = s + r * CV_REPEAT_OFFSET
+        shuffles: dict[tuple[str, str, str], list[list[float]]] = {}
+        for fold_seed in range(s, s + int(cv_repeats) * CV_REPEAT_OFFSET, CV_REPEAT_OFFSET):
             splits = _folds(data_s, folds, fold_seed)
             for key, vals in _cross_validate(data_s, splits, feature_sets, classifiers, n_neighbors, fold_seed).items():
-                per_seed = results.setdefault(key, [])
-                if r == 0:
-                    per_seed.append([])
-                per_seed[-1].append(vals)
+                shuffles.setdefault(key, []).append(vals)
+        for key, reps in shuffles.items():
+            results.setdefault(key, []).append(reps)
     rows = []
     for (fs, clf, m), runs in results.items():
-        shuffles = [np.array([np.mean(v) for v in reps]) for reps in runs]
-        means = np.array([sh.mean() for sh in shuffles])
+        draw_means = [np.array([np.mean(v) for v in reps]) for reps in runs]  # per seed, per CV draw
+        means = np.array([d.mean() for d in draw_means])
         if len(runs) > 1:
             std, spread = float(means.std(ddof=1)), "seeds"
-        elif len(shuffles[0]) > 1:
-            std, spread = float(shuffles[0].std(ddof=1)), "cv_repeats"
+        elif len(draw_means[0]) > 1:
+            std, spread = float(draw_means[0].std(ddof=1)), "cv_repeats"
         else:
             std, spread = float(np.std(runs[0][0])), "folds"
         rows.append({
