@@ -431,6 +431,13 @@ def test_fusion_default_matches_paper_terms():
     assert "s1/sam_rad" not in out.parts and "s2/sam_rad" in out.parts
 
 
+@pytest.mark.parametrize("weights", [{"s1": -0.1, "s2": 1.0}, {"s1": 0.0, "s2": 0.0}, {"s1": float("nan"), "s2": 1.0}])
+def test_fusion_rejects_bad_sensor_weights(weights):
+    sensors = {n: SensorLossConfig(weight=w) for n, w in weights.items()}
+    with pytest.raises(ValueError, match=r"sensor weights must be >= 0 with at least one > 0.*s1"):
+        FusionLoss(FusionLossConfig(sensors=sensors))
+
+
 def test_fusion_three_sensors_and_gradients():
     sensors = {
         "s1": SensorLossConfig(weights=ContextWeightConfig(center_weight=1.5)),

@@ -102,6 +102,28 @@ def test_stage1_losses_decrease_and_model_files_are_self_describing(stage1):
     assert not (stage1["s2"].parent / "tensorboard").exists()  # CSV only unless trainer.tensorboard is set
 
 
+def test_fusion_selection_metric_weights_sensors_like_the_loss():
+    from latentcube.losses import FusionLoss, FusionLossConfig, SensorLossConfig
+    from latentcube.nn import FusionConfig, SensorAutoencoder, s1_config, s2_config
+    from latentcube.train import FusionTask
+
+    sensors = {"s1": SensorAutoencoder(s1_config()), "s2": SensorAutoencoder(s2_config())}
+
+    def task(s1_weight: float) -> FusionTask:
+        loss = FusionLoss(FusionLossConfig(sensors={"s1": SensorLossConfig(weight=s1_weight),
+                                                    "s2": SensorLossConfig(use_sam=True)}))
+        return FusionTask(sensors, FusionConfig(), loss, OptimConfig())
+
+    # two epochs of a fusion run with S1 down-weighted: S1 (normalised, ~15x S2's error) improves, S2 worsens
+    early = {"s1/center_mae": torch.tensor(0.061), "s2/center_mae": torch.tensor(0.0035)}
+    late = {"s1/center_mae": torch.tensor(0.0545), "s2/center_mae": torch.tensor(0.0051)}
+    paper, down = task(1.0), task(0.1)
+    assert paper._selection_centre_mae(early).item() == pytest.approx((0.061 + 0.0035) / 2)  # the paper's plain mean
+    assert down._selection_centre_mae(early).item() == pytest.approx((0.1 * 0.061 + 0.0035) / 1.1)
+    assert paper._selection_centre_mae(late) < paper._selection_centre_mae(early)  # plain mean keeps the S1 gain
+    assert down._selection_centre_mae(early) < down._selection_centre_mae(late)  # weighted: the S2 loss decides
+
+
 @pytest.mark.slow
 def test_fusion_trains_only_fusion_layers(world_dir, stage1, tmp_path):
     from latentcube.train import build_task

@@ -19,6 +19,7 @@ Plain PyTorch only: no xarray, Lightning or file access here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -527,6 +528,10 @@ class FusionLoss(nn.Module):
         self.config = config or FusionLossConfig()
         if not self.config.sensors:
             raise ValueError("FusionLossConfig.sensors must name at least one sensor")
+        weights = {n: s.weight for n, s in self.config.sensors.items()}
+        if not all(math.isfinite(w) and w >= 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+            raise ValueError(f"fusion loss sensor weights must be >= 0 with at least one > 0, got {weights} "
+                             "(loss: {sensors: {s1: {weight: 0.1}}})")
 
     def forward(
         self,

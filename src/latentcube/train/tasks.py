@@ -162,14 +162,22 @@ class FusionTask(_StageTask):
     def configure_optimizers(self):
         return _configure_optim(self, list(self.model.fusion_parameters()), self.optim)
 
+    def _selection_centre_mae(self, parts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Model selection in fusion uses the centre pixel (paper §III-C): the mean over sensors, each
+        weighted by its weight in the fusion loss (equal weights, the paper's: the plain mean). Without
+        the weights a down-weighted sensor would still pick the epoch (S1's normalised error is ~15x S2's)."""
+        names = self.model.sensor_names
+        sensors = getattr(getattr(self.loss, "config", None), "sensors", {})
+        w = torch.tensor([float(sensors[n].weight) if n in sensors else 1.0 for n in names])
+        maes = torch.stack([parts[f"{n}/center_mae"] for n in names])
+        return (maes * w.to(maes)).sum() / w.sum()
+
     def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> LossOutput:
         inputs = {name: batch[name] for name in self.model.sensor_names}
         days = batch["days"]
         out_model = self.model({n: batch.get(f"{n}_in", x) for n, x in inputs.items()}, days)  # masked input, if any
         out = self.loss(out_model.reconstructions, inputs, days)
-        # Model selection in fusion uses the centre pixel (paper §III-C): the mean over sensors.
-        centre = torch.stack([out.parts[f"{n}/center_mae"] for n in self.model.sensor_names]).mean()
-        out.parts["center_mae"] = centre
+        out.parts["center_mae"] = self._selection_centre_mae(out.parts)
         self._log_parts(stage, out, days.shape[0])
         if stage == "test":
             for name in self.model.sensor_names:
