@@ -18,6 +18,7 @@ from latentcube.model_card import (
     CARD_JSON,
     CARD_MD,
     UNSPECIFIED_LICENCE,
+    WARM_START_FILE,
     build_model_card,
     model_card,
     write_model_card,
@@ -46,6 +47,21 @@ def run(tmp_path_factory) -> Path:
     torch.set_num_threads(before)
     assert summary["model_card"] == str(base / "runs" / "s2" / CARD_MD)
     return base / "runs" / "s2"
+
+
+def test_card_reports_a_kept_warm_start(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    best = float(pd.read_csv(copy / "metrics.csv")["val/center_mae"].min())
+    torch.save({"score": best * 0.5, "state_dict": {}}, copy / WARM_START_FILE)  # better than every epoch: kept
+    card = build_model_card(copy / "model.pt")
+    assert card["training"]["best_epoch"] is None and card["metrics"]["val"] == {"center_mae": pytest.approx(best * 0.5)}
+    assert card["training"]["selected_by"].startswith("lowest val/center_mae: the warm start (")
+    md, _ = write_model_card(copy)
+    assert "the warm start (" in md.read_text() and "best epoch -" in md.read_text()
+    torch.save({"score": best * 2.0, "state_dict": {}}, copy / WARM_START_FILE)  # worse: the best epoch is kept
+    card = build_model_card(copy / "model.pt")
+    assert card["training"]["best_epoch"] is not None and card["training"]["selected_by"] == "lowest val/center_mae"
 
 
 def test_training_writes_the_card_from_the_runs_files(run):

@@ -64,8 +64,22 @@ def _finite(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+#: The warm-started model and its validation score, in the run folder (a candidate for ``model.pt``).
+WARM_START_FILE = "warm_start.pt"
+
+
+def _warm_start_score(run: Path) -> float | None:
+    path = run / WARM_START_FILE
+    if not path.is_file():
+        return None
+    import torch
+
+    return _finite(torch.load(path, map_location="cpu", weights_only=True).get("score"))
+
+
 def _split_metrics(run: Path, monitor: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(per-split metrics at the best epoch, training summary) from ``metrics.csv``."""
+    """(per-split metrics at the best epoch, training summary) from ``metrics.csv``; when the warm start
+    beat every epoch (training then keeps it as ``model.pt``), its validation score instead."""
     path = run / "metrics.csv"
     if not path.is_file():
         return {}, {}
@@ -83,6 +97,12 @@ def _split_metrics(run: Path, monitor: str) -> tuple[dict[str, Any], dict[str, A
             out.setdefault(split, {})[name] = _finite(value)
     summary = {"epochs": int(per_epoch.index.max()) + 1, "steps": int(df["step"].max()) if "step" in df else None,
                "best_epoch": int(best), "selected_by": f"lowest {monitor}" if monitor in per_epoch else "last epoch"}
+    warm, best_score = _warm_start_score(run), _finite(per_epoch[monitor].min()) if monitor in per_epoch else None
+    if warm is not None and (best_score is None or warm <= best_score):  # the rule of train.run
+        split, _, name = monitor.partition("/")
+        out = {split: {name: warm}}
+        summary.update(best_epoch=None, selected_by=f"lowest {monitor}: the warm start ({warm:.4g}) beat every "
+                                                    f"epoch ({'-' if best_score is None else f'{best_score:.4g}'})")
     return out, summary
 
 

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from latentcube.config import ConfigError, from_dict, to_dict
 from latentcube.files import atomic_write_text
 from latentcube.heap import grow_heap_in_large_steps
+from latentcube.model_card import WARM_START_FILE
 from latentcube.nn.model_file import save_model
 from latentcube.process_state import restored_process_state
 from latentcube.train.checkpoints import _SafeCheckpointIO, load_checkpoint
@@ -172,10 +173,6 @@ def _run_training(cfg: TrainConfig, *, base_dir: Path | None, test: bool, data: 
 
     summary["model_card"] = str(write_model_card(out / "model.pt", base_dir=base_dir)[0])
     return summary
-
-
-#: The warm-started model and its validation score, in the run folder (a candidate for ``model.pt``).
-WARM_START_FILE = "warm_start.pt"
 
 
 def _distributed(cfg: TrainConfig) -> bool:
