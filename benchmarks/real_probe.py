@@ -21,6 +21,12 @@ Labels are only read by the probe; training sees the S1/S2 bands alone.
     python benchmarks/real_probe.py --seeds 0 --epochs 1 --work /tmp/rp   # quick end-to-end check
     python benchmarks/real_probe.py --work /tmp/rp --config-dir my_configs --json rp.json
     python benchmarks/real_probe.py --work /tmp/rp --cv-repeats 4   # each seed: mean of 4 CV shuffles (less fold noise)
+    python benchmarks/real_probe.py --chip DIR                        # another WorldCereal chip (same file layout)
+    python benchmarks/real_probe.py --probe-chip DIR                  # train on the shared chip, probe an unseen one
+
+``--probe-chip DIR`` checks transfer: the models trained on ``--chip`` embed a second chip, and the probe
+and the S2 centre MAE (on the whole second chip, every pixel unseen in training) run there, with the PCA
+baselines fitted on the training chip's training strip, as for the models.
 
 ``--work DIR`` keeps the imported cube, the runs and the embeddings: a re-run with the same configs
 only re-probes; a changed config (or ``--epochs``) retrains that seed's stages from scratch.
@@ -64,21 +70,23 @@ def cli(*args: str) -> None:
         sys.exit(f"real_probe: `latentcube {' '.join(args)}` failed:\n{res.stdout[-2000:]}{res.stderr[-4000:]}")
 
 
-def import_chip(work: Path) -> Path:
-    cube = work / "chip.zarr"
+def import_chip(work: Path, chip: Path = CHIP, name: str = "chip") -> Path:
+    """``latentcube import`` of a WorldCereal chip folder (S2_L2A_10m/20m, S1_GRD, OUTPUT_POLY-110 netCDFs)."""
+    cube = work / f"{name}.zarr"
     if cube.exists():
         log(f"cube {cube} exists: reused")
         return cube
 
     def one(pattern: str) -> str:
-        found = sorted(CHIP.glob(pattern))
+        found = sorted(chip.glob(pattern))
         if len(found) != 1:
-            sys.exit(f"real_probe: expected one {pattern} in {CHIP}, found {len(found)}.")
+            sys.exit(f"real_probe: expected one {pattern} in {chip}, found {len(found)}. Fix: pass a WorldCereal "
+                     "chip folder (S2_L2A_10m_*.nc, S2_L2A_20m_*.nc, S1_GRD-*.nc, OUTPUT_POLY-110_*.nc).")
         return str(found[0])
 
     labels = one("OUTPUT_POLY-110_*.nc")
-    log(f"importing {CHIP.name} -> {cube}")
-    cli("import", "--s2", str(CHIP / "S2_L2A_*m_*.nc"), "--s1", one("S1_GRD-*.nc"), "--preset", "worldcereal",
+    log(f"importing {chip.name} -> {cube}")
+    cli("import", "--s2", str(chip / "S2_L2A_*m_*.nc"), "--s1", one("S1_GRD-*.nc"), "--preset", "worldcereal",
         "--layer", f"croptype={labels}:CT", "--layer", f"landcover={labels}:LC", "--out", str(cube))
     return cube
 
@@ -144,16 +152,23 @@ def strip_cube(cube: Path, work: Path, halo: int) -> Path:
     return path
 
 
-def embed_seed(cube: Path, work: Path, seed_dir: Path, retrained: bool,
-               mae: bool = True) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Per model (fusion, S2): the chip's embedding for the probe, and the quality layer of the held-out strip."""
+def embed_seed(cube: Path, work: Path, seed_dir: Path, retrained: bool, mae: bool = True,
+               unseen: bool = False) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Per model (fusion, S2): the chip's embedding for the probe, and the quality layer of the held-out
+    strip (``unseen``: a chip the models were not trained on, its quality layer on the whole chip)."""
     import xarray as xr
 
     stores, quality = {}, {}
+    tag = f"_{cube.stem}" if unseen else ""
     for name, stage in (("fused", "fusion"), ("s2", "s2")):
         model = seed_dir / "runs" / stage / "model.pt"
-        stores[name] = _embed(cube, model, seed_dir / f"emb_{name}.zarr", retrained, f"the chip with the {stage} model")
+        stores[name] = _embed(cube, model, seed_dir / f"emb_{name}{tag}.zarr", retrained,
+                              f"{cube.stem} with the {stage} model")
         if not mae:
+            continue
+        if unseen:
+            quality[name] = _embed(cube, model, seed_dir / f"quality_{name}{tag}.zarr", retrained,
+                                   f"{cube.stem} with the {stage} model's quality layer", "--quality")
             continue
         halo = int(json.loads(xr.open_zarr(stores[name]).attrs["preprocessing"])["halo_px"])
         quality[name] = _embed(strip_cube(cube, work, halo), model, seed_dir / f"quality_{name}.zarr", retrained,
@@ -161,17 +176,22 @@ def embed_seed(cube: Path, work: Path, seed_dir: Path, retrained: bool,
     return stores, quality
 
 
-def held_out_mae(cube: Path, quality: dict[str, Path]) -> dict[str, float]:
+def held_out_mae(cube: Path, quality: dict[str, Path], unseen: Path | None = None) -> dict[str, float]:
     """S2 centre MAE (reflectance) on the held-out strip: each model's quality_s2 against PCA-k of its
-    inputs fitted on the training strip, on the pixel-dates where both are defined."""
+    inputs fitted on the training strip, on the pixel-dates where both are defined. With ``unseen`` (a
+    chip the models were not trained on, ``quality`` computed there): on the whole of that chip."""
     import xarray as xr
 
     from latentcube.cube import open_cube
     from latentcube.evaluate.probe import fit_pca_code, model_inputs, open_embedding_store
     from latentcube.sampling import spatial_split
 
-    ds = open_cube(cube)
-    rows_sl, cols_sl = spatial_split(ds.sizes["y"], ds.sizes["x"], {"val": VAL}, patch=1)["val"]
+    fit = open_cube(cube)
+    ds = open_cube(unseen) if unseen is not None else fit
+    if unseen is not None:
+        rows_sl, cols_sl = slice(0, ds.sizes["y"]), slice(0, ds.sizes["x"])
+    else:
+        rows_sl, cols_sl = spatial_split(ds.sizes["y"], ds.sizes["x"], {"val": VAL}, patch=1)["val"]
     rr, cc = np.mgrid[rows_sl, cols_sl]
     rows, cols = rr.ravel(), cc.ravel()
     out = {}
@@ -184,7 +204,7 @@ def held_out_mae(cube: Path, quality: dict[str, Path]) -> dict[str, float]:
         if not np.array_equal(q["time"].values, ds["time"].values):
             sys.exit("real_probe: the quality layer is not on the chip's S2 dates.")
         model_err = q.transpose("time", "y", "x").values.reshape(q.sizes["time"], -1)  # (T, n), row-major as rows/cols
-        code = fit_pca_code(ds, k, sensors, settings=settings, spatial_split={"val": VAL})
+        code = fit_pca_code(fit, k, sensors, settings=settings, spatial_split={"val": VAL})
         x, _, _ = model_inputs(ds, rows, cols, ds["time"].values, ("s2", "s1") if name == "fused" else sensors,
                                settings, 6.0)
         pca_err = code.sensor_mae(x[:, : len(code.bands)], "s2")  # S2 bands come first in the model inputs
@@ -198,9 +218,10 @@ def held_out_mae(cube: Path, quality: dict[str, Path]) -> dict[str, float]:
 
 
 def probe(cube: Path, stores: dict[int, dict[str, Path]], seeds: list[int], classifiers: tuple[str, ...],
-          cv_repeats: int = 1) -> list[dict]:
+          cv_repeats: int = 1, fit_cube: Path | None = None) -> list[dict]:
     """Probe rows; with ``cv_repeats`` > 1 each seed's score is the mean over that many CV shuffles
-    (``run_probe(cv_repeats=...)``), which lowers the fold noise of one 64-px chip."""
+    (``run_probe(cv_repeats=...)``), which lowers the fold noise of one 64-px chip. The PCA baselines are
+    fitted on the training strip of ``fit_cube`` (default: ``cube``, the chip the models trained on)."""
     import warnings
 
     from latentcube.evaluate.probe import run_probe
@@ -215,7 +236,7 @@ def probe(cube: Path, stores: dict[int, dict[str, Path]], seeds: list[int], clas
                 warnings.simplefilter("always")
                 table = run_probe({s: stores[s][group] for s in seeds}, cube, labels=layer, seeds=seeds,
                                   feature_sets=sets, classifiers=classifiers, block_px=16, folds=5,
-                                  embedding_features=group, pca_fit=cube, pca_spatial_split={"val": VAL},
+                                  embedding_features=group, pca_fit=fit_cube or cube, pca_spatial_split={"val": VAL},
                                   cv_repeats=cv_repeats)
             for w in caught:
                 if "dropped classes" in str(w.message):
@@ -241,7 +262,7 @@ def _row_name(group: str, source: str, k: int, raw_bands: list[str]) -> str:
             "pca": f"PCA-{k} ({sensors})"}[source]
 
 
-def print_table(rows: list[dict], mae: dict[int, dict[str, float]], seeds: list[int]) -> None:
+def print_table(rows: list[dict], mae: dict[int, dict[str, float]], seeds: list[int], where: str = "the held-out strip") -> None:
     sd = "sd over seeds" if len(seeds) > 1 else "sd over folds"
     repeats = rows[0].get("cv_repeats", 1)
     each = f"; each seed the mean of {repeats} CV shuffles" if repeats > 1 else ""
@@ -269,7 +290,7 @@ def print_table(rows: list[dict], mae: dict[int, dict[str, float]], seeds: list[
                       f"{'yes' if (margin > 0).all() else 'no'})")
     if not mae:
         return
-    print("\nS2 centre-pixel MAE on the held-out strip (reflectance), same pixel-dates, mean ± sd over seeds")
+    print(f"\nS2 centre-pixel MAE on {where} (reflectance), same pixel-dates, mean ± sd over seeds")
     for name, key, ref in (("s2", "s2_pca9", "PCA-9 (S2)"), ("fused", "fused_pca7", "PCA-7 (S2+S1)"),
                            ("fused", "fused_pca7_s2only", "PCA-7 (S2 only)")):
         m = np.array([mae[s][f"{name}_model"] for s in seeds])
@@ -290,15 +311,24 @@ def main() -> None:
     parser.add_argument("--no-mae", action="store_true",
                         help="skip the held-out S2 centre MAE (its quality layer costs ~10x an embedding on CPU)")
     parser.add_argument("--knn", action="store_true", help="also score k-NN (in the JSON; the table shows logistic regression)")
+    parser.add_argument("--chip", type=Path, default=CHIP,
+                        help="WorldCereal chip folder to import and train on (default: the one of ../shared/data)")
+    parser.add_argument("--probe-chip", type=Path, default=None,
+                        help="another chip folder: the models trained on --chip embed it and the probe and MAE run "
+                             "there (transfer to an unseen area); default: probe the training chip")
     parser.add_argument("--cv-repeats", type=int, default=1,
                         help="CV shuffles per seed, averaged (default 1: block grid and folds drawn by the seed, "
                              "the issue's protocol; 4 lowers the fold noise)")
     args = parser.parse_args()
     if args.cv_repeats < 1:
         sys.exit(f"real_probe: --cv-repeats must be >= 1, got {args.cv_repeats}. Fix: pass 1 (the issue's protocol) or more.")
-    if not CHIP.exists():
+    if not args.chip.exists():
+        if args.chip != CHIP:
+            sys.exit(f"real_probe: --chip {args.chip} does not exist. Fix: pass a WorldCereal chip folder.")
         print(f"real_probe: skipped, the WorldCereal chip is absent ({CHIP}).")
         return
+    if args.probe_chip is not None and not args.probe_chip.is_dir():
+        sys.exit(f"real_probe: --probe-chip {args.probe_chip} is not a folder. Fix: pass a WorldCereal chip folder.")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     config_dir = args.config_dir.resolve()
     missing = [s for s in STAGES if not (config_dir / f"{s}.yaml").exists()]
@@ -307,18 +337,23 @@ def main() -> None:
     work = (args.work or Path(tempfile.mkdtemp(prefix="real_probe_"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     log(f"work folder {work}; configs {config_dir}; seeds {seeds}")
-    cube = import_chip(work)
+    cube = import_chip(work, args.chip.resolve())
+    unseen = import_chip(work, args.probe_chip.resolve(), f"probe_{args.probe_chip.resolve().name}") if args.probe_chip else None
     stores, mae = {}, {}
     for seed in seeds:
         seed_dir, retrained = train_seed(cube, work, config_dir, seed, args.epochs)
-        stores[seed], quality = embed_seed(cube, work, seed_dir, retrained, not args.no_mae)
+        stores[seed], quality = embed_seed(unseen or cube, work, seed_dir, retrained, not args.no_mae, unseen=bool(unseen))
         if quality:
-            mae[seed] = held_out_mae(cube, quality)
-            log(f"seed {seed}: held-out S2 centre MAE {mae[seed]}")
-    rows = probe(cube, stores, seeds, ("logreg", "knn") if args.knn else ("logreg",), args.cv_repeats)
-    print_table(rows, mae, seeds)
+            mae[seed] = held_out_mae(cube, quality, unseen)
+            log(f"seed {seed}: S2 centre MAE {mae[seed]}")
+    rows = probe(unseen or cube, stores, seeds, ("logreg", "knn") if args.knn else ("logreg",), args.cv_repeats,
+                 fit_cube=cube)
+    if unseen is not None:
+        print(f"\nModels and PCA baselines fitted on {args.chip.name}; probe and MAE on {args.probe_chip.name} (unseen).")
+    print_table(rows, mae, seeds, f"{args.probe_chip.name} (unseen)" if unseen is not None else "the held-out strip")
     if args.json is not None:
-        doc = {"command": " ".join(sys.argv), "config_dir": str(config_dir), "seeds": seeds, "epochs": args.epochs,
+        doc = {"command": " ".join(sys.argv), "config_dir": str(config_dir), "chip": str(args.chip),
+               "probe_chip": str(args.probe_chip) if args.probe_chip else None, "seeds": seeds, "epochs": args.epochs,
                "cv_repeats": args.cv_repeats,
                "probe": rows, "s2_centre_mae_held_out": {str(s): v for s, v in mae.items()},
                "seconds": round(time.time() - T0, 1)}

@@ -505,6 +505,28 @@ def test_real_probe_benchmark_skips_cleanly_without_the_chip(tmp_path):
     assert res.returncode == 1 and "--cv-repeats must be >= 1, got 0. Fix: pass 1" in res.stderr
 
 
+def test_real_probe_benchmark_names_a_bad_chip_folder(tmp_path):
+    """--chip / --probe-chip: a folder that is missing or lacks the WorldCereal files is an error naming it."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "real_probe.py"
+    env = {**os.environ, "LATENTCUBE_SHARED_DATA": str(tmp_path / "absent")}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), "--seeds", "0", "--work", "w", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    res = run("--chip", "nowhere")
+    assert res.returncode == 1 and "--chip nowhere does not exist. Fix: pass a WorldCereal chip folder" in res.stderr
+    (tmp_path / "empty").mkdir()
+    res = run("--chip", "empty", "--probe-chip", "nowhere")
+    assert res.returncode == 1 and "--probe-chip nowhere is not a folder" in res.stderr
+    res = run("--chip", "empty")  # relative to the working directory, as a user types it
+    assert res.returncode == 1 and f"expected one OUTPUT_POLY-110_*.nc in {tmp_path / 'empty'}, found 0" in res.stderr
+
+
 # ---------------------------------------------------------------------------- trained models
 
 CHIP = "worldcereal_chip_31UES_2018_2019"
