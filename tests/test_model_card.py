@@ -57,11 +57,13 @@ def test_card_reports_a_kept_warm_start(run, tmp_path):
     card = build_model_card(copy / "model.pt")
     assert card["training"]["best_epoch"] is None and card["metrics"]["val"] == {"center_mae": pytest.approx(best * 0.5)}
     assert card["training"]["selected_by"].startswith("lowest val/center_mae: the warm start (")
+    assert any(lim.startswith("The model is its linear warm start") for lim in card["limitations"])
     md, _ = write_model_card(copy)
     assert "the warm start (" in md.read_text() and "best epoch -" in md.read_text()
     torch.save({"score": best * 2.0, "state_dict": {}}, copy / WARM_START_FILE)  # worse: the best epoch is kept
     card = build_model_card(copy / "model.pt")
     assert card["training"]["best_epoch"] is not None and card["training"]["selected_by"] == "lowest val/center_mae"
+    assert not any("linear warm start" in lim for lim in card["limitations"])
 
 
 def test_training_writes_the_card_from_the_runs_files(run):

@@ -217,6 +217,9 @@ def _use_and_limits(kind: str, stage: str, cubes: list[dict[str, Any]], pixel: f
                          "for real Sentinel data.")
     if training.get("epochs") is not None and int(training["epochs"]) < 5:
         limits.append(f"A short run ({training['epochs']} epoch(s)): the metrics describe an early model.")
+    if "the warm start" in str(training.get("selected_by", "")):
+        limits.append("The model is its linear warm start (`warm_start: pca`): no epoch of training beat it on the "
+                      "validation split, so it is a linear code of each patch, not a learned nonlinear one.")
     if kind == "fusion":
         limits.append("The fusion model needs S1 within the matching gap of the S2 dates; where S1 is missing the "
                       "S1 part is embedded as absent.")
