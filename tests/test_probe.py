@@ -245,6 +245,27 @@ def test_pca_code_equals_scikit_learn_pca(cube, emb):
     assert s2.pca["k"] == 1 and s2.pca["bands"] == [str(b) for b in cube["band"].values] and len(s2.raw_bands) == 10
 
 
+def test_baseline_sensors_hold_a_fused_embedding_against_s2_alone(cube, emb):
+    from sklearn.decomposition import PCA
+
+    d = probe_features(emb, cube, block_px=BLOCK, max_pixels=None, feature_sets=("raw_date", "pca_date"),
+                       baseline_sensors=("s2",))
+    # the fused group (3 features) against S2 only: 10 raw bands, PCA-3 of the 10 S2 reflectances
+    assert d.raw_bands == [str(b) for b in cube["band"].values] and d.pca["bands"] == d.raw_bands and d.pca["k"] == 3
+    x = cube["s2"].values.astype("float64")
+    rows = x.transpose(0, 2, 3, 1).reshape(-1, 10)
+    ref = PCA(n_components=3).fit(rows[np.isfinite(rows).all(1)])
+    i = int(np.flatnonzero((d.rows == 7) & (d.cols == 11))[0])
+    np.testing.assert_allclose(d.X["pca_date"][i], ref.transform(x[JUNE, :, 7, 11][None])[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(d.X["raw_date"][i], x[JUNE, :, 7, 11], rtol=1e-6)
+    both = probe_features(emb, cube, block_px=BLOCK, feature_sets=("raw_date",))  # default: the group's S2+S1
+    assert len(both.raw_bands) == 12
+    with pytest.raises(ProbeError, match=r"baseline sensors must be among s2, s1, got \['s3'\]"):
+        probe_features(emb, cube, block_px=BLOCK, feature_sets=("raw_date",), baseline_sensors=("s2", "s3"))
+    with pytest.raises(ProbeError, match=r"the cube has no \['s1'\] data for the baselines"):
+        probe_features(emb, cube.drop_vars("s1"), block_px=BLOCK, feature_sets=("raw_date",), baseline_sensors=("s1",))
+
+
 def test_int8_embedding_stores_are_decoded(cube, emb, tmp_path):
     """int8 storage (latentcube.embed): codes x per-pixel-date scale, as open_embedding decodes it."""
     e = emb["embedding"].values
@@ -485,6 +506,13 @@ def test_cli_probe_protocols_windows_pca_and_seeds(cube, emb, tmp_path, monkeypa
     assert n["raw_seasonal"] == 2 * 12 and n["pca_series"] == 12 * 3 and n["embedding_seasonal"] == 2 * 3
     res = CliRunner().invoke(app, ["evaluate", "probe", "e0.zarr", "--cube", "c.zarr", "--protocols", "weekly"])
     assert res.exit_code != 0 and "unknown feature sets ['embedding_weekly'" in str(res.exception)
+    res = CliRunner().invoke(app, ["evaluate", "probe", "e0.zarr", "--cube", "c.zarr", "--block-px", "4", "--folds", "3",
+                                   "--classifiers", "logreg", "--protocols", "seasonal", "--baseline-sensors", "s2",
+                                   "--out", "run_s2"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "run_s2" / "evaluation" / "probe" / "probe.json").read_text())
+    n = {r["features"]: r["n_features"] for r in doc["results"]}
+    assert n["raw_seasonal"] == 3 * 10 and n["pca_seasonal"] == 3 * 3 and len(doc["settings"]["raw_bands"]) == 10
 
 
 def test_real_probe_benchmark_skips_cleanly_without_the_chip(tmp_path):

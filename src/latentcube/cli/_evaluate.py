@@ -70,6 +70,7 @@ def evaluate_probe(
     classifiers: Annotated[str, typer.Option("--classifiers", help="Comma separated: logreg, knn.")] = "logreg,knn",
     pca_fit: Annotated[Path | None, typer.Option("--pca-fit", help="Cube the PCA code is fitted on (the training cube; default --cube).")] = None,
     pca_holdout: Annotated[float | None, typer.Option("--pca-holdout", help="Fit the PCA on the training strip only: the share held out as data.spatial_split {val: F}.")] = None,
+    baseline_sensors: Annotated[str | None, typer.Option("--baseline-sensors", help="Sensors of the raw and PCA baselines, e.g. s2 (default: those of the embedding group).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the folds and the pixel subset.")] = 0,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Repeat over seeds, e.g. 0,1,2: mean ± sd over models per seed or over CV shuffles.")] = None,
     cv_repeats: Annotated[int, typer.Option("--cv-repeats", help="CV shuffles per seed (blocks and folds redrawn), averaged: less fold noise on a small area.")] = 1,
@@ -83,7 +84,7 @@ def evaluate_probe(
                       block_px=block_px, folds=folds, seed=seed, seeds=parse_seeds(seeds), feature_sets=sets,
                       classifiers=list(_items(classifiers)), windows=win, embedding_features=features, pca_fit=pca_fit,
                       pca_spatial_split={"val": pca_holdout} if pca_holdout else None, run_dir=out_dir,
-                      cv_repeats=cv_repeats)
+                      cv_repeats=cv_repeats, baseline_sensors=list(_items(baseline_sensors)) if baseline_sensors else None)
     s = table.attrs["probe"]
     over = f"{len(s['seeds'])} seeds" if s.get("seeds_over") else f"{cv_repeats} CV shuffles" if cv_repeats > 1 else "folds"
     if cv_repeats > 1 and s.get("seeds_over"):
