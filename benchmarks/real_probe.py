@@ -10,7 +10,8 @@ quality layer), then probes both label layers with ``latentcube.evaluate.probe.r
 - crop type (CT) and land cover (LC), seasonal (NaN-median of each third of the dates) and one-date
   protocols, logistic regression, 16-px block CV, balanced accuracy, mean ± sd over the seeds (seed s
   probes model s with folds shuffled by s);
-- fused 7-d embedding vs raw S2+S1 bands vs PCA-7 of the fused model's inputs, and S2 9-d embedding vs
+- fused 7-d embedding vs raw S2+S1 bands vs PCA-7 of the fused model's inputs, and also vs raw S2 and
+  PCA-7 of S2 alone (single-date S1 is speckled and can weaken the S2+S1 baselines); S2 9-d embedding vs
   raw S2 vs PCA-9 (PCA fitted on the training strip of the chip);
 - S2 centre-pixel MAE on the held-out strip: the S2 model against PCA-9, the fusion model against
   PCA-7, on the same pixel-dates (the models' ``quality_s2`` layer; reflectance).
@@ -227,19 +228,22 @@ def probe(cube: Path, stores: dict[int, dict[str, Path]], seeds: list[int], clas
     from latentcube.evaluate.probe import run_probe
 
     rows = []
-    sets = [f"{s}_{p}" for p in PROTOCOLS.values() for s in ("embedding", "raw", "pca")]
+    # the fused embedding also against S2-only baselines (single-date S1 is speckled: it can weaken raw/PCA)
+    runs = (("fused", 7, None, ("embedding", "raw", "pca")), ("fused", 7, ("s2",), ("raw", "pca")),
+            ("s2", 9, None, ("embedding", "raw", "pca")))
     for code, layer in LABELS.items():
-        for group, k in (("fused", 7), ("s2", 9)):
-            log(f"probing {code} ({layer}) with the {group} embedding, {len(seeds)} seed(s)"
-                + (f" x {cv_repeats} CV shuffles" if cv_repeats > 1 else ""))
+        for group, k, baseline, sources in runs:
+            log(f"probing {code} ({layer}) with the {group} embedding" + (" (S2-only baselines)" if baseline else "")
+                + f", {len(seeds)} seed(s)" + (f" x {cv_repeats} CV shuffles" if cv_repeats > 1 else ""))
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 table = run_probe({s: stores[s][group] for s in seeds}, cube, labels=layer, seeds=seeds,
-                                  feature_sets=sets, classifiers=classifiers, block_px=16, folds=5,
-                                  embedding_features=group, pca_fit=fit_cube or cube, pca_spatial_split={"val": VAL},
-                                  cv_repeats=cv_repeats)
+                                  feature_sets=[f"{s}_{p}" for p in PROTOCOLS.values() for s in sources],
+                                  classifiers=classifiers, block_px=16, folds=5, embedding_features=group,
+                                  pca_fit=fit_cube or cube, pca_spatial_split={"val": VAL}, cv_repeats=cv_repeats,
+                                  baseline_sensors=baseline)
             for w in caught:
-                if "dropped classes" in str(w.message):
+                if "dropped classes" in str(w.message) and not baseline:
                     log(f"  {w.message}")
             s = table.attrs["probe"]
             ba = table[table["metric"] == "balanced_accuracy"]
@@ -247,8 +251,8 @@ def probe(cube: Path, stores: dict[int, dict[str, Path]], seeds: list[int], clas
                 source, _, protocol = r["features"].rpartition("_")
                 rows.append({
                     "labels": code, "protocol": next(k_ for k_, v in PROTOCOLS.items() if v == protocol),
-                    "group": group, "source": source, "classifier": r["classifier"],
-                    "name": _row_name(group, source, k, s["raw_bands"]), "n_features": int(r["n_features"]),
+                    "group": group, "source": source + ("_s2only" if baseline else ""), "classifier": r["classifier"],
+                    "name": _row_name(group, source, k, s["raw_bands"], baseline), "n_features": int(r["n_features"]),
                     "mean": float(r["mean"]), "std": float(r["std"]), "per_seed": [float(v) for v in r["per_seed"]],
                     "cv_repeats": cv_repeats, "n_pixels": int(r["n_pixels"]), "n_classes": int(r["n_classes"]),
                     "date": s["date"], "windows": s["windows"],
@@ -256,8 +260,8 @@ def probe(cube: Path, stores: dict[int, dict[str, Path]], seeds: list[int], clas
     return rows
 
 
-def _row_name(group: str, source: str, k: int, raw_bands: list[str]) -> str:
-    sensors = "S2+S1" if group == "fused" else "S2"
+def _row_name(group: str, source: str, k: int, raw_bands: list[str], baseline: tuple[str, ...] | None = None) -> str:
+    sensors = "+".join(s.upper() for s in baseline) if baseline else "S2+S1" if group == "fused" else "S2"
     return {"embedding": f"{group} {k}-d embedding", "raw": f"raw {sensors} ({len(raw_bands)} bands)",
             "pca": f"PCA-{k} ({sensors})"}[source]
 
@@ -281,13 +285,15 @@ def print_table(rows: list[dict], mae: dict[int, dict[str, float]], seeds: list[
             for group in ("fused", "s2"):
                 sel = {r["source"]: r for r in rows if r["labels"] == lab and r["protocol"] == protocol
                        and r["group"] == group and r["classifier"] == "logreg"}
-                if len(sel) < 3:
-                    continue
-                e, raw, pca = (np.array(sel[s]["per_seed"]) for s in ("embedding", "raw", "pca"))
-                margin = e - np.maximum(raw, pca)
-                print(f"  {lab} {protocol:9} {group:5}: embedding - max(raw, PCA) = {margin.mean():+.3f} "
-                      f"(per seed {' '.join(f'{m:+.3f}' for m in margin)}; above both in every seed: "
-                      f"{'yes' if (margin > 0).all() else 'no'})")
+                for tag in ("", "_s2only"):
+                    if not {"embedding", f"raw{tag}", f"pca{tag}"} <= set(sel):
+                        continue
+                    e, raw, pca = (np.array(sel[s]["per_seed"]) for s in ("embedding", f"raw{tag}", f"pca{tag}"))
+                    margin = e - np.maximum(raw, pca)
+                    what = "max(raw, PCA) of S2 alone" if tag else "max(raw, PCA)"
+                    print(f"  {lab} {protocol:9} {group:5}: embedding - {what} = {margin.mean():+.3f} "
+                          f"(per seed {' '.join(f'{m:+.3f}' for m in margin)}; above both in every seed: "
+                          f"{'yes' if (margin > 0).all() else 'no'})")
     if not mae:
         return
     print(f"\nS2 centre-pixel MAE on {where} (reflectance), same pixel-dates, mean ± sd over seeds")
