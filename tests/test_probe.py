@@ -510,6 +510,7 @@ def test_cli_probe_protocols_windows_pca_and_seeds(cube, emb, tmp_path, monkeypa
                                    "--classifiers", "logreg", "--protocols", "seasonal", "--baseline-sensors", "s2",
                                    "--out", "run_s2"])
     assert res.exit_code == 0, res.output
+    assert "raw bands: B02 B03 B04 B05 B06 B07 B08 B8A B11 B12; PCA-3 of B02" in " ".join(res.output.split())
     doc = json.loads((tmp_path / "run_s2" / "evaluation" / "probe" / "probe.json").read_text())
     n = {r["features"]: r["n_features"] for r in doc["results"]}
     assert n["raw_seasonal"] == 3 * 10 and n["pca_seasonal"] == 3 * 3 and len(doc["settings"]["raw_bands"]) == 10

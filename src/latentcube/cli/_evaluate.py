@@ -98,6 +98,8 @@ def evaluate_probe(
                      header=("features", "classifier", "n feat.", "balanced accuracy", "macro F1")))
     for clf, v in ratios(table).items():
         out.print(f"one-date embedding / raw bands, {clf}: {v:.1%}")
+    out.print(f"raw bands: {' '.join(s['raw_bands'])}" + (f"; PCA-{s['pca']['k']} of {' '.join(s['pca']['bands'])}"
+                                                          if s.get("pca") else ""))
     if out_dir is not None:
         out.print(str(Path(out_dir) / "evaluation" / "probe" / "probe.json"))
 
