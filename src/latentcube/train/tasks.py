@@ -158,6 +158,8 @@ class FusionTask(_StageTask):
         self.model = FusionModel(dict(sensors), fusion_config)
         self.model.freeze_sensor_models()
         self.loss = loss
+        sensors = getattr(getattr(loss, "config", None), "sensors", {})
+        self._sensor_weights = [float(sensors[n].weight) if n in sensors else 1.0 for n in self.model.sensor_names]
 
     def configure_optimizers(self):
         return _configure_optim(self, list(self.model.fusion_parameters()), self.optim)
@@ -166,11 +168,9 @@ class FusionTask(_StageTask):
         """Model selection in fusion uses the centre pixel (paper §III-C): the mean over sensors, each
         weighted by its weight in the fusion loss (equal weights, the paper's: the plain mean). Without
         the weights a down-weighted sensor would still pick the epoch (S1's normalised error is ~15x S2's)."""
-        names = self.model.sensor_names
-        sensors = getattr(getattr(self.loss, "config", None), "sensors", {})
-        w = torch.tensor([float(sensors[n].weight) if n in sensors else 1.0 for n in names])
-        maes = torch.stack([parts[f"{n}/center_mae"] for n in names])
-        return (maes * w.to(maes)).sum() / w.sum()
+        maes = torch.stack([parts[f"{n}/center_mae"] for n in self.model.sensor_names])
+        w = torch.tensor(self._sensor_weights, dtype=maes.dtype, device=maes.device)
+        return (maes * w).sum() / w.sum()
 
     def _step(self, batch: Mapping[str, torch.Tensor], stage: str) -> LossOutput:
         inputs = {name: batch[name] for name in self.model.sensor_names}

@@ -79,17 +79,6 @@ class ProbeData:
     block_px: int = 16
 
 
-def _baseline_sensors(wanted: Sequence[str], ds: xr.Dataset) -> tuple[str, ...]:
-    wanted = tuple(dict.fromkeys(str(s) for s in ([wanted] if isinstance(wanted, str) else wanted)))
-    bad = [s for s in wanted if s not in ("s2", "s1")] or ([] if wanted else ["(none)"])
-    if bad:
-        raise ProbeError(f"baseline sensors must be among s2, s1, got {bad}. Fix: pass e.g. ('s2',) or ('s2', 's1').")
-    missing = [s for s in wanted if s not in ds or ds.sizes.get("time" if s == "s2" else "time_s1", 0) == 0]
-    if missing:
-        raise ProbeError(f"the cube has no {missing} data for the baselines. Fix: pass baseline sensors the cube holds.")
-    return wanted
-
-
 def _check_sets(feature_sets: Sequence[str]) -> None:
     bad = [f for f in feature_sets if f not in FEATURE_SETS]
     if bad:
@@ -204,7 +193,7 @@ def probe_features(
         raise CubeError("the cube has no 's2' or 's1' variable; the raw-band features need them. Fix: pass the cube the "
                         "embedding was computed from.")
     same_grid(emb, ds)
-    sensors = group_sensors(group, ds) if baseline_sensors is None else _baseline_sensors(baseline_sensors, ds)
+    sensors = group_sensors(group, ds, baseline_sensors)
     lab, ignore = read_labels(ds, labels, nodata)
     rows, cols, y, groups, n_labelled, dropped = _pixels(lab, ignore, labels, block_px, min_samples, max_pixels, seed)
     sources = {f.rsplit("_", 1)[0] for f in feature_sets}

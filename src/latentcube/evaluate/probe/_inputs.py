@@ -81,10 +81,23 @@ def select_features(da: xr.DataArray, which: str | Sequence[str] | None) -> tupl
     return da.sel(feature=chosen), chosen_groups[0] if len(chosen_groups) == 1 else "mixed"
 
 
-def group_sensors(group: str, ds: xr.Dataset) -> tuple[str, ...]:
-    """The sensors of the cube that the feature group was computed from (raw bands and PCA inputs)."""
+def group_sensors(group: str, ds: xr.Dataset, chosen: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The sensors of the cube that the feature group was computed from (raw bands and PCA inputs), or
+    ``chosen`` ones (``baseline_sensors``), each of which the cube must hold."""
+    def held(s: str) -> bool:
+        return s in ds and ds.sizes.get("time" if s == "s2" else "time_s1", 0) > 0
+
+    if chosen is not None:
+        chosen = tuple(dict.fromkeys(str(s) for s in ([chosen] if isinstance(chosen, str) else chosen)))
+        bad = [s for s in chosen if s not in ("s2", "s1")] or ([] if chosen else ["(none)"])
+        if bad:
+            raise ProbeError(f"baseline sensors must be among s2, s1, got {bad}. Fix: pass e.g. ('s2',) or ('s2', 's1').")
+        missing = [s for s in chosen if not held(s)]
+        if missing:
+            raise ProbeError(f"the cube has no {missing} data for the baselines. Fix: pass baseline sensors the cube holds.")
+        return chosen
     wanted = GROUP_SENSORS.get(group, ("s2", "s1"))
-    have = tuple(s for s in wanted if s in ds and ds.sizes.get("time" if s == "s2" else "time_s1", 0) > 0)
+    have = tuple(s for s in wanted if held(s))
     if not have:
         raise ProbeError(f"the cube has none of the sensors {list(wanted)} the {group!r} embedding was computed from. "
                          "Fix: pass the cube the embedding was computed from.")
