@@ -491,6 +491,7 @@ def test_cli_probe_protocols_windows_pca_and_seeds(cube, emb, tmp_path, monkeypa
         "--classifiers", "logreg", "--pca-fit", "c.zarr", "--pca-holdout", "0.3", "--seeds", "0,1", "--out", "run"])
     assert res.exit_code == 0, res.output
     assert "mean ± sd over 2 seeds" in res.output and "raw_series" in res.output
+    assert "embedding_seasonal" in res.output  # row names whole on an 80-column terminal, not "embedding_season…"
     doc = json.loads((tmp_path / "run" / "evaluation" / "probe" / "probe.json").read_text())
     assert [r["features"] for r in doc["results"] if r["metric"] == "balanced_accuracy"] == [
         "embedding_seasonal", "raw_seasonal", "pca_seasonal", "embedding_series", "raw_series", "pca_series"]
