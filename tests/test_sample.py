@@ -156,7 +156,8 @@ def test_points_outside_the_store(tmp_path):
     y = [Y0 - 5, Y0 - 5, Y0 - 15, Y0 - 5]
     pd.DataFrame({"x": x, "y": y}).to_csv(tmp_path / "p.csv", index=False)
     with pytest.raises(SampleError, match=r"2 of 4 points/polygons lie outside the store \(x 600000 \.\. 600500, "
-                                          r"y 4\.9994e\+06 \.\. 5e\+06 in EPSG:32632; first: input row 1\)\. Fix: .*--outside drop"):
+                                          r"y 4\.9994e\+06 \.\. 5e\+06 in EPSG:32632; first: input row 1, counting from 0 at x 599900, "
+                                          r"y 4999995\)\. Fix: .*--outside drop"):
         sample_embeddings(tmp_path / "e.zarr", tmp_path / "p.csv", crs="EPSG:32632", series=True)
     dropped = sample_embeddings(tmp_path / "e.zarr", tmp_path / "p.csv", crs="EPSG:32632", dates=["2019-04-03"],
                                 outside="drop")

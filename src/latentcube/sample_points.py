@@ -327,9 +327,11 @@ def sample_embeddings(
     if (~inside).any() and outside == "error":
         left, right = sorted((x0, x0 + dx * width))
         low, high = sorted((y0, y0 + dy * height))
+        first = int(np.flatnonzero(~inside)[0])
+        at = f" at x {sx[first]:.10g}, y {sy[first]:.10g}" if is_point[first] else ""  # in the store's CRS, beside its extent
         raise SampleError(
             f"{int((~inside).sum())} of {n} points/polygons lie outside the store (x {left:g} .. {right:g}, y {low:g} .. "
-            f"{high:g} in {store_crs.to_string()}; first: input row {int(np.flatnonzero(~inside)[0])}). Fix: check the "
+            f"{high:g} in {store_crs.to_string()}; first: input row {first}, counting from 0{at}). Fix: check the "
             "points' CRS (--crs), or pass --outside drop (leave them out) or --outside nan (keep them as NaN).")
 
     polys = [int(i) for i in np.flatnonzero(~is_point) if inside[i]]
