@@ -58,7 +58,7 @@ def _items(text: str, kind: type = str) -> tuple:
 def _table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) -> Table:
     table = Table(title=title, show_header=header is not None)
     # The first column names the rows: keep it whole on a narrow terminal (the other columns wrap instead).
-    first = min(max((len(r[0]) for r in rows if r), default=0), 40)
+    first = min(max((len(str(r[0])) for r in rows if r), default=0), 40)
     for i, col in enumerate(header or ("", "")):
         table.add_column(col, min_width=first if i == 0 else None)
     for row in rows:
