@@ -24,6 +24,7 @@ Labels are only read by the probe; training sees the S1/S2 bands alone.
     python benchmarks/real_probe.py --work /tmp/rp --cv-repeats 4   # each seed: mean of 4 CV shuffles (less fold noise)
     python benchmarks/real_probe.py --chip DIR                        # another WorldCereal chip (same file layout)
     python benchmarks/real_probe.py --probe-chip DIR                  # train on the shared chip, probe an unseen one
+    python benchmarks/real_probe.py --halves --cv-repeats 4          # train on its north half, probe the south half
 
 ``--probe-chip DIR`` checks transfer: the models trained on ``--chip`` embed a second chip, and the probe
 and the S2 centre MAE (on the whole second chip, every pixel unseen in training) run there, with the PCA
@@ -90,6 +91,28 @@ def import_chip(work: Path, chip: Path = CHIP, name: str = "chip") -> Path:
     cli("import", "--s2", str(chip / "S2_L2A_*m_*.nc"), "--s1", one("S1_GRD-*.nc"), "--preset", "worldcereal",
         "--layer", f"croptype={labels}:CT", "--layer", f"landcover={labels}:LC", "--out", str(cube))
     return cube
+
+
+def split_chip(chip: Path, work: Path) -> tuple[Path, Path]:
+    """The chip's north and south halves as two chip folders under ``work`` (same files, rows cut; the
+    20 m files by the same ground rows): ``--halves`` trains on the north half and probes the south one."""
+    import xarray as xr
+
+    halves = {"north": work / "half_north", "south": work / "half_south"}
+    for name, folder in halves.items():
+        if folder.exists():
+            continue
+        tmp = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for f in sorted(chip.glob("*.nc")):
+            with xr.open_dataset(f, mask_and_scale=False, decode_times=False) as ds:
+                for v in ds.variables.values():
+                    v.attrs.pop("bounds", None)  # a string attribute the netCDF writer would take for CF cell bounds
+                n = ds.sizes["y"]
+                ds.isel(y=slice(0, n // 2) if name == "north" else slice(n // 2, n)).to_netcdf(tmp / f.name)
+        tmp.rename(folder)
+    return halves["north"], halves["south"]
 
 
 def stage_config(config_dir: Path, stage: str, cube: Path, seed_dir: Path, seed: int) -> dict[str, Any]:
@@ -322,6 +345,9 @@ def main() -> None:
     parser.add_argument("--probe-chip", type=Path, default=None,
                         help="another chip folder: the models trained on --chip embed it and the probe and MAE run "
                              "there (transfer to an unseen area); default: probe the training chip")
+    parser.add_argument("--halves", action="store_true",
+                        help="transfer check on one chip: train on the north half of --chip, probe its south half "
+                             "(no pixel of it seen in training)")
     parser.add_argument("--cv-repeats", type=int, default=1,
                         help="CV shuffles per seed, averaged (default 1: block grid and folds drawn by the seed, "
                              "the issue's protocol; 4 lowers the fold noise)")
@@ -333,6 +359,9 @@ def main() -> None:
             sys.exit(f"real_probe: --chip {args.chip} does not exist. Fix: pass a WorldCereal chip folder.")
         print(f"real_probe: skipped, the WorldCereal chip is absent ({CHIP}).")
         return
+    if args.halves and args.probe_chip is not None:
+        sys.exit("real_probe: --halves probes the south half of --chip; it cannot be combined with --probe-chip. "
+                 "Fix: pass one of them.")
     if args.probe_chip is not None and not args.probe_chip.is_dir():
         sys.exit(f"real_probe: --probe-chip {args.probe_chip} is not a folder. Fix: pass a WorldCereal chip folder.")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -343,6 +372,9 @@ def main() -> None:
     work = (args.work or Path(tempfile.mkdtemp(prefix="real_probe_"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     log(f"work folder {work}; configs {config_dir}; seeds {seeds}")
+    if args.halves:
+        args.chip, args.probe_chip = split_chip(args.chip.resolve(), work)
+        log(f"halves: training on {args.chip}, probing {args.probe_chip}")
     cube = import_chip(work, args.chip.resolve())
     unseen = import_chip(work, args.probe_chip.resolve(), f"probe_{args.probe_chip.resolve().name}") if args.probe_chip else None
     stores, mae = {}, {}

@@ -553,54 +553,51 @@ def test_real_probe_benchmark_names_a_bad_chip_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     res = run("--chip", "empty", "--probe-chip", "nowhere")
     assert res.returncode == 1 and "--probe-chip nowhere is not a folder" in res.stderr
+    res = run("--chip", "empty", "--halves", "--probe-chip", "empty")
+    assert res.returncode == 1 and "--halves probes the south half of --chip; it cannot be combined with --probe-chip" in res.stderr
     res = run("--chip", "empty")  # relative to the working directory, as a user types it
     assert res.returncode == 1 and f"expected one OUTPUT_POLY-110_*.nc in {tmp_path / 'empty'}, found 0" in res.stderr
 
 
 @pytest.mark.slow
-def test_real_probe_transfer_mode_trains_on_one_chip_and_probes_the_other(tmp_path, shared_data):
-    """--chip / --probe-chip end to end, as a user runs it (relative folders, another working directory):
-    the shared chip's north half trains the three stages (1 epoch), its south half is embedded, probed and
-    scored; the stores hold the south half's pixels and the runs name the north half's cube."""
+def test_real_probe_halves_trains_on_one_half_and_probes_the_other(tmp_path, shared_data):
+    """--halves end to end, as a user runs it (a relative --chip folder, another working directory): the
+    chip's north half trains the three stages (1 epoch), its south half is embedded, probed and scored
+    (the --probe-chip path); the stores hold the south half's pixels and the runs name the north half's cube."""
     import os
+    import shutil
     import subprocess
     import sys
 
     wc = shared_data / "worldcereal_chip_31UES_2018_2019"
     if not wc.exists():
         pytest.skip(f"WorldCereal chip {wc} absent")
-    for name, rows in (("north", slice(0, 32)), ("south", slice(32, 64))):
-        (tmp_path / name).mkdir()
-        for f in sorted(wc.glob("*.nc")):
-            ds = xr.open_dataset(f, mask_and_scale=False, decode_times=False)
-            for v in ds.variables.values():
-                v.attrs.pop("bounds", None)  # a string attribute the netCDF writer takes for CF cell bounds
-            step = 64 // ds.sizes["y"]  # 10 m and 20 m files: the same ground rows
-            ds.isel(y=slice(rows.start // step, rows.stop // step)).to_netcdf(tmp_path / name / f.name)
-            ds.close()
+    shutil.copytree(wc, tmp_path / "my chip")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "real_probe.py"
-    res = subprocess.run([sys.executable, str(script), "--chip", "north", "--probe-chip", "south", "--seeds", "0",
-                          "--epochs", "1", "--work", "w", "--json", "rp.json"], cwd=tmp_path,
+    res = subprocess.run([sys.executable, str(script), "--chip", "my chip", "--halves", "--seeds", "0", "--epochs", "1",
+                          "--work", "w", "--json", "rp.json"], cwd=tmp_path,
                          env={**os.environ, "LATENTCUBE_SHARED_DATA": str(shared_data)}, capture_output=True, text=True,
                          timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "Models and PCA baselines fitted on north; probe and MAE on south (unseen)." in res.stdout
-    assert "S2 centre-pixel MAE on south (unseen)" in res.stdout
+    assert "Models and PCA baselines fitted on half_north; probe and MAE on half_south (unseen)." in res.stdout
+    assert "S2 centre-pixel MAE on half_south (unseen)" in res.stdout
     doc = json.loads((tmp_path / "rp.json").read_text())
-    assert doc["probe_chip"] == "south" and doc["seeds"] == [0]
+    assert doc["probe_chip"] == str(tmp_path / "w" / "half_south") and doc["seeds"] == [0]
     names = {(r["labels"], r["protocol"], r["source"]) for r in doc["probe"]}
     for labels in ("CT", "LC"):
         for protocol in ("seasonal", "one date"):
             assert {(labels, protocol, s) for s in ("embedding", "raw", "pca", "raw_s2only", "pca_s2only")} <= names
     assert all(0 < r["mean"] <= 1 for r in doc["probe"])
     mae = doc["s2_centre_mae_held_out"]["0"]
-    south = xr.open_zarr(tmp_path / "w" / "probe_south.zarr")
+    south = xr.open_zarr(tmp_path / "w" / "probe_half_south.zarr")
     assert south.sizes["y"] == 32 and 0 < mae["s2_pixel_dates"] <= south.sizes["time"] * 32 * 64
     assert 0 < mae["s2_pca9"] < mae["fused_pca7_s2only"] and mae["s2_model"] > 0  # PCA-9 reconstructs better than PCA-7
-    emb = xr.open_zarr(tmp_path / "w" / "seed0" / "emb_fused_probe_south.zarr")
+    emb = xr.open_zarr(tmp_path / "w" / "seed0" / "emb_fused_probe_half_south.zarr")
     np.testing.assert_array_equal(emb["y"].values, south["y"].values)  # the unseen half was embedded
     north = xr.open_zarr(tmp_path / "w" / "chip.zarr")
-    assert not np.isin(north["y"].values, south["y"].values).any()  # ... and the models never saw its rows
+    assert north.sizes["y"] == 32 and not np.isin(north["y"].values, south["y"].values).any()  # never seen in training
+    with xr.open_dataset(next(wc.glob("S2_L2A_10m_*.nc"))) as full:  # together, the halves are the whole chip
+        np.testing.assert_array_equal(np.sort(np.r_[north["y"].values, south["y"].values]), np.sort(full["y"].values))
     card = json.loads((tmp_path / "w" / "seed0" / "runs" / "fusion" / "model_card.json").read_text())
     assert [(c["path"], c["size_px"]) for c in card["data"]["cubes"]] == [(str(tmp_path / "w" / "chip.zarr"), [32, 64])]
 
