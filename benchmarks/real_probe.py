@@ -28,7 +28,9 @@ Labels are only read by the probe; training sees the S1/S2 bands alone.
 
 ``--probe-chip DIR`` checks transfer: the models trained on ``--chip`` embed a second chip, and the probe
 and the S2 centre MAE (on the whole second chip, every pixel unseen in training) run there, with the PCA
-baselines fitted on the training chip's training strip, as for the models.
+baselines fitted on the training chip's training strip, as for the models. ``--halves`` does the same
+on one chip: it cuts ``--chip`` into its north and south halves (in the work folder), trains on the north
+half and probes the south one.
 
 ``--work DIR`` keeps the imported cube, the runs and the embeddings: a re-run with the same configs
 only re-probes; a changed config (or ``--epochs``) retrains that seed's stages from scratch.
