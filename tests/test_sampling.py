@@ -222,6 +222,32 @@ def test_spatial_split_strips_by_hand():
         spatial_split(40, 64, {"val": 0.3}, axis="t")
 
 
+@pytest.mark.parametrize(("shape", "fractions", "axis"), [
+    ((64, 64), {"val": 0.2}, "x"), ((64, 64), {"val": 0.2, "test": 0.2}, "x"), ((200, 40), {"val": 0.05}, "y"),
+])
+def test_spatial_split_error_names_a_fraction_that_works(shape, fractions, axis):
+    """The fix of a too-narrow held-out strip names fractions that then split the cube."""
+    import re
+
+    with pytest.raises(ValueError, match="strip is 1[03] px wide") as err:
+        spatial_split(*shape, fractions, axis=axis)
+    fixed = dict(re.findall(r"(val|test): ([0-9.]+)", str(err.value).split("data.spatial_split: ")[1]))
+    assert set(fixed) == set(fractions)
+    out = spatial_split(*shape, {k: float(v) for k, v in fixed.items()}, axis=axis)
+    assert all(s[0 if axis == "y" else 1].stop - s[0 if axis == "y" else 1].start >= 15 for s in out.values())
+
+
+def test_spatial_split_error_for_the_train_strip_names_the_other_axis_and_lower_fractions():
+    with pytest.raises(ValueError, match=r"train strip is 14 px wide.*Fix: split along the other axis "
+                                         r"\(data.spatial_split_axis: y: 64 px instead of 20\)"):
+        spatial_split(64, 20, {"val": 0.3})
+    with pytest.raises(ValueError, match=r"Fix: lower the held-out fractions \(together at most 0.75, each at least "
+                                         r"0.25\), or use more cubes"):
+        spatial_split(64, 64, {"val": 0.8})
+    with pytest.raises(ValueError, match=r"Fix: use more cubes with cube-level splits \(data.splits or data.plan\)\.$"):
+        spatial_split(20, 20, {"val": 0.3})
+
+
 def test_patches_stay_inside_their_region_and_splits_share_no_pixel(tmp_path):
     import xarray as xr
 

@@ -18,6 +18,7 @@ DataLoader workers.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -196,14 +197,30 @@ def spatial_split(
     out = {}
     for split, a, b in zip(order, edges[:-1], edges[1:], strict=True):
         if b - a < patch:
-            raise ValueError(
-                f"spatial split {dict(fractions)} of a {height} x {width} cube along {axis}: the {split} strip is "
-                f"{b - a} px wide, less than one {patch}-px patch. Fix: raise its fraction, split along the other "
-                "axis, or use more cubes with cube-level splits."
-            )
+            raise ValueError(f"spatial split {dict(fractions)} of a {height} x {width} cube along {axis}: the {split} "
+                             f"strip is {b - a} px wide, less than one {patch}-px patch. Fix: "
+                             + _split_fixes(fractions, extent, patch, split, (height, width), axis))
         strip = slice(int(a), int(b))
         out[split] = (slice(0, height), strip) if axis == "x" else (strip, slice(0, width))
     return out
+
+
+def _split_fixes(fractions: Mapping[str, float], extent: int, patch: int, split: str, shape: tuple[int, int],
+                 axis: str) -> str:
+    """The ways out of a strip narrower than one patch, most direct first, as one phrase."""
+    fixes = []
+    need = math.ceil(100 * (patch + 0.5) / extent) / 100  # the smallest share whose rounded strip holds a patch
+    raised = {s: max(float(f), need) for s, f in fractions.items()}
+    if split != "train" and sum(raised.values()) <= 1 - need:
+        fixes.append(f"raise the held-out fractions to at least {need:.2f} each (data.spatial_split: "
+                     "{" + ", ".join(f"{s}: {f:.2f}" for s, f in raised.items()) + "})")
+    elif split == "train" and len(fractions) * need <= 1 - need:
+        fixes.append(f"lower the held-out fractions (together at most {1 - need:.2f}, each at least {need:.2f})")
+    other, across = ("y", shape[0]) if axis == "x" else ("x", shape[1])
+    if across > extent:
+        fixes.append(f"split along the other axis (data.spatial_split_axis: {other}: {across} px instead of {extent})")
+    fixes.append("use more cubes with cube-level splits (data.splits or data.plan)")
+    return ", ".join(fixes[:-1]) + (", or " if len(fixes) > 1 else "") + fixes[-1] + "."
 
 
 def nearest_s1_index(s2_times: Sequence[Any], s1_times: Sequence[Any], max_gap_days: float) -> np.ndarray:
