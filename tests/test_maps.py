@@ -123,6 +123,46 @@ def test_pca_figure_two_panels(tmp_path):
         pca_figure(ds, cube.isel(time=[0, 2]), "2019-07-14", tmp_path / "x.png")
 
 
+def test_pca_figure_without_b02_b03_shows_a_titled_false_colour(tmp_path, monkeypatch):
+    """An openEO-style cube of B04 B08 B11 only: the left panel is the B11/B08/B04 composite, titled as such."""
+    from matplotlib.figure import Figure
+
+    from latentcube.plots import reference_rgb
+
+    ds = emb_cube(h=8, w=8)
+    rng = np.random.default_rng(1)
+    s2 = rng.uniform(0.02, 0.5, size=(3, 3, 8, 8)).astype("float32")
+    cube = new_cube(s2=s2, time=TIMES, y=ds["y"].values, x=ds["x"].values, crs="EPSG:32632",
+                    bands=("B04", "B08", "B11"))
+    drawn = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (drawn.append(fig), save(fig, *a, **k))[1])
+    pca_figure(ds, cube, "2019-07-14", tmp_path / "pca.png")
+    left = drawn[0].axes[0]
+    assert left.get_title() == "Sentinel-2 false colour B11/B08/B04 2019-07-14"
+    expected, _ = reference_rgb(cube, 1)
+    np.testing.assert_array_equal(np.asarray(left.images[0].get_array()), expected)
+    manual = s2[1, [2, 1, 0]].transpose(1, 2, 0).astype("float64")  # B11, B08, B04 as R, G, B
+    lo, hi = np.percentile(manual.reshape(-1, 3), [2, 98], axis=0)
+    np.testing.assert_allclose(expected, np.clip((manual - lo) / (hi - lo), 0, 1), atol=1e-6)
+
+
+def test_cli_pca_on_a_three_band_cube_with_and_without_cube(tmp_path, capsys):
+    from latentcube.cli import main
+
+    ds = emb_cube(h=8, w=8)
+    cube = new_cube(s2=np.full((3, 3, 8, 8), 0.1, "float32"), time=TIMES, y=ds["y"].values, x=ds["x"].values,
+                    crs="EPSG:32632", bands=("B04", "B08", "B11"))
+    cube.to_zarr(tmp_path / "c.zarr", zarr_format=2, consolidated=True)
+    ds.attrs["source_cube"] = str(tmp_path / "c.zarr")  # what embed records: --cube may be left out
+    ds.to_zarr(tmp_path / "e.zarr", zarr_format=2, consolidated=True)
+    for extra, out in ((["--cube", str(tmp_path / "c.zarr")], "p.png"), ([], "q.png")):
+        with pytest.raises(SystemExit) as exc:
+            main(["pca", str(tmp_path / "e.zarr"), "--date", "2019-07-19", *extra, "--out", str(tmp_path / out)])
+        assert exc.value.code == 0, capsys.readouterr().err
+        assert (tmp_path / out).read_bytes()[:4] == b"\x89PNG"
+
+
 def test_cli_pca(tmp_path, capsys):
     from latentcube.cli import main
 

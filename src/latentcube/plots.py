@@ -1,4 +1,5 @@
-"""Quick looks of cubes: true-colour images and per-class NDVI / VV time series (matplotlib, no display)."""
+"""Quick looks of cubes: true-colour (or false-colour) images and per-class NDVI / VV time series
+(matplotlib, no display)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,24 @@ import xarray as xr
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry to leave behind
 
 from latentcube.constants import LANDCOVER_CLASSES
+from latentcube.cube import CubeError
 
-__all__ = ["clearest_date", "class_timeseries", "ndvi", "plot_class_timeseries", "save_true_colour", "true_colour_rgb"]
+__all__ = ["REFERENCE_COMPOSITES", "clearest_date", "class_timeseries", "ndvi", "plot_class_timeseries",
+           "reference_rgb", "save_true_colour", "true_colour_rgb"]
+
+TRUE_COLOUR_BANDS = ("B04", "B03", "B02")
+#: The (R, G, B) band triples :func:`reference_rgb` tries, in order, with their names: true colour first,
+#: then false-colour composites for cubes that lack the visible bands (an openEO export of B04 B08 B11...).
+REFERENCE_COMPOSITES: tuple[tuple[tuple[str, str, str], str], ...] = (
+    (TRUE_COLOUR_BANDS, "true colour"),
+    (("B08", "B04", "B03"), "false colour B08/B04/B03"),
+    (("B11", "B08", "B04"), "false colour B11/B08/B04"),
+    (("B12", "B08", "B04"), "false colour B12/B08/B04"),
+)
+#: Single bands for the greyscale fallback, in order of preference (else the cube's first band).
+GREYSCALE_BANDS = ("B08", "B04", "B03", "B02", "B8A", "B11", "B12", "B05", "B06", "B07")
+#: Percentiles of the linear stretch of false-colour and greyscale images.
+STRETCH_PERCENTILES = (2.0, 98.0)
 
 
 def ndvi(ds: xr.Dataset) -> xr.DataArray:
@@ -33,11 +50,75 @@ def clearest_date(ds: xr.Dataset) -> int:
     return int(np.argmax(clear.mean(("y", "x")).values))
 
 
+def _s2_bands(ds: xr.Dataset) -> list[str]:
+    if "s2" not in ds.data_vars:
+        raise CubeError("the cube has no Sentinel-2 variable `s2`, so there is no image to draw. Fix: pass a "
+                        "latentcube cube with S2 reflectance (latentcube import / latentcube cube).")
+    return [str(b) for b in ds["band"].values]
+
+
 def true_colour_rgb(ds: xr.Dataset, time_index: int, *, gain: float = 3.0) -> np.ndarray:
-    """``(y, x, 3)`` float RGB in 0–1 from B04/B03/B02 × ``gain``; invalid pixels are white."""
-    rgb = ds["s2"].isel(time=time_index).sel(band=["B04", "B03", "B02"]).transpose("y", "x", "band").values
+    """``(y, x, 3)`` float RGB in 0–1 from B04/B03/B02 × ``gain``; invalid pixels are white.
+
+    Raises :class:`~latentcube.cube.CubeError` when the cube lacks one of B02, B03, B04 (use
+    :func:`reference_rgb` for a false-colour or greyscale fallback).
+    """
+    bands = _s2_bands(ds)
+    missing = [b for b in TRUE_COLOUR_BANDS if b not in bands]
+    if missing:
+        raise CubeError(f"the cube's S2 bands ({', '.join(bands)}) lack {', '.join(missing)}, needed for a true-colour "
+                        "image. Fix: import B02, B03 and B04, or draw a false-colour image with "
+                        "latentcube.plots.reference_rgb.")
+    rgb = ds["s2"].isel(time=time_index).sel(band=list(TRUE_COLOUR_BANDS)).transpose("y", "x", "band").values
     rgb = np.clip(rgb * gain, 0.0, 1.0)
     return np.where(np.isfinite(rgb), rgb, 1.0)
+
+
+def _stretch(values: np.ndarray) -> np.ndarray:
+    """Each channel of ``(y, x, c)`` linearly from its 2nd..98th percentile of finite values to 0..1 (clipped);
+    a constant channel is mid-grey (0.5); NaN stays NaN."""
+    out = np.full(values.shape, np.nan)
+    for c in range(values.shape[-1]):
+        v = values[..., c].astype("float64")
+        ok = np.isfinite(v)
+        if not ok.any():
+            continue
+        lo, hi = np.percentile(v[ok], STRETCH_PERCENTILES)
+        out[..., c] = np.clip((v - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.where(ok, 0.5, np.nan)
+    return out
+
+
+def reference_rgb(ds: xr.Dataset, time_index: int, *, gain: float = 3.0) -> tuple[np.ndarray, str]:
+    """``(y, x, 3)`` float RGB in 0–1 of one S2 date and its name, from the bands the cube has.
+
+    The first of :data:`REFERENCE_COMPOSITES` whose three bands are all present is drawn:
+
+    - true colour (B04/B03/B02): reflectance × ``gain``, clipped to 1, as :func:`true_colour_rgb`;
+    - else a false-colour composite (B08/B04/B03, B11/B08/B04 or B12/B08/B04 as R/G/B): NIR and SWIR
+      reflectance is several times the visible one, so one gain would saturate or darken a channel; each
+      channel is instead stretched linearly from its 2nd to its 98th percentile on that date (``gain``
+      is not used);
+    - else (fewer bands) one band as greyscale (B08 first, see :data:`GREYSCALE_BANDS`, else the cube's
+      first band), stretched the same way.
+
+    Invalid pixels are white. The name (``"true colour"``, ``"false colour B11/B08/B04"``,
+    ``"B08 greyscale"``) is meant for the panel's title, so that a false-colour image is never shown as
+    true colour. A cube without S2 bands raises :class:`~latentcube.cube.CubeError`.
+    """
+    bands = _s2_bands(ds)
+    if not bands:
+        raise CubeError("the cube's S2 variable has no bands, so there is no image to draw. Fix: import at least "
+                        "one S2 band (B04, B08...).")
+    for triple, name in REFERENCE_COMPOSITES:
+        if all(b in bands for b in triple):
+            if triple == TRUE_COLOUR_BANDS:
+                return true_colour_rgb(ds, time_index, gain=gain), name
+            rgb = _stretch(ds["s2"].isel(time=time_index).sel(band=list(triple)).transpose("y", "x", "band").values)
+            return np.where(np.isfinite(rgb), rgb, 1.0), name
+    band = next((b for b in GREYSCALE_BANDS if b in bands), bands[0])
+    grey = _stretch(ds["s2"].isel(time=time_index).sel(band=band).transpose("y", "x").values[..., None])
+    grey = np.where(np.isfinite(grey), grey, 1.0)
+    return np.repeat(grey, 3, axis=-1), f"{band} greyscale"
 
 
 def save_true_colour(ds: xr.Dataset, path: str | Path, *, time_index: int | None = None, title: str = "") -> Path:

@@ -248,7 +248,11 @@ def pca_figure(
     gain: float = 3.0,
     title: str = "",
 ) -> Path:
-    """Write a two-panel PNG: Sentinel-2 true colour (left) and the embedding PCA-RGB (right) of ``date``.
+    """Write a two-panel PNG: a Sentinel-2 image (left) and the embedding PCA-RGB (right) of ``date``.
+
+    The left panel is true colour (B04/B03/B02) when the cube has those bands, else a false-colour
+    composite or one band in greyscale from the bands it has (an openEO export of B04 B08 B11 gives
+    B11/B08/B04), titled with what it shows: see :func:`latentcube.plots.reference_rgb`.
 
     Args:
         emb: embedding cube.
@@ -256,12 +260,13 @@ def pca_figure(
         date: ``YYYY-MM-DD`` present in both the embedding and the cube's S2 dates (else an error with the
             nearest dates); ``None`` = the embedding date with the most valid pixels.
         out_png: the figure path (parent directories are created).
-        gain: true-colour brightness factor (reflectance x gain, clipped to 1; invalid pixels white).
+        gain: true-colour brightness factor (reflectance x gain, clipped to 1; invalid pixels white); false
+            colour and greyscale are stretched per channel instead.
     Returns ``out_png`` as a Path.
     """
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry
 
-    from latentcube.plots import true_colour_rgb
+    from latentcube.plots import reference_rgb
 
     ds = as_embedding(emb) if not isinstance(emb, xr.DataArray) else emb.to_dataset(name="embedding")
     da = ds["embedding"].transpose("time", "feature", "y", "x")
@@ -276,13 +281,13 @@ def pca_figure(
         )
     fit = fit or fit_pca(da, fit_dates=fit_dates, sample=sample, seed=seed)
     rgb = pca_rgb(da, date=day, fit=fit)
-    tc = true_colour_rgb(s2, ts2, gain=gain)
+    tc, tc_name = reference_rgb(s2, ts2, gain=gain)
     ev = fit.explained_variance_ratio
     h, w = rgb.shape[:2]
     fig = Figure(figsize=(10, 5.4 * h / w + 0.4), dpi=110)
     axes = fig.subplots(1, 2)
     axes[0].imshow(tc, interpolation="nearest")
-    axes[0].set_title(f"Sentinel-2 true colour {pd.Timestamp(s2['time'].values[ts2]).date()}")
+    axes[0].set_title(f"Sentinel-2 {tc_name} {pd.Timestamp(s2['time'].values[ts2]).date()}")
     axes[1].imshow(rgb, interpolation="nearest")
     axes[1].set_title(f"embedding PC1-3 as RGB ({100 * ev.sum():.0f} % of variance)")
     for ax in axes:
