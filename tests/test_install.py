@@ -1,5 +1,5 @@
 """Installed anywhere: a non-editable install of the package, used from a folder outside the repository,
-finds its demo configs inside the installed package and runs ``latentcube demo``."""
+finds its demo configs inside the installed package, copies the area recipe and runs ``latentcube demo``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,9 @@ def test_pip_installed_package_runs_the_demo_outside_the_repository(tmp_path):
     lines = _run([py, "-c", probe], cwd=elsewhere).stdout.splitlines()
     assert Path(lines[0]).is_relative_to(site) and Path(lines[1]) == site / "latentcube" / "configs" / "demo"
     assert lines[2] == "s1 s2 fusion"
+    _run([venv / "bin" / "latentcube", "configs", "area", "--out", "cfg"], cwd=elsewhere)  # every recipe is package data
+    for stage in ("s1", "s2", "fusion"):
+        assert (elsewhere / "cfg" / f"{stage}.yaml").read_bytes() == (REPO / "configs" / "area" / f"{stage}.yaml").read_bytes()
 
     proc = _run([venv / "bin" / "latentcube", "demo", "--out", "X", "--no-train"], cwd=elsewhere)
     assert "report: X/report.html" in proc.stdout

@@ -52,6 +52,7 @@ _LAZY = {
     "build_report": "latentcube.report",
     "run_demo": "latentcube.demo",
     "demo_config_dir": "latentcube.demo",
+    "write_recipe": "latentcube.train.recipes",
     # the base of every error latentcube raises on purpose
     "LatentcubeError": "latentcube.errors",
 }
@@ -62,7 +63,7 @@ __all__ = [  # literal, so linters and IDEs read it; tests check it equals _LAZY
     "load_model", "embed_cube", "embed_pixels", "open_embedding", "gapfill_embeddings", "aggregate_embeddings",
     "sample_embeddings", "export_geotiff",
     "pca_figure", "evaluate_gpp", "run_probe", "build_report", "run_demo", "demo_config_dir",
-    "LatentcubeError",
+    "write_recipe", "LatentcubeError",
 ]
 
 
@@ -97,3 +98,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real objects
     from latentcube.sources.stac import fetch_cube
     from latentcube.synthetic import make_world, write_world
     from latentcube.train import TrainConfig, check_data, load_train_config, run_training
+    from latentcube.train.recipes import write_recipe

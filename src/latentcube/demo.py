@@ -11,7 +11,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -110,12 +109,9 @@ def demo_config_dir() -> Path:
     Read from the installed package, so ``latentcube demo`` works from any folder and any install
     (``pip install .``, a wheel, editable). Relative paths in them are relative to the demo's ``--out``.
     """
-    # Package data installs as plain files (no zip-safe install), so the Traversable is a real folder.
-    folder = Path(str(resources.files("latentcube") / "configs" / "demo"))
-    if not (folder / "s2.yaml").is_file():
-        raise FileNotFoundError(f"the demo configs are missing from the installed package ({folder}). "
-                                "Fix: reinstall latentcube (pip install --force-reinstall latentcube).")
-    return folder
+    from latentcube.train.recipes import recipe_dir
+
+    return recipe_dir("demo")
 
 
 @contextmanager

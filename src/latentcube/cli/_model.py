@@ -1,4 +1,4 @@
-"""``latentcube`` commands for models: model-info, train, embed, plot-training."""
+"""``latentcube`` commands for models: configs, model-info, train, embed, plot-training."""
 
 from __future__ import annotations
 
@@ -9,6 +9,19 @@ from typing import Annotated
 import typer
 
 from latentcube.cli import _table, app, out
+
+
+@app.command()
+def configs(
+    recipe: Annotated[str, typer.Argument(help="area (one area on CPU, recommended) | demo | paper.")] = "area",
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write s1.yaml, s2.yaml, fusion.yaml into.")] = Path("."),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing stage configs there.")] = False,
+) -> None:
+    """Copy a recipe's three stage configs (shipped with the package) into a folder to edit and train with."""
+    from latentcube.train.recipes import write_recipe
+
+    for path in write_recipe(recipe, out_dir, overwrite=overwrite):
+        out.print(path)
 
 
 @app.command("model-info")
