@@ -263,6 +263,25 @@ def swapped_fusion(tmp: Path) -> object:
     return build_task(load_train_config(path))
 
 
+def mismatched_fusion(tmp: Path) -> object:
+    """Fusion of an S1 model trained on 9-date windows (a 10-date export) and an S2 model on 11."""
+    import yaml
+
+    from latentcube.nn import SensorAutoencoder, s1_config
+    from latentcube.nn.model_file import save_model
+    from latentcube.preprocess import Normalization
+    from latentcube.train import build_task, load_train_config
+
+    cfg = s1_config(widths=(8, 12, 16), multiscale_branch_ch=4, d_model=16, ffn_dim=16, decoder_d_model=16,
+                    decoder_ffn_dim=16, decoder_widths=(16, 8, 8), decoder_branch_ch=4, n_dates=9)
+    (tmp / "s1").mkdir()
+    s1 = save_model(tmp / "s1" / "model.pt", SensorAutoencoder(cfg), normalization=Normalization())
+    path = tmp / "fusion.yaml"
+    path.write_text(yaml.safe_dump({"stage": "fusion", "out_dir": "run",
+                                    "checkpoints": {"s1": str(s1), "s2": str(tiny_model(tmp))}}))
+    return build_task(load_train_config(path))
+
+
 def tiny_embedding(tmp: Path) -> Path:
     """A small embedding store ``embedding (time, feature, y, x)`` on the tiny cube's grid and dates."""
     import xarray as xr
@@ -372,6 +391,7 @@ CASES: list[Row] = [
     row("cli: train --max-epochs 0", lambda t: cli("train", "s2", "--config", config(t), "--max-epochs", "0"), r"max_epochs = 0 is out of range"),
     # ---- embed and gap-fill options (defect 9)
     row("train fusion: checkpoints.s1 is an S2 model", swapped_fusion, r"checkpoints\.s1 \(.*model\.pt\) is a s2 model of bands B02, .*not a s1 model \(VV, VH\)\. Fix: set checkpoints\.s1 to the model\.pt of `latentcube train s1` \(the s1 and s2 files look swapped\)"),
+    row("train fusion: S1 and S2 models of different windows", mismatched_fusion, r"the sensor models fuse one window, but they were trained on different ones: checkpoints\.s1 \(.*s1/model\.pt\) 15 px x 9 dates, checkpoints\.s2 \(.*model\.pt\) 15 px x 11 dates\. Fix: retrain the stages with the same model: \{n_dates, patch_size\}"),
     row("embed --device tpu", lambda t: cli("embed", saved(t), "--checkpoint", tiny_model(t), "--out", "e.zarr", "--device", "tpu"), r"device='tpu' is not a device embed can run on \(cpu, cuda or cuda:N\)\. Fix: --device cpu"),
     row("embed --block-px 3", lambda t: cli("embed", saved(t), "--checkpoint", tiny_model(t), "--out", "e.zarr", "--block-px", "3"), r"block_px=3 is below the minimum 16: .* reads 32x the pixels it embeds .*Fix: --block-px 256 \(the default\), or at least 16"),
     row("gapfill --freq 0D", lambda t: cli("gapfill", tiny_embedding(t), "--out", "f.zarr", "--freq", "0D"), r"freq '0D' is not a positive step\. Fix: use a positive number of days"),

@@ -235,6 +235,12 @@ def build_task(cfg: TrainConfig, *, base_dir: Path | None = None) -> tuple[_Stag
         if saved.to_dict() != norm.to_dict():
             raise ConfigError(f"checkpoints.{name} was trained with another normalisation; use the same for fusion")
         sensors[name] = model
+    windows = {name: (m.config.patch_size, m.config.n_dates) for name, m in sensors.items()}
+    if len(set(windows.values())) > 1:
+        seen = ", ".join(f"checkpoints.{n} ({cfg.checkpoints[n]}) {w[0]} px x {w[1]} dates" for n, w in windows.items())
+        raise ConfigError(f"the sensor models fuse one window, but they were trained on different ones: {seen}. Fix: "
+                          "retrain the stages with the same model: {n_dates, patch_size} and data.sampling: {n_frames, "
+                          "patch} (a sensor with fewer dates sets them for all), and give fusion.yaml the same window")
     # Order matters for the fused token: S1 then S2 (then any further sensor).
     sensors = {k: sensors[k] for k in sorted(sensors, key=lambda n: (n != "s1", n != "s2", n))}
     fcfg = _merge(FusionConfig(), cfg.model, FusionConfig, "model (fusion)")
