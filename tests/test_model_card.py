@@ -182,3 +182,57 @@ def test_demo_catalogue_section_links_cards_and_stac_items(run, tmp_path):
            "2020-04-01 .. 2020-04-21" in text
     # The card is rewritten where the demo keeps it; the cubes are not in this folder: said, not an error.
     assert json.loads((out / "runs" / "s2" / CARD_JSON).read_text())["data"]["cubes"][0]["found"] is False
+
+
+def test_card_names_the_models_own_bands(tmp_path, capsys):
+    """A model of B04 B08 B11 (an openEO export): its count and names everywhere, never the preset's 10."""
+    from latentcube.cli import main
+    from latentcube.constants import S2_BANDS
+    from latentcube.nn import SensorAutoencoder, s2_config
+    from latentcube.nn.model_file import save_model
+    from latentcube.preprocess import Normalization
+
+    three = ("B04", "B08", "B11")
+    model = SensorAutoencoder(replace(s2_config(), n_bands=3, band_names=three, **SMALL)).eval()
+    cfg = TrainConfig(stage="s2", out_dir=str(tmp_path), model={**SMALL, "n_bands": 3, "band_names": list(three)})
+    path = save_model(tmp_path / "model.pt", model, normalization=Normalization(), config=cfg)
+    (tmp_path / CARD_JSON).write_text(json.dumps({"format": "latentcube-model-card/1", "model": {
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}}))  # an old card of this very file: rewritten
+    with pytest.raises(SystemExit) as done:
+        main(["model-info", str(path)])
+    assert done.value.code == 0
+    md = capsys.readouterr().out
+    card = json.loads((tmp_path / CARD_JSON).read_text())
+    m, d = card["model"], card["data"]
+    assert (m["bands"], m["n_bands"], m["latent_size"]) == ({"s2": list(three)}, {"s2": 3}, 9)
+    assert m["stage_description"] == "stage 1: Sentinel-2 autoencoder (3 reflectance bands: B04, B08, B11)"
+    assert card["intended_use"][0].startswith("Embed cubes of Sentinel-2 L2A reflectance (3 bands: B04, B08, B11) ")
+    assert d["bands"] == {"s2": list(three)}
+    assert d["normalisation"]["s2"] == {"B04": [0.0, 1.0], "B08": [0.0, 1.0], "B11": [0.0, 1.0]}
+    assert "s1_db" not in d["normalisation"]  # an S2 model does not read S1
+    latent = [lim for lim in card["limitations"] if lim.startswith("The S2 code")]
+    assert latent == ["The S2 code has more dimensions (9) than the model has input bands (3: B04, B08, B11): its "
+                      "features are partly redundant (they can add spatial and temporal context, not spectral "
+                      "information), so expect correlated features."]
+    assert "10 bands" not in md and "10 reflectance" not in md and "B02" not in md
+    assert "Sentinel-2 autoencoder (3 reflectance bands: B04, B08, B11)" in md and "(3 bands: B04, B08, B11)" in md
+
+    ten = save_model(tmp_path / "ten" / "model.pt", SensorAutoencoder(replace(s2_config(), **SMALL)).eval(),
+                     normalization=Normalization())
+    card = build_model_card(ten)
+    assert card["model"]["stage_description"] == (f"stage 1: Sentinel-2 autoencoder (10 reflectance bands: "
+                                                  f"{', '.join(S2_BANDS)})")
+    assert list(card["data"]["normalisation"]["s2"]) == list(S2_BANDS)
+    assert not any(lim.startswith("The S2 code") for lim in card["limitations"])  # 9-d code of 10 bands
+
+    from latentcube.nn import FusionConfig, FusionModel, s1_config
+
+    s1 = SensorAutoencoder(replace(s1_config(), **SMALL)).eval()
+    fused = FusionModel({"s1": s1, "s2": model}, FusionConfig(proj_dim=8, d_model=16, ffn_dim=16)).eval()
+    card = build_model_card(save_model(tmp_path / "fusion" / "model.pt", fused, normalization=Normalization()))
+    assert card["model"]["stage_description"].endswith("(S2: 3 reflectance bands: B04, B08, B11; S1: VV, VH backscatter)")
+    assert card["intended_use"][0].startswith("Embed cubes of Sentinel-2 L2A reflectance (3 bands: B04, B08, B11) with "
+                                              "Sentinel-1 VV/VH backscatter matched to each S2 date ")
+    assert list(card["data"]["normalisation"]["s2"]) == list(three)
+    assert list(card["data"]["normalisation"]["s1_db"]) == ["VV", "VH"]
+    assert sum(lim.startswith("The S2 code has more dimensions (9)") for lim in card["limitations"]) == 1

@@ -26,18 +26,43 @@ from latentcube.files import atomic_write_text, file_sha256
 
 __all__ = ["CARD_FORMAT", "CARD_JSON", "CARD_MD", "card_markdown", "model_card", "resolve_model", "write_model_card"]
 
-CARD_FORMAT = "latentcube-model-card/1"
+#: /2: the model's own bands (``model.bands``, ``model.n_bands``) in every text; a /1 card (which said "10 bands"
+#: whatever the model read) is rewritten by ``model-info``.
+CARD_FORMAT = "latentcube-model-card/2"
 CARD_JSON = "model_card.json"
 CARD_MD = "MODEL_CARD.md"
 #: Where the probe writes its result in a run folder (``run_probe(..., run_dir=...)``).
 PROBE_JSON = Path("evaluation") / "probe" / "probe.json"
 UNSPECIFIED_LICENCE = ("unspecified: set `licence:` in the training config (e.g. `licence: CC-BY-4.0`) or pass "
                        "`latentcube model-info MODEL --licence ...`")
-_STAGE_TEXT = {
-    "s1": "stage 1: Sentinel-1 autoencoder (VV, VH backscatter)",
-    "s2": "stage 1: Sentinel-2 autoencoder (10 reflectance bands)",
-    "fusion": "stage 2: S1 + S2 fusion on the frozen stage-1 encoders and decoders",
-}
+
+
+def _band_list(names: list[str], n: int, noun: str = "band") -> str:
+    """``"3 bands: B04, B08, B11"`` (``"3 bands"`` when the model file has no band names)."""
+    return f"{n} {noun}{'s' if n != 1 else ''}" + (f": {', '.join(names)}" if names else "")
+
+
+def _sensor_text(sensor: str, bands: Mapping[str, list[str]], n_bands: Mapping[str, int]) -> str:
+    """The input of one sensor as the model reads it, e.g. ``"Sentinel-2 L2A reflectance (3 bands: B04, B08, B11)"``."""
+    names, n = list(bands.get(sensor) or []), int(n_bands.get(sensor) or 0)
+    if sensor == "s1":
+        return f"Sentinel-1 {'/'.join(names)} backscatter" if names else f"Sentinel-1 backscatter ({_band_list(names, n)})"
+    return f"Sentinel-2 L2A reflectance ({_band_list(names, n)})"
+
+
+def _stage_text(stage: str, bands: Mapping[str, list[str]], n_bands: Mapping[str, int]) -> str | None:
+    def short(sensor: str) -> str:  # "3 reflectance bands: B04, B08, B11", "VV, VH backscatter"
+        names, n = list(bands.get(sensor) or []), int(n_bands.get(sensor) or 0)
+        if sensor == "s1":
+            return f"{', '.join(names)} backscatter" if names else _band_list(names, n, "backscatter band")
+        return _band_list(names, n, "reflectance band")
+
+    if stage in ("s1", "s2"):
+        return f"stage 1: Sentinel-{stage[1]} autoencoder ({short(stage)})"
+    if stage == "fusion":
+        inputs = "; ".join(f"{s.upper()}: {short(s)}" for s in ("s2", "s1") if s in n_bands)
+        return f"stage 2: S1 + S2 fusion on the frozen stage-1 encoders and decoders ({inputs})"
+    return None
 
 
 def resolve_model(path: str | Path) -> Path:
@@ -190,11 +215,17 @@ def _licence(licence: str | None, cfg: Mapping[str, Any]) -> str:
     return str(licence or cfg.get("licence") or UNSPECIFIED_LICENCE)
 
 
-def _use_and_limits(kind: str, stage: str, cubes: list[dict[str, Any]], pixel: float | None,
+def _use_and_limits(facts: Mapping[str, Any], cubes: list[dict[str, Any]], pixel: float | None,
                     training: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    sensors = {"s1": "Sentinel-1 VV/VH backscatter", "s2": "Sentinel-2 L2A reflectance (10 bands)",
-               "fusion": "Sentinel-2 L2A reflectance with Sentinel-1 VV/VH matched to each S2 date"}[stage] \
-        if stage in ("s1", "s2", "fusion") else "the cubes' sensors"
+    kind, stage, bands, n_bands = facts["kind"], facts["stage"], facts["bands"], facts["n_bands"]
+    if stage in ("s1", "s2"):
+        sensors = _sensor_text(stage, bands, n_bands)
+    elif stage == "fusion":
+        sensors = " with ".join(_sensor_text(s, bands, n_bands) for s in ("s2", "s1") if s in n_bands)
+        if "s1" in n_bands and "s2" in n_bands:
+            sensors += " matched to each S2 date"
+    else:
+        sensors = "the cubes' sensors"
     use = [f"Embed cubes of {sensors} in the latentcube data model (docs/data-model.md) with `latentcube embed`: one "
            "embedding per pixel and date, for linear probes, clustering, change and phenology analysis, gap-filled or "
            "window summaries (`gapfill`, `aggregate`) and point sampling (`sample`).",
@@ -220,10 +251,45 @@ def _use_and_limits(kind: str, stage: str, cubes: list[dict[str, Any]], pixel: f
     if "the warm start" in str(training.get("selected_by", "")):
         limits.append("The model is its linear warm start (`warm_start: pca`): no epoch of training beat it on the "
                       "validation split, so it is a linear code of each patch, not a learned nonlinear one.")
+    s2_latent, s2_bands = (facts.get("latent_sizes") or {}).get("s2"), int(n_bands.get("s2") or 0)
+    if s2_latent and s2_bands and int(s2_latent) > s2_bands:
+        names = ", ".join(bands.get("s2") or [])
+        limits.append(f"The S2 code has more dimensions ({s2_latent}) than the model has input bands ({s2_bands}"
+                      + (f": {names}" if names else "") + "): its features are partly redundant (they can add spatial "
+                      "and temporal context, not spectral information), so expect correlated features.")
     if kind == "fusion":
         limits.append("The fusion model needs S1 within the matching gap of the S2 dates; where S1 is missing the "
                       "S1 part is embedded as absent.")
     return use, limits
+
+
+def _model_bands(meta: Mapping[str, Any], model: Any) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """The input bands of each sensor of the loaded model, ``({sensor: names}, {sensor: count})``: its configs'
+    ``n_bands`` and ``band_names``, else the file's ``band_order``."""
+    from latentcube.nn import FusionModel
+
+    configs = {name: m.config for name, m in model.sensors.items()} if isinstance(model, FusionModel) else \
+        {model.config.sensor: model.config}
+    order = meta.get("band_order") or {}
+    bands = {s: [str(b) for b in (c.band_names or order.get(s) or [])] for s, c in configs.items()}
+    return bands, {s: int(c.n_bands) for s, c in configs.items()}
+
+
+def _model_normalisation(norm: Any, bands: Mapping[str, list[str]]) -> Any:
+    """The file's normalisation cut to the bands the model reads (the saved table holds every band of each
+    sensor, also those of a sensor it does not read); as saved when the band names are not known."""
+    if not isinstance(norm, Mapping):
+        return norm
+    out = dict(norm)
+    for key, sensor in (("s2", "s2"), ("s1_db", "s1")):
+        table = norm.get(key)
+        if not isinstance(table, Mapping):
+            continue
+        if sensor not in bands:
+            out.pop(key)
+        elif bands[sensor]:
+            out[key] = {b: table[b] for b in bands[sensor] if b in table}
+    return out
 
 
 def _model_facts(model_path: Path, meta: Mapping[str, Any], model: Any) -> dict[str, Any]:
@@ -234,10 +300,12 @@ def _model_facts(model_path: Path, meta: Mapping[str, Any], model: Any) -> dict[
     kind = str(meta.get("kind"))
     stage = str(cfg.get("stage") or (info.get("sensor") if kind == "autoencoder" else "fusion"))
     latent = info["latent_sizes"].get("fused") if kind == "fusion" else next(iter(info["latent_sizes"].values()))
+    bands, n_bands = _model_bands(meta, model)
     stat = model_path.stat()
     return {"file": model_path.name, "sha256": file_sha256(model_path), "size_bytes": stat.st_size,
             "modified": pd.Timestamp(stat.st_mtime, unit="s", tz="UTC").isoformat(timespec="seconds"),
-            "format": meta.get("format"), "kind": kind, "stage": stage, "stage_description": _STAGE_TEXT.get(stage),
+            "format": meta.get("format"), "kind": kind, "stage": stage,
+            "stage_description": _stage_text(stage, bands, n_bands), "bands": bands, "n_bands": n_bands,
             "latent_size": latent, "latent_sizes": info["latent_sizes"],
             "parameters": {k: v for k, v in info["parameters"].items() if k != "per_submodule"},
             "patch_size": info.get("patch_size"), "n_dates": info.get("n_dates"),
@@ -279,7 +347,7 @@ def build_model_card(model: str | Path, *, probe: str | Path | Mapping[str, Any]
         probe = run / PROBE_JSON
     bases = ([Path(base_dir)] if base_dir is not None else []) + [run, *run.resolve().parents]
     cubes = _cubes(cfg, bases)
-    use, limits = _use_and_limits(facts["kind"], facts["stage"], cubes, meta.get("pixel_size_m"), training)
+    use, limits = _use_and_limits(facts, cubes, meta.get("pixel_size_m"), training)
     data = cfg.get("data") or {}
     return {
         "format": CARD_FORMAT,
@@ -287,8 +355,9 @@ def build_model_card(model: str | Path, *, probe: str | Path | Mapping[str, Any]
         "written_by": f"latentcube {__version__}",
         "model": facts,
         "data": {"cubes": cubes, "splits": data.get("splits"), "spatial_split": data.get("spatial_split"),
-                 "site_plan": data.get("plan"), "bands": meta.get("band_order"),
-                 "normalisation": meta.get("normalization"), "pixel_size_m": meta.get("pixel_size_m"),
+                 "site_plan": data.get("plan"), "bands": facts["bands"],
+                 "normalisation": _model_normalisation(meta.get("normalization"), facts["bands"]),
+                 "pixel_size_m": meta.get("pixel_size_m"),
                  "sampling": data.get("sampling") or {}, "batch_size": data.get("batch_size")},
         "objective": {"stage": facts["stage"], "loss_overrides": cfg.get("loss") or {},
                       "loss": "reconstruction of the patch series: centre-weighted MAE + SSIM (+ SAM for S2) "
