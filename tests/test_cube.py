@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -481,6 +482,75 @@ def test_impossible_reflectance_is_a_fill_value_not_digital_numbers():
         validate_cube(ds.assign(s2=(ds["s2"].dims, s2)))
     with pytest.raises(CubeError, match="divide by 10000"):  # digital numbers keep their own fix
         validate_cube(ds.assign(s2=ds["s2"] * 10000))
+
+
+# --------------------------------------------------------------- S1 that is not linear backscatter
+
+
+def _with_s1(values: np.ndarray, **attrs) -> xr.Dataset:
+    ds = make_cube(n_time=4, ny=12, nx=14)
+    return ds.assign(s1=(ds["s1"].dims, values.astype("float32"))).assign_attrs(**attrs)
+
+
+def _s1_shape() -> tuple[int, ...]:
+    return make_cube(n_time=4, ny=12, nx=14)["s1"].shape
+
+
+def test_s1_digital_numbers_are_refused_with_the_encoding_to_use():
+    """openEO uint16 DN (median ~2353) imported as linear power used to validate with a fill-value warning."""
+    dn = np.random.default_rng(1).uniform(500, 10_000, _s1_shape())
+    dn[0, :, 0, :3] = np.nan
+    with pytest.raises(CubeError) as exc:
+        validate_cube(_with_s1(dn, import_s1_encoding="linear"))
+    msg = str(exc.value)
+    assert re.search(r"s1 is not linear backscatter \(imported with s1_encoding='linear'\): its median \d{4} "
+                     r"\(\+3\d dB\) is far above land sigma0 .*looks like digital numbers or dB", msg), msg
+    for fix in ("--s1-encoding db", "--s1-encoding openeo_uint16", "--preset openeo",
+                "import_cube(..., s1_encoding='db' | 'openeo_uint16')", "re-create the cube"):
+        assert fix in msg, fix
+    assert "--s1-nodata" not in msg  # not the fill-value fix
+    # a cube built by hand (no import attrs) gets the same error, without the import note
+    with pytest.raises(CubeError, match=r"^s1 is not linear backscatter: its median .*Fix: re-import .*--s1-encoding"):
+        validate_cube(_with_s1(dn), require_s1=True)
+
+
+def test_s1_that_is_mostly_infinite_is_refused_with_the_encoding_to_use():
+    """DN decoded as dB overflow to inf: 100 % impossible values used to pass validation with a warning."""
+    inf = np.full(_s1_shape(), np.inf)
+    with pytest.raises(CubeError, match=r"s1 is not linear backscatter \(imported with s1_encoding='db'\): 100% of the "
+                                        r"sampled s1 values are outside the physical range \[0, 10000\] \(100% infinite\); "
+                                        r"values that overflow to inf when decoded from dB are digital numbers.*"
+                                        r"Fix: .*--s1-encoding openeo_uint16"):
+        validate_cube(_with_s1(inf, import_s1_encoding="db"))
+    half = np.random.default_rng(2).gamma(4.4, 0.05 / 4.4, _s1_shape())
+    half[:, :, :6] = 1e30  # half of the pixels: the bulk, not a few fill values
+    with pytest.raises(CubeError, match=r"50% of the sampled s1 values are outside .*\(0% infinite\) \(median of the "
+                                        r"finite ones .*\); they look like digital numbers or dB.*--s1-encoding db"):
+        validate_cube(_with_s1(half))
+
+
+def test_real_looking_linear_s1_passes_and_a_few_fill_values_only_warn():
+    rng = np.random.default_rng(3)
+    linear = 10 ** rng.uniform(-3, np.log10(0.5), _s1_shape())  # 1e-3..0.5 (-30..-3 dB)
+    linear[1, :, 2:5, 2:5] = np.nan  # nodata
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        validate_cube(_with_s1(linear), require_s1=True)
+        bright = linear * 6.0  # dense urban / steep slopes facing the radar: median ~ -7 dB, up to +5 dB
+        validate_cube(_with_s1(bright), require_s1=True)
+    fill = linear.copy()
+    fill[0, :, 0, 0] = 65535.0  # one unmasked fill value: a warning with the fill-value fix only
+    with pytest.warns(UserWarning, match=r"sampled s1 values are infinite or outside the physical range \[0, 10000\]; "
+                                         r"embed and train read .* Fix: mask the fill value on import \(--s1-nodata VALUE\) "
+                                         r"or re-create the cube\.$"):
+        validate_cube(_with_s1(fill))
+    # values above 0 dB for the most part (but below the error threshold) and a few above the range: the
+    # warning names the encoding too
+    odd = rng.uniform(2.0, 6.0, _s1_shape())
+    odd[0, :, 0, :2] = 2e4
+    with pytest.warns(UserWarning, match=r"Fix: mask the fill value on import \(--s1-nodata VALUE\); the values also "
+                                         r"look like digital numbers or dB.*--s1-encoding db"):
+        validate_cube(_with_s1(odd))
 
 
 # ------------------------------------------------------------------------- S1 coverage (issue 27)

@@ -520,3 +520,64 @@ def test_s1_files_that_meet_no_s2_pixel_or_date_are_refused_at_import(tmp_path):
     same = _nc(tmp_path / "s1.nc", **kw)
     ds = import_cube(s2, same, s2_scale=1e-4, s1_encoding="db")  # on the grid and dates: accepted
     assert np.isfinite(ds["s1"].values).all()
+
+
+# ------------------------------------------------------------------- S1 encoding that does not fit the files
+
+
+def _dn_s1(tmp_path: Path) -> tuple[Path, Path]:
+    """An S2 file and an S1 file of openEO-like uint16 digital numbers (500..10000, 0 = nodata)."""
+    s2 = _nc(tmp_path / "s2.nc", names=("B04", "B08"), n=4)
+
+    def dn(i, nt, n):
+        a = np.random.default_rng(i).integers(500, 10_000, (nt, n, n)).astype("uint16")
+        a[0, 0, 0] = 0
+        return a
+
+    return s2, _nc(tmp_path / "s1.nc", names=("VV", "VH"), n=4, value_fn=dn)
+
+
+def test_s1_digital_numbers_imported_as_linear_or_db_are_refused_with_the_encoding(tmp_path):
+    s2, s1 = _dn_s1(tmp_path)
+    with pytest.raises(CubeError, match=r"s1 is not linear backscatter \(imported with s1_encoding='linear'\): its "
+                                        r"median \d+ .*looks like digital numbers or dB.*--s1-encoding db.*"
+                                        r"--s1-encoding openeo_uint16.*import_cube\(\.\.\., s1_encoding="):
+        import_cube(s2, s1, s2_scale=1e-4, s1_nodata=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the dB -> linear overflow is no RuntimeWarning, the error says it
+        with pytest.raises(CubeError, match=r"s1 is not linear backscatter \(imported with s1_encoding='db'\): 100% of "
+                                            r"the sampled s1 values are outside .*values that overflow to inf when "
+                                            r"decoded from dB are digital numbers.*--s1-encoding openeo_uint16"):
+            import_cube(s2, s1, s2_scale=1e-4, s1_nodata=0, s1_encoding="db")
+        ds = import_cube(s2, s1, s2_scale=1e-4, s1_encoding="openeo_uint16", s1_nodata=0)  # the right encoding
+    db = 10 * np.log10(ds["s1"].values)
+    assert np.isnan(db[0, :, 0, 0]).all() and -30 < np.nanmedian(db) < 0
+
+
+def test_unscaled_s2_names_the_import_options(tmp_path):
+    s2, _ = _dn_s1(tmp_path)
+    with pytest.raises(CubeError, match=r"s2 looks like unscaled digital numbers .*Fix: divide by 10000 .*on "
+                                        r"`latentcube import` pass --s2-scale 1e-4 .*--preset openeo or --preset "
+                                        r"worldcereal.*import_cube\(\.\.\., s2_scale=1e-4"):
+        import_cube(s2)
+
+
+@needs_data
+def test_cli_import_of_openeo_s1_without_the_preset_fails_with_the_encoding(tmp_path):
+    """The user walkthrough: openEO S1 uint16 DN imported without --preset openeo used to give a 'valid' cube
+    of digital numbers read as linear backscatter. Run from another directory with relative paths."""
+    import os
+    import subprocess
+    import sys
+
+    rel = Path(os.path.relpath(OE, tmp_path))
+    args = ["import", "--s2", str(rel / "cdse_sentinel2_l2a.nc"), "--s1", str(rel / "cdse_sentinel1_grd.nc"),
+            "--s2-scale", "1e-4", "--s2-nodata", "0", "--out", "nopreset.zarr"]
+    proc = subprocess.run([sys.executable, "-m", "latentcube.cli", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    err = " ".join(proc.stderr.split())  # rich wraps long lines
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "s1 is not linear backscatter (imported with s1_encoding='linear'): its median 2353" in err, err
+    assert "looks like digital numbers or dB" in err and "--s1-encoding openeo_uint16" in err and "--preset openeo" in err
+    assert "mask the fill value" not in err and "RuntimeWarning" not in err
+    assert not (tmp_path / "nopreset.zarr").exists()

@@ -172,8 +172,10 @@ class Normalization:
             logging.WARNING if first else logging.DEBUG,
             "%s: %d of %d pixel-dates read have values that are infinite or outside the physical range "
             "[%g, %g] (fill values or corrupt data); they were set to NaN like clouds (%d so far). Fix: mask the fill value on import "
-            "(--%s-nodata VALUE) or re-create the cube; `latentcube validate` counts them.",
+            "(--%s-nodata VALUE)%s or re-create the cube; `latentcube validate` counts them.",
             sensor, n, size, lo, hi, self.masked[sensor], sensor,
+            ", set the S1 encoding if the values are digital numbers or dB (--s1-encoding db|openeo_uint16)"
+            if sensor == "s1" else "",
         )
 
     def denormalize_array(self, values: np.ndarray, bands: Sequence[str], sensor: Literal["s2", "s1"], *, axis: int = 1) -> np.ndarray:

@@ -58,19 +58,80 @@ def _share_impossible(sample: np.ndarray, sensor: str) -> str:
 
 def _check_impossible(sample: np.ndarray, sensor: str) -> None:
     """Warn about sampled values no sensor can measure. Every read masks them (Normalization), so they
-    do not stop a run, but they mean a fill value was not masked or the data is corrupt."""
+    do not stop a run, but they mean a fill value was not masked or the data is corrupt (a bulk of such
+    S1 values is refused before, by :func:`_check_s1_encoding`)."""
     n = int(np.count_nonzero(impossible_values(sample, sensor)))
     if not n:
         return
     import warnings
 
     lo, hi = S2_PHYSICAL_RANGE if sensor == "s2" else S1_PHYSICAL_RANGE
+    fix = f"Fix: mask the fill value on import (--{sensor}-nodata VALUE) or re-create the cube."
+    if sensor == "s1" and _s1_looks_encoded(sample):
+        fix = (f"Fix: mask the fill value on import (--s1-nodata VALUE); the values also look like digital numbers "
+               f"or dB, not linear backscatter: {_S1_ENCODING_FIX}")
     warnings.warn(
         f"{_share_impossible(sample, sensor)} of the sampled {sensor} values are infinite or outside the "
-        f"physical range [{lo:g}, {hi:g}]; embed and train read their pixel-dates as NaN (like clouds). "
-        f"Fix: mask the fill value on import (--{sensor}-nodata VALUE) or re-create the cube.",
+        f"physical range [{lo:g}, {hi:g}]; embed and train read their pixel-dates as NaN (like clouds). {fix}",
         stacklevel=4,
     )
+
+
+#: Median linear S1 backscatter above which S1 is refused: +10 dB. Land, water and even dense urban
+#: sigma0 has its median far below (typically 1e-4..1, i.e. -40..0 dB); digital numbers (openEO uint16:
+#: hundreds to thousands) and dB values read as linear power sit far above.
+S1_MEDIAN_MAX = 10.0
+#: Above this median (0 dB) S1 is suspicious but accepted: the out-of-range warning then names the encoding.
+_S1_MEDIAN_TYPICAL_MAX = 1.0
+#: Share of the sampled non-NaN S1 values that are infinite or outside S1_PHYSICAL_RANGE from which S1 is
+#: refused (below: a warning about fill values): the bulk of the data is not linear backscatter.
+S1_IMPOSSIBLE_ERROR_FRACTION = 0.5
+
+_S1_ENCODING_FIX = (
+    "re-import with the S1 encoding of your files: `latentcube import ... --s1-encoding db` (sigma0 in dB; "
+    "--s1-scale for scaled integers) or `--s1-encoding openeo_uint16` (openEO/CDSE uint16, "
+    "dB = 20*log10(DN) - 83; `--preset openeo` sets it), in Python "
+    "import_cube(..., s1_encoding='db' | 'openeo_uint16'); or re-create the cube with s1 in linear power "
+    "(ds['s1'] = 10 ** (dB / 10))."
+)
+
+
+def _s1_looks_encoded(sample: np.ndarray) -> bool:
+    """Whether S1 values look like digital numbers or dB rather than linear power plus a few fill values:
+    a median above 0 dB, where little land backscatter lies."""
+    finite = sample[np.isfinite(sample)]
+    return bool(finite.size) and float(np.median(finite)) > _S1_MEDIAN_TYPICAL_MAX
+
+
+def _check_s1_encoding(ds: xr.Dataset, sample: np.ndarray) -> None:
+    """Refuse S1 whose bulk is not linear backscatter: a median far above 1 (digital numbers, or dB
+    read as linear power) or mostly infinite / out-of-range values (e.g. digital numbers decoded as dB,
+    which overflow). A few out-of-range values are fill values: :func:`_check_impossible` warns."""
+    present = sample[~np.isnan(sample)]
+    if not present.size:
+        return
+    finite = present[np.isfinite(present)]
+    imported = ds.attrs.get("import_s1_encoding")
+    how = f" (imported with s1_encoding={imported!r})" if imported else ""
+    median = float(np.median(finite)) if finite.size else np.nan
+    share = float(np.mean(impossible_values(present, "s1")))
+    if share >= S1_IMPOSSIBLE_ERROR_FRACTION:
+        lo, hi = S1_PHYSICAL_RANGE
+        n_inf = int(np.count_nonzero(np.isinf(present)))
+        cause = ("values that overflow to inf when decoded from dB are digital numbers or scaled integers, not dB"
+                 if imported == "db" else "they look like digital numbers or dB, not linear backscatter")
+        raise CubeError(
+            f"s1 is not linear backscatter{how}: {share:.0%} of the sampled s1 values are outside the physical "
+            f"range [{lo:g}, {hi:g}] ({n_inf / present.size:.0%} infinite)"
+            + (f" (median of the finite ones {median:.4g})" if finite.size else "")
+            + f"; {cause}. Fix: {_S1_ENCODING_FIX}"
+        )
+    if finite.size and median > S1_MEDIAN_MAX:
+        raise CubeError(
+            f"s1 is not linear backscatter{how}: its median {median:.4g} ({10 * np.log10(median):+.0f} dB) is far "
+            "above land sigma0 (about 1e-4..1, i.e. -40..0 dB); it looks like digital numbers or dB, not linear "
+            f"backscatter. Fix: {_S1_ENCODING_FIX}"
+        )
 
 
 def _check_dims(ds: xr.Dataset, name: str, expected: tuple[str, ...]) -> None:
@@ -228,7 +289,10 @@ def _check_s2(ds: xr.Dataset) -> None:
         if p99 > S2_PHYSICAL_RANGE[1]:
             raise CubeError(
                 f"s2 looks like unscaled digital numbers (99th percentile {p99:.0f}), not reflectance 0-1. "
-                "Fix: divide by 10000 (after adding the -1000 offset for processing baseline >= 04.00)."
+                "Fix: divide by 10000 (after adding the -1000 offset for processing baseline >= 04.00): on "
+                "`latentcube import` pass --s2-scale 1e-4 (and --s2-offset -0.1 for that offset) or the preset of a "
+                "known export (--preset openeo or --preset worldcereal); in Python import_cube(..., s2_scale=1e-4, "
+                "s2_offset=-0.1) or preset=...; in a cube built yourself ds['s2'] = ds['s2'] / 10000."
             )
         _check_zero_pixels(s2, "s2")
         if float(np.percentile(valid, 1)) < -0.2:
@@ -256,8 +320,10 @@ def _check_s1(ds: xr.Dataset, require_s1: bool) -> None:
         if s1.size and (np.mean(s1 < 0) > 0.01 or np.median(s1) < 0):
             raise CubeError(
                 f"s1 looks like decibels (median {np.median(s1):.1f}, {np.mean(s1 < 0):.0%} negative); the data "
-                "model stores linear power. Fix: ds['s1'] = 10 ** (ds['s1'] / 10)."
+                "model stores linear power. Fix: ds['s1'] = 10 ** (ds['s1'] / 10); on `latentcube import` pass "
+                "--s1-encoding db, with --s1-scale for scaled integers (import_cube(..., s1_encoding='db'))."
             )
+        _check_s1_encoding(ds, s1_all)  # before the zero-pixel and fill-value checks: their fixes would not help
         if s1.size:
             _check_zero_pixels(ds["s1"], "s1")
         _check_impossible(s1_all, "s1")

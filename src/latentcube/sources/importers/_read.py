@@ -226,10 +226,14 @@ def _decode(var: xr.DataArray, *, kind: str, settings: ImportSettings) -> xr.Dat
     values = values * scale + offset
     values[invalid | ~np.isfinite(values)] = np.nan
     if kind == "s1" and settings.s1_encoding == "db":
-        values = 10.0 ** (values / 10.0)
+        # Values that are not dB (digital numbers: hundreds to thousands) overflow to inf here; they are kept
+        # as inf, without a RuntimeWarning, so that validate_cube refuses them with the encoding to use.
+        with np.errstate(over="ignore"):
+            values = 10.0 ** (values / 10.0)
     elif kind == "s1" and settings.s1_encoding != "linear":
         raise CubeError(f"unknown s1_encoding {settings.s1_encoding!r}. Fix: use 'linear', 'db' or 'openeo_uint16'.")
-    return var.copy(data=values.astype("float32"))
+    with np.errstate(over="ignore"):  # beyond float32 -> inf, refused by validate_cube as impossible values
+        return var.copy(data=values.astype("float32"))
 
 
 @dataclass
