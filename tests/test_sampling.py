@@ -118,7 +118,8 @@ def test_fully_cloudy_cube_gives_a_clear_error(tmp_path):
     # 45 dates, 40 px: sequence starts 0 and 17, origins 0/9/18 on both axes -> 18 candidates
     with pytest.raises(CubeError, match=r"no s2 patch passed the sampling rules in 1 cube\(s\) \(centre valid, "
                                         r">= 30% valid context\): a.zarr: all 18 candidate patches rejected; 0% of its "
-                                        r"s2 pixel-dates are valid \(0 of 45 dates >= 50 % valid\)\. Fix: "):
+                                        r"s2 pixel-dates are valid \(0 of 45 dates >= 50 % valid\)\. Fix: this is "
+                                        r"too cloudy for 11-frame samples"):
         PatchDataset([path])
 
 
@@ -132,6 +133,20 @@ def test_empty_sampling_error_says_what_stopped_each_cube(tmp_path):
     assert "in 2 cube(s)" in msg and ">= 60% valid context" in msg
     assert "mostly.zarr: all 18 candidate patches rejected; 11% of its s2 pixel-dates are valid (5 of 45 dates" in msg
     assert "short.zarr has 10 s2 dates, fewer than the 11 frames a sample draws" in msg
+    # one fix per cause, each once: the mostly cloudy cube cannot be fixed by a lower threshold
+    fixes = msg.split(". Fix: ")[1]
+    assert fixes.startswith("this is too cloudy for 11-frame samples (at most 5 of any 20 consecutive dates are "
+                            ">= 50 % valid, and a sample's middle frame must be clear)")
+    assert "a lower data.sampling.min_valid_fraction does not help here" in fixes
+    assert "; add dates, or give every stage model: {n_dates: N} and data.sampling: {n_frames: N} with N <= 10" in fixes
+    with pytest.raises(CubeError, match="does not help here"):  # true: the lowest threshold gives nothing either
+        PatchDataset([mostly], config=SamplingConfig(min_valid_fraction=0.05))
+    # clear on dates 0-7: a strict threshold rejects every patch, and the fix it names (a lower one) works
+    eight = write_cube(tmp_path / "eight.zarr", cloud=(slice(8, None), slice(None), slice(None), slice(None)))
+    with pytest.raises(CubeError, match=r"Fix: lower data.sampling.min_valid_fraction \(now 0.9\), raise "
+                                        r"data.sampling.seq_len"):
+        PatchDataset([eight], config=SamplingConfig(min_valid_fraction=0.9))
+    assert len(PatchDataset([eight], config=SamplingConfig(min_valid_fraction=0.3))) > 0
     # a region narrower than one patch (regions normally come from spatial_split, which checks this first)
     with pytest.raises(CubeError, match=r"mostly.zarr: its 40 x 10 px region is smaller than one 15-px patch"):
         PatchDataset([mostly], regions=[(slice(None), slice(0, 10))])

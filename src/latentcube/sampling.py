@@ -289,16 +289,16 @@ class PatchDataset(Dataset):
         self.n_rejected = 0
         self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._open: dict[int, xr.Dataset] = {}
-        self._why_none: list[str] = []  # per cube without a sample: what stopped it (for the error)
+        self._why_none: list[tuple[str, str]] = []  # per cube without a sample: what stopped it, and the fix
         for i, path in enumerate(cubes):
             self._index_cube(i, Path(path), None if regions is None else regions[i])
         if not self.candidates:
             raise CubeError(
                 f"no {variable} patch passed the sampling rules in {len(cubes)} cube(s) "
                 f"(centre valid, >= {config.min_valid_fraction:.0%} valid context): "
-                + "; ".join(self._why_none)
-                + ". Fix: check the cubes' valid fractions (`latentcube info`), add cubes or dates, or lower "
-                "data.sampling's min_valid_fraction / seq_len."
+                + "; ".join(why for why, _ in self._why_none)
+                + ". Fix: " + "; ".join(dict.fromkeys(fix for _, fix in self._why_none))  # each fix once, in order
+                + " (`latentcube info CUBE` shows each cube's dates and valid fractions)."
             )
 
     # -- index ---------------------------------------------------------------------------------
@@ -335,19 +335,30 @@ class PatchDataset(Dataset):
         if len(self.candidates) == n_before:
             self._why_none.append(self._why_no_sample(path, valid[:, ya:yb, xa:xb], len(t0s) * len(y0s) * len(x0s)))
 
-    def _why_no_sample(self, path: Path, valid: np.ndarray, n_candidates: int) -> str:
-        """One clause on why a cube (region) gave no sample: too few dates, too small, or all rejected."""
+    def _why_no_sample(self, path: Path, valid: np.ndarray, n_candidates: int) -> tuple[str, str]:
+        """Why a cube (region) gave no sample (too few dates, too small, or all rejected), and its fix."""
         cfg, n_time, (h, w) = self.config, valid.shape[0], valid.shape[1:]
         if n_time < cfg.n_frames:
             return (f"{path.name} has {n_time} {self.variable} dates, fewer than the {cfg.n_frames} frames a sample "
-                    "draws (data.sampling.n_frames; fewer frames need a model with model: {n_dates: N} to match)")
+                    "draws (data.sampling.n_frames)",
+                    f"add dates, or give every stage model: {{n_dates: N}} and data.sampling: {{n_frames: N}} with "
+                    f"N <= {n_time} (the fusion stage needs one window for all sensors)")
         if min(h, w) < cfg.patch:
-            return f"{path.name}: its {h} x {w} px region is smaller than one {cfg.patch}-px patch"
+            return (f"{path.name}: its {h} x {w} px region is smaller than one {cfg.patch}-px patch",
+                    "use a larger cube, or a larger share of it for this split (data.spatial_split)")
         clear_dates = int((valid.mean(axis=(1, 2)) >= 0.5).sum())
-        return (
-            f"{path.name}: all {n_candidates} candidate patches rejected; {valid.mean():.0%} of its "
-            f"{self.variable} pixel-dates are valid ({clear_dates} of {n_time} dates >= 50 % valid)"
-        )
+        why = (f"{path.name}: all {n_candidates} candidate patches rejected; {valid.mean():.0%} of its "
+               f"{self.variable} pixel-dates are valid ({clear_dates} of {n_time} dates >= 50 % valid)")
+        seq_len = min(cfg.seq_len, n_time)
+        clear = np.concatenate([[0], np.cumsum(valid.mean(axis=(1, 2)) >= 0.5)])
+        best = int((clear[seq_len:] - clear[:-seq_len]).max())  # clear dates in the best seq_len-date window
+        if best * 2 < cfg.n_frames:  # the centre (middle) frame of a sample then falls on a cloudy date
+            return why, (f"this is too cloudy for {cfg.n_frames}-frame samples (at most {best} of any {seq_len} "
+                         "consecutive dates are >= 50 % valid, and a sample's middle frame must be clear): add "
+                         "clearer dates (a longer period) or other cubes; a lower data.sampling.min_valid_fraction "
+                         "does not help here")
+        return why, (f"lower data.sampling.min_valid_fraction (now {cfg.min_valid_fraction:g}), raise data.sampling."
+                     "seq_len so that windows span more clear dates, or add cubes or dates")
 
     def _extend_meta(self, meta: _CubeMeta, ds: xr.Dataset) -> None:
         """Hook for subclasses that need more per-cube metadata."""
