@@ -291,3 +291,44 @@ def test_extreme_values_in_a_cube_never_give_a_nan_model(cube, tmp_path, value):
     else:
         model, _ = load_model(run / "model.pt")
         assert all(torch.isfinite(p).all() for p in model.state_dict().values())
+
+
+def test_cli_train_prints_the_run_not_lightning_chatter_and_names_the_held_out_split(cube, tmp_path, capsys):
+    """Lightning's start-up lines (accelerators, a product tip, 100 % batch notices) are hidden during the run and
+    come back after it; the run's own lines still print, and metrics of a config without a test split are
+    labelled with the split they come from."""
+    import logging
+    import warnings
+
+    from latentcube.cli import main
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    keep, filters_before, warnings_before = Keep(), list(logger.filters), list(warnings.filters)
+    logger.addHandler(keep)
+    try:
+        config = tmp_path / "s2.yaml"
+        config.write_text(yaml.safe_dump(to_dict(tiny_config(cube, tmp_path / "run", epochs=1))))
+        with pytest.warns() as caught:
+            warnings.warn("marker", UserWarning, stacklevel=1)  # pytest.warns needs one; the run's are checked below
+            with pytest.raises(SystemExit) as exc:
+                main(["train", "s2", "--config", str(config)])
+        assert exc.value.code in (0, None)
+        assert not [w for w in caught if "LeafSpec" in str(w.message) or "logging interval" in str(w.message)]
+        assert any(m.startswith("data: train ") for m in seen), seen  # ours, through the same logger
+        assert not [m for m in seen if m.startswith(("GPU available", "TPU available", "\N{ELECTRIC LIGHT BULB}",
+                                                     "`Trainer(limit_"))], seen
+        assert logger.filters == filters_before and warnings.filters == warnings_before
+        seen.clear()
+        logger.info("GPU available: outside a run")  # not hidden outside training
+        assert seen == ["GPU available: outside a run"]
+    finally:
+        logger.removeHandler(keep)
+    out = capsys.readouterr().out
+    assert "held-out val split (the config has no test split):" in out
+    assert "  val/center_mae: " in out and "test/" not in out

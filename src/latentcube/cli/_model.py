@@ -87,9 +87,13 @@ def train(
     summary = run_training(cfg)
     if "model" in summary:
         out.print(f"model: {summary['model']}")
-        for k, v in (summary.get("test_metrics") or {}).items():
+        metrics = summary.get("test_metrics") or {}
+        split = metrics.get("split", "test")  # "val" when the config holds no test split (test_metrics.json)
+        if metrics:
+            out.print(f"held-out {split} split" + (" (the config has no test split):" if split == "val" else ":"))
+        for k, v in metrics.items():
             if isinstance(v, float):
-                out.print(f"  {k}: {v:.5g}")
+                out.print(f"  {split}/{k.removeprefix('test/')}: {v:.5g}")
 
 
 @app.command()

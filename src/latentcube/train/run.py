@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -100,8 +102,33 @@ def run_training(cfg: TrainConfig, *, base_dir: Path | None = None, test: bool =
     normalisation.
     The caller's torch threads, TF32/determinism flags, random state and warning filters are restored on return.
     """
-    with restored_process_state():
+    with restored_process_state(), _quiet_lightning():
         return _run_training(cfg, base_dir=base_dir, test=test, data=data)
+
+
+#: Lightning's start-up lines that say nothing about this run (printed by each of a run's three Trainers).
+_CHATTER = ("GPU available:", "TPU available:", "HPU available:", "\N{ELECTRIC LIGHT BULB} Tip:", "`Trainer(limit_",
+            "`Trainer.fit` stopped:")
+
+
+def _not_chatter(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_CHATTER)
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Hide Lightning's start-up chatter and two warnings that are not the user's to act on (a deprecation
+    inside Lightning, and the logging interval: metrics are logged per epoch) for the run; every other
+    message, ours included (they go through the same logger), still prints. Undone on exit."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    logger.addFilter(_not_chatter)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+            warnings.filterwarnings("ignore", message=".*smaller than the logging interval")
+            yield
+    finally:
+        logger.removeFilter(_not_chatter)
 
 
 def _run_training(cfg: TrainConfig, *, base_dir: Path | None, test: bool, data: CubeDataModule | None) -> dict[str, Any]:
