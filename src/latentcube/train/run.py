@@ -186,7 +186,9 @@ def _run_training(cfg: TrainConfig, *, base_dir: Path | None, test: bool, data: 
             task.load_state_dict(saved["state_dict"])
             best_path = str(start)
             rank_zero_info(f"{cfg.optim.monitor}: the warm start ({float(saved['score']):.4g}) was not improved on by "
-                           f"training ({'-' if best is None else f'{float(best):.4g}'}); model.pt keeps the warm start")
+                           f"training ({'-' if best is None else f'{float(best):.4g}'}); model.pt keeps the warm start "
+                           "(common on little data; on one small area more epochs rarely change it: docs/method.md, 'Training "
+                           "length')")
     summary["best_checkpoint"] = best_path
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     # A re-run of a finished run trains nothing and logs nothing: its model file keeps the run's metrics.
