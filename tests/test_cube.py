@@ -315,6 +315,37 @@ def test_summary_reports_dates_valid_fraction_and_ranges():
     assert 0 <= lo < mid < hi <= 0.4
 
 
+def test_summary_names_the_default_models_missing_bands_with_the_train_fix():
+    """A cube of 3 S2 bands (an openEO export) is told at `info`, not first at `train`, with the train error's fix."""
+    from latentcube.constants import model_band_selection
+    from latentcube.describe import cube_rows
+
+    full = cube_summary(make_cube())
+    assert "model_bands" not in full["s2"] and "model_bands" not in full["s1"]
+    assert [label for label, _ in cube_rows(full)] == [  # a full cube's info is as before: no new rows
+        "crs", "dims", "pixel_size_m", "bounds", "s2 dates", "s2 bands", "s2 valid fraction", "s2 p1/p50/p99",
+        "s1 dates", "s1 bands", "s1 valid fraction", "s1 p1/p50/p99", "variables"]
+
+    ds = make_cube().sel(band=["B04", "B08", "B11"])
+    ds.attrs["import_dropped_variables"] = "S2-L2A-AOT, S2-L2A-B01"
+    info = cube_summary(ds)
+    fix = ("the cube lacks ['B02', 'B03', 'B05', 'B06', 'B07', 'B8A', 'B12']: fetch or import them into the cube, "
+           "or train a model on the cube's bands (model: {n_bands: 3, band_names: ['B04', 'B08', 'B11']})")
+    assert info["s2"]["model_bands"] == f"the default s2 model (the shipped configs) expects 10 bands; {fix}"
+    assert "model_bands" not in info["s1"]
+    with pytest.raises(ValueError) as err:  # the same words as train's and embed's error
+        model_band_selection(ds.band.values, S2_BANDS, what="s2 bands")
+    assert f"Fix: {fix}." in str(err.value)
+    rows = dict(cube_rows(info))
+    assert rows["s2 vs model"] == info["s2"]["model_bands"] and "s1 vs model" not in rows
+    assert rows["dropped at import"].startswith("S2-L2A-AOT, S2-L2A-B01 (S2 file variables not recognised")
+    assert "--band-map VARIABLE=BAND" in rows["dropped at import"]
+
+    s1_only_vv = cube_summary(make_cube().isel(band_s1=[0]))
+    assert s1_only_vv["s1"]["model_bands"].startswith("the default s1 model (the shipped configs) expects 2 bands; "
+                                                      "the cube lacks ['VH']")
+
+
 # ------------------------------------------------------------------- writing over paths (issue 27)
 
 

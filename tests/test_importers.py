@@ -563,6 +563,35 @@ def test_unscaled_s2_names_the_import_options(tmp_path):
 
 
 @needs_data
+def test_cli_import_and_info_of_a_3_band_openeo_export_name_the_missing_model_bands(tmp_path):
+    """The user walkthrough: S2 of B04 B08 B11 only. `import` warns and `info` says what the default model lacks,
+    with the train error's fix, and lists the dropped variables (before, only `train` told). Relative paths."""
+    import os
+    import subprocess
+    import sys
+
+    rel = Path(os.path.relpath(OE, tmp_path))
+    env = {**os.environ, "COLUMNS": "400"}
+    fix = ("the cube lacks ['B02', 'B03', 'B05', 'B06', 'B07', 'B8A', 'B12']: fetch or import them into the cube, "
+           "or train a model on the cube's bands (model: {n_bands: 3, band_names: ['B04', 'B08', 'B11']})")
+    args = ["import", "--preset", "openeo", "--s2", str(rel / "cdse_sentinel2_l2a.nc"), "--s1",
+            str(rel / "cdse_sentinel1_grd.nc"), "--out", "belgium.zarr"]
+    proc = subprocess.run([sys.executable, "-m", "latentcube.cli", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("belgium.zarr: 12 S2 dates, 10 S1 dates")
+    assert proc.stderr.strip() == f"warning: s2: the default s2 model (the shipped configs) expects 10 bands; {fix}"
+    info = subprocess.run([sys.executable, "-m", "latentcube.cli", "info", "belgium.zarr"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert info.returncode == 0, info.stderr
+    lines = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in info.stdout.splitlines()
+             if line.count("│") == 3}
+    assert lines["s2 vs model"] == f"the default s2 model (the shipped configs) expects 10 bands; {fix}"
+    assert "s1 vs model" not in lines
+    assert lines["dropped at import"].startswith("S2-L2A-AOT, S2-L2A-B01 (S2 file variables not recognised as a band")
+
+
+@needs_data
 def test_cli_import_of_openeo_s1_without_the_preset_fails_with_the_encoding(tmp_path):
     """The user walkthrough: openEO S1 uint16 DN imported without --preset openeo used to give a 'valid' cube
     of digital numbers read as linear backscatter. Run from another directory with relative paths."""

@@ -80,6 +80,20 @@ def check_band_order(actual: Sequence[str], expected: Sequence[str], *, what: st
     raise ValueError(f"{what} are in the wrong order: got {actual}, expected {expected}")
 
 
+def missing_bands_fix(actual: Sequence[str], expected: Sequence[str]) -> str | None:
+    """The fix when a cube of bands ``actual`` lacks some of a model's bands ``expected``; None when it has them all.
+
+    One wording for train/embed's band error (:func:`model_band_selection`) and ``latentcube info``: the
+    missing bands, and the config line that trains a model on the cube's own bands instead.
+    """
+    actual, expected = [str(b) for b in actual], [str(b) for b in expected]
+    missing = [b for b in expected if b not in actual]
+    if not missing:
+        return None
+    return (f"the cube lacks {missing}: fetch or import them into the cube, or train a model on the cube's "
+            f"bands (model: {{n_bands: {len(actual)}, band_names: {actual}}})")
+
+
 def model_band_selection(actual: Sequence[str], expected: Sequence[str], *, what: str,
                          dim: str = "band") -> tuple[str, ...] | None:
     """How a cube's bands ``actual`` feed a model of bands ``expected`` (cube -> model, in embed and train).
@@ -94,11 +108,7 @@ def model_band_selection(actual: Sequence[str], expected: Sequence[str], *, what
     except ValueError as err:
         if [b for b in actual if b in expected] == expected:
             return tuple(expected)
-        missing = [b for b in expected if b not in actual]
-        if missing:
-            fix = (f"the cube lacks {missing}: fetch or import them into the cube, or train a model on the cube's "
-                   f"bands (model: {{n_bands: {len(actual)}, band_names: {actual}}})")
-        else:
-            fix = f"ds = ds.sel({dim}={expected}) and save the cube (extra bands dropped, order the model's)"
+        fix = missing_bands_fix(actual, expected) or (
+            f"ds = ds.sel({dim}={expected}) and save the cube (extra bands dropped, order the model's)")
         raise ValueError(f"{err}. Fix: {fix}.") from None
     return None

@@ -60,7 +60,14 @@ def cube_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                      (f"{var} bands", " ".join(s["bands"])), (f"{var} valid fraction", _valid_share(s))]
             if s["value_p1_p50_p99"]:
                 rows.append((f"{var} p1/p50/p99", _percentiles(s["value_p1_p50_p99"])))
-    return [*rows, ("variables", ", ".join(summary["variables"]))]
+            if s.get("model_bands"):
+                rows.append((f"{var} vs model", s["model_bands"]))
+    rows.append(("variables", ", ".join(summary["variables"])))
+    dropped = summary.get("attrs", {}).get("import_dropped_variables")
+    if dropped:
+        rows.append(("dropped at import", f"{dropped} (S2 file variables not recognised as a band or SCL; if one "
+                                          "is a band, re-import with --band-map VARIABLE=BAND)"))
+    return rows
 
 
 def describe_models(checkpoint: str | Path | None = None, *, sensor: str = "all", flops: bool = True) -> dict[str, Any]:

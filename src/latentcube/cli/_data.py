@@ -110,7 +110,7 @@ def import_(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing cube at --out (never other files).")] = False,
 ) -> None:
     """Import your own S2/S1 exports (openEO/CDSE, GEE/WorldCereal, NetCDF/Zarr/GeoTIFF) into a cube."""
-    from latentcube.cube import is_cube_store, save_cube
+    from latentcube.cube import default_model_bands_note, is_cube_store, save_cube
     from latentcube.files import check_output_path
     from latentcube.sources.importers import import_cube, parse_band_map, parse_layers
 
@@ -126,6 +126,9 @@ def import_(
     with console.status(f"writing {out_path}"):
         save_cube(ds, out_path, overwrite=overwrite)
     out.print(f"{out_path}: {ds.sizes['time']} S2 dates, {ds.sizes.get('time_s1', 0)} S1 dates, {ds.sizes['y']}x{ds.sizes['x']} px")
+    for sensor, dim in (("s2", "band"), ("s1", "band_s1")):  # found out here, not at `train`
+        if sensor in ds and (note := default_model_bands_note(sensor, [str(b) for b in ds[dim].values])):
+            console.print(f"warning: {sensor}: {note}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

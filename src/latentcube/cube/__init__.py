@@ -29,7 +29,7 @@ from latentcube.cube._model import (
 )
 from latentcube.cube._sample import SAMPLE_CHUNKS_PER_AXIS
 from latentcube.cube._store import ALL_CHUNKS_ATTR, is_cube_store, open_cube, save_cube
-from latentcube.cube._summary import cube_summary, pixel_size_m
+from latentcube.cube._summary import cube_summary, default_model_bands_note, pixel_size_m
 from latentcube.cube._validate import ZERO_PIXEL_ERROR_FRACTION, validate_cube
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "impossible_values",
     "is_cube_store",
     "cube_summary",
+    "default_model_bands_note",
     "new_cube",
     "open_cube",
     "pixel_size_m",

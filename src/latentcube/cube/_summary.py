@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from latentcube.constants import S1_BANDS, S2_BANDS, missing_bands_fix
 from latentcube.cube._model import CubeError, cube_crs
 from latentcube.cube._sample import _sample
 
@@ -20,8 +21,19 @@ def pixel_size_m(ds: xr.Dataset) -> float | None:
     return float((abs(ds.x[1] - ds.x[0]) + abs(ds.y[1] - ds.y[0])) / 2)
 
 
+def default_model_bands_note(sensor: str, bands: list[str]) -> str | None:
+    """What a cube of ``bands`` for ``sensor`` (s2, s1) lacks for the default model of that sensor (the one the
+    shipped configs train), with the fix; None when it holds all the model's bands."""
+    expected = {"s2": S2_BANDS, "s1": S1_BANDS}[sensor]
+    fix = missing_bands_fix(bands, expected)
+    if fix is None:
+        return None
+    return f"the default {sensor} model (the shipped configs) expects {len(expected)} bands; {fix}"
+
+
 def cube_summary(ds: xr.Dataset) -> dict[str, Any]:
-    """Facts about a cube for ``latentcube info``: sizes, dates, valid fractions, CRS, value ranges."""
+    """Facts about a cube for ``latentcube info``: sizes, dates, valid fractions, CRS, value ranges, and
+    ``model_bands`` per sensor when the cube lacks some of the default model's bands."""
     info: dict[str, Any] = {"dims": dict(ds.sizes), "variables": sorted(ds.data_vars)}
     try:
         crs = cube_crs(ds)
@@ -48,5 +60,8 @@ def cube_summary(ds: xr.Dataset) -> dict[str, Any]:
             "dates_valid_ge_50pct": int(np.sum(valid_per_date >= 0.5)),
             "value_p1_p50_p99": [float(v) for v in np.percentile(sample, [1, 50, 99])] if sample.size else None,
         }
+        note = default_model_bands_note(var, info[var]["bands"])
+        if note:
+            info[var]["model_bands"] = note
     info["attrs"] = {k: v for k, v in ds.attrs.items() if isinstance(v, str | int | float)}
     return info
