@@ -13,7 +13,7 @@ import xarray as xr
 from affine import Affine
 
 from latentcube.cube import set_crs
-from latentcube.export import export_geotiff, grid_transform
+from latentcube.export import NoValidPixelWarning, export_geotiff, grid_transform
 from latentcube.gapfill import EmbeddingCubeError
 
 TIMES = pd.to_datetime(["2019-07-09 10:30", "2019-07-14 10:30", "2019-08-01 10:30"])
@@ -179,3 +179,60 @@ def test_cli_export_cog(tmp_path):
     assert done.value.code == 0
     with rasterio.open(tmp_path / "c" / "embedding_2019-08-01.tif") as src:
         assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and src.overviews(1)
+
+
+def test_export_names_the_files_without_a_valid_pixel(tmp_path):
+    """Two clear dates gap-filled onto a 5-day axis: 4 of 6 dates are all NaN (no extrapolation). export writes
+    them (a complete series) but says how many and which, in the CLI's summary (run as users do: another
+    working directory, relative paths) and as a warning and the return value of the library call."""
+    import warnings
+
+    days = pd.to_datetime(["2019-07-01", "2019-07-06", "2019-07-12", "2019-07-19", "2019-07-26"])
+    v = np.random.default_rng(1).normal(size=(5, 2, 4, 4)).astype("float32")
+    v[2:] = np.nan  # the three later dates are clouded out
+    ds = xr.Dataset({"embedding": (("time", "feature", "y", "x"), v)},
+                    coords={"time": days.values, "feature": ["s2_0", "s2_1"],
+                            "y": 5_200_000.0 - 10 * np.arange(4) - 5, "x": 400_000.0 + 10 * np.arange(4) + 5},
+                    attrs={"conventions": "latentcube embedding cube v1"})
+    set_crs(ds, "EPSG:32633").to_zarr(tmp_path / "emb.zarr", zarr_format=2, consolidated=True)
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "latentcube.cli", *args], cwd=work, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    cli("gapfill", "../emb.zarr", "--out", "filled.zarr", "--freq", "5D")
+    proc = cli("export", "filled.zarr", "--out", "tifs")
+    empty_days = ["2019-07-11", "2019-07-16", "2019-07-21", "2019-07-26"]
+    assert proc.stdout.strip() == (
+        "6 files in tifs; 4 of 6 files hold no valid pixel (all nodata): 2019-07-11, 2019-07-16, 2019-07-21 and 1 "
+        "more. They are written all the same (a complete series); gap filling does not extrapolate, so a date before "
+        "a pixel's first or after its last clear observation stays empty. To leave them out, pass only the other "
+        "dates (--dates / dates=[...])")
+    assert "NoValidPixelWarning" not in proc.stderr  # said once, in the summary
+    tifs = sorted((work / "tifs").glob("*.tif"))
+    assert len(tifs) == 6
+    for f in tifs:
+        with rasterio.open(f) as src:
+            assert np.isnan(src.read()).all() == any(d in f.name for d in empty_days), f.name
+
+    with pytest.warns(NoValidPixelWarning, match=r"^4 of 6 files hold no valid pixel \(all nodata\): 2019-07-11, "
+                                                 r"2019-07-16, 2019-07-21 and 1 more\. They are written"):
+        files = export_geotiff(work / "filled.zarr", tmp_path / "lib", progress=False)
+    assert len(files) == 6 and files.empty_dates == empty_days
+    assert [p.name for p in files.empty] == [f"embedding_{d}.tif" for d in empty_days]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoValidPixelWarning)
+        some = export_geotiff(work / "filled.zarr", tmp_path / "lib2", dates=["2019-07-01", "2019-07-06"],
+                              progress=False)
+    assert len(some) == 2 and some.empty == [] and some.empty_message is None
+    with pytest.warns(NoValidPixelWarning, match=r"^1 of 2 files hold .*: 2019-07-12\. .*; no pixel had a clear "
+                                                 r"observation on those dates\."):  # not gap-filled, int8
+        int8 = export_geotiff(tmp_path / "emb.zarr", tmp_path / "q", dtype="int8", dates=["2019-07-06", "2019-07-12"],
+                              progress=False)
+    assert int8.empty_dates == ["2019-07-12"]
+    with rasterio.open(int8.empty[0]) as src:
+        assert (src.read() == src.nodata).all()

@@ -27,7 +27,8 @@ from latentcube import __version__
 from latentcube.cube import cube_crs
 from latentcube.gapfill import EmbeddingCubeError, as_embedding, match_dates
 
-__all__ = ["export_geotiff", "grid_transform", "overview_levels", "quantize_bands"]
+__all__ = ["ExportedFiles", "NoValidPixelWarning", "export_geotiff", "grid_transform", "overview_levels",
+           "quantize_bands"]
 
 DTYPES = ("float32", "float64", "int8")
 #: int8 export: the code of nodata (NaN); valid codes use -127..127.
@@ -37,6 +38,32 @@ MIN_OVERVIEW_PX = 8
 #: Dataset attributes copied into every file's GDAL metadata (provenance for users of the single files).
 _TAGS = ("geoemb:model", "geoemb:type", "checkpoint_sha256", "model_kind", "source_cube", "latentcube_version",
          "latentcube:gapfill")
+
+
+class NoValidPixelWarning(UserWarning):
+    """Some exported files hold no valid pixel (all nodata); they are written all the same."""
+
+
+class ExportedFiles(list):
+    """The paths :func:`export_geotiff` wrote (a list, in date order), and ``empty``: those of them that hold no
+    valid pixel (every value nodata), with ``empty_dates`` their dates; ``empty_message`` says so in words
+    (None when every file holds data)."""
+
+    def __init__(self, paths: Sequence[Path] = (), empty: Sequence[Path] = (), empty_dates: Sequence[str] = (),
+                 *, gap_filled: bool = False):
+        super().__init__(paths)
+        self.empty, self.empty_dates, self.gap_filled = list(empty), list(empty_dates), gap_filled
+
+    @property
+    def empty_message(self) -> str | None:
+        if not self.empty:
+            return None
+        first = ", ".join(self.empty_dates[:3]) + (f" and {len(self.empty) - 3} more" if len(self.empty) > 3 else "")
+        why = ("gap filling does not extrapolate, so a date before a pixel's first or after its last clear "
+               "observation stays empty" if self.gap_filled else "no pixel had a clear observation on those dates")
+        return (f"{len(self.empty)} of {len(self)} files hold no valid pixel (all nodata): {first}. They are written "
+                f"all the same (a complete series); {why}. To leave them out, pass only the other dates "
+                "(--dates / dates=[...])")
 
 
 def grid_transform(x: np.ndarray, y: np.ndarray):
@@ -78,8 +105,12 @@ def export_geotiff(
     compress: str = "deflate",
     progress: bool = True,
     cog: bool = False,
-) -> list[Path]:
+) -> ExportedFiles:
     """Write one GeoTIFF per date (or window) of ``variable`` and return their paths (in date order).
+
+    Files that hold no valid pixel (e.g. dates of a gap-filled cube outside every pixel's clear
+    observations) are written too, and named: a :class:`NoValidPixelWarning` and the returned
+    :class:`ExportedFiles`' ``empty`` / ``empty_dates`` / ``empty_message``.
 
     Args:
         emb: embedding cube (Zarr path or Dataset; a gap-filled cube works too).
@@ -145,10 +176,14 @@ def export_geotiff(
         from tqdm.auto import tqdm
 
         iterator = tqdm(idx, desc=f"export {variable}", unit="date")
-    paths = []
+    paths, empty, empty_days = [], [], []
+    days = [n.removeprefix(f"{prefix or variable}_").removesuffix(".tif") for n in names]  # YYYY-MM-DD[THHMMSS]
     for t in iterator:
         values = np.asarray(da.isel(time=t).values, dtype="float64" if int8 else dtype)  # (F, H, W): one date
         path = out_dir / names[t]
+        if not np.isfinite(values).any():  # written all the same, and named after the loop
+            empty.append(path)
+            empty_days.append(days[t])
         with rasterio.open(path, "w", **profile) as dst:
             if int8:
                 data, scales, offsets = quantize_bands(values)
@@ -163,7 +198,10 @@ def export_geotiff(
                             **({"int8_decoding": f"value = code x scale + offset per band; {INT8_NODATA} = nodata; "
                                 "error <= scale / 2"} if int8 else {}))
         paths.append(path)
-    return paths
+    result = ExportedFiles(paths, empty, empty_days, gap_filled="latentcube:gapfill" in ds.attrs)
+    if result.empty_message:
+        warnings.warn(result.empty_message + ".", NoValidPixelWarning, stacklevel=2)
+    return result
 
 
 def overview_levels(height: int, width: int) -> int:

@@ -59,14 +59,18 @@ def export(
     dtype: Annotated[str | None, typer.Option(help="float32 | float64 (NaN nodata) | int8 (scale/offset per band, nodata -128); default: int8 for an int8 store, else float32.")] = None,
 ) -> None:
     """One GeoTIFF or COG per date or window (bands = features, CRS and transform of the cube, nodata)."""
-    from latentcube.export import export_geotiff
+    import warnings
+
+    from latentcube.export import NoValidPixelWarning, export_geotiff
 
     if fmt.lower() not in ("geotiff", "gtiff", "tif", "cog"):
         raise typer.BadParameter(f"--format {fmt!r}: use 'geotiff' or 'cog'")
     chosen = [d.strip() for d in dates.split(",") if d.strip()] if dates else None
-    paths = export_geotiff(emb, out_dir, variable=variable, dates=chosen, prefix=prefix, dtype=dtype,
-                           cog=fmt.lower() == "cog")
-    out.print(f"{len(paths)} files in {out_dir}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoValidPixelWarning)  # said once, in the summary below
+        paths = export_geotiff(emb, out_dir, variable=variable, dates=chosen, prefix=prefix, dtype=dtype,
+                               cog=fmt.lower() == "cog")
+    out.print(f"{len(paths)} files in {out_dir}" + (f"; {paths.empty_message}" if paths.empty else ""))
 
 
 @app.command()
