@@ -63,7 +63,7 @@ def nanmean_filter(z: np.ndarray, size: int) -> np.ndarray:
 class Frontier:
     def __init__(self, cube_path: Path):
         from latentcube.cube import open_cube
-        from latentcube.sampling import spatial_split
+        from latentcube.splits import spatial_split
 
         self.ds = open_cube(cube_path).load()
         self.s2 = self.ds["s2"].values.astype(np.float32)  # (T, C, H, W) reflectance, NaN = cloud

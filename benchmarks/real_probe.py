@@ -167,7 +167,7 @@ def strip_cube(cube: Path, work: Path, halo: int) -> Path:
     """The held-out strip plus the models' halo as its own cube: its quality layer equals the whole
     chip's on the strip (dense inference is exact), for under half of the chip's cost."""
     from latentcube.cube import open_cube, save_cube
-    from latentcube.sampling import spatial_split
+    from latentcube.splits import spatial_split
 
     ds = open_cube(cube)
     _, cols = spatial_split(ds.sizes["y"], ds.sizes["x"], {"val": VAL}, patch=1)["val"]
@@ -210,7 +210,7 @@ def held_out_mae(cube: Path, quality: dict[str, Path], unseen: Path | None = Non
 
     from latentcube.cube import open_cube
     from latentcube.evaluate.probe import fit_pca_code, model_inputs, open_embedding_store
-    from latentcube.sampling import spatial_split
+    from latentcube.splits import spatial_split
 
     fit = open_cube(cube)
     ds = open_cube(unseen) if unseen is not None else fit

@@ -14,11 +14,10 @@ from latentcube.sampling import (
     FusionPatchDataset,
     PatchDataset,
     SamplingConfig,
-    assign_splits,
     candidate_origins,
     nearest_s1_index,
-    spatial_split,
 )
+from latentcube.splits import assign_splits, spatial_split
 
 
 def write_cube(path, *, n_time=45, size=40, seed=0, cloud=None, n_s1=None):

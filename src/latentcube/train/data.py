@@ -22,9 +22,8 @@ from latentcube.sampling import (
     FusionPatchDataset,
     PatchDataset,
     SamplingConfig,
-    assign_splits,
-    spatial_split,
 )
+from latentcube.splits import assign_splits, spatial_split
 from latentcube.train.config import DataConfig, TrainConfig
 
 
@@ -45,7 +44,7 @@ def _cube_paths(data: DataConfig, base: Path) -> list[Path]:
 
 def _spatial_splits(cubes: Mapping[Path, xr.Dataset], fractions: Mapping[str, float], axis: str,
                     patch: int) -> tuple[dict[str, list[Path]], dict[str, list[tuple[slice, slice]]]]:
-    """Every cube in every split, each split with its strip of each cube (``sampling.spatial_split``)."""
+    """Every cube in every split, each split with its strip of each cube (``splits.spatial_split``)."""
     split_paths: dict[str, list[Path]] = {}
     regions: dict[str, list[tuple[slice, slice]]] = {}
     for path, ds in cubes.items():

@@ -104,7 +104,7 @@ def fit_pca_code(
     rng = np.random.default_rng(seed)
     rows_sl, cols_sl = slice(0, ds.sizes["y"]), slice(0, ds.sizes["x"])
     if spatial_split:
-        from latentcube.sampling import spatial_split as split_strips
+        from latentcube.splits import spatial_split as split_strips
 
         try:
             rows_sl, cols_sl = split_strips(ds.sizes["y"], ds.sizes["x"], dict(spatial_split), patch=1)["train"]
