@@ -155,10 +155,12 @@ def test_points_outside_the_store(tmp_path):
     x = [X0 + 5, X0 - 100, X0 + 25, X0 + 10_000]
     y = [Y0 - 5, Y0 - 5, Y0 - 15, Y0 - 5]
     pd.DataFrame({"x": x, "y": y}).to_csv(tmp_path / "p.csv", index=False)
-    with pytest.raises(SampleError, match=r"2 of 4 points/polygons lie outside the store \(x 600000 \.\. 600500, "
-                                          r"y 4\.9994e\+06 \.\. 5e\+06 in EPSG:32632; first: input row 1, counting from 0 at x 599900, "
-                                          r"y 4999995\)\. Fix: .*--outside drop"):
+    with pytest.raises(SampleError) as err:  # full metres, never 4.9994e+06
         sample_embeddings(tmp_path / "e.zarr", tmp_path / "p.csv", crs="EPSG:32632", series=True)
+    assert str(err.value).startswith(
+        "2 of 4 points/polygons lie outside the store (pixel edges x 600000 .. 600500, y 4999400 .. 5000000 in "
+        "EPSG:32632; first: input row 1, counting from 0 at x 599900, y 4999995). Fix: check the points' CRS (--crs), "
+        "or pass --outside drop")
     dropped = sample_embeddings(tmp_path / "e.zarr", tmp_path / "p.csv", crs="EPSG:32632", dates=["2019-04-03"],
                                 outside="drop")
     assert dropped["point"].tolist() == [0, 2]
@@ -229,6 +231,66 @@ def test_geoparquet_in_and_out(tmp_path):
     assert back.crs.to_epsg() == 4326 and len(back) == 150
     np.testing.assert_allclose(back.geometry.x.to_numpy()[::3], gdf.geometry.x.to_numpy())
     np.testing.assert_array_equal(back["fused_1"].to_numpy().reshape(50, 3), ds["embedding"].values[:, 1, r, c].T)
+
+
+@pytest.mark.parametrize("crs", ["EPSG:32632", "EPSG:4326"])
+def test_geodataframe_equals_the_same_features_in_a_geojson_file(tmp_path, crs):
+    """The notebook input (user walkthrough): a GeoDataFrame of points and a polygon, in the store's CRS or in
+    WGS84, gives the table of the same features written to a GeoJSON file (before: a raw TypeError)."""
+    gpd = pytest.importorskip("geopandas")
+    from shapely.geometry import Point, Polygon
+
+    ds = store(tmp_path / "e.zarr")
+    r, c, x, y = random_pixels(20, 60, 50, seed=4)
+    px, py = to_crs(x, y, crs)
+    ring = [[X0 + 41, Y0 - 21], [X0 + 69, Y0 - 21], [X0 + 69, Y0 - 39], [X0 + 41, Y0 - 39], [X0 + 41, Y0 - 21]]
+    rx, ry = to_crs(np.array(ring)[:, 0], np.array(ring)[:, 1], crs)
+    ring = np.column_stack([rx, ry]).tolist()
+    names = [f"p{i}" for i in range(20)] + ["field"]
+    gdf = gpd.GeoDataFrame({"name": names}, geometry=[*map(Point, px, py), Polygon(ring)], crs=crs)
+    features = [{"type": "Feature", "properties": {"name": f"p{i}"}, "geometry": {"type": "Point", "coordinates": [a, b]}}
+                for i, (a, b) in enumerate(zip(px, py, strict=True))]
+    features.append({"type": "Feature", "properties": {"name": "field"},
+                     "geometry": {"type": "Polygon", "coordinates": [ring]}})
+    fc = {"type": "FeatureCollection", "features": features}
+    if crs != "EPSG:4326":
+        fc["crs"] = {"type": "name", "properties": {"name": crs}}
+    (tmp_path / "f.geojson").write_text(json.dumps(fc))
+
+    from_file = sample_embeddings(tmp_path / "e.zarr", tmp_path / "f.geojson", series=True, progress=False)
+    from_gdf = sample_embeddings(tmp_path / "e.zarr", gdf, tmp_path / "o.parquet", series=True, progress=False)
+    pd.testing.assert_frame_equal(from_gdf, from_file)
+    assert len(from_gdf) == 21 * 3 and from_gdf["name"].tolist()[::3] == names
+    np.testing.assert_array_equal(from_gdf["fused_2"].to_numpy()[:60].reshape(20, 3), ds["embedding"].values[:, 2, r, c].T)
+    assert (from_gdf.loc[from_gdf["name"] == "field", "n_pixels"] == 6).all()
+    back = gpd.read_parquet(tmp_path / "o.parquet")  # written with the GeoDataFrame's geometry and CRS
+    assert back.crs == gdf.crs and back.geometry.iloc[0].equals(gdf.geometry.iloc[0])
+    # a GeoSeries: the same rows without the attribute column
+    from_series = sample_embeddings(tmp_path / "e.zarr", gdf.geometry, series=True, progress=False)
+    pd.testing.assert_frame_equal(from_series, from_file.drop(columns="name"))
+
+
+def test_geodataframe_without_crs_and_other_types_are_clear_errors(tmp_path):
+    gpd = pytest.importorskip("geopandas")
+    from shapely.geometry import Point
+
+    from latentcube.errors import LatentcubeError
+
+    store(tmp_path / "e.zarr")
+    gdf = gpd.GeoDataFrame({"name": ["a"]}, geometry=[Point(X0 + 15, Y0 - 25)])
+    with pytest.raises(SampleError, match=r"^the GeoDataFrame has no CRS\. Fix: set it, e\.g\. gdf = "
+                                          r"gdf\.set_crs\('EPSG:4326'\) for lon/lat degrees"):
+        sample_embeddings(tmp_path / "e.zarr", gdf, series=True)
+    # crs= stands in for a missing CRS (as for files); it must not contradict one that is set
+    got = sample_embeddings(tmp_path / "e.zarr", gdf, crs="EPSG:32632", series=True, progress=False)
+    assert got["store_x"].tolist() == [X0 + 15] * 3
+    with pytest.raises(SampleError, match=r"the GeoDataFrame is in EPSG:32632 but crs='EPSG:4326'\. Fix: drop crs="):
+        sample_embeddings(tmp_path / "e.zarr", gdf.set_crs("EPSG:32632"), crs="EPSG:4326", series=True)
+    for wrong, kind in (([(9.0, 45.0)], "list"), (pd.DataFrame({"lon": [9.0]}), "DataFrame")):
+        with pytest.raises(LatentcubeError) as err:
+            sample_embeddings(tmp_path / "e.zarr", wrong, series=True)
+        assert str(err.value) == (f"points is a {kind}. Fix: pass a file path (GeoJSON, CSV, GeoParquet or shapefile), "
+                                  "a geopandas GeoDataFrame or GeoSeries, or latentcube.sample_points.Points.")
 
 
 def test_window_store_columns_and_cli(tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """Point sampling of embedding cubes: the embedding (or its series) at points and polygon means, as a table.
 
 ``sample_embeddings(emb, points, out)`` reads points or polygons from GeoJSON or CSV (no extra
-dependency), GeoParquet or a shapefile (``pip install 'latentcube[vector]'``: geopandas), in any CRS,
+dependency), GeoParquet, a shapefile or a GeoDataFrame (``pip install 'latentcube[vector]'``: geopandas), in any CRS,
 reprojects them to the store's CRS (pyproj), and takes from an embedding store (``latentcube embed``,
 ``gapfill`` or ``aggregate``) the pixel that contains each point, or the mean over the pixels whose
 centres lie inside each polygon (rasterio's ``geometry_mask``). Only the storage chunks that hold a point
@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -156,9 +157,47 @@ def read_points(path: str | Path, *, crs: Any = None) -> Points:
         gdf = gpd.read_parquet(path) if suffix in (".parquet", ".geoparquet", ".pq") else gpd.read_file(path)
         if gdf.crs is None and crs is None:
             raise SampleError(f"{path.name} has no CRS (a shapefile without .prj?). Fix: pass --crs, e.g. --crs EPSG:32632.")
-        collection = json.loads(gdf.to_json(drop_id=True, to_wgs84=False))
-        return _from_features(collection, _crs(gdf.crs if gdf.crs is not None else crs, path.name), path.name)
+        return _from_geodataframe(gdf, gdf.crs if gdf.crs is not None else crs, path.name)
     raise SampleError(f"{path.name}: unknown points format {suffix!r}. Fix: pass .geojson, .csv, .parquet or .shp.")
+
+
+def _from_geodataframe(gdf: Any, crs: Any, name: str) -> Points:
+    """A GeoDataFrame's geometries (through GeoJSON, as for files) and attribute columns, in ``crs``."""
+    collection = json.loads(gdf.to_json(drop_id=True, to_wgs84=False))
+    return _from_features(collection, _crs(crs, name), name)
+
+
+def _geo_object(obj: Any) -> Any:
+    """``obj`` as a GeoDataFrame when it is a geopandas GeoDataFrame or GeoSeries, else None."""
+    if not type(obj).__module__.startswith("geopandas"):
+        return None  # geopandas not imported for other inputs (an optional dependency)
+    import geopandas
+
+    if isinstance(obj, geopandas.GeoSeries):
+        return geopandas.GeoDataFrame(geometry=obj.reset_index(drop=True))
+    return obj if isinstance(obj, geopandas.GeoDataFrame) else None
+
+
+def _points_of(points: Any, crs: Any) -> Points:
+    """:class:`Points` from what ``sample_embeddings`` takes: Points, a file path, a GeoDataFrame or GeoSeries."""
+    if isinstance(points, Points):
+        return points
+    if isinstance(points, str | PathLike):
+        return read_points(points, crs=crs)
+    gdf = _geo_object(points)
+    if gdf is None:
+        raise SampleError(f"points is a {type(points).__name__}. Fix: pass a file path "
+                          "(GeoJSON, CSV, GeoParquet or shapefile), a geopandas GeoDataFrame or GeoSeries, or "
+                          "latentcube.sample_points.Points.")
+    if gdf.crs is None:
+        if crs is None:
+            raise SampleError("the GeoDataFrame has no CRS. Fix: set it, e.g. gdf = gdf.set_crs('EPSG:4326') for "
+                              "lon/lat degrees or gdf.set_crs('EPSG:32631') for UTM metres, or pass crs=.")
+        return _from_geodataframe(gdf, crs, "the GeoDataFrame")
+    if crs is not None and _crs(crs, "crs") != _crs(gdf.crs, "the GeoDataFrame"):
+        raise SampleError(f"the GeoDataFrame is in {gdf.crs.to_string()} but crs={crs!r}. Fix: drop crs= (the "
+                          "GeoDataFrame's CRS is used), or reproject it with gdf.to_crs(...).")
+    return _from_geodataframe(gdf, gdf.crs, "the GeoDataFrame")
 
 
 # ------------------------------------------------------------------------------------ geometry
@@ -238,7 +277,7 @@ def _pick(var: xr.DataArray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 def sample_embeddings(
     emb: str | Path | xr.Dataset,
-    points: str | Path | Points,
+    points: str | Path | Points | Any,
     out: str | Path | None = None,
     *,
     series: bool = False,
@@ -253,12 +292,13 @@ def sample_embeddings(
 
     Args:
         emb: an embedding store (``latentcube embed``, ``gapfill`` or ``aggregate``) or Dataset.
-        points: a file (:func:`read_points`) or :class:`Points`.
+        points: a file (:func:`read_points`), a geopandas ``GeoDataFrame`` or ``GeoSeries`` of points and/or
+            polygons (in its CRS, which it must have: ``gdf.set_crs(...)``), or :class:`Points`.
         out: ``.parquet`` (GeoParquet, needs geopandas) or ``.csv``; ``None`` only returns the table.
         series: every date of the store (the per-date, gap-filled or window series).
         dates: ``YYYY-MM-DD`` dates to take (matched by calendar day); with neither, a one-date store's date.
         fmt: ``long`` (a row per feature and date) or ``wide`` (a row per feature, ``<column>_<YYYY-MM-DD>``).
-        crs: the points' CRS when the file has none (CSV x/y, GeoJSON in projected coordinates).
+        crs: the points' CRS when the file (or GeoDataFrame) has none (CSV x/y, GeoJSON in projected coordinates).
         outside: points outside the store: ``error`` (naming how many and the bounds), ``drop`` or ``nan``.
         overwrite: replace an existing output table (one this verb wrote: same suffix).
         progress: a progress bar over point batches and polygons.
@@ -274,9 +314,9 @@ def sample_embeddings(
         raise SampleError(f"--out {out}: the table is written as .parquet (GeoParquet) or .csv. Fix: end the name with one.")
     if out is not None and Path(out).suffix.lower() == ".parquet":
         _geopandas(Path(out))  # fail before reading anything
-    if out is not None and not isinstance(points, Points) and Path(out).resolve() == Path(points).resolve():
+    if out is not None and isinstance(points, str | PathLike) and Path(out).resolve() == Path(points).resolve():
         raise SampleError(f"--out {out} is the points file. Fix: choose another output path.")
-    pts = points if isinstance(points, Points) else read_points(points, crs=crs)
+    pts = _points_of(points, crs)
     ds = open_embedding(emb, as_dataset=True)
     da = ds["embedding"]
     store_crs = cube_crs(ds)
@@ -330,8 +370,8 @@ def sample_embeddings(
         first = int(np.flatnonzero(~inside)[0])
         at = f" at x {sx[first]:.10g}, y {sy[first]:.10g}" if is_point[first] else ""  # in the store's CRS, beside its extent
         raise SampleError(
-            f"{int((~inside).sum())} of {n} points/polygons lie outside the store (x {left:g} .. {right:g}, y {low:g} .. "
-            f"{high:g} in {store_crs.to_string()}; first: input row {first}, counting from 0{at}). Fix: check the "
+            f"{int((~inside).sum())} of {n} points/polygons lie outside the store (pixel edges x {left:.10g} .. "
+            f"{right:.10g}, y {low:.10g} .. {high:.10g} in {store_crs.to_string()}; first: input row {first}, counting from 0{at}). Fix: check the "
             "points' CRS (--crs), or pass --outside drop (leave them out) or --outside nan (keep them as NaN).")
 
     polys = [int(i) for i in np.flatnonzero(~is_point) if inside[i]]
