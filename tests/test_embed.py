@@ -21,7 +21,15 @@ import torch
 import xarray as xr
 
 from latentcube.cube import CubeError, new_cube, save_cube
-from latentcube.embed import EmbedError, block_grid, embed_cube, embed_pixels, open_embedding, quantize_int8
+from latentcube.embed import (
+    EmbedError,
+    block_grid,
+    dates_without_valid_pixel,
+    embed_cube,
+    embed_pixels,
+    open_embedding,
+    quantize_int8,
+)
 from latentcube.nn import FusionConfig, FusionModel, SensorAutoencoder, s1_config, s2_config
 from latentcube.preprocess import Normalization, match_s1_to_s2, smooth_s1
 from latentcube.train import save_model
@@ -987,7 +995,7 @@ def test_open_embedding_float_types(fused_emb, s2_emb, cube_path, models, tmp_pa
     np.testing.assert_array_equal(h.values, xr.open_zarr(half)["embedding"].values.astype("float32"))
 
 
-def test_cli_embed_quality_and_int8(cube_path, models, tmp_path):
+def test_cli_embed_quality_and_int8(cube_path, models, tmp_path, capsys):
     from latentcube.cli import main
 
     out = tmp_path / "cli.zarr"
@@ -999,6 +1007,10 @@ def test_cli_embed_quality_and_int8(cube_path, models, tmp_path):
     assert ds["embedding"].dtype == np.float32  # CF-decoded codes; open_embedding applies the scale
     assert set(ds.data_vars) == {"embedding", "embedding_scale", "quality_s2"}
     assert json.loads(ds.attrs["quality"]) == ["s2"] and ds.attrs["geoemb:data_type"] == "int8"
+    printed = capsys.readouterr()  # the store's path on stdout; the all-cloud date of the cube named on stderr
+    assert printed.out.strip().endswith(out.name)
+    assert ("note: 1 of the store's dates have no valid pixel (cloud or nodata over the whole cube): 2020-04-15. They "
+            "are kept, all NaN") in printed.err
 
 
 def test_cli_info_describes_an_embedding_store(s2_emb, tmp_path, capsys):
@@ -1021,6 +1033,17 @@ def test_cli_info_describes_an_embedding_store(s2_emb, tmp_path, capsys):
     assert got["stored_as"] == "float32" and got["blocks_written"] == "4 of 4"  # 40 x 40 px in 24-px blocks
     assert got["valid_fraction_mean"] == pytest.approx(valid.mean(), abs=1e-9)
     assert got["dates_valid_ge_50pct"] == int((valid >= 0.5).sum())
+    empty = [str(pd.Timestamp(t).date()) for t, v in zip(open_embedding(s2_emb)["time"].values, valid, strict=True)
+             if v == 0]
+    assert got["dates_without_valid_pixel"] == empty == dates_without_valid_pixel(s2_emb)
+    # a date under cloud everywhere: named by info and by the helper `latentcube embed` prints from
+    import zarr
+
+    cloudy = shutil.copytree(s2_emb, tmp_path / "cloudy.zarr")
+    zarr.open_array(cloudy / "embedding", mode="r+")[2] = np.nan
+    day = str(pd.Timestamp(open_embedding(cloudy)["time"].values[2]).date())
+    assert dates_without_valid_pixel(cloudy) == sorted({*empty, day})
+    assert day in info(cloudy)["dates_without_valid_pixel"]
     # one block's marker gone: the store says it is incomplete and how to finish it
     part = shutil.copytree(s2_emb, tmp_path / "part.zarr")
     next((part / ".blocks").glob("*.done")).unlink()

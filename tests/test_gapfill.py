@@ -255,6 +255,21 @@ def test_match_dates_by_day_and_nearest_in_error():
         match_dates(times, ["July"])
 
 
+def test_match_dates_suggests_only_usable_dates_and_computes_them_only_for_the_error():
+    times = pd.to_datetime(["2019-07-05", "2019-07-09", "2019-07-14", "2019-07-24", "2019-08-03"])
+    calls = []
+
+    def usable():
+        calls.append(1)
+        return np.array([True, True, False, True, True])  # 2019-07-14: no valid pixel
+
+    assert match_dates(times, ["2019-07-14"], usable=usable) == [2] and not calls  # asked for: given as is
+    with pytest.raises(EmbeddingCubeError, match=r"\(5 dates, 2019-07-05 .. 2019-08-03; 1 dates hold no valid pixel "
+                                                 r"and are not suggested\); nearest: 2019-07-05, 2019-07-09, 2019-07-24\."):
+        match_dates(times, ["2019-07-13"], usable=usable)
+    assert calls == [1]
+
+
 def test_int8_store_is_decoded_before_filling(tmp_path):
     embed = pytest.importorskip("latentcube.embed")
     if not hasattr(embed, "quantize_int8"):

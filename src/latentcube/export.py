@@ -151,7 +151,8 @@ def export_geotiff(
         raise EmbeddingCubeError(f"{variable!r} has dimensions {da.dims}; export needs (time, feature, y, x) or (time, y, x).")
     transform = grid_transform(da["x"].values, da["y"].values)
     crs = RioCRS.from_wkt(cube_crs(ds).to_wkt())
-    idx = list(range(da.sizes["time"])) if dates is None else match_dates(da["time"].values, dates)
+    idx = list(range(da.sizes["time"])) if dates is None else match_dates(
+        da["time"].values, dates, usable=lambda: da.isel(feature=0).notnull().any(("y", "x")).values)
     names = _file_names(da["time"].values, prefix or variable)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +68,13 @@ def as_embedding(emb: str | Path | xr.Dataset | xr.DataArray, *, chunks: dict[st
     return open_embedding(emb, chunks=chunks, as_dataset=True)
 
 
-def match_dates(times: Any, dates: Sequence[Any], *, what: str = "the embedding cube") -> list[int]:
+def match_dates(times: Any, dates: Sequence[Any], *, what: str = "the embedding cube",
+                usable: Callable[[], np.ndarray] | None = None) -> list[int]:
     """Indices into ``times`` of the requested calendar ``dates`` (strings or datetimes, matched by day).
 
     A date with no acquisition on that day raises :class:`EmbeddingCubeError` naming the nearest available
-    dates, so a typo is never silently replaced by another date.
+    dates, so a typo is never silently replaced by another date. ``usable``: computed only then, a boolean
+    per time (e.g. dates with any valid pixel), so that the dates suggested are ones worth picking.
     """
     index = pd.DatetimeIndex(times)
     days = index.floor("D")
@@ -87,10 +89,13 @@ def match_dates(times: Any, dates: Sequence[Any], *, what: str = "the embedding 
         if len(hits) == 0:
             if len(days) == 0:
                 raise EmbeddingCubeError(f"{what} has no dates.")
-            order = np.argsort(np.abs((days - day).values.astype("timedelta64[D]").astype("int64")), kind="stable")[:3]
-            nearest = ", ".join(sorted(str(days[i].date()) for i in order))
+            ok = np.ones(len(days), bool) if usable is None else np.asarray(usable(), bool)
+            distance = np.abs((days - day).values.astype("timedelta64[D]").astype("int64"))
+            order = [i for i in np.argsort(distance, kind="stable") if ok[i]][:3]
+            nearest = ", ".join(sorted(str(days[i].date()) for i in order)) or "none"
+            empty = "" if ok.all() else f"; {int((~ok).sum())} dates hold no valid pixel and are not suggested"
             raise EmbeddingCubeError(
-                f"no date {day.date()} in {what} ({len(days)} dates, {days[0].date()} .. {days[-1].date()}); "
+                f"no date {day.date()} in {what} ({len(days)} dates, {days[0].date()} .. {days[-1].date()}{empty}); "
                 f"nearest: {nearest}. Fix: pick one of those."
             )
         found.append(int(hits[0]))

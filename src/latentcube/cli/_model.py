@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from latentcube.cli import _table, app, out
+from latentcube.cli import _table, app, console, out
 
 
 @app.command()
@@ -113,13 +113,19 @@ def embed(
     allow_missing_s1: Annotated[bool, typer.Option("--allow-missing-s1", help="Embed with a fusion model although S1 covers none of the cube (S1 then counts as absent).")] = False,
 ) -> None:
     """Embed every pixel and date of CUBE (Zarr embedding cube, resumable, parallel over blocks)."""
-    from latentcube.embed import embed_cube
+    from latentcube.embed import dates_without_valid_pixel, embed_cube
 
     chosen = [s.strip() for s in sensors.split(",") if s.strip()] if sensors else None
     path = embed_cube(cube, checkpoint, out_path, block_px=block_px, dtype=dtype, quality=quality, scheduler=scheduler,
                       n_workers=workers, threads_per_worker=threads, sensors=chosen, device=device, overwrite=overwrite,
                       allow_missing_s1=allow_missing_s1)
     out.print(str(path))
+    empty = dates_without_valid_pixel(path)
+    if empty:
+        shown = ", ".join(empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+        console.print(f"note: {len(empty)} of the store's dates have no valid pixel (cloud or nodata over the whole "
+                      f"cube): {shown}. They are kept, all NaN, so the dates match the cube's; `latentcube gapfill` "
+                      "fills them where clear dates lie on both sides.", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("plot-training")

@@ -333,6 +333,14 @@ def open_embedding(
     return ds.assign(embedding=out) if as_dataset else out
 
 
+def dates_without_valid_pixel(path: str | Path) -> list[str]:
+    """The store's dates (``YYYY-MM-DD``) on which no pixel has an embedding: every S2 acquisition of the cube is a
+    date of the store, and one under cloud (or nodata) everywhere stays all NaN."""
+    emb = open_embedding(path)
+    any_valid = emb.isel(feature=0).notnull().any(("y", "x")).values
+    return [str(pd.Timestamp(t).date()) for t, ok in zip(emb["time"].values, any_valid, strict=True) if not ok]
+
+
 def embedding_summary(path: str | Path) -> dict[str, Any]:
     """Facts about an embedding store for ``latentcube info``: model, features, dates, blocks written,
     valid fraction per date (NaN = invalid centre pixel or a block not yet written) and value range."""
@@ -356,6 +364,8 @@ def embedding_summary(path: str | Path) -> dict[str, Any]:
         "stored_as": emb.attrs.get("stored_as", str(xr.open_zarr(path)["embedding"].dtype)),
         "valid_fraction_mean": float(valid.mean()) if valid.size else 0.0,
         "dates_valid_ge_50pct": int((valid >= 0.5).sum()),
+        # Every S2 acquisition of the cube is a date of the store; one under cloud everywhere is all NaN.
+        "dates_without_valid_pixel": [str(t.date()) for t, v in zip(times, valid, strict=True) if not v > 0],
         "value_p1_p50_p99": [float(v) for v in np.percentile(sample, [1, 50, 99])] if sample.size else None,
     }
     if n_blocks is not None:

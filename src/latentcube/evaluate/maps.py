@@ -151,7 +151,7 @@ def _date_index(da: xr.DataArray, date: Any) -> int:
         # Most valid pixels (first on ties): the most informative single map.
         valid = da.isel(feature=0).notnull().sum(("y", "x")).values
         return int(np.argmax(valid))
-    return match_dates(da["time"].values, [date])[0]
+    return match_dates(da["time"].values, [date], usable=lambda: da.isel(feature=0).notnull().any(("y", "x")).values)[0]
 
 
 def _s2_index(s2: xr.Dataset, da: xr.DataArray, t: int, day: pd.Timestamp) -> int:
