@@ -311,8 +311,27 @@ def test_summary_reports_dates_valid_fraction_and_ranges():
     assert info["s2"]["valid_fraction_mean"] == pytest.approx(1 - 1 / 42 / 4)
     assert info["crs"] == "EPSG:32632"
     assert info["pixel_size_m"] == (10.0, 10.0)
+    # pixel edges (as GeoTIFFs and STAC give them), not the centres 500005 .. 500065, 3999945 .. 3999995
+    assert info["bounds"] == (500_000.0, 3_999_940.0, 500_070.0, 4_000_000.0)
     lo, mid, hi = info["s2"]["value_p1_p50_p99"]
     assert 0 <= lo < mid < hi <= 0.4
+
+
+def test_info_prints_the_pixel_edge_bounds_in_full_metres(tmp_path):
+    """The user walkthrough: `info` gave the pixel-centre extent as bounds. Relative path, another directory."""
+    import json
+    import os
+
+    save_cube(make_cube(), tmp_path / "c.zarr")
+    env = {**os.environ, "COLUMNS": "200"}
+    run = [sys.executable, "-m", "latentcube.cli", "info", "c.zarr"]
+    table = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert table.returncode == 0, table.stderr
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in table.stdout.splitlines()
+            if line.count("│") == 3}
+    assert rows["bounds"] == "500000, 3999940, 500070, 4000000 (pixel edges: xmin, ymin, xmax, ymax)"
+    js = subprocess.run([*run, "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert json.loads(js.stdout)["bounds"] == [500_000.0, 3_999_940.0, 500_070.0, 4_000_000.0]
 
 
 def test_summary_names_the_default_models_missing_bands_with_the_train_fix():

@@ -38,6 +38,11 @@ def _valid_share(s: dict[str, Any]) -> str:
     return f"mean {s['valid_fraction_mean']:.3f}; {s['dates_valid_ge_50pct']} dates >= 50 % valid"
 
 
+def _bounds(b: tuple[float, ...]) -> str:
+    """``bounds`` in full CRS units, with the convention (edges, not the pixel centres of x/y)."""
+    return ", ".join(f"{v:.10g}" for v in b) + " (pixel edges: xmin, ymin, xmax, ymax)"
+
+
 def _percentiles(values: list[float]) -> str:
     return " / ".join(f"{v:.4g}" for v in values)
 
@@ -46,13 +51,14 @@ def cube_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     """The rows of ``latentcube info``'s table for a :func:`describe_cube` result."""
     if "features" in summary:  # embedding store
         keys = ("valid", "model", "crs", "dims", "pixel_size_m", "bounds", "blocks_written", "stored_as")
-        rows = [(k, str(summary[k])) for k in keys if k in summary]
+        rows = [(k, _bounds(summary[k]) if k == "bounds" else str(summary[k])) for k in keys if k in summary]
         rows += [("dates", f"{summary['dates']} ({summary['first']} .. {summary['last']}; {summary['axis']})"),
                  ("features", " ".join(summary["features"])), ("valid fraction", _valid_share(summary))]
         if summary["value_p1_p50_p99"]:
             rows.append(("p1/p50/p99", _percentiles(summary["value_p1_p50_p99"])))
         return [*rows, ("variables", ", ".join(summary["variables"]))]
-    rows = [(k, str(summary[k])) for k in ("valid", "crs", "dims", "pixel_size_m", "bounds") if k in summary]
+    rows = [(k, _bounds(summary[k]) if k == "bounds" else str(summary[k]))
+            for k in ("valid", "crs", "dims", "pixel_size_m", "bounds") if k in summary]
     for var in ("s2", "s1"):
         if var in summary:
             s = summary[var]

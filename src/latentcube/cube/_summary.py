@@ -33,7 +33,8 @@ def default_model_bands_note(sensor: str, bands: list[str]) -> str | None:
 
 def cube_summary(ds: xr.Dataset) -> dict[str, Any]:
     """Facts about a cube for ``latentcube info``: sizes, dates, valid fractions, CRS, value ranges, and
-    ``model_bands`` per sensor when the cube lacks some of the default model's bands."""
+    ``model_bands`` per sensor when the cube lacks some of the default model's bands. ``bounds`` is
+    (xmin, ymin, xmax, ymax) of the pixel edges in the cube's CRS (the x/y coordinates are pixel centres)."""
     info: dict[str, Any] = {"dims": dict(ds.sizes), "variables": sorted(ds.data_vars)}
     try:
         crs = cube_crs(ds)
@@ -42,7 +43,9 @@ def cube_summary(ds: xr.Dataset) -> dict[str, Any]:
         info["crs"] = f"invalid ({err})"
     if "x" in ds.coords and ds.sizes.get("x", 0) > 1:
         info["pixel_size_m"] = (float(abs(ds.x[1] - ds.x[0])), float(abs(ds.y[1] - ds.y[0])))
-        info["bounds"] = tuple(float(v) for v in (ds.x.min(), ds.y.min(), ds.x.max(), ds.y.max()))
+        # Pixel edges, as GIS tools, GeoTIFFs and the STAC item give them (x/y are the pixel centres).
+        hx, hy = info["pixel_size_m"][0] / 2, info["pixel_size_m"][1] / 2
+        info["bounds"] = (float(ds.x.min()) - hx, float(ds.y.min()) - hy, float(ds.x.max()) + hx, float(ds.y.max()) + hy)
     for var, tdim in (("s2", "time"), ("s1", "time_s1")):
         if var not in ds:
             continue
