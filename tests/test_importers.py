@@ -463,6 +463,60 @@ def test_cli_parsers():
         parse_layers(["labels.nc"])
 
 
+def _layer_nc(path: Path, values: np.ndarray) -> Path:
+    """A (y, x) label layer "LC" on the grid of ``_nc`` (n = 4, 10 m, EPSG:32632)."""
+    from pyproj import CRS
+
+    n = values.shape[0]
+    ds = xr.Dataset({"LC": (("y", "x"), values, {"grid_mapping": "crs"})},
+                    coords={"y": 5_600_000.0 - 10.0 * (np.arange(n) + 0.5), "x": 400_000.0 + 10.0 * (np.arange(n) + 0.5)})
+    ds["crs"] = xr.DataArray(np.int32(0), attrs={"crs_wkt": CRS.from_epsg(32632).to_wkt()})
+    ds.to_netcdf(path)
+    return path
+
+
+def test_cli_layer_glob_is_expanded_to_its_one_file(tmp_path, capsys, monkeypatch):
+    """The user walkthrough: --layer "croptype=$D/OUTPUT_POLY-*.nc:CT" failed with 'no such file', while --s2/--s1
+    expand globs. Run from another directory with relative paths; none or several matches are errors."""
+    import os
+    import subprocess
+    import sys
+
+    from latentcube.cli import main
+
+    data, work = tmp_path / "data", tmp_path / "work"
+    data.mkdir()
+    work.mkdir()
+    _nc(data / "S2_a.nc", names=("B04", "B08"))
+    labels = np.arange(16, dtype="uint8").reshape(4, 4)
+    _layer_nc(data / "OUTPUT_POLY-110_x.nc", labels)
+    args = ["import", "--s2", "../data/S2_*.nc", "--s2-scale", "1e-4", "--layer", "croptype=../data/OUTPUT_POLY-*.nc:LC",
+            "--out", "c.zarr"]
+    proc = subprocess.run([sys.executable, "-m", "latentcube.cli", *args], cwd=work, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("c.zarr: 3 S2 dates, 0 S1 dates, 4x4 px")
+    np.testing.assert_array_equal(open_cube(work / "c.zarr")["croptype"].values, labels)
+
+    monkeypatch.chdir(work)
+    for pattern, message in (
+        ("../data/NOPE-*.nc:LC", f"CubeError: --layer croptype: no file matches '../data/NOPE-*.nc' (relative to {work}). "
+                                 "Fix: check the pattern and the folder."),
+        ("../data/OUTPUT_POLY-*.nc:LC", "CubeError: --layer croptype: '../data/OUTPUT_POLY-*.nc' matches 2 files "
+                                        "(../data/OUTPUT_POLY-110_x.nc, ../data/OUTPUT_POLY-110_y.nc); a layer is one "
+                                        "file. Fix: narrow the pattern, or name the file, e.g. --layer "
+                                        "croptype=../data/OUTPUT_POLY-110_x.nc:LC."),
+    ):
+        if "POLY" in pattern:
+            _layer_nc(data / "OUTPUT_POLY-110_y.nc", labels)
+        with pytest.raises(SystemExit) as exc:
+            main(["import", "--s2", "../data/S2_*.nc", "--s2-scale", "1e-4", "--layer", f"croptype={pattern}",
+                  "--out", "d.zarr"])
+        err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+        assert exc.value.code == 1 and message in err, err
+    assert not (work / "d.zarr").exists()
+
+
 def test_openeo_preset_reads_65535_and_the_files_fill_value_as_nodata(tmp_path):
     """A monthly openEO composite fills empty months with 65535: reflectance 6.55 used to pass through and
     the cube was refused with a wrong fix ("divide by 10000")."""
