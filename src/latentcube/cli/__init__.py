@@ -9,6 +9,7 @@ Bad input prints one clear line and exits non-zero; ``--debug`` shows the traceb
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Annotated
 
 import typer
@@ -73,6 +74,12 @@ def _fail(exc: BaseException, hint: bool) -> None:
     sys.exit(1)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - warnings API
+    """Warnings as one line on stderr, like errors: the message for the user, not the source line that raised it."""
+    kind = "" if issubclass(category, UserWarning) else f" ({category.__name__})"  # e.g. (RuntimeWarning)
+    console.print(f"warning{kind}: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one clear line on errors, the traceback with ``--debug``.
 
@@ -84,7 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:
-        app(args=argv, standalone_mode=False)
+        with warnings.catch_warnings():  # restored on return: main() is also called in-process (tests, notebooks)
+            warnings.showwarning = _show_warning
+            app(args=argv, standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
