@@ -105,3 +105,14 @@ def test_model_info_presets(capsys):
     printed = capsys.readouterr()
     assert exc.value.code == 0, printed.err
     assert '"s2": 9' in printed.out and '"fused": 7' in printed.out
+
+
+def test_sample_usage_names_the_store_argument(capsys):
+    """`latentcube sample --help` showed `{emb}`, read as an unfilled placeholder (user walkthrough): the metavar is
+    EMB, as in the Arguments panel (typer 0.29 puts a required argument in braces in the usage line)."""
+    with pytest.raises(SystemExit) as exc:
+        main(["sample", "--help"])
+    text = capsys.readouterr().out
+    usage = next(line for line in text.splitlines() if "Usage:" in line)
+    assert exc.value.code == 0 and usage.rstrip().endswith(" sample [OPTIONS] {EMB}") and "{emb}" not in text
+    assert any(line.split()[2:4] == ["EMB", "<path>"] for line in text.splitlines() if line.startswith("│ *"))

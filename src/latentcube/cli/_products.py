@@ -93,7 +93,7 @@ def aggregate(
 
 @app.command()
 def sample(
-    emb: Annotated[Path, typer.Argument(help="An embedding cube (Zarr): embed, gapfill or aggregate output.")],
+    emb: Annotated[Path, typer.Argument(metavar="EMB", help="An embedding cube (Zarr): embed, gapfill or aggregate output.")],
     points: Annotated[Path, typer.Option("--points", help="Points or polygons: GeoJSON, CSV (lon/lat, or x/y with --crs), GeoParquet or shapefile.")],
     out_path: Annotated[Path, typer.Option("--out", help="Output table: .parquet (GeoParquet) or .csv.")],
     series: Annotated[bool, typer.Option("--series", help="Every date of the store (per-date, gap-filled or window series).")] = False,
