@@ -12,6 +12,7 @@ import xarray as xr
 
 from latentcube.aggregate import (
     AggregateError,
+    PartialWindowWarning,
     aggregate_embeddings,
     parse_stats,
     parse_windows,
@@ -117,6 +118,23 @@ def test_empty_window_is_an_error_naming_it_or_nan_with_count_zero(tmp_path):
     assert np.isnan(res["embedding"].isel(time=1).values).all()
     assert (res["valid_count"].isel(time=1).values == 0).all()
     np.testing.assert_allclose(res["embedding"].isel(time=0).values[0, 1, 0], 15.0)  # median of 10, 20
+
+
+def test_windows_reaching_well_beyond_the_store_are_named_and_windows_inside_are_not():
+    """A season the data cover for its last two months only (data from 2018-08-04, as the WorldCereal chip) is
+    summarised, and a warning names it with the dates it holds; a window inside the data warns of nothing."""
+    times = pd.date_range("2018-08-04", "2019-11-27", freq="10D")
+    ds = emb_store(np.random.default_rng(0).normal(size=(len(times), 2, 2, 2)), times)
+    with pytest.warns(PartialWindowWarning, match=r"^1 window\(s\) reach well beyond the store's dates \(2018-08-04 .. "
+                      r"2019-11-\d\d\), so their statistics cover part of the window only: season 2018 \(6 dates, "
+                      r"2018-08-04 .. 2018-09-23 of 2018-04-01 .. 2018-09-30\)\. Compare"):
+        res = aggregate_embeddings(ds, None, windows="season", progress=False)
+    assert list(res["n_dates"].values) == [6, 19]  # both seasons kept, with what they hold
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        aggregate_embeddings(ds, None, windows=["2018-09-01/2019-08-31", "2019-04-01/2019-09-30"], progress=False)
+        # up to 25 % of a window outside the data is fine: 21 of these 121 days lie before 2018-08-04
+        aggregate_embeddings(ds, None, windows="2018-07-14/2018-11-11", progress=False)
 
 
 def test_presets_cover_the_store_span():

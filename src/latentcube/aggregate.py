@@ -40,8 +40,8 @@ from latentcube.files import OutputLock, check_output_path
 from latentcube.gapfill import write_lazy_store
 from latentcube.stores import root_attrs
 
-__all__ = ["PRESETS", "AggregateError", "Window", "aggregate_embeddings", "parse_stats", "parse_windows",
-           "window_stats"]
+__all__ = ["PRESETS", "AggregateError", "PartialWindowWarning", "Window", "aggregate_embeddings", "parse_stats",
+           "parse_windows", "window_stats"]
 
 #: Named window presets: each gives one window per period that overlaps the store's dates.
 PRESETS = ("season", "quarter", "month", "year", "hydro-year")
@@ -58,6 +58,14 @@ _STAT = re.compile(r"^(mean|median|p(\d{1,3}(?:\.\d+)?))$")
 
 class AggregateError(EmbeddingCubeError):
     """Windows, statistics or an input that cannot be aggregated; the message says why and how to fix it."""
+
+
+class PartialWindowWarning(UserWarning):
+    """A window reaches well beyond the store's dates: its statistics describe only the part the data cover."""
+
+
+#: Share of a window outside the store's first..last date from which :class:`PartialWindowWarning` is raised.
+PARTIAL_WINDOW_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -277,6 +285,8 @@ def aggregate_embeddings(
                              "Fix: give windows inside that range, or pass --empty nan to keep them as all-NaN "
                              "windows with valid_count 0.")
 
+    _warn_partial(window_list, members, days)
+
     spatial = {d: min(chunk_px, max(da.chunksizes[d]) if da.chunks else da.sizes[d]) for d in ("y", "x")}
     da = da.chunk({"feature": -1, **spatial})
     quantiles = [q for _, q in stat_list]
@@ -354,6 +364,29 @@ def aggregate_embeddings(
     if out is None:
         return result
     return _write(result, Path(out), overwrite=overwrite, progress=progress)
+
+
+def _warn_partial(windows: Sequence[Window], members: Sequence[np.ndarray], days: pd.DatetimeIndex) -> None:
+    """Warn once about the windows of which more than :data:`PARTIAL_WINDOW_SHARE` lies before the store's first or
+    after its last date: e.g. a ``season`` summarised from its last two months only, which reads like a whole one."""
+    if not len(days):
+        return
+    first, last = days.min(), days.max()
+    partial = []
+    for w, m in zip(windows, members, strict=True):
+        length = (w.end - w.start).days + 1
+        outside = max((first - w.start).days, 0) + max((w.end - last).days, 0)
+        if m.size and outside > PARTIAL_WINDOW_SHARE * length:
+            partial.append(f"{w.label} ({m.size} dates, {days[m[0]].date()} .. {days[m[-1]].date()} of "
+                           f"{w.start.date()} .. {w.end.date()})")
+    if partial:
+        import warnings
+
+        shown = "; ".join(partial[:3]) + (f"; and {len(partial) - 3} more" if len(partial) > 3 else "")
+        warnings.warn(f"{len(partial)} window(s) reach well beyond the store's dates ({first.date()} .. {last.date()}), "
+                      f"so their statistics cover part of the window only: {shown}. Compare such windows with care; "
+                      "n_dates and valid_count in the result say how much each holds. Fix: give windows inside the "
+                      "store's dates, or embed a longer period.", PartialWindowWarning, stacklevel=3)
 
 
 def _write(result: xr.Dataset, out: Path, *, overwrite: bool, progress: bool) -> xr.Dataset:
