@@ -17,7 +17,8 @@ app.add_typer(sweep_app, name="sweep")
 @evaluate_app.command("gpp")
 def evaluate_gpp_(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Fusion model file (runs/fusion/model.pt).")],
-    sites: Annotated[Path, typer.Option("--sites", help="Site table (towers.csv: site_id, cube, row, col, veg_type) or a site plan.")],
+    sites: Annotated[Path, typer.Option("--sites", help="Site table CSV: site_id, cube (a name in --cubes or a path), "
+        "the tower as row,col or lon,lat or x,y (cube CRS), and optionally veg_type (else 'unknown'); or a site plan.")],
     fluxnet: Annotated[Path, typer.Option("--fluxnet", help="Folder with FLX_<SITE>_*.csv files (DD, HH or HR).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory: writes OUT/evaluation/gpp/ and the report section.")],
     cubes: Annotated[Path | None, typer.Option("--cubes", help="Folder with the site cubes <cube>.zarr.")] = None,
@@ -40,14 +41,27 @@ def evaluate_gpp_(
     device: Annotated[str | None, typer.Option(help="cuda | cpu (default: cuda when available).")] = None,
 ) -> None:
     """Predict daily GPP at flux towers from per-date embeddings, against four baselines (paper §IV-C)."""
-    from latentcube.evaluate.gpp import GPPConfig, evaluate_gpp
+    import warnings
+
+    from latentcube.evaluate.gpp import GPPConfig, GPPWarning, evaluate_gpp
+    from latentcube.sources.fluxnet import FluxnetWarning
 
     cfg = GPPConfig(radius_px=radius, weights=weights, window_days=window, stride_days=stride, max_gap_days=max_gap,
                     train_years=_items(train_years, int), test_years=_items(test_years, int), protocols=_items(protocols),
                     methods=_items(methods) if methods else None, meteo=_items(meteo) if meteo else (),
                     flux_columns=flux_columns, sweep_windows=_items(sweep, int) if sweep else (), seed=seed, device=device)
-    doc = evaluate_gpp(sites, out_dir, checkpoint=checkpoint, cubes=cubes, fluxnet=fluxnet, config=cfg,
-                       log=lambda m: console.print(m, highlight=False))
+    shown = warnings.showwarning
+
+    def show(message, category, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - warnings.showwarning's signature
+        if issubclass(category, (GPPWarning, FluxnetWarning)):  # said as a line, without a source path
+            console.print(f"warning: {message}", highlight=False)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        doc = evaluate_gpp(sites, out_dir, checkpoint=checkpoint, cubes=cubes, fluxnet=fluxnet, config=cfg,
+                           log=lambda m: console.print(m, highlight=False))
     scores = {p: v["scores"] for p, v in doc["protocols"].items()}
     rows = [(m, *[f"{scores[p][m]['overall']['nrmse']:.3f}" for p in scores]) for m in next(iter(scores.values()))]
     out.print(_table("GPP NRMSE (RMSE / observed range), all sites", rows, header=("method", *scores)))

@@ -30,6 +30,7 @@ from latentcube.evaluate.gpp.config import (
     PROTOCOLS,
     GPPConfig,
     GPPError,
+    GPPWarning,
 )
 from latentcube.evaluate.gpp.regressor import fit_regressor, predict_daily
 from latentcube.evaluate.gpp.run import evaluate_gpp
@@ -56,6 +57,7 @@ __all__ = [
     "METEO_METHODS",
     "GPPConfig",
     "GPPError",
+    "GPPWarning",
     "METHODS",
     "METHOD_LABELS",
     "PROTOCOLS",

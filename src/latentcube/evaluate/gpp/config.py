@@ -44,6 +44,16 @@ class GPPError(LatentcubeError, ValueError):
     """The GPP evaluation cannot run as asked; the message says what is wrong and how to fix it."""
 
 
+class GPPWarning(UserWarning):
+    """The GPP evaluation ran, but its setup makes the results say little (one site, no early-stopping
+    split, few scored days); the message says what and what to add."""
+
+
+def _years(years: tuple[int, ...] | list[int]) -> str:
+    """Years as the CLI takes them: ``2019,2020``."""
+    return ",".join(str(y) for y in years)
+
+
 # ------------------------------------------------------------------------------------------ config
 
 
@@ -150,15 +160,22 @@ class GPPConfig:
                            "(CLI: --meteo sw_in,ta,vpd).")
         badp = [p for p in self.protocols if p not in PROTOCOLS]
         if badp or not self.protocols:
-            raise GPPError(f"protocols={list(self.protocols)}: choose from {list(PROTOCOLS)}.")
+            raise GPPError(f"unknown protocols {badp or 'none'}. Fix: choose from {list(PROTOCOLS)}, e.g. --protocols "
+                           "year,loso (Python: GPPConfig(protocols=('year', 'loso'))).")
         for w in (self.window_days, *self.sweep_windows):
             if w < self.patch_days or w % self.patch_days:
                 raise GPPError(f"window length {w} d is not a multiple of patch_days={self.patch_days}. "
                                "Fix: use e.g. 60, 70, ..., 120 with patch_days 10 (or patch_days=1 or 5).")
         if self.stride_days < 1 or self.eval_stride_days < 1 or self.max_gap_days < 1:
             raise GPPError("stride_days, eval_stride_days and max_gap_days must be >= 1 day.")
-        if set(self.train_years) & set(self.test_years):
-            raise GPPError(f"train_years {self.train_years} and test_years {self.test_years} overlap.")
+        both = sorted(set(self.train_years) & set(self.test_years))
+        if both:
+            rest = [y for y in self.train_years if y not in both]
+            eg = (f"--train-years {_years(rest)} --test-years {_years(self.test_years)}" if rest else
+                  f"--train-years {_years(self.train_years)} --test-years {max(self.train_years) + 1}")
+            raise GPPError(f"training years {_years(self.train_years)} and test years {_years(self.test_years)} overlap "
+                           f"({_years(both)}): a day cannot both train and score. Fix: disjoint years, e.g. {eg} "
+                           "(Python: GPPConfig(train_years=..., test_years=...)).")
         if self.climatology_by not in ("veg_type", "all"):
             raise GPPError(f"climatology_by={self.climatology_by!r}: use 'veg_type' or 'all'.")
         if self.d_model % self.n_heads:

@@ -6,8 +6,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from latentcube.evaluate.gpp.config import GPPConfig, GPPError
+from latentcube.evaluate.gpp.config import PROTOCOL_LABELS, GPPConfig, GPPError, _years
 from latentcube.evaluate.gpp.regressor import _prepare, _window_set, fit_regressor, predict_daily
 from latentcube.evaluate.gpp.series import doy_climatology, doy_index, metrics
 from latentcube.evaluate.gpp.sites import SiteData
@@ -21,19 +22,56 @@ def _folds(data: Mapping[str, SiteData], protocol: str, cfg: GPPConfig) -> list[
     if protocol == "year":
         fit = {s: np.isin(d.days.year, cfg.train_years) for s, d in data.items()}
         test = {s: np.isin(d.days.year, cfg.test_years) for s, d in data.items()}
-        if not any(m.any() for m in test.values()):
-            raise GPPError(f"no site has days in the test years {cfg.test_years}. Fix: set test_years (--test-years).")
-        if not any(m.any() for m in fit.values()):
-            raise GPPError(f"no site has days in the training years {cfg.train_years}. Fix: set train_years (--train-years).")
+        no_test, no_fit = not any(m.any() for m in test.values()), not any(m.any() for m in fit.values())
+        if no_test or no_fit:
+            have = {int(y) for d in data.values() for y in np.unique(d.days.year[np.isfinite(d.gpp)])}
+            raise GPPError(_year_split_message(min(d.days[0] for d in data.values()), max(d.days[-1] for d in data.values()),
+                                               sorted(have), cfg, "test" if no_test else "training"))
         folds.append(("year", fit, test))
     else:
         if len(data) < 2:
-            raise GPPError("leave-one-site-out needs at least 2 sites. Fix: more sites or protocols=('year',).")
+            raise GPPError(_loso_message(list(data)))
         for held in data:
             fit = {s: np.full(len(d.days), s != held) for s, d in data.items()}
             test = {s: np.full(len(d.days), s == held) for s, d in data.items()}
             folds.append((held, fit, test))
     return folds
+
+
+def _year_split_message(first: pd.Timestamp, last: pd.Timestamp, have: Sequence[int], cfg: GPPConfig, which: str) -> str:
+    """No site has days in the test (or training) years: the sites' period, the years with filtered GPP
+    (``have``) and a split that fits."""
+    asked = cfg.test_years if which == "test" else cfg.train_years
+    flag = "--test-years" if which == "test" else "--train-years"
+    have = sorted(have)
+    head = (f"no site has days in the {which} years {_years(asked)} ({flag}): the sites' days run "
+            f"{first.date()} .. {last.date()}, with filtered GPP in {', '.join(map(str, have)) or 'no year'}.")
+    if len(have) >= 2:
+        return (f"{head} Fix: --train-years {_years(have[:-1])} --test-years {have[-1]} (Python: "
+                f"GPPConfig(train_years={tuple(have[:-1])}, test_years=({have[-1]},))).")
+    return (f"{head} Fix: the year split needs GPP days in two years: cubes and tower files over more years, or "
+            "leave-one-site-out only with several sites: --protocols loso (Python: GPPConfig(protocols=('loso',))).")
+
+
+def _check_folds(periods: Mapping[str, pd.DatetimeIndex], gpp_days: Mapping[str, pd.DatetimeIndex], cfg: GPPConfig
+                 ) -> None:
+    """The checks of :func:`_folds` on each site's period (``periods``) and its days with filtered GPP, before
+    anything is embedded."""
+    if "loso" in cfg.protocols and len(periods) < 2:
+        raise GPPError(_loso_message(list(periods)))
+    if "year" in cfg.protocols:
+        years = {int(y) for d in periods.values() for y in np.unique(d.year)}
+        for which, asked in (("test", cfg.test_years), ("training", cfg.train_years)):
+            if not years & set(asked):
+                have = {int(y) for s, d in gpp_days.items() for y in np.unique(d[d.isin(periods[s])].year)}
+                raise GPPError(_year_split_message(min(d[0] for d in periods.values()),
+                                                   max(d[-1] for d in periods.values()), sorted(have), cfg, which))
+
+
+def _loso_message(sites: Sequence[str]) -> str:
+    return (f"leave-one-site-out needs at least 2 sites; the site table has {len(sites)} ({', '.join(sites)}). "
+            "Fix: add sites to the table, or run the year split only: --protocols year (Python: "
+            "GPPConfig(protocols=('year',))).")
 
 
 def _split_es(data: Mapping[str, SiteData], fit: Mapping[str, np.ndarray], cfg: GPPConfig, salt: int
@@ -126,10 +164,20 @@ def _run_protocols(data: Mapping[str, SiteData], runs: Mapping[str, tuple[str, i
         method, test = tests[(name, key)]
         preds, info = out[name]
         info[key] = fi
-        log(f"  {name} {key}: {fi['epochs']} epochs (best {fi['best_epoch']}), {fi['seconds']:.1f} s")
+        log(f"  {_fit_label(name, key)}: {fi['epochs']} epochs ("
+            + (f"best {fi['best_epoch']}" if fi.get("n_es_windows") else "no early stopping") + f"), {fi['seconds']:.1f} s")
         for s, v in p.items():
             preds[method][s][test[s]] = v[test[s]]
     return out
+
+
+def _fit_label(run: str, key: str) -> str:
+    """Log label of one fit: ``year split, embedding``, ``leave-one-site-out, XX-A held out, bands``,
+    ``sweep 60 d, embedding`` (``key`` is ``"<fold>/<method>"``)."""
+    fold, _, method = key.rpartition("/")
+    if run == "loso":
+        return f"{PROTOCOL_LABELS['loso']}, {fold} held out, {method}"
+    return f"{PROTOCOL_LABELS.get(run, run)}, {method}"
 
 
 def _score(data: Mapping[str, SiteData], preds: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, Any]:

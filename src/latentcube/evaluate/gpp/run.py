@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time as _time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -14,11 +15,18 @@ import numpy as np
 import pandas as pd
 
 from latentcube.embed import file_sha256
-from latentcube.evaluate.gpp.config import PROTOCOL_LABELS, GPPConfig, GPPError
-from latentcube.evaluate.gpp.protocols import _run_protocols, _score
+from latentcube.evaluate.gpp.config import PROTOCOL_LABELS, GPPConfig, GPPError, GPPWarning
+from latentcube.evaluate.gpp.protocols import _check_folds, _run_protocols, _score
 from latentcube.evaluate.gpp.regressor import _device
 from latentcube.evaluate.gpp.report import _improvement, _plot_bars, _plot_series, _write_section
-from latentcube.evaluate.gpp.sites import SiteData, load_site_data, read_site_flux, read_sites
+from latentcube.evaluate.gpp.sites import (
+    SiteData,
+    check_gpp_days,
+    cube_days,
+    load_site_data,
+    read_site_flux,
+    read_sites,
+)
 
 
 def evaluate_gpp(
@@ -72,6 +80,15 @@ def evaluate_gpp(
     t0 = _time.perf_counter()
     # Every tower file first (seconds): a wrong column name or file stops the run before any embedding.
     flux = {str(s): read_site_flux(fluxnet, str(s), cfg) for s in table["site_id"].unique()}
+    # ... and each tower's filtered GPP days against its cube period (the cubes' time axes only).
+    periods = {str(s): cube_days(list(rows["cube_path"])) for s, rows in table.groupby("site_id", sort=False)}
+    for site_id, period in periods.items():
+        check_gpp_days(site_id, flux[site_id], period, cfg)
+    _check_folds(periods, {s: f.index[f["gpp"].notna()] for s, f in flux.items()}, cfg)
+    if len(periods) == 1:
+        warnings.warn(f"one site only ({next(iter(periods))}): the year split trains and scores on the same tower, so "
+                      "the scores say nothing about other places. Fix: add sites to the site table (--sites).",
+                      GPPWarning, stacklevel=2)
     data: dict[str, SiteData] = {}
     for site_id, rows in table.groupby("site_id", sort=False):
         t1 = _time.perf_counter()
@@ -100,6 +117,7 @@ def evaluate_gpp(
     for protocol in cfg.protocols:
         preds, info = done[protocol]
         results[protocol] = {"preds": preds, "scores": _score(data, preds), "training": info}
+        _warn_degenerate(data, protocol, results[protocol], cfg)
     for w in cfg.sweep_windows:
         sweep[str(w)] = _score(data, done[f"sweep {w} d"][0])["embedding"]["overall"]
     timings["protocols" + (" and sweep" if cfg.sweep_windows else "")] = _time.perf_counter() - t0
@@ -154,5 +172,38 @@ def evaluate_gpp(
         _write_section(out_dir, data, results, methods, improvement, sweep, figures, cfg, doc, improvement_meteo)
     say(f"GPP evaluation: {timings['total']:.1f} s -> {folder}")
     return doc
+
+
+#: Fewer scored days than this (or than half of the test days with filtered GPP) give a :class:`GPPWarning`.
+MIN_SCORED_DAYS = 100
+
+
+def _warn_degenerate(data: Mapping[str, SiteData], protocol: str, res: Mapping[str, Any], cfg: GPPConfig) -> None:
+    """Warn when a protocol's regressors had no early-stopping split or when few of its test days were scored."""
+    label = PROTOCOL_LABELS[protocol]
+    more = ("--train-years; Python: GPPConfig(train_years=...)" if protocol == "year" else "--sites")
+    infos = res["training"]
+    no_es = [k for k, fi in infos.items() if not fi.get("n_es_windows")]
+    if no_es:
+        warnings.warn(
+            f"{label}: {len(no_es)} of {len(infos)} regressors had no early-stopping windows (n_es_windows 0 in "
+            f"metrics.json): early stopping holds out whole site-years, which needs at least two training site-years "
+            f"with {cfg.window_days}-day windows of GPP. They trained all {cfg.max_epochs} epochs, unchecked on "
+            f"held-out data. Fix: more training sites or years ({more}).", GPPWarning, stacklevel=3)
+    if protocol == "year":
+        test = {s: np.isin(d.days.year, cfg.test_years) & np.isfinite(d.gpp) for s, d in data.items()}
+    else:
+        test = {s: np.isfinite(d.gpp) for s, d in data.items()}
+    n_test = int(sum(m.sum() for m in test.values()))
+    n = int(res["scores"]["embedding"]["overall"]["n"])
+    if n_test and (n < MIN_SCORED_DAYS or n < 0.5 * n_test):
+        cover = {m: int(sum((test[s] & np.isfinite(p[s])).sum() for s in data)) for m, p in res["preds"].items()}
+        per = ", ".join(f"{m} {c}" for m, c in sorted(cover.items(), key=lambda kv: kv[1]))
+        warnings.warn(
+            f"{label}: scored on {n} of the {n_test} test days with filtered GPP (only days every method predicts "
+            f"are scored; days each method predicts: {per}). A regressor needs a full {cfg.window_days}-day window "
+            "of the site's series, the climatology training days on the same day of year. Metrics on so few days "
+            f"are noisy. Fix: more sites or years ({more}), or leave out the method that covers fewest days "
+            "(--methods; Python: GPPConfig(methods=...)).", GPPWarning, stacklevel=3)
 
 

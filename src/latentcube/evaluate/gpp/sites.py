@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
@@ -121,7 +123,7 @@ def read_sites(sites: str | Path | pd.DataFrame, cubes: str | Path | None = None
         c, rr = int(np.argmin(np.abs(xs - x))), int(np.argmin(np.abs(ys - y)))
         dx, dy = abs(float(xs[1] - xs[0])), abs(float(ys[1] - ys[0]))
         if abs(xs[c] - x) > dx / 2 + 1e-6 or abs(ys[rr] - y) > dy / 2 + 1e-6:
-            raise GPPError(f"site {r.site_id} ({x:.1f}, {y:.1f}) lies outside cube {r.cube}. Fix: check the position or the cube.")
+            raise GPPError(_outside_message(str(r.site_id), str(r.cube), ds, x, y, dx, dy))
         rows.append(rr)
         cols.append(c)
     out = pd.DataFrame({"site_id": df["site_id"].astype(str).to_numpy(), "cube": df["cube"].astype(str).to_numpy(),
@@ -129,6 +131,34 @@ def read_sites(sites: str | Path | pd.DataFrame, cubes: str | Path | None = None
     if out.empty:
         raise GPPError(f"{where} lists no sites.")
     return out
+
+
+def _outside_message(site_id: str, cube: str, ds: xr.Dataset, x: float, y: float, dx: float, dy: float) -> str:
+    """A tower outside its cube: the point in the cube's CRS and in lon/lat, and the cube's bounds (pixel edges)."""
+    from pyproj import CRS, Transformer
+
+    from latentcube.cube import cube_crs
+
+    xs, ys = ds["x"].values, ds["y"].values
+    x0, x1, y0, y1 = xs.min() - dx / 2, xs.max() + dx / 2, ys.min() - dy / 2, ys.max() + dy / 2
+    crs = cube_crs(ds)
+    try:
+        epsg = CRS.from_user_input(crs).to_epsg()
+        name = f"EPSG:{epsg}" if epsg else CRS.from_user_input(crs).name
+    except Exception:  # noqa: BLE001 - the name is only a help here
+        name = "the cube's CRS"
+    try:
+        to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+        lon, lat = to_ll.transform(x, y)
+        lon0, lat0 = to_ll.transform(x0, y0)
+        lon1, lat1 = to_ll.transform(x1, y1)
+        ll = (f" = lon {lon:.5f}, lat {lat:.5f}" if np.isfinite([lon, lat]).all() else "",
+              f" (lon {lon0:.5f} .. {lon1:.5f}, lat {lat0:.5f} .. {lat1:.5f})" if np.isfinite([lon0, lat0, lon1, lat1]).all() else "")
+    except Exception:  # noqa: BLE001 - lon/lat is only a help here
+        ll = ("", "")
+    return (f"site {site_id} at x {x:.1f}, y {y:.1f} ({name}){ll[0]} lies outside cube {cube}, which spans "
+            f"x {x0:.1f} .. {x1:.1f}, y {y0:.1f} .. {y1:.1f}{ll[1]}. Fix: check the position (lon/lat swapped? "
+            "x/y in another CRS than the cube's?) or the site's cube column.")
 
 
 def _cube_path(cube: str, base: Path | None) -> Path:
@@ -214,7 +244,70 @@ def read_site_flux(fluxnet: str | Path | Mapping[str, str | Path], site_id: str,
     from latentcube.sources.fluxnet import filter_fluxnet, read_fluxnet
 
     flux = read_fluxnet(_fluxnet_file(fluxnet, site_id), columns=cfg.flux_columns, require=cfg.meteo)
-    return filter_fluxnet(flux, min_qc_fraction=cfg.min_qc_fraction, min_gpp=cfg.min_gpp, drop=False)
+    n_values = int(flux["gpp"].notna().sum())
+    out = filter_fluxnet(flux, min_qc_fraction=cfg.min_qc_fraction, min_gpp=cfg.min_gpp, drop=False)
+    out.attrs = {**flux.attrs, "n_gpp_values": n_values}  # days with a GPP value before the filter (for messages)
+    return out
+
+
+def cube_days(cube_paths: Sequence[str | Path]) -> pd.DatetimeIndex:
+    """Every calendar day from the first to the last S2 date of the cubes (the days a site's series covers)."""
+    first, last = None, None
+    for p in cube_paths:
+        t = pd.DatetimeIndex(open_cube(p)["time"].values).normalize()
+        first = t.min() if first is None else min(first, t.min())
+        last = t.max() if last is None else max(last, t.max())
+    return pd.date_range(first, last, freq="D", name="date")
+
+
+def _span(index: pd.DatetimeIndex) -> str:
+    return f"{index[0].date()} .. {index[-1].date()}" if len(index) else "no day"
+
+
+def check_gpp_days(site_id: str, flux: pd.DataFrame, days: pd.DatetimeIndex, cfg: GPPConfig) -> None:
+    """Raise a :class:`GPPError` saying which cause applies when no day of ``days`` (the cube period) has a
+    GPP value that passed the filter in ``flux`` (:func:`read_site_flux`'s table)."""
+    ok = flux["gpp"].notna()
+    inside = ok & flux.index.isin(days)
+    if inside.any():
+        return
+    period = _span(days)
+    n_days = len(flux)
+    n_values = int(flux.attrs.get("n_gpp_values", ok.sum()))
+    n_qc = int((flux["nee_qc_fraction"] >= cfg.min_qc_fraction).sum())
+    source = Path(str(flux.attrs.get("source", "its FLUXNET file"))).name
+    qc_col = flux.attrs.get("qc_column", "the NEE QC column")
+    fixes = []
+    if n_values == 0:
+        fixes.append("the file has no GPP value: map the GPP column (--flux-columns gpp=<column>; Python: "
+                     "GPPConfig(flux_columns='gpp=<column>'))")
+    elif not ok.any():
+        fixes.append(f"no day reaches the QC threshold: check that {qc_col} is the right column (--flux-columns "
+                     "nee_qc=<column>; sub-daily files need complete days of flags 0/1) or lower the threshold (Python: "
+                     "GPPConfig(min_qc_fraction=...))")
+    if not flux.index.isin(days).any():
+        fixes.append(f"the file ({_span(flux.index)}) does not overlap the cube period ({period}): use the tower's "
+                     "file of the cube's years, or a cube of the file's years")
+    elif ok.any():
+        fixes.append(f"the days that pass ({_span(flux.index[ok])}) lie outside the cube period ({period}): use the "
+                     "tower's file of the cube's years, or a cube of those years")
+    raise GPPError(
+        f"site {site_id}: no GPP day passes the filter within the cube period {period}. The FLUXNET file {source} "
+        f"covers {_span(flux.index)} ({n_days} days, {n_values} with a GPP value); {n_qc} days reach the QC threshold "
+        f"(>= {cfg.min_qc_fraction:g} of the day measured or good gap-fill by {qc_col}), {int(ok.sum())} pass the filter "
+        f"(QC and GPP >= {cfg.min_gpp:g}), {int(inside.sum())} of them inside the cube period. Fix: "
+        + "; ".join(f"({i}) {f}" if len(fixes) > 1 else f for i, f in enumerate(fixes, 1)) + "."
+    )
+
+
+def cache_name(cube_path: str | Path, row: int, col: int, radius_px: int) -> str:
+    """Folder name of a site's cached footprint embeddings: the cube's file stem (``area`` for
+    ``../area/area.zarr``) with a short hash of its resolved path, so cubes named alike in different folders
+    get their own cache and a path in the site table never leads out of the cache folder."""
+    p = Path(cube_path)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", p.stem if p.suffix.lower() in (".zarr", ".nc") else p.name) or "cube"
+    digest = hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:8]
+    return f"{stem}-{digest}_r{row}c{col}_R{radius_px}.zarr"
 
 
 def load_site_data(site_rows: pd.DataFrame, *, checkpoint: str | Path, fluxnet: str | Path | Mapping[str, str | Path],
@@ -231,7 +324,7 @@ def load_site_data(site_rows: pd.DataFrame, *, checkpoint: str | Path, fluxnet: 
         ds = open_cube(r.cube_path)
         if "s2" not in ds:
             raise GPPError(f"cube {r.cube_path} has no 's2' variable. Fix: a cube with Sentinel-2 (and S1 for fusion models).")
-        cache = Path(cache_dir) / f"{r.cube}_r{r.row}c{r.col}_R{cfg.radius_px}.zarr" if cache_dir is not None else None
+        cache = Path(cache_dir) / cache_name(r.cube_path, int(r.row), int(r.col), cfg.radius_px) if cache_dir is not None else None
         emb = embed_site(ds, int(r.row), int(r.col), checkpoint, radius_px=cfg.radius_px, cache=cache,
                          sensors=cfg.sensors, device=cfg.device, sha256=sha256)
         series = _series_from_cube(ds, emb, int(r.row), int(r.col), cfg, w)
@@ -272,10 +365,8 @@ def load_site_data(site_rows: pd.DataFrame, *, checkpoint: str | Path, fluxnet: 
 
     if flux is None:
         flux = read_site_flux(fluxnet, site_id, cfg)
+    check_gpp_days(site_id, flux, days, cfg)
     gpp = flux["gpp"].reindex(days).to_numpy(dtype="float64")
-    if not np.isfinite(gpp).any():
-        raise GPPError(f"site {site_id}: no GPP day passes the filter within the cube period {days[0].date()}-{days[-1].date()}. "
-                       "Fix: check the FLUXNET file's years and QC.")
     names = {k: names[k] for k in ("embedding", "annual_embedding", "ndvi", "bands")}
     groups = {k: [f.shape[1]] for k, f in feats.items()}
     if cfg.meteo:
