@@ -1044,6 +1044,10 @@ def test_cli_info_describes_an_embedding_store(s2_emb, tmp_path, capsys):
     day = str(pd.Timestamp(open_embedding(cloudy)["time"].values[2]).date())
     assert dates_without_valid_pixel(cloudy) == sorted({*empty, day})
     assert day in info(cloudy)["dates_without_valid_pixel"]
+    with pytest.raises(SystemExit):
+        main(["info", str(cloudy)])
+    table = capsys.readouterr().out
+    assert "dates without data" in table and f"{len(empty) + 1} (all NaN: cloud or nodata everywhere)" in table
     # one block's marker gone: the store says it is incomplete and how to finish it
     part = shutil.copytree(s2_emb, tmp_path / "part.zarr")
     next((part / ".blocks").glob("*.done")).unlink()

@@ -54,6 +54,10 @@ def cube_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         rows = [(k, _bounds(summary[k]) if k == "bounds" else str(summary[k])) for k in keys if k in summary]
         rows += [("dates", f"{summary['dates']} ({summary['first']} .. {summary['last']}; {summary['axis']})"),
                  ("features", " ".join(summary["features"])), ("valid fraction", _valid_share(summary))]
+        if summary.get("dates_without_valid_pixel"):
+            empty = summary["dates_without_valid_pixel"]
+            rows.append(("dates without data", f"{len(empty)} (all NaN: cloud or nodata everywhere): "
+                         + ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")))
         if summary["value_p1_p50_p99"]:
             rows.append(("p1/p50/p99", _percentiles(summary["value_p1_p50_p99"])))
         return [*rows, ("variables", ", ".join(summary["variables"]))]
