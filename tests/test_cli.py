@@ -107,12 +107,21 @@ def test_model_info_presets(capsys):
     assert '"s2": 9' in printed.out and '"fused": 7' in printed.out
 
 
-def test_sample_usage_names_the_store_argument(capsys):
-    """`latentcube sample --help` showed `{emb}`, read as an unfilled placeholder (user walkthrough): the metavar is
-    EMB, as in the Arguments panel (typer 0.29 puts a required argument in braces in the usage line)."""
+@pytest.mark.parametrize("command", [["info"], ["validate"], ["configs"], ["model-info"], ["train"], ["embed"],
+                                     ["plot-training"], ["gapfill"], ["pca"], ["export"], ["aggregate"], ["sample"],
+                                     ["report"], ["evaluate", "probe"]])
+def test_usage_lines_name_arguments_in_capitals(command, capsys):
+    """`latentcube sample --help` showed `{emb}`, read as an unfilled placeholder (user walkthrough): every
+    argument is named in capitals, in the usage line and in the Arguments panel alike (typer 0.29 puts a
+    required argument in braces in the usage line)."""
+    import re
+
     with pytest.raises(SystemExit) as exc:
-        main(["sample", "--help"])
+        main([*command, "--help"])
     text = capsys.readouterr().out
     usage = next(line for line in text.splitlines() if "Usage:" in line)
-    assert exc.value.code == 0 and usage.rstrip().endswith(" sample [OPTIONS] {EMB}") and "{emb}" not in text
-    assert any(line.split()[2:4] == ["EMB", "<path>"] for line in text.splitlines() if line.startswith("│ *"))
+    assert exc.value.code == 0 and "[OPTIONS]" in usage
+    assert not re.search(r"[{\[][a-z_]+[}\]]", usage.replace("[OPTIONS]", "")), usage
+    in_panel = text[text.index("Arguments"):text.index("Options")] if "Arguments" in text else ""
+    named = re.findall(r"│ [* ]\s+([A-Za-z_]+)\s+<", in_panel)
+    assert named and all(name.isupper() for name in named), named

@@ -30,7 +30,7 @@ def synth(
 
 @app.command()
 def info(
-    cube: Annotated[Path, typer.Argument(help="A cube (*.zarr directory or *.nc file).")],
+    cube: Annotated[Path, typer.Argument(metavar="CUBE", help="A cube (*.zarr directory or *.nc file).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Dimensions, dates, valid fractions, CRS and value ranges of a cube (and whether it is valid)."""
@@ -45,7 +45,7 @@ def info(
 
 @app.command()
 def validate(
-    cube: Annotated[Path, typer.Argument(help="A cube (*.zarr or *.nc).")],
+    cube: Annotated[Path, typer.Argument(metavar="CUBE", help="A cube (*.zarr or *.nc).")],
     allow_missing_s1: Annotated[bool, typer.Option("--allow-missing-s1", help="Accept S1 that covers none of the S2 dates or pixels.")] = False,
     full: Annotated[bool, typer.Option("--full", help="Also read every chunk: exact counts of missing and impossible values.")] = False,
 ) -> None:

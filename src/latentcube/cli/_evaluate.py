@@ -70,7 +70,7 @@ def evaluate_gpp_(
 
 @evaluate_app.command("probe")
 def evaluate_probe(
-    embedding: Annotated[Path, typer.Argument(help="Embedding cube (Zarr from `latentcube embed`); with --seeds also a path with {seed} or a folder of seed<N>/ runs.")],
+    embedding: Annotated[Path, typer.Argument(metavar="EMBEDDING", help="Embedding cube (Zarr from `latentcube embed`); with --seeds also a path with {seed} or a folder of seed<N>/ runs.")],
     cube: Annotated[Path, typer.Option("--cube", help="The cube the embedding was computed from (raw bands, label layer).")],
     labels: Annotated[str, typer.Option("--labels", help="(y, x) integer label layer of the cube; 0 = unlabelled.")] = "landcover",
     date: Annotated[str | None, typer.Option("--date", help="Probe date YYYY-MM-DD (default: clearest growing-season date).")] = None,
@@ -147,7 +147,7 @@ def sweep_alpha(
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory (the --out folder of `latentcube demo`).")],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run directory (the --out folder of `latentcube demo`).")],
     title: Annotated[str | None, typer.Option(help="Page title (default: 'latentcube report: <folder name>').")] = None,
 ) -> None:
     """Build RUN_DIR/report.html (one self-contained page) and report.md from the run's configs, curves and sections."""

@@ -13,7 +13,7 @@ from latentcube.cli import _table, app, console, out
 
 @app.command()
 def configs(
-    recipe: Annotated[str, typer.Argument(help="area (one area on CPU, recommended) | demo | paper.")] = "area",
+    recipe: Annotated[str, typer.Argument(metavar="RECIPE", help="area (one area on CPU, recommended) | demo | paper.")] = "area",
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write s1.yaml, s2.yaml, fusion.yaml into.")] = Path("."),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing stage configs there.")] = False,
 ) -> None:
@@ -26,7 +26,7 @@ def configs(
 
 @app.command("model-info")
 def model_info_(
-    checkpoint: Annotated[Path | None, typer.Argument(help="A model file (model.pt) or its run folder: prints its model card, written beside it when missing. Omit to describe a preset.")] = None,
+    checkpoint: Annotated[Path | None, typer.Argument(metavar="CHECKPOINT", help="A model file (model.pt) or its run folder: prints its model card, written beside it when missing. Omit to describe a preset.")] = None,
     sensor: Annotated[str, typer.Option(help="Preset when no checkpoint: s1 | s2 | fused | all.")] = "all",
     no_flops: Annotated[bool, typer.Option("--no-flops", help="Skip the FLOP count (presets).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output (the card's JSON for a model).")] = False,
@@ -55,7 +55,7 @@ def model_info_(
 
 @app.command()
 def train(
-    stage: Annotated[str, typer.Argument(help="s1 | s2 | fusion")],
+    stage: Annotated[str, typer.Argument(metavar="STAGE", help="s1 | s2 | fusion")],
     config: Annotated[Path, typer.Option("--config", help="Stage YAML (see configs/).")],
     out_dir: Annotated[Path | None, typer.Option("--out", help="Override the config's out_dir.")] = None,
     devices: Annotated[str | None, typer.Option(help="Devices per node (e.g. 2); default from config.")] = None,
@@ -98,7 +98,7 @@ def train(
 
 @app.command()
 def embed(
-    cube: Annotated[Path, typer.Argument(help="A cube (*.zarr or *.nc).")],
+    cube: Annotated[Path, typer.Argument(metavar="CUBE", help="A cube (*.zarr or *.nc).")],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Model file from training (model.pt): fusion or autoencoder.")],
     out_path: Annotated[Path, typer.Option("--out", help="Output Zarr store; re-running the same command resumes it.")],
     block_px: Annotated[int, typer.Option("--block-px", help="Block edge in pixels: unit of parallelism, resume and storage chunks.")] = 256,
@@ -130,7 +130,7 @@ def embed(
 
 @app.command("plot-training")
 def plot_training_(
-    run: Annotated[Path, typer.Argument(help="A training output directory (has metrics.csv).")],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A training output directory (has metrics.csv).")],
     out_path: Annotated[Path | None, typer.Option("--out", help="PNG path (default RUN/training_curves.png).")] = None,
 ) -> None:
     """Draw train/validation curves of every loss part (the paper's Fig. 5)."""

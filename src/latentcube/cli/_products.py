@@ -12,7 +12,7 @@ from latentcube.cli import app, out
 
 @app.command()
 def gapfill(
-    emb: Annotated[Path, typer.Argument(help="An embedding cube (Zarr from `latentcube embed`).")],
+    emb: Annotated[Path, typer.Argument(metavar="EMB", help="An embedding cube (Zarr from `latentcube embed`).")],
     out_path: Annotated[Path, typer.Option("--out", help="Output Zarr store (gap-filled cube).")],
     freq: Annotated[str, typer.Option(help="Target axis: 1D, 5D, ... or 'none' to keep the input dates.")] = "5D",
     method: Annotated[str, typer.Option(help="linear | savgol (Savitzky-Golay on a daily grid).")] = "linear",
@@ -34,7 +34,7 @@ def gapfill(
 
 @app.command()
 def pca(
-    emb: Annotated[Path, typer.Argument(help="An embedding cube (Zarr).")],
+    emb: Annotated[Path, typer.Argument(metavar="EMB", help="An embedding cube (Zarr).")],
     out_path: Annotated[Path, typer.Option("--out", help="PNG path for the figure.")],
     date: Annotated[str | None, typer.Option(help="YYYY-MM-DD of an embedding date (default: the one with most valid pixels).")] = None,
     cube: Annotated[Path | None, typer.Option(help="The S2 cube (default: the embedding's source_cube attribute).")] = None,
@@ -50,7 +50,7 @@ def pca(
 
 @app.command()
 def export(
-    emb: Annotated[Path, typer.Argument(help="An embedding cube (Zarr), gap-filled or not.")],
+    emb: Annotated[Path, typer.Argument(metavar="EMB", help="An embedding cube (Zarr), gap-filled or not.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder for the files.")],
     fmt: Annotated[str, typer.Option("--format", help="geotiff | cog (cloud-optimised GeoTIFF with overviews).")] = "geotiff",
     dates: Annotated[str | None, typer.Option(help="Comma-separated YYYY-MM-DD dates (default: all).")] = None,
@@ -75,7 +75,7 @@ def export(
 
 @app.command()
 def aggregate(
-    emb: Annotated[Path, typer.Argument(help="An embedding cube (Zarr), gap-filled or not.")],
+    emb: Annotated[Path, typer.Argument(metavar="EMB", help="An embedding cube (Zarr), gap-filled or not.")],
     out_path: Annotated[Path, typer.Option("--out", help="Output Zarr store (one time step per window).")],
     windows: Annotated[list[str], typer.Option("--windows", help="Presets season (Apr-Sep), quarter, month, year, hydro-year (Jul-Jun) and/or YYYY-MM-DD/YYYY-MM-DD; repeatable or comma-separated.")],
     stat: Annotated[list[str] | None, typer.Option("--stat", help="mean, median or pNN (e.g. p90); repeatable or comma-separated; the first is 'embedding'.")] = None,
