@@ -5,6 +5,7 @@ small end-to-end run."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from sklearn.metrics import mean_squared_error, r2_score
 from latentcube.evaluate.gpp import (
     GPPConfig,
     GPPError,
+    GPPWarning,
     crop_window,
     doy_climatology,
     doy_index,
@@ -474,3 +476,185 @@ def test_evaluate_gpp_with_meteo(world_dir, tiny_fusion, tmp_path):
     raw.index = pd.to_datetime(raw["TIMESTAMP"].astype(str))
     np.testing.assert_allclose(d.features["meteo"], raw.loc[d.days, ["SW_IN_F", "TA_F", "VPD_F"]].to_numpy(), rtol=1e-6)
     assert d.groups["embedding_meteo"] == [7, 3] and d.features["embedding_meteo"].shape[1] == 10
+
+
+# ------------------------------------------------------------- what a new user's setup runs into
+
+
+def test_cache_name_is_the_cube_stem_and_a_path_hash(tmp_path, monkeypatch):
+    from latentcube.evaluate.gpp.sites import cache_name
+
+    (tmp_path / "a" / "area.zarr").mkdir(parents=True)
+    (tmp_path / "b" / "area.zarr").mkdir(parents=True)
+    (tmp_path / "gpp").mkdir()
+    monkeypatch.chdir(tmp_path / "gpp")
+    rel = cache_name("../a/area.zarr", 32, 31, 3)
+    assert rel.startswith("area-") and rel.endswith("_r32c31_R3.zarr") and "/" not in rel and ".." not in rel
+    assert cache_name(tmp_path / "a" / "area.zarr", 32, 31, 3) == rel  # the same cube by its absolute path
+    assert cache_name("../b/area.zarr", 32, 31, 3) != rel  # same name, other folder: its own cache
+    assert cache_name("../a/area.zarr", 32, 31, 2) != rel
+    assert cache_name("cubes/my site (v2)", 1, 2, 3).startswith("my_site_v2_-")
+
+
+def test_relative_cube_path_from_another_directory_caches_inside_cache(world_dir, tiny_fusion, tmp_path, monkeypatch):
+    from latentcube.evaluate.gpp.sites import load_site_data
+
+    towers = pd.read_csv(world_dir / "towers.csv").iloc[:1]
+    (tmp_path / "gpp").mkdir()
+    monkeypatch.chdir(tmp_path / "gpp")  # the cube as a path relative to this working directory, no --cubes
+    rel = os.path.relpath(world_dir / f"{towers['cube'].iloc[0]}.zarr")
+    assert rel.startswith("..")
+    table = read_sites(towers.assign(cube=rel)[["site_id", "cube", "row", "col", "veg_type"]])
+    cfg = GPPConfig(radius_px=1)
+    d = load_site_data(table, checkpoint=tiny_fusion, fluxnet=world_dir / "fluxnet", cfg=cfg, cache_dir="run/cache")
+    assert np.isfinite(d.gpp).sum() > 100
+    from latentcube.evaluate.gpp.sites import cache_name
+
+    stores = list(Path("run/cache").iterdir())
+    want = cache_name(world_dir / f"{towers['cube'].iloc[0]}.zarr", 12, 12, 1)  # the absolute path: the same name
+    assert [p.name for p in stores] == [want] and want.startswith(f"{towers['cube'].iloc[0]}-")
+    assert (stores[0] / "gpp_site.json").exists()
+    assert sorted(p.name for p in Path("run").iterdir()) == ["cache"]  # nothing written beside or outside cache/
+
+
+def _hh_sample(path: Path, start: str = "2005-01-01", n: int = 99, qc: int = 3) -> Path:
+    """A FLUXNET2015 HH file like the CH-Cha sample: n half-hours from start, every NEE_VUT_REF_QC = qc."""
+    t = pd.date_range(start, periods=n, freq="30min")
+    pd.DataFrame({"TIMESTAMP_START": t.strftime("%Y%m%d%H%M"), "TIMESTAMP_END": (t + pd.Timedelta("30min")).strftime("%Y%m%d%H%M"),
+                  "GPP_NT_VUT_REF": 2.0, "NEE_VUT_REF_QC": qc}).to_csv(path, index=False)
+    return path
+
+
+def test_no_gpp_day_message_says_which_cause_applies(tmp_path):
+    from latentcube.evaluate.gpp.sites import check_gpp_days, read_site_flux
+
+    cfg = GPPConfig()
+    period = pd.date_range("2018-08-04", "2019-11-27", freq="D")
+    (tmp_path / "hh").mkdir()
+    _hh_sample(tmp_path / "hh" / "FLX_CH-Cha_FLUXNET2015_FULLSET_HH_2005-2020_beta-3_sample.csv")
+    flux = read_site_flux(tmp_path / "hh", "CH-Cha", cfg)
+    with pytest.raises(GPPError) as exc:
+        check_gpp_days("CH-Cha", flux, period, cfg)
+    msg = str(exc.value)
+    assert msg.startswith("site CH-Cha: no GPP day passes the filter within the cube period 2018-08-04 .. 2019-11-27. "
+                          "The FLUXNET file FLX_CH-Cha_FLUXNET2015_FULLSET_HH_2005-2020_beta-3_sample.csv covers "
+                          "2005-01-01 .. 2005-01-03 (3 days, 3 with a GPP value); 0 days reach the QC threshold "
+                          "(>= 0.7 of the day measured or good gap-fill by NEE_VUT_REF_QC), 0 pass the filter "
+                          "(QC and GPP >= 0), 0 of them inside the cube period. Fix: (1) no day reaches the QC threshold")
+    assert "--flux-columns nee_qc=<column>" in msg and "GPPConfig(min_qc_fraction=...)" in msg
+    assert "(2) the file (2005-01-01 .. 2005-01-03) does not overlap the cube period (2018-08-04 .. 2019-11-27)" in msg
+    # good QC (flag 0) but other years: only the period is named
+    (tmp_path / "good").mkdir()
+    _hh_sample(tmp_path / "good" / "FLX_CH-Cha_HH.csv", n=48 * 2, qc=0)
+    with pytest.raises(GPPError) as exc:
+        check_gpp_days("CH-Cha", read_site_flux(tmp_path / "good", "CH-Cha", cfg), period, cfg)
+    msg = str(exc.value)
+    assert "(2 days, 2 with a GPP value); 2 days reach the QC threshold" in msg and ", 2 pass the filter" in msg
+    assert "Fix: the file (2005-01-01 .. 2005-01-02) does not overlap" in msg and "QC threshold:" not in msg
+    # overlapping file whose passing days all lie before the cube period
+    (tmp_path / "near").mkdir()
+    _hh_sample(tmp_path / "near" / "FLX_CH-Cha_HH.csv", start="2018-08-02", n=48 * 2, qc=0)
+    near = read_site_flux(tmp_path / "near", "CH-Cha", cfg)
+    check_gpp_days("CH-Cha", near, pd.date_range("2018-08-03", periods=3), cfg)  # day 2 passes: no error
+    with pytest.raises(GPPError, match=r"Fix: the days that pass \(2018-08-02 .. 2018-08-03\) lie outside the cube "
+                                       r"period \(2018-08-04 .. 2019-11-27\)"):
+        check_gpp_days("CH-Cha", near.reindex(pd.date_range("2018-08-02", "2018-08-05", name="date")), period, cfg)
+
+
+def _one_site(world_dir: Path, tmp_path: Path, flux_dir: Path | None = None) -> list[str]:
+    towers = pd.read_csv(world_dir / "towers.csv").iloc[:1]
+    towers[["site_id", "cube", "row", "col"]].to_csv(tmp_path / "sites.csv", index=False)  # no veg_type: optional
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"never read: the checks come before any embedding")
+    return ["evaluate", "gpp", "--checkpoint", str(model), "--sites", str(tmp_path / "sites.csv"), "--cubes",
+            str(world_dir), "--fluxnet", str(flux_dir or world_dir / "fluxnet"), "--out", str(tmp_path / "run")]
+
+
+def test_cli_period_qc_and_split_errors_come_before_any_embedding(world_dir, tmp_path, capsys):
+    from latentcube.cli import main
+
+    site = pd.read_csv(world_dir / "towers.csv")["site_id"].iloc[0]
+    (tmp_path / "flux").mkdir()
+    _hh_sample(tmp_path / "flux" / f"FLX_{site}_HH.csv")
+
+    def err_of(argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 1
+        err = capsys.readouterr().err.replace("\n", " ")
+        assert "Traceback" not in err and not (tmp_path / "run" / "evaluation" / "gpp" / "cache").exists()
+        return " ".join(err.split())
+
+    err = err_of(_one_site(world_dir, tmp_path, tmp_path / "flux"))
+    assert f"site {site}: no GPP day passes the filter within the cube period 2019-" in err
+    assert "covers 2005-01-01 .. 2005-01-03 (3 days, 3 with a GPP value)" in err
+    base = _one_site(world_dir, tmp_path)
+    err = err_of(base)  # defaults: both protocols, one site
+    assert ("leave-one-site-out needs at least 2 sites; the site table has 1 "
+            f"({site}). Fix: add sites to the table, or run the year split only: --protocols year (Python: "
+            "GPPConfig(protocols=('year',)))") in err
+    err = err_of([*base, "--protocols", "year", "--train-years", "2018", "--test-years", "2021"])
+    assert ("no site has days in the test years 2021 (--test-years): the sites' days run 2019-") in err
+    assert ("with filtered GPP in 2019, 2020. Fix: --train-years 2019 --test-years 2020 (Python: "
+            "GPPConfig(train_years=(2019,), test_years=(2020,)))") in err
+    err = err_of([*base, "--protocols", "year", "--train-years", "2019,2020", "--test-years", "2020"])
+    assert ("training years 2019,2020 and test years 2020 overlap (2020): a day cannot both train and score. Fix: "
+            "disjoint years, e.g. --train-years 2019 --test-years 2020") in err
+    assert "(2020,)" not in err
+
+
+def test_cli_help_lists_the_site_table_columns():
+    from typer.testing import CliRunner
+
+    from latentcube.cli import app
+
+    text = " ".join(CliRunner().invoke(app, ["evaluate", "gpp", "--help"], terminal_width=200).output.split())
+    text = text.replace("│ ", "").replace(" │", "")
+    assert "row,col or lon,lat or x,y (cube CRS), and optionally veg_type (else 'unknown')" in " ".join(text.split())
+
+
+def test_tower_outside_its_cube_gives_bounds_and_lon_lat(world_dir):
+    towers = pd.read_csv(world_dir / "towers.csv").iloc[:1]
+    swapped = towers.rename(columns={"cube": "cube_id"})[["cube_id", "site_id"]].assign(lon=towers["lat"], lat=towers["lon"])
+    cube = xr.open_zarr(world_dir / f"{towers['cube'].iloc[0]}.zarr")
+    xs, ys = cube["x"].values, cube["y"].values
+    with pytest.raises(GPPError) as exc:
+        read_sites(swapped, world_dir)
+    msg = str(exc.value)
+    assert f"lon {towers['lat'].iloc[0]:.5f}, lat {towers['lon'].iloc[0]:.5f} lies outside cube {towers['cube'].iloc[0]}" in msg
+    assert f"spans x {xs.min() - 5:.1f} .. {xs.max() + 5:.1f}, y {ys.min() - 5:.1f} .. {ys.max() + 5:.1f} (lon " in msg
+    assert "(EPSG:32632)" in msg and "lon/lat swapped?" in msg and "e+" not in msg
+
+
+def test_thin_setup_warns_and_fit_log_names_the_protocol_once():
+    from latentcube.evaluate.gpp.protocols import _fit_label, _run_protocols, _score
+    from latentcube.evaluate.gpp.run import _warn_degenerate
+    from latentcube.evaluate.gpp.sites import SiteData
+
+    assert _fit_label("year", "year/embedding") == "year split, embedding"
+    assert _fit_label("loso", "XX-A/bands") == "leave-one-site-out, XX-A held out, bands"
+    assert _fit_label("sweep 60 d", "year/embedding") == "sweep 60 d, embedding"
+    # one site, data from 2018-08-04 to 2019-11-27 as in the walkthrough: train 2018, test 2019
+    days = pd.date_range("2018-08-04", "2019-11-27", freq="D", name="date")
+    rng = np.random.default_rng(0)
+    gpp = 5 + 4 * np.sin(2 * np.pi * days.day_of_year.to_numpy() / 365) + rng.normal(0, 0.3, len(days))
+    feats = {"embedding": np.stack([np.sin(2 * np.pi * days.day_of_year.to_numpy() / 365)] * 2, 1).astype("float32")}
+    data = {"XX-A": SiteData("XX-A", "GRA", days, gpp, feats)}
+    cfg = GPPConfig(train_years=(2018,), test_years=(2019,), protocols=("year",), window_days=20, d_model=8, n_heads=2,
+                    ffn_dim=8, n_layers=1, max_epochs=2, n_jobs=1)
+    lines: list[str] = []
+    done = _run_protocols(data, {"year": ("year", 20, ["embedding", "climatology"])}, cfg, lines.append)
+    assert len(lines) == 1 and lines[0].startswith("  year split, embedding: 2 epochs (no early stopping), ")
+    preds, info = done["year"]
+    res = {"preds": preds, "scores": _score(data, preds), "training": info}
+    n_test = int((days.year == 2019).sum())
+    n_clim = int(np.isfinite(preds["climatology"]["XX-A"]).sum())  # only the days of year seen in 2018's Aug-Dec
+    assert res["scores"]["embedding"]["overall"]["n"] == n_clim < 0.5 * n_test
+    with pytest.warns(GPPWarning) as rec:
+        _warn_degenerate(data, "year", res, cfg)
+    msgs = [str(w.message) for w in rec]
+    assert msgs[0].startswith("year split: 1 of 1 regressors had no early-stopping windows (n_es_windows 0 in "
+                              "metrics.json)") and "Fix: more training sites or years (--train-years" in msgs[0]
+    assert msgs[1].startswith(f"year split: scored on {n_clim} of the {n_test} test days with filtered GPP")
+    assert f"days each method predicts: climatology {n_clim}, embedding {n_test}" in msgs[1]
+    assert "(--methods; Python: GPPConfig(methods=...))" in msgs[1]
