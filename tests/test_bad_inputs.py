@@ -53,6 +53,9 @@ def cli(*args: object) -> str:
         if "Traceback" in text:
             raise AssertionError(f"the CLI printed a traceback:\n{err.getvalue()}")
         raise CliFailed(text)
+    # The CLI prints warnings as "warning: ..." lines on stderr: raised again here for rows that expect one.
+    for printed in re.split(r"(?m)^warning(?: \(\w+\))?: ", err.getvalue())[1:]:
+        warnings.warn(" ".join(printed.split()), UserWarning, stacklevel=2)
     return out.getvalue()
 
 
@@ -401,7 +404,7 @@ CASES: list[Row] = [
     row("aggregate: two windows from one day", lambda t: cli("aggregate", located_embedding(t), "--windows", "2021-03-01/2021-03-10,2021-03-01/2021-03-20", "--out", t / "w.zarr"), r"both start on 2021-03-01.*Fix: aggregate them into two stores"),
     row("sample: a CSV without coordinates", lambda t: cli("sample", located_embedding(t), "--points", points_csv(t, "a,b\n1,2\n"), "--series", "--out", t / "s.csv"), r"points\.csv has no coordinate columns \(it has \['a', 'b'\]\)\. Fix: add lon and lat columns"),
     row("sample: x/y without a CRS", lambda t: cli("sample", located_embedding(t), "--points", points_csv(t, "x,y\n500005,4999995\n"), "--series", "--out", t / "s.csv"), r"has x/y columns but no CRS\. Fix: pass --crs"),
-    row("sample: points outside the store", lambda t: cli("sample", located_embedding(t), "--points", points_csv(t, "lon,lat\n2.35,48.85\n"), "--series", "--out", t / "s.csv"), r"1 of 1 points/polygons lie outside the store \(x 499995 \.\. 500075, .* in EPSG:32632.*\)\. Fix: check the points' CRS"),
+    row("sample: points outside the store", lambda t: cli("sample", located_embedding(t), "--points", points_csv(t, "lon,lat\n2.35,48.85\n"), "--series", "--out", t / "s.csv"), r"1 of 1 points/polygons lie outside the store \(pixel edges x 499995 \.\. 500075, .* in EPSG:32632.*\)\. Fix: check the points' CRS"),
     # ---- FLUXNET files (defects 9, 10)
     row("fluxnet: a header-only CSV", lambda t: read_fluxnet(flux_file(t, "header only")), r"has a header but no records .*Fix: pass the complete FLUXNET file"),
     row("fluxnet: a semicolon-separated CSV", lambda t: read_fluxnet(flux_file(t, "semicolons")), r"is separated by semicolons, not commas .*Fix: FLUXNET files are comma-separated"),
