@@ -497,15 +497,19 @@ def test_cli_layer_glob_is_expanded_to_its_one_file(tmp_path, capsys, monkeypatc
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("c.zarr: 3 S2 dates, 0 S1 dates, 4x4 px")
     np.testing.assert_array_equal(open_cube(work / "c.zarr")["croptype"].values, labels)
+    monkeypatch.chdir(work)  # the Python API expands the pattern too (the CLI passes it on as written)
+    ds = import_cube("../data/S2_*.nc", s2_scale=1e-4, layers={"croptype": ("../data/OUTPUT_POLY-*.nc", "LC")})
+    np.testing.assert_array_equal(ds["croptype"].values, labels)
 
     monkeypatch.chdir(work)
     for pattern, message in (
-        ("../data/NOPE-*.nc:LC", f"CubeError: --layer croptype: no file matches '../data/NOPE-*.nc' (relative to {work}). "
+        ("../data/NOPE-*.nc:LC", f"CubeError: layer croptype: no file matches '../data/NOPE-*.nc' (relative to {work}). "
                                  "Fix: check the pattern and the folder."),
-        ("../data/OUTPUT_POLY-*.nc:LC", "CubeError: --layer croptype: '../data/OUTPUT_POLY-*.nc' matches 2 files "
+        ("../data/OUTPUT_POLY-*.nc:LC", "CubeError: layer croptype: '../data/OUTPUT_POLY-*.nc' matches 2 files "
                                         "(../data/OUTPUT_POLY-110_x.nc, ../data/OUTPUT_POLY-110_y.nc); a layer is one "
                                         "file. Fix: narrow the pattern, or name the file, e.g. --layer "
-                                        "croptype=../data/OUTPUT_POLY-110_x.nc:LC."),
+                                        "croptype=../data/OUTPUT_POLY-110_x.nc:LC (Python: "
+                                        "layers={'croptype': ('../data/OUTPUT_POLY-110_x.nc', 'LC')})."),
     ):
         if "POLY" in pattern:
             _layer_nc(data / "OUTPUT_POLY-110_y.nc", labels)

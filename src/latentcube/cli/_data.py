@@ -85,33 +85,6 @@ def demo(
     out.print(f"report: {result.report}")
 
 
-def _layer_globs(layers: dict[str, str | tuple[str, str]] | None) -> dict[str, str | tuple[str, str]] | None:
-    """``--layer`` paths with a glob pattern (``OUTPUT_POLY-*.nc``, as --s2/--s1 take) replaced by the one file
-    they match; none or several matches: a CubeError naming the pattern or the files."""
-    import glob
-
-    from latentcube.cube import CubeError
-
-    if not layers:
-        return layers
-    expanded: dict[str, str | tuple[str, str]] = {}
-    for name, spec in layers.items():
-        path, var = spec if isinstance(spec, tuple) else (spec, None)
-        if any(ch in path for ch in "*?["):
-            matches = sorted(glob.glob(path))
-            if not matches:
-                raise CubeError(f"--layer {name}: no file matches {path!r} (relative to {Path.cwd()}). Fix: check the "
-                                "pattern and the folder.")
-            if len(matches) > 1:
-                shown = ", ".join(matches[:5]) + (f" and {len(matches) - 5} more" if len(matches) > 5 else "")
-                raise CubeError(f"--layer {name}: {path!r} matches {len(matches)} files ({shown}); a layer is one "
-                                f"file. Fix: narrow the pattern, or name the file, e.g. --layer "
-                                f"{name}={matches[0]}{f':{var}' if var else ''}.")
-            path = matches[0]
-        expanded[name] = (path, var) if var else path
-    return expanded
-
-
 @app.command("import")
 def import_(
     out_path: Annotated[Path, typer.Option("--out", help="Output cube (*.zarr or *.nc).")],
@@ -147,7 +120,7 @@ def import_(
             s2, s1 or None, preset=preset, band_map=parse_band_map(band_map), s2_scale=s2_scale, s2_offset=s2_offset,
             s2_nodata=s2_nodata or None, s1_encoding=s1_encoding, s1_scale=s1_scale, s1_offset=s1_offset,
             s1_nodata=s1_nodata or None, time_dim=time_dim, crs=crs, dates=date or None, band_names=band_name or None,
-            layers=_layer_globs(parse_layers(layer)), scl_mask=None if no_scl_mask else tuple(int(c) for c in scl_mask.split(",") if c.strip()),
+            layers=parse_layers(layer), scl_mask=None if no_scl_mask else tuple(int(c) for c in scl_mask.split(",") if c.strip()),
             duplicates=duplicates,
         )
     with console.status(f"writing {out_path}"):

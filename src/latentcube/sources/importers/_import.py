@@ -86,6 +86,27 @@ def _as_list(p: PathLike | Sequence[PathLike] | None) -> list[Path]:
     return out
 
 
+def _layer_files(layers: Mapping[str, PathLike | tuple[PathLike, str]] | None) -> dict[str, tuple[Path, str | None]]:
+    """Each layer's file and variable; a glob pattern (as the S2/S1 files take) must match exactly one file."""
+    out: dict[str, tuple[Path, str | None]] = {}
+    for name, spec in (layers or {}).items():
+        path, var = spec if isinstance(spec, tuple) else (spec, None)
+        if isinstance(path, str) and any(ch in path for ch in "*?["):
+            matches = sorted(glob.glob(path))
+            if not matches:
+                raise CubeError(f"layer {name}: no file matches {path!r} (relative to {Path.cwd()}). Fix: check the "
+                                "pattern and the folder.")
+            if len(matches) > 1:
+                shown = ", ".join(matches[:5]) + (f" and {len(matches) - 5} more" if len(matches) > 5 else "")
+                raise CubeError(f"layer {name}: {path!r} matches {len(matches)} files ({shown}); a layer is one file. "
+                                f"Fix: narrow the pattern, or name the file, e.g. --layer "
+                                f"{name}={matches[0]}{f':{var}' if var else ''} (Python: layers={{{name!r}: "
+                                f"({matches[0]!r}, {var!r})}}).")
+            path = matches[0]
+        out[name] = (Path(path), var)
+    return out
+
+
 def _resolution(ds: xr.Dataset) -> float:
     return abs(float(ds["x"].values[1] - ds["x"].values[0])) if ds.sizes["x"] > 1 else np.inf
 
@@ -155,6 +176,7 @@ def import_cube(
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
     s2_paths, s1_paths = _as_list(s2), _as_list(s1)
+    layer_files = _layer_files(layers)  # before any file is read: a bad pattern stops the import in a second
     if not s2_paths:
         raise CubeError("no S2 file given. Fix: pass s2=<path or list of paths>.")
     if dates is not None and len(dates) != len(s2_paths):
@@ -216,8 +238,7 @@ def import_cube(
             orbit = s1_merged["orbit_state"].values
 
     layer_arrays = {}
-    for name, spec in (layers or {}).items():
-        lpath, lvar = (spec if isinstance(spec, tuple) else (spec, None))
+    for name, (lpath, lvar) in layer_files.items():
         da, lcrs = read_layer(lpath, lvar, crs=crs)
         layer_arrays[name] = _to_grid(da, lcrs, x, y, dst_crs, "nearest").values
 
