@@ -333,3 +333,25 @@ def test_cli_train_prints_the_run_not_lightning_chatter_and_names_the_held_out_s
     assert "held-out val split (the config has no test split):" in printed.out
     assert "  val/center_mae: " in printed.out and "test/" not in printed.out
     assert "LeafSpec" not in printed.err and "logging interval" not in printed.err  # the CLI prints warnings there
+
+
+@pytest.mark.slow
+def test_training_with_dataloader_workers_does_not_hang(cube, tmp_path):
+    """`num_workers >= 1` (the paper preset has 2): the workers are forked after the parent read the cubes through
+    Dask, whose threaded scheduler does not survive a fork; a read in a worker used to wait forever at the first
+    batch. Run in a subprocess with a timeout, so a hang fails the test instead of the suite."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from dataclasses import replace; from pathlib import Path\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_train_safety import tiny_config\n"
+        "from latentcube.train import run_training\n"
+        f"cfg = tiny_config(Path({str(cube)!r}), Path({str(tmp_path / 'run')!r}), epochs=1)\n"
+        "cfg = replace(cfg, data=replace(cfg.data, num_workers=2))\n"
+        "print(run_training(cfg, test=False)['global_step'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.strip().splitlines()[-1]) > 0 and (tmp_path / "run" / "model.pt").exists()

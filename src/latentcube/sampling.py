@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from latentcube.cube import CubeError, open_cube
 from latentcube.preprocess import smooth_s1
@@ -36,6 +36,7 @@ from latentcube.timeutils import days_since, nearest_index
 
 __all__ = [
     "BlockShuffleSampler",
+    "init_worker",
     "Candidate",
     "FusionPatchDataset",
     "PatchDataset",
@@ -179,6 +180,22 @@ class _CubeMeta:
     width: int
     s1_times: np.ndarray | None = None
     s1_match: np.ndarray | None = None  # per S2 date, index into time_s1 or −1
+
+
+def init_worker(_worker_id: int) -> None:
+    """``DataLoader(worker_init_fn=init_worker)`` for datasets of this module with ``num_workers >= 1``.
+
+    Workers are forked from a process that has read the cubes through Dask: the pool threads of Dask's
+    threaded scheduler do not survive the fork, so a read in the worker would wait for them forever. Each
+    worker therefore reads synchronously (its own process: the parallelism is the workers) and opens the
+    cubes itself instead of using the parent's open datasets and cached blocks.
+    """
+    import dask
+
+    dask.config.set(scheduler="synchronous")
+    info = get_worker_info()
+    if info is not None and isinstance(info.dataset, PatchDataset):
+        info.dataset._open, info.dataset._cache = {}, OrderedDict()
 
 
 class PatchDataset(Dataset):

@@ -22,6 +22,7 @@ from latentcube.sampling import (
     FusionPatchDataset,
     PatchDataset,
     SamplingConfig,
+    init_worker,
 )
 from latentcube.splits import assign_splits, spatial_split
 from latentcube.train.config import DataConfig, TrainConfig
@@ -173,9 +174,10 @@ class CubeDataModule(L.LightningDataModule):
         return self.datasets[split]
 
     def _loader(self, split: str, sampler=None) -> DataLoader:
+        workers = self.cfg.data.num_workers
         return DataLoader(self.dataset(split), batch_size=self.cfg.data.batch_size, sampler=sampler,
-                          num_workers=self.cfg.data.num_workers, persistent_workers=False,
-                          pin_memory=torch.cuda.is_available())
+                          num_workers=workers, persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                          worker_init_fn=init_worker if workers else None)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
