@@ -285,6 +285,31 @@ def mismatched_fusion(tmp: Path) -> object:
     return build_task(load_train_config(path))
 
 
+def build_fusion_on(tmp: Path, checkpoints: dict[str, str]) -> object:
+    """Fusion built on the given stage-1 model files."""
+    import yaml
+
+    from latentcube.train import build_task, load_train_config
+
+    path = tmp / "fusion.yaml"
+    path.write_text(yaml.safe_dump({"stage": "fusion", "out_dir": "run", "checkpoints": checkpoints}))
+    return build_task(load_train_config(path))
+
+
+def mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def config_with(tmp: Path, settings: dict) -> Path:
+    """An s2 training config of the given settings, written to ``tmp/s2.yaml``."""
+    import yaml
+
+    path = tmp / "s2.yaml"
+    path.write_text(yaml.safe_dump({"stage": "s2", "out_dir": str(tmp / "run"), **settings}))
+    return path
+
+
 def tiny_embedding(tmp: Path) -> Path:
     """A small embedding store ``embedding (time, feature, y, x)`` on the tiny cube's grid and dates."""
     import xarray as xr
@@ -395,6 +420,8 @@ CASES: list[Row] = [
     # ---- embed and gap-fill options (defect 9)
     row("train fusion: checkpoints.s1 is an S2 model", swapped_fusion, r"checkpoints\.s1 \(.*model\.pt\) is a s2 model of bands B02, .*not a s1 model \(VV, VH\)\. Fix: set checkpoints\.s1 to the model\.pt of `latentcube train s1` \(the s1 and s2 files look swapped\)"),
     row("train fusion: S1 and S2 models of different windows", mismatched_fusion, r"the sensor models fuse one window, but they were trained on different ones: checkpoints\.s1 \(.*s1/model\.pt\) 15 px x 9 dates, checkpoints\.s2 \(.*model\.pt\) 15 px x 11 dates\. Fix: retrain the stages with the same model: \{n_dates, patch_size\}"),
+    row("train fusion: a stage-1 model not trained yet", lambda t: build_fusion_on(t, {"s1": str(t / "runs/s1/model.pt"), "s2": str(tiny_model(t))}), r"checkpoints\.s1 \(.*runs/s1/model\.pt\) does not exist: fusion trains on the stage-1 models\. Fix: train that stage first \(`latentcube train s1 --config s1\.yaml`\)"),
+    row("train: an empty data.cube_dir", lambda t: cli("train", "s2", "--config", config_with(t, {"data": {"cube_dir": str(mkdir(t / "cubes"))}}), "--check"), r"data\.cube_dir .*cubes holds no \*\.zarr cube\. Fix: fetch or import cubes into it"),
     row("embed --device tpu", lambda t: cli("embed", saved(t), "--checkpoint", tiny_model(t), "--out", "e.zarr", "--device", "tpu"), r"device='tpu' is not a device embed can run on \(cpu, cuda or cuda:N\)\. Fix: --device cpu"),
     row("embed --block-px 3", lambda t: cli("embed", saved(t), "--checkpoint", tiny_model(t), "--out", "e.zarr", "--block-px", "3"), r"block_px=3 is below the minimum 16: .* reads 32x the pixels it embeds .*Fix: --block-px 256 \(the default\), or at least 16"),
     row("gapfill --freq 0D", lambda t: cli("gapfill", tiny_embedding(t), "--out", "f.zarr", "--freq", "0D"), r"freq '0D' is not a positive step\. Fix: use a positive number of days"),

@@ -33,8 +33,14 @@ def _cube_paths(data: DataConfig, base: Path) -> list[Path]:
     if data.cube_dir:
         d = Path(data.cube_dir) if Path(data.cube_dir).is_absolute() else base / data.cube_dir
         if not d.is_dir():
-            raise ConfigError(f"data.cube_dir {d} is not a directory")
-        paths += sorted(d.glob("*.zarr"))
+            raise ConfigError(f"data.cube_dir {d} is not a directory. Fix: point it at the folder holding the *.zarr "
+                              "cubes (relative paths are read from the working directory)")
+        found = sorted(d.glob("*.zarr"))
+        if not found and not paths:
+            raise ConfigError(f"data.cube_dir {d} holds no *.zarr cube. Fix: fetch or import cubes into it "
+                              "(`latentcube fetch --plan plan.csv --out DIR`, `latentcube import`), or list them "
+                              "in data.cubes")
+        paths += found
     if not paths:
         raise ConfigError("no cubes: set data.cube_dir or data.cubes in the config")
     missing = [str(p) for p in paths if not p.exists()]

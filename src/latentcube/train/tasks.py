@@ -227,6 +227,10 @@ def build_task(cfg: TrainConfig, *, base_dir: Path | None = None) -> tuple[_Stag
             raise ConfigError(f"fusion needs checkpoints.{name}: the stage-1 {name} model file (model.pt)")
     for name, path in cfg.checkpoints.items():
         p = Path(path) if Path(path).is_absolute() else base / path
+        if not p.exists():
+            raise ConfigError(f"checkpoints.{name} ({p}) does not exist: fusion trains on the stage-1 models. Fix: "
+                              f"train that stage first (`latentcube train {name} --config {name}.yaml`), or set "
+                              f"checkpoints.{name} to its model.pt")
         model, meta = load_model(p)
         if meta["kind"] != "autoencoder":
             raise ConfigError(f"checkpoints.{name} ({p}) holds a {meta['kind']} model, not a sensor autoencoder")
