@@ -355,3 +355,24 @@ def test_training_with_dataloader_workers_does_not_hang(cube, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert int(proc.stdout.strip().splitlines()[-1]) > 0 and (tmp_path / "run" / "model.pt").exists()
+
+
+def test_a_run_that_ends_early_in_its_warm_up_is_named(cube, tmp_path):
+    """The paper preset warms up over 30,000 steps: cut to a few epochs, its learning rate stays near zero. The
+    warning gives the run's steps (hand count: 40 patches / 4 per batch, at most 3 batches, 2 epochs = 6) and the fix;
+    a warm-up the run gets through (the area recipe: 20 steps over ~9) is not warned about."""
+    import warnings
+    from dataclasses import replace
+
+    from latentcube.train.run import _warn_short_warmup
+
+    cfg = tiny_config(cube, tmp_path / "run")  # batch 4, limit_train_batches 3, 2 epochs
+    paper = replace(cfg, optim=replace(cfg.optim, lr=1e-4, warmup_steps=30_000))
+    with pytest.warns(UserWarning, match=r"^this run makes about 6 optimiser steps, fewer than optim.warmup_steps "
+                                         r"\(30000\): the learning rate stays in its warm-up \(at most 2e-08 instead of "
+                                         r"0.0001\) for the whole run. Fix: lower optim.warmup_steps \(e.g. 1\)"):
+        _warn_short_warmup(paper, 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_short_warmup(replace(cfg, optim=replace(cfg.optim, warmup_steps=20)), 40)  # 6 steps: within 10x
+        _warn_short_warmup(replace(paper, trainer=replace(cfg.trainer, limit_train_batches=1.0, max_epochs=1000)), 400)

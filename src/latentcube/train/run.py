@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -159,6 +160,7 @@ def _run_training(cfg: TrainConfig, *, base_dir: Path | None, test: bool, data: 
     rank_zero_info("data: " + ", ".join(f"{split} {n} patches from {len(data.split_paths[split])} cube(s)"
                                         for split, n in patches.items())
                    + (" (strips of the same cubes: data.spatial_split)" if data.split_regions is not None else ""))
+    _warn_short_warmup(cfg, patches["train"])
     if not resume and warm_start(task, data, cfg) is not None and not _distributed(cfg):  # resume: weights from the checkpoint
         _save_warm_start(task, data, cfg, out / WARM_START_FILE)
 
@@ -202,6 +204,21 @@ def _run_training(cfg: TrainConfig, *, base_dir: Path | None, test: bool, data: 
 
     summary["model_card"] = str(write_model_card(out / "model.pt", base_dir=base_dir)[0])
     return summary
+
+
+def _warn_short_warmup(cfg: TrainConfig, n_train: int) -> None:
+    """Warn when the run ends early in its learning-rate warm-up (the paper preset warms up over 30,000 steps): the
+    rate then stays below a tenth of ``optim.lr`` and a short run barely moves the weights."""
+    t = cfg.trainer
+    per_epoch, lim = math.ceil(n_train / cfg.data.batch_size), t.limit_train_batches
+    per_epoch = min(per_epoch, lim) if isinstance(lim, int) else math.ceil(per_epoch * lim)  # Lightning: int = batches
+    steps = per_epoch * t.max_epochs if t.max_steps < 0 else min(t.max_steps, per_epoch * t.max_epochs)
+    if 0 < steps * 10 < cfg.optim.warmup_steps:  # the rate never exceeds a tenth of optim.lr
+        warnings.warn(f"this run makes about {steps} optimiser steps, fewer than optim.warmup_steps "
+                      f"({cfg.optim.warmup_steps}): the learning rate stays in its warm-up (at most "
+                      f"{cfg.optim.lr * steps / cfg.optim.warmup_steps:.2g} instead of {cfg.optim.lr:g}) for the whole run. "
+                      f"Fix: lower optim.warmup_steps (e.g. {max(steps // 10, 1)}) for a short run, or train longer.",
+                      UserWarning, stacklevel=3)
 
 
 def _distributed(cfg: TrainConfig) -> bool:
