@@ -215,8 +215,14 @@ def test_splits_from_plan_and_lists(tmp_path):
     bad = pd.concat([plan, pd.DataFrame({"cube_id": ["site0_p1"], "split": ["test"]})])
     with pytest.raises(ValueError, match="in two splits in the plan"):
         assign_splits(cubes, plan=bad)
-    with pytest.raises(ValueError, match="without a split"):
+    with pytest.raises(ValueError, match=r"^2 of 3 cubes have no split: \['site1_p1', 'site2_p1'\] \(1 of the 1 ids in "
+                                         r"the split lists match a cube; a cube's id is its file name without \.zarr\)"):
         assign_splits(cubes, splits={"train": ["site0_p1"]})
+    many = [tmp_path / f"other{i}.zarr" for i in range(7)]  # a plan of other sites: none matches, all named
+    with pytest.raises(ValueError, match=r"^7 of 7 cubes have no split: .* and 2 more \(0 of the 3 ids in the plan"):
+        assign_splits(many, plan=plan)
+    with pytest.raises(ValueError, match=r"unknown split name\(s\) \['valid'\]: the splits are train, val and test"):
+        assign_splits(cubes, splits={"train": ["site0_p1", "site2_p1"], "valid": ["site1_p1"]})
 
 
 def test_spatial_split_strips_by_hand():

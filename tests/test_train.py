@@ -412,6 +412,9 @@ def test_resuming_with_another_config_is_refused(world_dir, tmp_path):
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))  # ... with this config
     longer = replace(cfg, trainer=replace(cfg.trainer, max_epochs=5))
     _check_resumable(out, longer)  # extending the run: allowed
+    _check_resumable(out, replace(cfg, data=replace(cfg.data, num_workers=cfg.data.num_workers + 2)))  # how, not what
+    with pytest.raises(ConfigError, match=r"data.batch_size: 16 -> 8"):  # what each step sees: refused
+        _check_resumable(out, replace(cfg, data=replace(cfg.data, batch_size=8)))
     older = to_dict(cfg)
     del older["data"]["spatial_split_axis"]  # a config.yaml written before that field existed
     (out / "config.yaml").write_text(yaml.safe_dump(older))

@@ -105,10 +105,18 @@ def assign_splits(
                     raise ValueError(f"cube {name!r} is in two splits: {lookup[name]!r} and {split!r}. Fix: put each "
                                      "cube in one split; to hold out part of one cube, use a spatial split instead")
                 lookup[name] = split
+    unknown = sorted({v for v in lookup.values()} - {"train", "val", "test"})
+    if unknown:
+        raise ValueError(f"unknown split name(s) {unknown}: the splits are train, val and test. Fix: rename them in "
+                         "the plan's split column or in data.splits")
     out: dict[str, list[Path]] = {}
     unassigned = [cid for cid in ids if cid not in lookup]
     if unassigned:
-        raise ValueError(f"cubes without a split: {unassigned[:5]}. Fix: add them to the plan or the split lists.")
+        found = sum(cid in lookup for cid in ids)
+        more = f" and {len(unassigned) - 5} more" if len(unassigned) > 5 else ""
+        raise ValueError(f"{len(unassigned)} of {len(ids)} cubes have no split: {unassigned[:5]}{more} ({found} of the "
+                         f"{len(lookup)} ids in the {'plan' if plan is not None else 'split lists'} match a cube; a "
+                         "cube's id is its file name without .zarr). Fix: add them to the plan or the split lists.")
     for cid, path in ids.items():
         out.setdefault(lookup[cid], []).append(path)
     return out

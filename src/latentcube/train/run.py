@@ -45,7 +45,8 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def _check_resumable(out: Path, cfg: TrainConfig) -> None:
     """A re-run resumes ``out``'s checkpoint only with the config it was started with (``trainer`` settings
-    such as ``max_epochs`` may change: extending a run is what resuming is for). Anything else would
+    such as ``max_epochs`` may change: extending a run is what resuming is for; so may ``data.num_workers``,
+    which changes how batches are read, not which). Anything else would
     resume different data, model or loss silently, or fail deep in Lightning on mismatched weights."""
     import yaml
 
@@ -59,13 +60,13 @@ def _check_resumable(out: Path, cfg: TrainConfig) -> None:
         pass  # a field since removed: compare as written
     previous, current = _flatten(saved), _flatten(to_dict(cfg))
     changed = sorted(k for k in previous.keys() | current.keys()
-                     if not k.startswith(("trainer.", "out_dir")) and previous.get(k) != current.get(k))
+                     if not k.startswith(("trainer.", "out_dir", "data.num_workers")) and previous.get(k) != current.get(k))
     if changed:
         shown = "; ".join(f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in changed[:5])
         raise ConfigError(
             f"{out} holds a run started with another config ({shown}{'; ...' if len(changed) > 5 else ''}). "
             f"Fix: train into a new directory (--out), delete {out / 'checkpoints'} to start again, or restore the "
-            "config to resume (only trainer settings, e.g. max_epochs, may change)."
+            "config to resume (only trainer settings, e.g. max_epochs, and data.num_workers may change)."
         )
 
 
