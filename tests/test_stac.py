@@ -360,3 +360,25 @@ def test_dates_from_a_plan_read_as_timestamps_are_inclusive_days():
     assert rng == "2021-01-01/2021-12-31"
     assert t0 == pd.Timestamp("2021-01-01") and t1 == pd.Timestamp("2021-12-31 23:59:59.999999")
     assert _datetime_range("2021-01-01T06:00:00Z", "2021-01-02")[0] == "2021-01-01T06:00:00Z/2021-01-02"
+
+
+def test_an_unreachable_stac_api_is_one_error_with_the_fix():
+    """Offline (or a wrong URL): a StacError naming the URL, the cause and the fix, not pystac_client's APIError;
+    a connection that breaks during the search alike. Port 9 on this machine refuses at once: no network is used."""
+    from latentcube.errors import LatentcubeError
+    from latentcube.sources.stac import StacError, search_items
+
+    kw = dict(collections=["sentinel-2-l2a"], bbox=[4.0, 50.0, 4.1, 50.1], datetime="2020-01-01/2020-02-01")
+    with pytest.raises(StacError, match=r"^cannot search the STAC API at http://127\.0\.0\.1:9/api \(APIError: .*"
+                                        r"Connection refused.*\)\. Fix: check the network connection") as err:
+        search_items("http://127.0.0.1:9/api", **kw)
+    assert isinstance(err.value, LatentcubeError)
+
+    class Broken:
+        self_href = "https://example.test/stac"
+
+        def search(self, **_):
+            raise ConnectionResetError("connection reset by peer")
+
+    with pytest.raises(StacError, match=r"at https://example\.test/stac \(ConnectionResetError: connection reset"):
+        search_items(Broken(), **kw)

@@ -34,6 +34,7 @@ from latentcube.sources.stac._search import (
     S1_COLLECTION,
     S2_COLLECTION,
     Catalog,
+    StacError,
     make_geobox,
     search_items,
     utm_crs,
@@ -42,6 +43,7 @@ from latentcube.sources.stac._sites import COMPLETE_MARKER, cube_is_complete, fe
 
 __all__ = [
     "COMPLETE_MARKER",
+    "StacError",
     "Catalog",
     "Signer",
     "DEFAULT_CHUNKS",

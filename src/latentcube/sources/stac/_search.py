@@ -14,6 +14,8 @@ from odc.geo.geobox import GeoBox
 from odc.geo.geom import box as geo_box
 from pyproj import CRS, Transformer
 
+from latentcube.errors import LatentcubeError
+
 #: Planetary Computer STAC API (items need signing with planetary_computer.sign to be readable).
 PC_STAC_URL = "https://planetarycomputer.microsoft.com/api/stac/v1"
 S2_COLLECTION = "sentinel-2-l2a"
@@ -23,6 +25,17 @@ Catalog = Any  # pystac_client.Client, anything with .search(**kw), a URL, or a 
 
 
 # ------------------------------------------------------------------------------------------ grid
+
+
+class StacError(LatentcubeError, ConnectionError):
+    """The STAC API could not be reached or answered with an error; the message names the URL and the fix."""
+
+
+def _unreachable(url: str, err: Exception) -> StacError:
+    cause = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return StacError(f"cannot search the STAC API at {url} ({type(err).__name__}: {cause[:300]}). Fix: check the "
+                     "network connection (and a proxy: HTTPS_PROXY) and run the same command again; with --plan, "
+                     "finished cubes are kept and the fetch resumes.")
 
 
 def utm_crs(lon: float, lat: float) -> CRS:
@@ -204,10 +217,15 @@ def search_items(
     :class:`pystac.Item` filtered locally with the same semantics (offline use, tests).
     """
     t_range = datetime.split("/")
-    if catalog is None or isinstance(catalog, str):
+    online = catalog is None or isinstance(catalog, str)
+    url = (catalog or PC_STAC_URL) if online else getattr(catalog, "self_href", None) or "the catalog"
+    if online:
         import pystac_client  # imported here: only the online path needs it
 
-        catalog = pystac_client.Client.open(catalog or PC_STAC_URL)
+        try:
+            catalog = pystac_client.Client.open(catalog or PC_STAC_URL)
+        except (pystac_client.exceptions.APIError, OSError) as err:  # requests' errors are OSErrors
+            raise _unreachable(str(url), err) from err
     if isinstance(catalog, pystac.ItemCollection | list | tuple):
         _, t0, t1 = _datetime_range(*t_range)
         return _filter_local(catalog, collections=collections, bbox=bbox, t0=t0, t1=t1, query=query)
@@ -219,9 +237,16 @@ def search_items(
     kwargs: dict[str, Any] = {"collections": list(collections), "bbox": list(bbox), "datetime": datetime}
     if query:
         kwargs["query"] = {k: dict(v) for k, v in query.items()}
-    result = catalog.search(**kwargs)
-    if hasattr(result, "items"):
-        return list(result.items())
-    if hasattr(result, "item_collection"):
-        return list(result.item_collection())
-    return list(result)
+    try:
+        result = catalog.search(**kwargs)
+        if hasattr(result, "items"):
+            return list(result.items())
+        if hasattr(result, "item_collection"):
+            return list(result.item_collection())
+        return list(result)
+    except OSError as err:  # the connection broke during the search (requests' errors are OSErrors)
+        raise _unreachable(str(url), err) from err
+    except Exception as err:
+        if type(err).__module__.startswith("pystac_client"):  # APIError: the service answered with an error
+            raise _unreachable(str(url), err) from err
+        raise
