@@ -88,6 +88,7 @@ def test_training_writes_the_card_from_the_runs_files(run):
     assert card["objective"]["monitor"] == "val/center_mae" and card["objective"]["seed"] == 3
     assert card["licence"] == UNSPECIFIED_LICENCE and card["evaluation"]["probe"] is None
     assert any("synthetic" in lim for lim in card["limitations"]) and card["intended_use"]
+    assert any(lim.startswith("Trained on 3 cube(s) (1 train, 1 val, 1 test) dated ") for lim in card["limitations"])
     md = (run / CARD_MD).read_text()
     for heading in ("## Training data", "## Objective and settings", "## Metrics", "## Intended use", "## Limitations"):
         assert heading in md

@@ -333,6 +333,10 @@ def test_cli_train_prints_the_run_not_lightning_chatter_and_names_the_held_out_s
     assert "held-out val split (the config has no test split):" in printed.out
     assert "  val/center_mae: " in printed.out and "test/" not in printed.out
     assert "LeafSpec" not in printed.err and "logging interval" not in printed.err  # the CLI prints warnings there
+    with pytest.raises(SystemExit):  # a re-run resumes into the run's own checkpoint folder: no warning about it
+        main(["train", "s2", "--config", str(config), "--max-epochs", "2"])
+    again = capsys.readouterr()
+    assert "model: " in again.out and "Checkpoint directory" not in again.err, again.err
 
 
 @pytest.mark.slow

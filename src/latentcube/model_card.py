@@ -234,8 +234,13 @@ def _use_and_limits(facts: Mapping[str, Any], cubes: list[dict[str, Any]], pixel
     first = [c[f"{s}_dates"]["first"] for c in cubes for s in ("s2", "s1") if f"{s}_dates" in c]
     last = [c[f"{s}_dates"]["last"] for c in cubes for s in ("s2", "s1") if f"{s}_dates" in c]
     synthetic = any(str(c.get("source", "")).startswith("latentcube.synthetic") for c in cubes)
+    by_split: dict[str, int] = {}
+    for c in cubes:
+        if c.get("split") in ("train", "val", "test"):
+            by_split[c["split"]] = by_split.get(c["split"], 0) + 1
+    counted = f" ({', '.join(f'{n} {k}' for k, n in by_split.items())})" if by_split else ""
     limits = [
-        f"Trained on {len(cubes)} cube(s)" + (f" dated {min(first)} .. {max(last)}" if first else "")
+        f"Trained on {len(cubes)} cube(s){counted}" + (f" dated {min(first)} .. {max(last)}" if first else "")
         + ": other regions, seasons, years or sensor processing baselines are outside what was seen; check the "
           "quality layer (`embed --quality`) and a probe on your own labels before relying on the embeddings.",
         "Features are not physical quantities and their axes are specific to this model file: embeddings of two "

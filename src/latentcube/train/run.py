@@ -119,8 +119,8 @@ def _not_chatter(record: logging.LogRecord) -> bool:
 
 @contextmanager
 def _quiet_lightning() -> Iterator[None]:
-    """Hide Lightning's start-up chatter and two warnings that are not the user's to act on (a deprecation
-    inside Lightning, and the logging interval: metrics are logged per epoch) for the run; every other
+    """Hide Lightning's start-up chatter and three warnings that are not the user's to act on (a deprecation
+    inside Lightning, the logging interval: metrics are logged per epoch, and a re-run's checkpoint folder) for the run; every other
     message, ours included (they go through the same logger), still prints. Undone on exit."""
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     logger.addFilter(_not_chatter)
@@ -128,6 +128,8 @@ def _quiet_lightning() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
             warnings.filterwarnings("ignore", message=".*smaller than the logging interval")
+            # A re-run resumes into its own checkpoint folder by design (docs/training.md, "Resume").
+            warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty")
             yield
     finally:
         logger.removeFilter(_not_chatter)
