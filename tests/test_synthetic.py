@@ -470,3 +470,17 @@ def test_default_world_is_complete():
         years = ds.time.dt.year.values
         for y in np.unique(years):
             assert lo <= clear[years == y].mean() <= hi
+
+
+def test_cli_synth_sizes_a_small_world(tmp_path, monkeypatch, capsys):
+    """`latentcube synth --scenes 2 --scene-size 48 --towers 0`: a small world for trials, from the command line."""
+    from latentcube.cli import main
+    from latentcube.cube import open_cube
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["synth", "--out", "small", "--scenes", "2", "--scene-size", "48", "--towers", "0"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.split() == ["small/scene_000.zarr", "small/scene_001.zarr"]
+    ds = open_cube(tmp_path / "small" / "scene_001.zarr")
+    assert ds.sizes["y"] == ds.sizes["x"] == 48 and not list((tmp_path / "small").glob("tower_*"))

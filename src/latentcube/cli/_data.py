@@ -15,13 +15,17 @@ from latentcube.cli import _table, app, console, out
 def synth(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the world's cubes and FLUXNET files.")],
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives identical data.")] = 0,
+    scenes: Annotated[int | None, typer.Option("--scenes", min=1, help="Number of scene cubes (default 3).")] = None,
+    scene_size: Annotated[int | None, typer.Option("--scene-size", min=16, help="Scene edge in pixels (default 128).")] = None,
+    towers: Annotated[int | None, typer.Option("--towers", min=0, help="Flux-tower cubes (default 6; 0 for none).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the world's cubes if OUT already has them.")] = False,
 ) -> None:
     """Simulate the synthetic world (S1/S2 cubes + flux towers) and write it to OUT."""
     from latentcube.synthetic import make_world, write_world
 
+    sizes = {k: v for k, v in dict(n_scenes=scenes, scene_size=scene_size, n_towers=towers).items() if v is not None}
     with console.status("simulating the synthetic world"):
-        world = make_world(seed=seed)
+        world = make_world(seed=seed, **sizes)
     with console.status(f"writing {len(world.cubes)} cubes to {out_dir}"):
         write_world(world, out_dir, overwrite=overwrite)
     for name in world.cubes:
