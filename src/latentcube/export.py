@@ -25,6 +25,7 @@ import xarray as xr
 
 from latentcube import __version__
 from latentcube.cube import cube_crs
+from latentcube.embed import dates_with_data
 from latentcube.gapfill import EmbeddingCubeError, as_embedding, match_dates
 
 __all__ = ["ExportedFiles", "NoValidPixelWarning", "export_geotiff", "grid_transform", "overview_levels",
@@ -151,8 +152,8 @@ def export_geotiff(
         raise EmbeddingCubeError(f"{variable!r} has dimensions {da.dims}; export needs (time, feature, y, x) or (time, y, x).")
     transform = grid_transform(da["x"].values, da["y"].values)
     crs = RioCRS.from_wkt(cube_crs(ds).to_wkt())
-    idx = list(range(da.sizes["time"])) if dates is None else match_dates(
-        da["time"].values, dates, usable=lambda: da.isel(feature=0).notnull().any(("y", "x")).values)
+    idx = list(range(da.sizes["time"])) if dates is None else match_dates(da["time"].values, dates,
+                                                                         usable=lambda: dates_with_data(da))
     names = _file_names(da["time"].values, prefix or variable)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

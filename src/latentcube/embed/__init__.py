@@ -31,6 +31,7 @@ from latentcube.embed._quality import reconstruction_error
 from latentcube.embed._store import (
     INT8_INVALID,
     EmbeddingCubeError,
+    dates_with_data,
     dates_without_valid_pixel,
     embedding_summary,
     open_embedding,
@@ -50,6 +51,7 @@ __all__ = [
     "embed_block",
     "embed_cube",
     "embed_pixels",
+    "dates_with_data",
     "dates_without_valid_pixel",
     "embedding_summary",
     "feature_names",

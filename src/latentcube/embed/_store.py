@@ -333,11 +333,17 @@ def open_embedding(
     return ds.assign(embedding=out) if as_dataset else out
 
 
+def dates_with_data(emb: xr.DataArray) -> np.ndarray:
+    """Per date of an embedding ``(time, feature, y, x)``: whether any pixel has an embedding (a pixel-date is
+    valid in every feature or in none, so the first feature tells)."""
+    return emb.isel(feature=0).notnull().any(("y", "x")).values
+
+
 def dates_without_valid_pixel(path: str | Path) -> list[str]:
     """The store's dates (``YYYY-MM-DD``) on which no pixel has an embedding: every S2 acquisition of the cube is a
     date of the store, and one under cloud (or nodata) everywhere stays all NaN."""
     emb = open_embedding(path)
-    any_valid = emb.isel(feature=0).notnull().any(("y", "x")).values
+    any_valid = dates_with_data(emb)
     return [str(pd.Timestamp(t).date()) for t, ok in zip(emb["time"].values, any_valid, strict=True) if not ok]
 
 

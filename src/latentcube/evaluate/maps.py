@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from latentcube.embed import dates_with_data
 from latentcube.gapfill import EmbeddingCubeError, as_embedding, match_dates
 
 __all__ = ["PCAFit", "class_colours", "fit_pca", "pca_figure", "pca_rgb", "robust_scale"]
@@ -151,7 +152,7 @@ def _date_index(da: xr.DataArray, date: Any) -> int:
         # Most valid pixels (first on ties): the most informative single map.
         valid = da.isel(feature=0).notnull().sum(("y", "x")).values
         return int(np.argmax(valid))
-    return match_dates(da["time"].values, [date], usable=lambda: da.isel(feature=0).notnull().any(("y", "x")).values)[0]
+    return match_dates(da["time"].values, [date], usable=lambda: dates_with_data(da))[0]
 
 
 def _s2_index(s2: xr.Dataset, da: xr.DataArray, t: int, day: pd.Timestamp) -> int:
